@@ -1,0 +1,344 @@
+"""
+mel.py — audio in and out: loading, resampling, the HiFiGAN log-mel, normalisation, Griffin-Lim, files.
+
+Paper: "SpecMaskGIT" (ISMIR 2024).
+  Sec. 3.1  the model works on mel spectrograms, tokenised by SpecVQGAN and turned back into sound by a
+            HiFiGAN vocoder; the spectrogram is normalised from [-80, 20] dB to [-1, 1]
+  Sec. 4    22050 Hz audio, 80 mel bins, hop 256: a 9.845 s clip (217088 samples) is 848 frames
+
+We compute the mel exactly as the HiFiGAN repository does (n_fft 1024, hop 256, Hann window 1024,
+reflect padding of (n_fft - hop) / 2 on both sides and no centring, Slaney mel filterbank 0-8000 Hz,
+natural log). Using the vocoder's own recipe is what lets the official pretrained HiFiGAN weights turn
+our spectrograms back into waveforms.
+
+In:  audio files (anything soundfile reads) or waveforms (B, T) at 22050 Hz
+Out: log-mels (B, 80, T // 256); normalised mels in [-1, 1]; waveforms; .wav and .png files
+Run alone: python mel.py FILE.wav   # prints the mel's shape and range and writes FILE.mel.png
+"""
+
+import math
+import os
+import struct
+import sys
+import tempfile
+import zlib
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from runtime import UserError
+
+SR = 22050             # sampling rate of the whole project (Sec. 4)
+N_FFT = 1024           # HiFiGAN's FFT size
+HOP = 256              # HiFiGAN's hop size: one mel frame per 256 samples (11.6 ms)
+WIN = 1024             # Hann window length
+N_MELS = 80            # mel bins (Sec. 4)
+FMIN, FMAX = 0.0, 8000.0   # HiFiGAN's 22 kHz checkpoints analyse 0-8 kHz
+CLIP_SAMPLES = 217088  # 9.845 s, the paper's clip length
+CLIP_FRAMES = 848      # = CLIP_SAMPLES / HOP = 53 token columns of 16 frames
+TOY_SAMPLES = 65536    # the toy world's clip: 2.97 s = 256 frames = 16 token columns
+DB_MIN, DB_MAX = -80.0, 20.0   # the clip range of the normalisation (Sec. 3.1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resampling: a band-limited (windowed-sinc) interpolator, written out so a reader can see it.
+# ---------------------------------------------------------------------------------------------------
+
+def resample(wav: torch.Tensor, orig_sr: int, new_sr: int, zeros: int = 16, rolloff: float = 0.945) -> torch.Tensor:
+    """Change the sampling rate of `wav` (..., T) from `orig_sr` to `new_sr`.
+
+    Ideal resampling = low-pass at the lower of the two Nyquist frequencies, then read the signal at
+    the new instants. The low-pass is a sinc; we truncate it to `zeros` zero crossings on each side and
+    taper it with a Hann window so that it stops cleanly. With the rates reduced by their gcd (48000 ->
+    22050 is 320 -> 147), the new instants repeat with a period of `orig` input samples, so one small
+    filter per output phase (`new` of them) applied with a strided convolution does the whole job.
+    `rolloff` < 1 puts the cut-off a little below Nyquist so nothing aliases at the band edge.
+    """
+    if orig_sr == new_sr:
+        return wav
+    g = math.gcd(int(orig_sr), int(new_sr))
+    orig, new = int(orig_sr) // g, int(new_sr) // g
+    cutoff = min(orig, new) * rolloff                        # in units of the reduced rates
+    width = math.ceil(zeros * orig / cutoff)                 # half-length of each filter, in input samples
+    # time (in input samples) from each output phase p to each tap k of its filter
+    taps = torch.arange(-width, width + orig, dtype=torch.float64) / orig          # (K,)
+    phase = torch.arange(new, dtype=torch.float64)[:, None] / new                  # (new, 1)
+    t = (taps[None, :] - phase) * cutoff                                           # (new, K), in cut-off periods
+    t = t.clamp(-zeros, zeros)
+    window = torch.cos(t * math.pi / zeros / 2) ** 2                               # Hann taper, 0 at +-zeros
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(math.pi * t) / (math.pi * t))
+    kernel = (sinc * window * cutoff / orig).to(wav.dtype)                         # unit DC gain
+
+    shape = wav.shape
+    x = wav.reshape(-1, 1, shape[-1])                                              # (N, 1, T)
+    x = F.pad(x, (width, width + orig))
+    y = F.conv1d(x, kernel[:, None, :], stride=orig)                               # (N, new, T / orig)
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)                                  # interleave the phases
+    n_out = math.ceil(new * shape[-1] / orig)
+    return y[:, :n_out].reshape(*shape[:-1], n_out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and saving audio.
+# ---------------------------------------------------------------------------------------------------
+
+def load_audio(path: str, sr: int = SR, num_samples: int | None = None, report: bool = False) -> torch.Tensor:
+    """Read any file soundfile understands, mix to mono, resample to `sr`, crop or zero-pad.
+
+    Returns a float32 tensor (T,). Every way a file can be unusable ends in a UserError with one
+    sentence: missing, empty, not audio, zero samples, NaN or infinite samples. With `report`, one line
+    says what was done to the file (resampled, mixed down, cropped, padded).
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"audio file {path} does not exist.")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"audio file {path} is empty (0 bytes).")
+    try:
+        data, file_sr = sf.read(path, dtype="float32", always_2d=True)      # (T, channels)
+    except Exception as e:  # libsndfile's errors for non-audio or damaged files
+        raise UserError(f"{path} is not an audio file soundfile can read ({str(e).strip() or type(e).__name__}).") from None
+    if data.shape[0] == 0:
+        raise UserError(f"audio file {path} holds no samples.")
+    if not np.isfinite(data).all():
+        raise UserError(f"audio file {path} contains NaN or infinite samples.")
+    notes = []
+    if data.shape[1] > 1:
+        notes.append(f"mixed {data.shape[1]} channels to mono")
+    wav = torch.from_numpy(data.mean(axis=1))                                # (T,)
+    if file_sr != sr:
+        notes.append(f"resampled {file_sr} -> {sr} Hz")
+        wav = resample(wav, file_sr, sr)
+    if num_samples is not None:
+        n = wav.shape[0]
+        if n > num_samples:
+            notes.append(f"cropped {n / sr:.2f} s to {num_samples / sr:.2f} s")
+            wav = wav[:num_samples]
+        elif n < num_samples:
+            notes.append(f"zero-padded {n / sr:.2f} s to {num_samples / sr:.2f} s")
+            wav = F.pad(wav, (0, num_samples - n))
+    if report and notes:
+        print(f"{os.path.basename(path)}: " + ", ".join(notes))
+    return wav.contiguous()
+
+
+def _atomic_write(path: str, write) -> None:
+    """Call write(tmp_path), then rename onto `path`: a crash never leaves a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}.") from None
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"could not write {path}: {e.strerror or e}.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_wav(path: str, wav: torch.Tensor, sr: int = SR) -> None:
+    """Write a mono waveform (T,) as 16-bit PCM, clipped to [-1, 1]."""
+    x = wav.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy()
+    _atomic_write(path, lambda tmp: sf.write(tmp, x, sr, subtype="PCM_16", format="WAV"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The mel spectrogram (HiFiGAN recipe) and its normalisation.
+# ---------------------------------------------------------------------------------------------------
+
+def hz_to_mel(f):
+    """Slaney's mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above (27 mels per octave of 6.4x)."""
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+
+
+def mel_to_hz(m):
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filterbank(sr: int = SR, n_fft: int = N_FFT, n_mels: int = N_MELS, fmin: float = FMIN, fmax: float = FMAX) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) triangular filters, Slaney-normalised to equal area.
+
+    The filter centres are equally spaced on the mel scale; filter i rises from centre i-1 to centre
+    i and falls to centre i+1. Multiplying by 2 / (bandwidth in Hz) makes every triangle's area the
+    same, so wide high-frequency filters do not collect more energy than narrow low ones.
+    """
+    fft_hz = np.linspace(0, sr / 2, n_fft // 2 + 1)                               # (513,)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))   # (82,)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]    # (80, 1) each
+    rising = (fft_hz[None, :] - lower) / (centre - lower)
+    falling = (upper - fft_hz[None, :]) / (upper - centre)
+    fb = np.maximum(0.0, np.minimum(rising, falling))                              # (80, 513)
+    fb *= (2.0 / (upper - lower))                                                  # Slaney area normalisation
+    return torch.from_numpy(fb).float()
+
+
+_FILTERBANK = mel_filterbank()
+_WINDOW = torch.hann_window(WIN)   # periodic Hann, as torch.hann_window gives and HiFiGAN uses
+
+
+def mel_spectrogram(wav: torch.Tensor) -> torch.Tensor:
+    """Natural-log mel of `wav` (T,) or (B, T): (80, T // 256) or (B, 80, T // 256). Differentiable.
+
+    The reflect padding of (1024 - 256) / 2 = 384 samples on each side, with no centring, makes the
+    frame count exactly T / 256 (217088 samples -> 848 frames).
+    """
+    squeeze = wav.dim() == 1
+    x = wav[None] if squeeze else wav                                               # (B, T)
+    pad = (N_FFT - HOP) // 2
+    x = F.pad(x[:, None], (pad, pad), mode="reflect")[:, 0]                         # (B, T + 768)
+    spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=WIN, window=_WINDOW.to(x.device, x.dtype),
+                      center=False, return_complex=True)                            # (B, 513, T / 256)
+    mag = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)                        # the 1e-9 keeps sqrt's gradient finite
+    mel = torch.matmul(_FILTERBANK.to(x.device, mag.dtype), mag)                    # (B, 80, T / 256)
+    log_mel = torch.log(torch.clamp(mel, min=1e-5))                                 # HiFiGAN's floor: -11.5 = -100 dB
+    return log_mel[0] if squeeze else log_mel
+
+
+# The mel is of magnitudes, so in decibels it is 20 * log10(mel) = 20 / ln(10) * ln(mel).
+_DB_PER_NEPER = 20.0 / math.log(10.0)
+
+
+def normalize(log_mel: torch.Tensor) -> torch.Tensor:
+    """Natural-log mel -> dB clipped to [-80, 20] -> linearly onto [-1, 1] (Sec. 3.1), for the VQGAN."""
+    db = (log_mel * _DB_PER_NEPER).clamp(DB_MIN, DB_MAX)
+    return (db - DB_MIN) / (DB_MAX - DB_MIN) * 2 - 1
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """The exact inverse of normalize inside the clip range: [-1, 1] -> dB -> natural-log mel."""
+    db = (x.clamp(-1, 1) + 1) / 2 * (DB_MAX - DB_MIN) + DB_MIN
+    return db / _DB_PER_NEPER
+
+
+# ---------------------------------------------------------------------------------------------------
+# Griffin-Lim: hear any mel without a trained vocoder.
+# ---------------------------------------------------------------------------------------------------
+
+def griffin_lim(log_mel: torch.Tensor, n_iter: int = 32, momentum: float = 0.99, seed: int = 0) -> torch.Tensor:
+    """Waveform (T,) or (B, T) whose mel approximates `log_mel` (80, F) or (B, 80, F).
+
+    1. Undo the log and the filterbank: the pseudo-inverse of the (80, 513) filterbank spreads each
+       mel band back over its FFT bins (negative values clipped: magnitudes are >= 0).
+    2. Griffin-Lim (1984) with the momentum of Perraudin et al. (2013): guess phases, go to a waveform
+       (inverse STFT), come back (STFT), keep the new phases but our magnitudes, repeat.
+    Our frames are centred on samples 128, 384, ... (the 384-sample reflect padding), i.e. the
+    centred STFT of the signal shifted left by 128 samples; we iterate in that shifted domain with
+    torch.istft and shift back at the end.
+    """
+    squeeze = log_mel.dim() == 2
+    m = (log_mel[None] if squeeze else log_mel).float()                              # (B, 80, F)
+    B, _, frames = m.shape
+    mag = torch.linalg.pinv(_FILTERBANK) @ torch.exp(m)                              # (B, 513, F)
+    mag = mag.clamp(min=0)
+    mag = torch.cat([mag, mag[..., -1:]], dim=-1)                                    # centred STFT has F + 1 frames
+    length = frames * HOP
+    window = _WINDOW.to(m.device)
+    g = torch.Generator().manual_seed(seed)
+    angles = torch.exp(2j * math.pi * torch.rand(mag.shape, generator=g)).to(m.device)
+    prev = torch.zeros_like(angles)
+    for _ in range(n_iter):
+        y = torch.istft(mag * angles, N_FFT, HOP, WIN, window, center=True, length=length)
+        spec = torch.stft(y, N_FFT, HOP, WIN, window, center=True, return_complex=True)
+        accelerated = spec - momentum / (1 + momentum) * prev
+        prev = spec
+        angles = accelerated / accelerated.abs().clamp(min=1e-8)
+    y = torch.istft(mag * angles, N_FFT, HOP, WIN, window, center=True, length=length)
+    shift = (N_FFT - 2 * ((N_FFT - HOP) // 2)) // 2                                  # = 128 samples
+    y = F.pad(y, (shift, 0))[:, :length]                                             # undo the shift
+    return y[0] if squeeze else y
+
+
+def spectral_convergence(log_mel_target: torch.Tensor, wav: torch.Tensor) -> float:
+    """|| M - M_hat ||_F / || M ||_F on linear mel magnitudes: 0 is perfect (the Griffin-Lim literature's measure)."""
+    target = torch.exp(log_mel_target)
+    got = torch.exp(mel_spectrogram(wav))
+    n = min(target.shape[-1], got.shape[-1])
+    return (torch.linalg.norm(target[..., :n] - got[..., :n]) / torch.linalg.norm(target[..., :n])).item()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pictures: a dependency-free PNG writer (numpy + zlib), because readers would rather look.
+# ---------------------------------------------------------------------------------------------------
+
+# A perceptually ordered colour map (viridis' anchor colours; dark = quiet, yellow = loud).
+_CMAP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+
+
+def colorize(img: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """(H, W) floats -> (H, W, 3) uint8 through the colour map; NaN becomes mid-grey."""
+    img = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(img)
+    lo = np.nanmin(img[finite]) if vmin is None and finite.any() else (vmin if vmin is not None else 0.0)
+    hi = np.nanmax(img[finite]) if vmax is None and finite.any() else (vmax if vmax is not None else 1.0)
+    t = np.clip((np.where(finite, img, lo) - lo) / max(hi - lo, 1e-12), 0, 1) * (len(_CMAP) - 1)
+    i = np.minimum(t.astype(int), len(_CMAP) - 2)
+    frac = (t - i)[..., None]
+    rgb = _CMAP[i] * (1 - frac) + _CMAP[i + 1] * frac
+    rgb[~finite] = 128
+    return rgb.round().astype(np.uint8)
+
+
+def save_png(path: str, panels, vmin=None, vmax=None, min_height: int = 80) -> None:
+    """Write one or more 2-D arrays as a PNG, stacked top to bottom with a white gap.
+
+    Each panel is drawn with row 0 at the bottom (low frequencies low, as spectrograms are read),
+    stretched by whole pixels to the widest panel's width and to at least `min_height` rows, so a
+    5 x 53 token map sits visibly under an 80 x 848 mel. Values are coloured per panel (own min/max)
+    unless vmin/vmax are given.
+    """
+    if not isinstance(panels, (list, tuple)):
+        panels = [panels]
+    arrays = [np.asarray(p.detach().cpu().float() if torch.is_tensor(p) else p, dtype=np.float64) for p in panels]
+    width = max(a.shape[1] for a in arrays)
+    rows = []
+    for a in arrays:
+        ky = max(1, math.ceil(min_height / a.shape[0]))
+        kx = max(1, width // a.shape[1])
+        big = np.repeat(np.repeat(a[::-1], ky, axis=0), kx, axis=1)
+        rgb = colorize(big, vmin, vmax)
+        if rgb.shape[1] < width:
+            rgb = np.pad(rgb, ((0, 0), (0, width - rgb.shape[1]), (0, 0)), constant_values=255)
+        rows += [rgb, np.full((4, width, 3), 255, np.uint8)]
+    image = np.concatenate(rows[:-1], axis=0)                                        # (H, W, 3)
+    _atomic_write(path, lambda tmp: _write_png(tmp, image))
+
+
+def _write_png(path: str, rgb: np.ndarray) -> None:
+    """The PNG format: signature, IHDR (size, 8-bit RGB), IDAT (zlib of rows, each prefixed by filter 0), IEND."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
+        f.write(chunk(b"IDAT", zlib.compress(raw, 9)))
+        f.write(chunk(b"IEND", b""))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python mel.py FILE.wav")
+    try:
+        wav = load_audio(sys.argv[1], report=True)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    m = mel_spectrogram(wav)
+    print(f"{wav.shape[0]} samples -> mel {tuple(m.shape)}, log range [{m.min():.2f}, {m.max():.2f}]")
+    out = os.path.splitext(sys.argv[1])[0] + ".mel.png"
+    save_png(out, m)
+    print(f"wrote {out}")
