@@ -1,0 +1,709 @@
+"""
+vocoder.py — HiFiGAN: natural-log mel spectrogram -> waveform, trainable here or loaded from the official weights.
+
+Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms for Efficient Audio Synthesis
+and Beyond" (ISMIR 2024).
+  Sec. 3.1  the model generates mel spectrograms; a pretrained HiFiGAN vocoder turns them into sound
+            (the mel of mel.py is HiFiGAN's own recipe, so the official weights fit it unchanged)
+Vocoder: Kong, Kim & Bae, "HiFi-GAN: Generative Adversarial Networks for Efficient and High Fidelity
+Speech Synthesis" (NeurIPS 2020), arXiv:2010.05646. Section numbers below marked "HiFiGAN" are that paper's.
+  HiFiGAN Sec. 2.1  the generator: transposed convolutions upsample 256x, each followed by a
+                    multi-receptive-field fusion (MRF) of parallel dilated residual blocks; Table 5
+                    gives the V1/V2/V3 sizes
+  HiFiGAN Sec. 2.2  the discriminators: multi-period (MPD, periods 2, 3, 5, 7, 11) and multi-scale (MSD)
+  HiFiGAN Sec. 2.3  the losses: least-squares GAN (Eq. 1-2), mel L1 (Eq. 3), feature matching (Eq. 4),
+                    combined with weights 45 and 2 (Eq. 5-6)
+  HiFiGAN Sec. 4    AdamW, lr 2e-4, betas (0.8, 0.99), weight decay 0.01, lr x 0.999 every epoch;
+                    random 8192-sample segments
+
+The parameter names follow the official implementation (github.com/jik876/hifi-gan, models.py):
+conv_pre, ups.N, resblocks.N.convs1.M / convs2.M (ResBlock1) or convs.M (ResBlock2), conv_post. That
+is what lets `load_vocoder` read the released generator checkpoints (generator_v1/v2/v3), which were
+saved with PyTorch's old weight-norm names `weight_g` / `weight_v` (see "Loading" below).
+
+In:  natural-log mel (B, 80, frames) from mel.mel_spectrogram (or mel.denormalize of the VQGAN output)
+Out: waveform (B, frames * 256) at 22050 Hz in [-1, 1]
+Run alone: python vocoder.py [v1|v2|v3|tiny]   # parameter counts; with a preset, times one 848-frame clip
+"""
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+from runtime import UserError, check_config, config_from_dict, load_checkpoint, pick_dtype
+
+LRELU_SLOPE = 0.1      # slope of every leaky ReLU in HiFiGAN, except one (see Generator.forward)
+LR_DECAY = 0.999       # HiFiGAN Sec. 4: the learning rate is multiplied by 0.999 after every epoch
+
+
+@dataclass
+class Config:
+    # --- the generator (HiFiGAN Table 5 / config_v1.json; the field names are the official ones) ---
+    resblock: str = "1"                          # "1": ResBlock1 (two convs per dilation), "2": ResBlock2 (one)
+    upsample_rates: tuple = (8, 8, 2, 2)         # strides of the transposed convs; product = hop size 256
+    upsample_kernel_sizes: tuple = (16, 16, 4, 4)    # k_u: twice the stride, so every output sample sees 2 inputs
+    upsample_initial_channel: int = 512          # h_u: width after conv_pre, halved at every upsampling
+    resblock_kernel_sizes: tuple = (3, 7, 11)    # k_r: one residual block per kernel size in each MRF
+    resblock_dilation_sizes: tuple = ((1, 3, 5), (1, 3, 5), (1, 3, 5))   # D_r: dilations inside each block
+    n_mels: int = 80                             # mel bins in (Sec. 4 of SpecMaskGIT; fixed at 80 officially)
+    # --- training (HiFiGAN Sec. 2.2-4) ---
+    segment_size: int = 8192                     # random waveform crops per training example (0.37 s)
+    periods: tuple = (2, 3, 5, 7, 11)            # MPD: primes, so the sub-discriminators overlap little
+    mpd_width: int = 32                          # MPD channels: (w, 4w, 16w, 32w, 32w) = 32 ... 1024
+    msd_width: int = 128                         # MSD channels: (w, w, 2w, 4w, 8w, 8w, 8w) = 128 ... 1024
+    msd_scales: int = 3                          # MSD: raw audio, x2 and x4 average-pooled
+    mel_weight: float = 45.0                     # lambda_mel (Eq. 6)
+    fm_weight: float = 2.0                       # lambda_fm (Eq. 6)
+    disc_start: int = 0                          # steps of mel-loss-only training before the GAN joins in
+
+
+# The generator fields: what a checkpoint's tensor shapes (and the official config files) determine.
+GENERATOR_FIELDS = ("resblock", "upsample_rates", "upsample_kernel_sizes", "upsample_initial_channel",
+                    "resblock_kernel_sizes", "resblock_dilation_sizes", "n_mels")
+
+PRESETS = {
+    "v1": Config(),                                                      # 13.93 M: the best quality
+    "v2": Config(upsample_initial_channel=128),                          # 0.93 M: same shape, 4x narrower
+    "v3": Config(resblock="2", upsample_rates=(8, 8, 4), upsample_kernel_sizes=(16, 16, 8),
+                 upsample_initial_channel=256, resblock_kernel_sizes=(3, 5, 7),
+                 resblock_dilation_sizes=((1, 2), (2, 6), (3, 12))),     # 1.46 M: three upsamplings, ResBlock2
+}
+PRESETS["full"] = PRESETS["v1"]   # SpecMaskGIT uses the official V1 (Sec. 3.1)
+# The toy world (data.py) on 2 CPU cores: V3's layout at half width (~0.4 M parameters, a ~1.5 MB file
+# for the demo bundle, still 8 x 8 x 4 = 256x upsampling), with discriminators ~1/8 as wide. A few
+# hundred steps of mel loss alone come first: the adversary only helps once the output is roughly right.
+PRESETS["tiny"] = dataclasses.replace(PRESETS["v3"], upsample_initial_channel=128, mpd_width=4, msd_width=16,
+                                      disc_start=300)
+
+
+def get_padding(kernel_size: int, dilation: int = 1) -> int:
+    """'Same' padding of a stride-1 dilated conv: it spans dilation * (kernel_size - 1) + 1 samples."""
+    return dilation * (kernel_size - 1) // 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# The generator (HiFiGAN Sec. 2.1, Fig. 1).
+# ---------------------------------------------------------------------------------------------------
+
+class ResBlock1(nn.Module):
+    """HiFiGAN's residual block for V1/V2: for each dilation d, x = x + conv(lrelu(conv_d(lrelu(x)))).
+
+    convs1[m] is dilated (d = 1, 3, 5: the receptive field grows fast), convs2[m] is not; each pair is
+    one residual step, so the block can leave its input unchanged if that is best.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple):
+        super().__init__()
+        self.convs1 = nn.ModuleList(
+            weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=get_padding(kernel_size, d)))
+            for d in dilations)
+        self.convs2 = nn.ModuleList(
+            weight_norm(nn.Conv1d(channels, channels, kernel_size, padding=get_padding(kernel_size)))
+            for _ in dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                 # (B, C, T) -> (B, C, T)
+        for c1, c2 in zip(self.convs1, self.convs2):
+            xt = c1(F.leaky_relu(x, LRELU_SLOPE))
+            xt = c2(F.leaky_relu(xt, LRELU_SLOPE))
+            x = x + xt
+        return x
+
+
+class ResBlock2(nn.Module):
+    """V3's lighter residual block: one dilated conv per residual step, x = x + conv_d(lrelu(x))."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=get_padding(kernel_size, d)))
+            for d in dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                 # (B, C, T) -> (B, C, T)
+        for c in self.convs:
+            x = x + c(F.leaky_relu(x, LRELU_SLOPE))
+        return x
+
+
+class Generator(nn.Module):
+    """log-mel (B, 80, F) -> waveform (B, 1, 256 F) in [-1, 1] (HiFiGAN Fig. 1).
+
+    conv_pre widens the 80 mel bins to h_u channels. Then, once per upsampling rate u: a transposed
+    conv stretches time by u and halves the channels, and a multi-receptive-field fusion (MRF) block
+    averages len(k_r) residual blocks with different kernel sizes and dilations, each looking at the
+    signal over a different span (short ones for transients, long ones for periodic structure).
+    Finally conv_post maps to one channel and tanh bounds the samples to [-1, 1].
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.num_kernels = len(cfg.resblock_kernel_sizes)
+        ch = cfg.upsample_initial_channel
+        self.conv_pre = weight_norm(nn.Conv1d(cfg.n_mels, ch, 7, padding=3))
+        self.ups = nn.ModuleList()
+        self.resblocks = nn.ModuleList()        # flat list, block j of level i at i * num_kernels + j (official layout)
+        block = ResBlock1 if cfg.resblock == "1" else ResBlock2
+        for u, k in zip(cfg.upsample_rates, cfg.upsample_kernel_sizes):
+            # output length (T - 1) u - 2 (k - u) / 2 + k = T u exactly: padding (k - u) / 2 trims the overhang
+            self.ups.append(weight_norm(nn.ConvTranspose1d(ch, ch // 2, k, u, padding=(k - u) // 2)))
+            ch //= 2
+            for kr, dr in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
+                self.resblocks.append(block(ch, kr, dr))
+        self.conv_post = weight_norm(nn.Conv1d(ch, 1, 7, padding=3))
+        # The official code calls normal_(0, 0.01) on these weights *after* weight_norm; the weight-norm
+        # hook recomputes the weight from g and v on every forward, so that call has no lasting effect and
+        # the released models were trained from PyTorch's default initialisation. We keep the default too.
+
+    def upsample_level(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Level i: transposed conv (time x u_i, channels / 2), then the MRF block (HiFiGAN Fig. 1)."""
+        x = self.ups[i](F.leaky_relu(x, LRELU_SLOPE))                      # (B, C, T) -> (B, C/2, u T)
+        blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
+        xs = blocks[0](x)
+        for b in blocks[1:]:
+            xs = xs + b(x)
+        return xs / self.num_kernels                                       # MRF: the average of the blocks
+
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        # the official code uses F.leaky_relu's default slope (0.01) here, not 0.1; the released weights expect it
+        x = self.conv_post(F.leaky_relu(x, 0.01))                          # (B, C_last, T) -> (B, 1, T)
+        return torch.tanh(x)
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        x = self.conv_pre(log_mel)                                          # (B, 80, F) -> (B, h_u, F)
+        for i in range(len(self.ups)):
+            x = self.upsample_level(i, x)                                   # ... -> (B, h_u / 2^(i+1), F u_0 ... u_i)
+        return self.post(x)                                                 # (B, 1, 256 F)
+
+    def remove_weight_norm(self) -> "Generator":
+        """Fold every g * v / ||v|| into one plain weight (for inference: no recomputation per call).
+
+        The folded weight is exactly the tensor the weight-normed forward computes, so outputs do not
+        change. Afterwards the module has plain `weight` parameters and cannot be trained as HiFiGAN is.
+        """
+        for m in self.modules():
+            if parametrize.is_parametrized(m, "weight"):
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        return self
+
+    def has_weight_norm(self) -> bool:
+        return parametrize.is_parametrized(self.conv_pre, "weight")
+
+    # --- fast inference: the same network, run over short stretches of time one after another ---
+    #
+    # A 9.8 s clip makes activations of 7-27 MB per tensor (e.g. 128 channels x 54272 samples), far more
+    # than a core's 1 MB of L2 cache, so every leaky ReLU, addition and narrow convolution waits on
+    # main memory. The generator is convolutional: output sample n only depends on input frames near
+    # n / 256. So we can cut the mel into chunks of `chunk` frames, give each some context on both
+    # sides, and run all the layers on one chunk while its activations still sit in cache. After
+    # every level we crop away all context that the rest of the network no longer needs (the
+    # margins below), so the expensive later levels recompute almost nothing. Values near a chunk's
+    # cut are wrong (the convolutions zero-pad there), but the margins are exactly wide enough that
+    # none of them reach the part we keep; at the clip's real edges the zero padding is the full
+    # forward's own, so the result equals forward() up to float rounding.
+
+    def margins(self) -> list:
+        """Context (in samples of each level) that must survive after each level for exact outputs.
+
+        Returns [m_in (frames, for the input), m_0, ..., m_last] where m_i is measured at the output of
+        upsampling level i. Computed backwards from the output: a stride-1 conv of kernel k and
+        dilation d reaches d (k - 1) / 2 samples each way; a residual block reaches the sum over its
+        convs; the MRF as far as its widest block; a transposed conv of kernel k and stride u reaches
+        k / (2u) input samples (we allow one more for the rounding of its alignment).
+        """
+        cfg = self.cfg
+        def reach(kr, dr):                                                  # one residual block's reach
+            pairs = [(kr, d) for d in dr] + ([(kr, 1)] * len(dr) if cfg.resblock == "1" else [])
+            return sum(d * (k - 1) // 2 for k, d in pairs)
+        mrf = max(reach(kr, dr) for kr, dr in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes))
+        m = [3]                                                             # conv_post: kernel 7
+        for u, k in reversed(list(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes))):
+            m.insert(0, -(-(m[0] + mrf) // u) + -(-k // (2 * u)) + 1)     # ceil((m + mrf) / u) + ceil(k / 2u) + 1
+        m[0] += 3                                                           # conv_pre: kernel 7
+        return m
+
+    def forward_chunked(self, log_mel: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+        """forward() computed `chunk` frames at a time (see above): (B, 80, F) -> (B, 1, 256 F)."""
+        frames = log_mel.shape[-1]
+        m_in, *m_level = self.margins()
+        rates, r = [], 1
+        for u in self.cfg.upsample_rates:
+            r *= u
+            rates.append(r)                                                 # samples per frame after each level
+        out = []
+        for s in range(0, frames, chunk):
+            e = min(s + chunk, frames)
+            lo = max(0, s - m_in)
+            x = self.conv_pre(log_mel[..., lo:min(frames, e + m_in)])       # (B, h_u, chunk + context)
+            offset = lo                                                     # global index of x[..., 0]
+            for i, rate in enumerate(rates):
+                x = self.upsample_level(i, x)
+                offset *= self.cfg.upsample_rates[i]
+                a, b = max(0, s * rate - m_level[i]), min(frames * rate, e * rate + m_level[i])
+                x = x[..., a - offset:b - offset]                           # drop the context no longer needed
+                offset = a
+            out.append(self.post(x)[..., s * rates[-1] - offset:e * rates[-1] - offset])
+        return torch.cat(out, dim=-1)                                       # (B, 1, 256 F)
+
+    @torch.inference_mode()
+    def vocode(self, log_mel: torch.Tensor, dtype: torch.dtype | None = None, chunk: int = 128) -> torch.Tensor:
+        """The fast inference path: log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F).
+
+        inference_mode (no autograd bookkeeping), weight norm folded (load_vocoder does it; done here
+        if still present), chunked in time for the cache (forward_chunked; chunk=0 runs forward()).
+        Measured on 2 busy AMD EPYC cores, V1, 848 frames, one thread: 8.1 s plain, 6.6-6.9 s chunked.
+        Chunking multiplies the number of (small) ops ~7x, and every op ends in an OpenMP barrier: on
+        a CPU oversubscribed by other processes use torch.set_num_threads(1) or chunk=0.
+        `dtype` None picks what the device runs natively (runtime.pick_dtype): bf16 on CUDA and on CPUs
+        with AMX/AVX-512 BF16, fp32 elsewhere, where emulated bf16 convolutions are ~300x slower.
+        Weights stay fp32; a lower `dtype` is applied with autocast; the waveform comes back as fp32.
+        """
+        if self.has_weight_norm():
+            self.remove_weight_norm()
+        squeeze = log_mel.dim() == 2
+        x = log_mel[None] if squeeze else log_mel                            # (B, 80, F)
+        device = x.device.type
+        if dtype is None:
+            dtype = pick_dtype(device, None, verbose=False)
+        x = x.to(self.conv_pre.weight.dtype)
+        with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+            wav = self.forward_chunked(x, chunk) if chunk and device == "cpu" else self(x)   # (B, 1, 256 F)
+        wav = wav[:, 0].float()                                              # (B, 256 F)
+        return wav[0] if squeeze else wav
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading: our checkpoints, and the official ones (a dict {"generator": state_dict} with old names).
+# ---------------------------------------------------------------------------------------------------
+#
+# torch.nn.utils.weight_norm (the old API the official code used) stored each normalised weight as
+# two tensors, `<conv>.weight_g` (the norm g, shape (out, 1, 1) for Conv1d; (in, 1, 1) for
+# ConvTranspose1d, whose dim 0 is the input channels) and `<conv>.weight_v` (the direction v, the
+# weight's shape), with weight = g * v / ||v||. The parametrization API used here names the same two
+# tensors `<conv>.parametrizations.weight.original0` (g) and `.original1` (v).
+
+OLD_TO_NEW = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+
+
+def from_official_names(state: dict) -> dict:
+    """Rename weight_g / weight_v to the parametrization names; other keys pass unchanged."""
+    out = {}
+    for key, value in state.items():
+        for old, new in OLD_TO_NEW.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+        out[key] = value
+    return out
+
+
+def to_official_names(state: dict) -> dict:
+    """The inverse of from_official_names: our weight-normed state_dict as the official code saves it."""
+    out = {}
+    for key, value in state.items():
+        for old, new in OLD_TO_NEW.items():
+            if key.endswith(new):
+                key = key[: -len(new)] + old
+        out[key] = value
+    return out
+
+
+def _weight_shape(state: dict, conv: str) -> tuple:
+    """Shape of a conv's weight whether stored plain, weight-normed (v) or with the old name."""
+    for suffix in (".weight", ".parametrizations.weight.original1", ".weight_v"):
+        if conv + suffix in state:
+            return tuple(state[conv + suffix].shape)
+    raise UserError(f"the vocoder checkpoint has no weights for {conv}; it is not a HiFiGAN generator.")
+
+
+def infer_generator_fields(state: dict) -> dict:
+    """Read the generator's shape (Config fields) off the tensors of a state_dict.
+
+    conv_pre's weight is (h_u, n_mels, 7); ups.i's is (C_in, C_out, k_u); the stride is not stored, but
+    the official layouts use k_u = 2u. ResBlock1 has convs1/convs2, ResBlock2 has convs; the kernel
+    sizes are the last dimension of each MRF block's first conv. Dilations leave no trace in the shapes:
+    they come from the preset whose shapes match.
+    """
+    h_u, n_mels, _ = _weight_shape(state, "conv_pre")
+    n_ups = len({k.split(".")[1] for k in state if k.startswith("ups.")})
+    kernels_u = tuple(_weight_shape(state, f"ups.{i}")[2] for i in range(n_ups))
+    resblock = "1" if any(".convs1." in k for k in state) else "2"
+    n_blocks = len({k.split(".")[1] for k in state if k.startswith("resblocks.")})
+    first = "convs1.0" if resblock == "1" else "convs.0"
+    per_level = n_blocks // max(n_ups, 1)
+    kernels_r = tuple(_weight_shape(state, f"resblocks.{j}.{first}")[2] for j in range(per_level))
+    return dict(resblock=resblock, upsample_initial_channel=h_u, n_mels=n_mels,
+                upsample_kernel_sizes=kernels_u, upsample_rates=tuple(k // 2 for k in kernels_u),
+                resblock_kernel_sizes=kernels_r)
+
+
+def infer_config(state: dict) -> tuple:
+    """(name, Config) of the official preset (v1, v2, v3) whose tensor shapes match `state`."""
+    found = infer_generator_fields(state)
+    for name in ("v1", "v2", "v3"):
+        cfg = PRESETS[name]
+        if all(_same(getattr(cfg, k), v) for k, v in found.items()):
+            return name, cfg
+    shown = ", ".join(f"{k}={v}" for k, v in found.items())
+    raise UserError(f"the vocoder checkpoint's shapes ({shown}) match none of the HiFiGAN configs v1, v2, v3; "
+                    f"pass a Config that matches.")
+
+
+def _same(a, b) -> bool:
+    norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v   # tuples == lists
+    return norm(a) == norm(b)
+
+
+def _check_shapes(cfg: Config, state: dict, what: str) -> None:
+    """UserError naming every generator field where `state`'s shapes disagree with `cfg`."""
+    found = infer_generator_fields(state)
+    diffs = [f"{k}={v!r} (asked for {getattr(cfg, k)!r})" for k, v in found.items() if not _same(getattr(cfg, k), v)]
+    if diffs:
+        raise UserError(f"the {what} was made with another config: " + "; ".join(diffs) + ".")
+
+
+def _resolve(config) -> Config | None:
+    if config is None or isinstance(config, Config):
+        return config
+    if config not in ("v1", "v2", "v3"):
+        raise UserError(f"the vocoder config must be v1, v2, v3 or a vocoder.Config, not {config!r}.")
+    return PRESETS[config]
+
+
+def from_checkpoint(ckpt: dict) -> Generator:
+    """Rebuild the generator from one of our checkpoints (its stored config); eval mode, weight norm removed."""
+    if ckpt.get("stage") != "vocoder":
+        raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a vocoder one.")
+    cfg = config_from_dict(Config, ckpt["config"], "vocoder checkpoint")
+    return _build(cfg, ckpt["model"], "vocoder checkpoint")
+
+
+def _build(cfg: Config, state: dict, what: str) -> Generator:
+    model = Generator(cfg)
+    if not any(".parametrizations." in k for k in state):
+        model.remove_weight_norm()            # a state_dict saved after remove_weight_norm: plain weights
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:                 # missing/unexpected keys or shape mismatches
+        first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
+        raise UserError(f"the {what} does not fit a HiFiGAN generator of its config ({first[:200]}).") from None
+    return model.remove_weight_norm().eval()
+
+
+def load_vocoder(path_or_dict, config=None) -> Generator:
+    """A ready-to-run generator (eval mode, weight norm removed) from any of the checkpoints we know.
+
+    - our own: {"stage": "vocoder", "config": ..., "model": state_dict} (what Trainer.checkpoint writes);
+    - the official: {"generator": state_dict} with weight_g / weight_v names (generator_v1, _v2, _v3 of
+      the HiFiGAN repository, or a state_dict already stripped of weight norm).
+    `config`: None infers it (ours: stored; official: v1/v2/v3 from the tensor shapes), or "v1" | "v2" |
+    "v3" | a Config, which must then agree with the checkpoint (else a UserError naming the mismatch).
+    """
+    ckpt = load_checkpoint(path_or_dict) if isinstance(path_or_dict, str) else path_or_dict
+    what = f"vocoder checkpoint {path_or_dict}" if isinstance(path_or_dict, str) else "vocoder checkpoint"
+    cfg = _resolve(config)
+    if not isinstance(ckpt, dict):
+        raise UserError(f"the {what} is not a checkpoint dict.")
+    if ckpt.get("stage") == "vocoder":
+        if cfg is not None:
+            saved = {k: v for k, v in ckpt["config"].items() if k in GENERATOR_FIELDS}
+            check_config(_generator_view(cfg), saved, what)
+        return from_checkpoint(ckpt)
+    if "stage" in ckpt:
+        raise UserError(f"the {what} is a {ckpt['stage']} checkpoint, not a vocoder one.")
+    state = ckpt.get("generator", ckpt)       # the official format, or a bare state_dict
+    if not isinstance(state, dict) or "conv_pre.bias" not in state:
+        raise UserError(f"the {what} holds neither our format nor the official HiFiGAN one (key 'generator').")
+    state = from_official_names(state)
+    if cfg is None:
+        _, cfg = infer_config(state)
+    else:
+        _check_shapes(cfg, state, what)
+    return _build(cfg, state, what)
+
+
+@dataclass
+class _GeneratorFields:
+    """The generator part of a Config, for comparing with check_config (the rest does not matter to inference)."""
+    resblock: str
+    upsample_rates: tuple
+    upsample_kernel_sizes: tuple
+    upsample_initial_channel: int
+    resblock_kernel_sizes: tuple
+    resblock_dilation_sizes: tuple
+    n_mels: int
+
+
+def _generator_view(cfg: Config) -> _GeneratorFields:
+    return _GeneratorFields(**{k: getattr(cfg, k) for k in GENERATOR_FIELDS})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The discriminators (HiFiGAN Sec. 2.2, Fig. 2).
+# ---------------------------------------------------------------------------------------------------
+
+class DiscriminatorP(nn.Module):
+    """One MPD sub-discriminator: the waveform folded into a 2-D image of width `period`.
+
+    Reshaping (B, 1, T) to (B, 1, T/p, p) puts samples p apart in one column; convolutions of kernel
+    (5, 1) then only ever compare samples exactly p apart, so each sub-discriminator judges the
+    periodic structure of one period (HiFiGAN Sec. 2.2). Feature maps are returned for Eq. 4.
+    """
+
+    def __init__(self, period: int, width: int = 32, kernel_size: int = 5, stride: int = 3):
+        super().__init__()
+        self.period = period
+        chans = [1, width, 4 * width, 16 * width, 32 * width, 32 * width]   # 1 -> 32 -> ... -> 1024
+        pad = (get_padding(kernel_size), 0)
+        self.convs = nn.ModuleList(
+            weight_norm(nn.Conv2d(cin, cout, (kernel_size, 1), (stride if i < 4 else 1, 1), padding=pad))
+            for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])))
+        self.conv_post = weight_norm(nn.Conv2d(chans[-1], 1, (3, 1), padding=(1, 0)))
+
+    def forward(self, x: torch.Tensor):
+        b, c, t = x.shape
+        if t % self.period:                                                  # pad to a whole number of rows
+            x = F.pad(x, (0, self.period - t % self.period), mode="reflect")
+        x = x.view(b, c, -1, self.period)                                    # (B, 1, T) -> (B, 1, T/p, p)
+        fmap = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        return x.flatten(1), fmap                                            # (B, T'/p * p) realness scores
+
+
+class DiscriminatorS(nn.Module):
+    """One MSD sub-discriminator (MelGAN's): strided, grouped 1-D convolutions over the raw (or pooled) waveform."""
+
+    def __init__(self, width: int = 128, spectral: bool = False):
+        super().__init__()
+        norm = spectral_norm if spectral else weight_norm
+        w = width
+        # (in, out, kernel, stride, groups), official sizes for w = 128
+        layers = [(1, w, 15, 1, 1), (w, w, 41, 2, 4), (w, 2 * w, 41, 2, 16), (2 * w, 4 * w, 41, 4, 16),
+                  (4 * w, 8 * w, 41, 4, 16), (8 * w, 8 * w, 41, 1, 16), (8 * w, 8 * w, 5, 1, 1)]
+        self.convs = nn.ModuleList(
+            norm(nn.Conv1d(cin, cout, k, s, groups=g, padding=get_padding(k))) for cin, cout, k, s, g in layers)
+        self.conv_post = norm(nn.Conv1d(8 * w, 1, 3, padding=1))
+
+    def forward(self, x: torch.Tensor):
+        fmap = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        return x.flatten(1), fmap
+
+
+class MultiPeriodDiscriminator(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.discriminators = nn.ModuleList(DiscriminatorP(p, cfg.mpd_width) for p in cfg.periods)
+
+    def forward(self, wav: torch.Tensor):
+        """(B, 1, T) -> ([score per sub-discriminator], [[feature maps] per sub-discriminator])."""
+        outs = [d(wav) for d in self.discriminators]
+        return [o[0] for o in outs], [o[1] for o in outs]
+
+
+class MultiScaleDiscriminator(nn.Module):
+    """MSD: the same sub-discriminator shape on the waveform, x2 and x4 average-pooled (smoother views).
+
+    The first, on raw audio, uses spectral norm (it stabilised training in HiFiGAN Sec. 2.2), the others weight norm.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.discriminators = nn.ModuleList(DiscriminatorS(cfg.msd_width, spectral=i == 0) for i in range(cfg.msd_scales))
+        self.pool = nn.AvgPool1d(4, 2, padding=2)
+
+    def forward(self, wav: torch.Tensor):
+        scores, fmaps = [], []
+        for i, d in enumerate(self.discriminators):
+            if i > 0:
+                wav = self.pool(wav)                                         # (B, 1, T) -> (B, 1, T/2 + 1)
+            s, f = d(wav)
+            scores.append(s)
+            fmaps.append(f)
+        return scores, fmaps
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses (HiFiGAN Sec. 2.3).
+# ---------------------------------------------------------------------------------------------------
+
+def discriminator_loss(real_scores, fake_scores) -> torch.Tensor:
+    """Eq. 1, least squares (LSGAN): push D(real) to 1 and D(fake) to 0, summed over sub-discriminators."""
+    return sum(torch.mean((1 - r) ** 2) + torch.mean(g ** 2) for r, g in zip(real_scores, fake_scores))
+
+
+def generator_adv_loss(fake_scores) -> torch.Tensor:
+    """Eq. 2: the generator wants every sub-discriminator to score its output as real (1)."""
+    return sum(torch.mean((1 - g) ** 2) for g in fake_scores)
+
+
+def feature_matching_loss(real_fmaps, fake_fmaps) -> torch.Tensor:
+    """Eq. 4: L1 between the discriminators' hidden features of real and generated audio, every layer.
+
+    A learned perceptual distance: matching what the discriminator looks at, not only its verdict.
+    """
+    return sum(torch.mean(torch.abs(r.detach() - g)) for rs, gs in zip(real_fmaps, fake_fmaps) for r, g in zip(rs, gs))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: one step of HiFiGAN's two-player game, used by train.py --stage vocoder.
+# ---------------------------------------------------------------------------------------------------
+
+def lr_factor(step: int, steps_per_epoch: int) -> float:
+    """HiFiGAN's schedule (Sec. 4): lr = 2e-4 * 0.999 ** epoch (PyTorch's ExponentialLR, stepped per epoch).
+
+    train.py owns the schedule of every stage (its warm-up + cosine by default); a caller that wants
+    HiFiGAN's own decay multiplies each param_group's peak lr by this factor every step. With
+    LJSpeech's ~13k training clips at batch 16 an "epoch" is about 800 steps.
+    """
+    return LR_DECAY ** (step // max(1, steps_per_epoch))
+
+
+class Trainer:
+    """The generator, both discriminators, their two AdamW optimisers, and one training step.
+
+    Each step cuts one random `segment_size` crop per clip (HiFiGAN trains on 8192-sample segments: the
+    generator is fully convolutional, so short crops teach it everything and batches stay small), then
+      1. discriminator step: L_D = Eq. 1 summed over MPD and MSD, on real vs detached generated audio;
+      2. generator step: L_G = L_adv (Eq. 2) + 2 L_fm (Eq. 4) + 45 L_mel (Eq. 3), Eq. 6.
+    Before cfg.disc_start only the mel term trains the generator (the tiny preset's quick start).
+    """
+
+    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 2e-4, amp_dtype: torch.dtype = torch.float32):
+        import mel                                                           # the HiFiGAN mel (mel.py)
+        self.mel = mel
+        if cfg.segment_size % mel.HOP:
+            raise UserError(f"vocoder segment_size must be a multiple of {mel.HOP} samples, not {cfg.segment_size}.")
+        if math.prod(cfg.upsample_rates) != mel.HOP:
+            raise UserError(f"the vocoder's upsample_rates {cfg.upsample_rates} multiply to "
+                            f"{math.prod(cfg.upsample_rates)}, not the hop size {mel.HOP}.")
+        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        self.generator = Generator(cfg).to(device).train()
+        self.mpd = MultiPeriodDiscriminator(cfg).to(device).train()
+        self.msd = MultiScaleDiscriminator(cfg).to(device).train()
+        # HiFiGAN Sec. 4: AdamW, beta1 0.8 (less momentum than usual: the adversarial target moves), beta2 0.99
+        adamw = dict(lr=lr, betas=(0.8, 0.99), weight_decay=0.01)
+        self.opt_g = torch.optim.AdamW(self.generator.parameters(), **adamw)
+        self.opt_d = torch.optim.AdamW(list(self.mpd.parameters()) + list(self.msd.parameters()), **adamw)
+        self.optimizers = [self.opt_g, self.opt_d]
+        self.ddp_modules = ["generator", "mpd", "msd"]                       # train.py wraps these for DDP
+
+    def _autocast(self):
+        return torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
+
+    def segments(self, wav: torch.Tensor, step: int) -> torch.Tensor:
+        """One random segment_size crop per clip: (B, T) -> (B, segment_size), zero-padded if a clip is short.
+
+        The crop offsets depend only on `step` (a generator seeded by it), so a resumed run cuts the same ones.
+        """
+        n = self.cfg.segment_size
+        if wav.shape[1] < n:
+            return F.pad(wav, (0, n - wav.shape[1]))
+        g = torch.Generator().manual_seed(1_000_003 * (step + 1))
+        starts = torch.randint(0, wav.shape[1] - n + 1, (wav.shape[0],), generator=g).tolist()
+        return torch.stack([w[s:s + n] for w, s in zip(wav, starts)])
+
+    def step(self, batch: dict, step: int) -> dict:
+        y = self.segments(batch["wav"].float(), step).to(self.device)       # (B, 8192)
+        with torch.no_grad():
+            y_mel = self.mel.mel_spectrogram(y)                              # (B, 80, 32) natural-log mel
+        y = y[:, None]                                                       # (B, 1, 8192), as the discriminators take it
+        use_gan = step >= self.cfg.disc_start
+        with self._autocast():
+            y_hat = self.generator(y_mel)                                    # (B, 1, 8192)
+        metrics = {}
+
+        # --- 1. discriminators: real -> 1, generated -> 0 (Eq. 1) ---
+        if use_gan:
+            with self._autocast():
+                real_p, _ = self.mpd(y)
+                fake_p, _ = self.mpd(y_hat.detach())
+                real_s, _ = self.msd(y)
+                fake_s, _ = self.msd(y_hat.detach())
+                loss_d = discriminator_loss(real_p, fake_p) + discriminator_loss(real_s, fake_s)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.float().backward()
+            self.opt_d.step()
+            metrics["d_loss"] = loss_d.item()
+
+        # --- 2. generator: mel L1 (Eq. 3) + adversarial (Eq. 2) + feature matching (Eq. 4), Eq. 6 ---
+        loss_mel = F.l1_loss(self.mel.mel_spectrogram(y_hat[:, 0].float()), y_mel)   # the mel in fp32 (STFT)
+        loss = self.cfg.mel_weight * loss_mel
+        if use_gan:
+            self.mpd.requires_grad_(False)                                   # gradients flow through, not into, D
+            self.msd.requires_grad_(False)
+            with self._autocast():
+                with torch.no_grad():                                        # real features are targets only
+                    _, real_fp = self.mpd(y)
+                    _, real_fs = self.msd(y)
+                fake_p, fake_fp = self.mpd(y_hat)
+                fake_s, fake_fs = self.msd(y_hat)
+                loss_adv = generator_adv_loss(fake_p) + generator_adv_loss(fake_s)
+                loss_fm = feature_matching_loss(real_fp, fake_fp) + feature_matching_loss(real_fs, fake_fs)
+            loss = loss + loss_adv.float() + self.cfg.fm_weight * loss_fm.float()
+            self.mpd.requires_grad_(True)
+            self.msd.requires_grad_(True)
+            metrics.update(g_adv=loss_adv.item(), fm=loss_fm.item())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        metrics.update(loss=loss.item(), mel_l1=loss_mel.item())
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"config": dataclasses.asdict(self.cfg), "generator": self.generator.state_dict(),
+                "mpd": self.mpd.state_dict(), "msd": self.msd.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        check_config(self.cfg, d["config"], "vocoder training state")
+        self.generator.load_state_dict(d["generator"])
+        self.mpd.load_state_dict(d["mpd"])
+        self.msd.load_state_dict(d["msd"])
+        self.opt_g.load_state_dict(d["opt_g"])
+        self.opt_d.load_state_dict(d["opt_d"])
+
+    def checkpoint(self) -> dict:
+        """The inference checkpoint: config + generator weights (weight-normed names; load_vocoder folds them)."""
+        return {"stage": "vocoder", "config": dataclasses.asdict(self.cfg), "model": self.generator.state_dict()}
+
+    def checkpoint_params(self):
+        return list(self.generator.parameters())
+
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or ["v1", "v2", "v3", "tiny"]
+    for name in names:
+        if name not in PRESETS:
+            sys.exit(f"usage: python vocoder.py [{'|'.join(PRESETS)}]")
+        cfg = PRESETS[name]
+        g = Generator(cfg)
+        print(f"{name}: generator {count_parameters(g) / 1e6:.2f} M, MPD {count_parameters(MultiPeriodDiscriminator(cfg)) / 1e6:.2f} M, "
+              f"MSD {count_parameters(MultiScaleDiscriminator(cfg)) / 1e6:.2f} M")
+    if len(sys.argv) == 2:
+        g = Generator(PRESETS[sys.argv[1]]).remove_weight_norm().eval()
+        log_mel = torch.randn(1, 80, 848) - 5
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            g.vocode(log_mel, torch.float32)
+            times.append(time.perf_counter() - t0)
+        print(f"848 frames -> {848 * 256} samples, fp32: median {sorted(times)[1]:.2f} s over 3 runs")
