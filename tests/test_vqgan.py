@@ -1,0 +1,183 @@
+"""Specifications of vqgan.py: shapes and size of the paper's tokenizer, the quantiser's gradients and
+codebook upkeep, the adaptive GAN weight, checkpoints, and that a tiny model can learn a real clip."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import mel
+import vqgan
+from runtime import UserError, load_checkpoint, save_checkpoint
+
+TINY = vqgan.PRESETS["tiny"]
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_full_preset_has_paper_size_and_turns_80x848_into_5x53_tokens_and_back():
+    cfg = vqgan.PRESETS["full"]
+    assert (cfg.n_codes, cfg.code_dim) == (1024, 256)                  # Sec. 4
+    torch.manual_seed(0)
+    model = vqgan.VQGAN(cfg).eval()
+    assert 60e6 <= n_params(model) <= 90e6                              # "around 75M parameters" (Sec. 4)
+    x = torch.rand(1, 80, 848) * 2 - 1                                  # a normalised 9.845 s mel
+    with torch.no_grad():
+        tokens = model.encode(x)
+        assert tokens.shape == (1, 5, 53) and tokens.dtype == torch.long   # 265 tokens (Sec. 4)
+        assert 0 <= tokens.min() and tokens.max() < 1024
+        assert model.decode(tokens).shape == (1, 80, 848)
+
+
+def test_frames_must_be_a_multiple_of_16():
+    model = vqgan.VQGAN(TINY)
+    with pytest.raises(UserError, match="multiple of 16"):
+        model.encode(torch.zeros(1, 80, 100))
+    with pytest.raises(UserError, match="multiple of 16"):
+        model(torch.zeros(1, 80, 8))
+    assert model.encode(torch.zeros(1, 80, 112)).shape == (1, 5, 7)     # any multiple of 16 works
+
+
+def test_quantiser_outputs_codebook_entries_and_passes_gradients_straight_through():
+    torch.manual_seed(0)
+    vq = vqgan.VectorQuantizer(dataclasses.replace(TINY, n_codes=16, code_dim=4))
+    z = torch.randn(2, 4, 5, 3, requires_grad=True)                     # (B, D, rows, cols)
+    q, loss, ids, _ = vq(z)
+    # forward: every vector is its nearest codebook entry
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, 4)
+    nearest = torch.cdist(flat, vq.codebook.weight.detach()).argmin(1)
+    assert torch.equal(ids.flatten(), nearest)
+    assert torch.allclose(q.detach().permute(0, 2, 3, 1).reshape(-1, 4), vq.codebook.weight[nearest].detach())
+    # backward: the gradient arriving at q reaches z unchanged (straight-through estimator)
+    g = torch.randn_like(q)
+    q.backward(g)
+    assert torch.allclose(z.grad, g)
+
+
+def test_reconstruction_gradient_reaches_the_encoder():
+    torch.manual_seed(0)
+    model = vqgan.VQGAN(TINY)
+    x = torch.rand(2, 80, 32) * 2 - 1
+    recon, vq_loss, _ = model(x)
+    (recon - x).abs().mean().backward()                                 # the L1 term alone, no VQ loss
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0            # it crossed the argmin
+
+
+def test_dead_codes_are_reseeded_onto_encoder_outputs():
+    torch.manual_seed(0)
+    vq = vqgan.VectorQuantizer(dataclasses.replace(TINY, n_codes=32, code_dim=4, dead_code_steps=3)).train()
+    with torch.no_grad():                                               # a collapsed codebook: code 0 near the data,
+        vq.codebook.weight[:] = 100 + torch.randn(32, 4)                # every other code far away
+        vq.codebook.weight[0] = 0
+    vq.steps_unused.zero_()                                             # as if every code had just been used
+    z = torch.randn(4, 4, 4, 8)                                         # 128 encoder vectors
+    assert vq(z)[3]["used"] == 1 / 32                                   # only code 0 is chosen
+    reseeded = [vq.reseed_dead_codes()]
+    for _ in range(2):
+        vq(z)
+        reseeded.append(vq.reseed_dead_codes())
+    assert reseeded == [0, 0, 31]                                       # all 31 dead codes, after 3 unused steps
+    data = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    gap = torch.cdist(vq.codebook.weight[1:].detach(), data).min(1).values
+    assert gap.max() < 0.1                                              # each new code sits on an encoder output
+    vq.eval()
+    assert vq(z)[3]["used"] > 0.5                                       # and the codebook is in use again
+
+
+def test_a_fresh_codebook_is_seeded_from_the_first_batch():
+    torch.manual_seed(0)
+    vq = vqgan.VectorQuantizer(dataclasses.replace(TINY, n_codes=32, code_dim=4)).train()
+    assert vq.alive_fraction() == 0                                     # nothing has been chosen yet
+    z = 5 + torch.randn(2, 4, 4, 8)                                     # data far from the initial codes (|e| < 1/32)
+    _, _, ids, _ = vq(z)
+    assert vq.reseed_dead_codes() == 32 - len(ids.unique())             # every code the step did not choose
+    assert vq.alive_fraction() == len(ids.unique()) / 32
+    data = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    assert torch.cdist(vq.codebook.weight.detach(), data).min(1).values.median() < 0.1
+
+
+def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_decoder_layer():
+    torch.manual_seed(0)
+    model, disc = vqgan.VQGAN(TINY), vqgan.PatchDiscriminator(TINY)
+    x = torch.rand(2, 80, 64) * 2 - 1
+    recon = model(x)[0]
+    rec_loss, g_loss = (recon - x).abs().mean(), -disc(recon).mean()
+    last = model.decoder.conv_out.weight
+    lam = vqgan.adaptive_weight(rec_loss, g_loss, last, disc_weight=0.8)
+    # independently: two ordinary backward passes, reading .grad of the last layer
+    rec_loss.backward(retain_graph=True)
+    g_rec = last.grad.clone()
+    last.grad = None
+    g_loss.backward()
+    g_adv = last.grad.clone()
+    expected = g_rec.norm() / (g_adv.norm() + 1e-4) * 0.8
+    assert torch.allclose(lam, expected, rtol=1e-5)
+    assert not lam.requires_grad                                        # a constant factor, not a loss term
+
+
+def test_hinge_loss_is_zero_only_when_real_and_fake_are_beyond_the_margins():
+    assert vqgan.hinge_d_loss(torch.full((3,), 1.5), torch.full((3,), -2.0)) == 0
+    assert vqgan.hinge_d_loss(torch.zeros(3), torch.zeros(3)) == 1.0   # 0.5 * (1 + 1)
+
+
+def test_checkpoint_round_trip_and_a_load_into_another_config_names_the_mismatch(tmp_path):
+    torch.manual_seed(0)
+    model = vqgan.VQGAN(TINY).eval()
+    path = str(tmp_path / "vqgan.pt")
+    save_checkpoint({"stage": "vqgan", "config": dataclasses.asdict(TINY), "model": model.state_dict()}, path)
+    ckpt = load_checkpoint(path, "vqgan")                               # weights_only=True
+    again = vqgan.from_checkpoint(ckpt)
+    x = torch.rand(1, 80, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(again.encode(x), model.encode(x))
+        assert torch.allclose(again(x)[0], model(x)[0])
+    other = vqgan.VQGAN(dataclasses.replace(TINY, n_codes=128))
+    with pytest.raises(UserError, match="n_codes=256"):
+        other.load_checkpoint(ckpt)
+
+
+def test_trainer_switches_the_discriminator_on_at_disc_start_and_resumes_exactly():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, disc_start=1)
+    trainer = vqgan.Trainer(cfg, lr=1e-3)
+    batch = {"wav": 0.1 * torch.randn(2, 32 * mel.HOP)}                 # 32 frames
+    before = trainer.step(batch, 0)
+    after = trainer.step(batch, 1)
+    assert "d_loss" not in before and "g_loss" not in before           # L1 + VQ only before disc_start
+    assert after["d_loss"] > 0 and after["d_weight"] > 0
+    assert 0 <= after["used"] <= 1 and after["ppl"] >= 1
+    x, y = trainer.preview(batch)
+    assert x.shape == y.shape == (1, 80, 32)
+    # a second trainer loaded from the first's state takes the identical next step
+    twin = vqgan.Trainer(cfg, lr=1e-3)
+    twin.load_state_dict(trainer.state_dict())
+    torch.manual_seed(1)
+    a = trainer.step(batch, 2)
+    torch.manual_seed(1)
+    b = twin.step(batch, 2)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+    with pytest.raises(UserError, match="n_codes"):
+        vqgan.Trainer(dataclasses.replace(cfg, n_codes=128)).load_state_dict(trainer.state_dict())
+
+
+def test_tiny_model_overfits_one_real_clip(full_band_clips):
+    x = mel.normalize(mel.mel_spectrogram(mel.load_audio(full_band_clips[0])))   # (80, 848)
+    start = max(range(0, x.shape[1] - 64 + 1, 16), key=lambda s: x[:, s:s + 64].std())
+    x = x[None, :, start:start + 64]                                    # the liveliest 64 frames (0.74 s), (1, 80, 64)
+    baseline = (x - x.median()).abs().mean().item()                     # L1 of the best constant guess (the median)
+    torch.manual_seed(0)
+    model = vqgan.VQGAN(TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.5, 0.9))
+    losses = []
+    for _ in range(80):
+        recon, vq_loss, _ = model(x)
+        l1 = (recon - x).abs().mean()
+        opt.zero_grad()
+        (l1 + vq_loss).backward()
+        opt.step()
+        model.quantizer.reseed_dead_codes()
+        losses.append(l1.item())
+    final = min(losses[-10:])
+    assert final < 0.2 * losses[0] and final < 0.25 * baseline, (losses[0], baseline, final)
