@@ -1,0 +1,331 @@
+"""
+specmaskgit.py — the masked generative transformer of SpecMaskGIT and its sampler.
+
+Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms ..." (ISMIR 2024).
+  Sec. 3.2  training on randomly masked token grids (Eq. 1)
+  Sec. 3.3  CLAP conditioning as one extra token; the conditional mask
+  Sec. 3.4  parallel iterative sampling with classifier-free guidance (Eq. 2, 3)
+
+In:  tokens (B, 5, 53) from vqgan.encode, a CLAP embedding (B, 512)
+Out: logits (B, 265, 1024) in training; tokens (B, 5, 53) from generate()
+Run alone: python specmaskgit.py   # builds the full-size model, prints its size and the mask schedule
+"""
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from runtime import UserError, check_config, config_from_dict
+
+
+@dataclass
+class Config:
+    n_layers: int = 24            # Sec. 4: 24 transformer blocks ...
+    width: int = 768              # ... of width 768 ...
+    n_heads: int = 8              # ... with 8 attention heads ...
+    mlp: int = 3072               # ... and a 3072-wide MLP (about 170 M parameters in all)
+    n_codes: int = 1024           # SpecVQGAN codebook size (Sec. 3.1)
+    rows: int = 5                 # 80 mel bins / 16
+    cols: int = 53                # 848 frames / 16
+    cond_dim: int = 512           # CLAP embedding width (Sec. 3.3)
+    dropout: float = 0.0
+    label_smoothing: float = 0.1  # Eq. 1 is a cross-entropy with label smoothing 0.1 (Sec. 4)
+    mask_mean: float = 0.55       # mask ratio ~ truncated Gaussian(0.55, 0.25) on (0, 1] (Sec. 3.2, after MAGE)
+    mask_std: float = 0.25
+    cfg_dropout: float = 0.1      # share of training samples trained unconditionally (CFG, Sec. 3.3)
+    conditional_mask: bool = True # masked positions show the CLAP embedding instead of [M] (Sec. 3.3)
+    mask_schedule: str = "cosine" # how many tokens stay masked after each sampling step (Sec. 3.4)
+
+
+PRESETS = {
+    "full": Config(),
+    # The toy world: 256-frame clips = 5 x 16 tokens; ~2 M parameters, fast on 2 CPU cores.
+    "tiny": Config(n_layers=6, width=192, n_heads=4, mlp=768, n_codes=256, cols=16),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The mask schedule (Sec. 3.4) and the training mask ratio (Sec. 3.2).
+# ---------------------------------------------------------------------------------------------------
+
+def mask_schedule(step: int, steps: int, n_tokens: int, kind: str = "cosine") -> int:
+    """How many tokens stay masked after `step` of `steps` (MaskGIT; cosine in Sec. 3.4).
+
+    Early steps re-mask most of the grid (the first guesses are poor); late steps keep almost
+    everything. Each curve falls from 1 to 0 as r goes from 0 to 1; cosine stays high longest.
+    """
+    r = (step + 1) / steps                                   # fraction of the schedule done
+    if kind == "cosine":
+        frac = math.cos(math.pi / 2 * r)
+    elif kind == "linear":
+        frac = 1 - r
+    elif kind == "sqrt":
+        frac = 1 - math.sqrt(r)
+    else:
+        raise UserError(f"mask_schedule must be cosine, linear or sqrt, not {kind!r}.")
+    return math.floor(n_tokens * frac)
+
+
+def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> torch.Tensor:
+    """(B, n) bool training masks: per sample a ratio from N(0.55, 0.25) truncated to (0, 1], then that
+    many random positions (at least one, so every sample has a loss)."""
+    ratios = torch.empty(0)
+    while ratios.numel() < B:                                # rejection sampling = truncation
+        r = torch.randn(4 * B, generator=generator) * cfg.mask_std + cfg.mask_mean
+        ratios = torch.cat([ratios, r[(r > 0) & (r <= 1)]])
+    n_masked = (ratios[:B] * n).ceil().clamp(1, n).long()                                  # (B,)
+    rank = torch.rand(B, n, generator=generator).argsort(dim=1).argsort(dim=1)             # random rank of each position
+    return (rank < n_masked[:, None]).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The transformer: pre-norm ViT blocks (as in Audio-MAE).
+# ---------------------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x):                                                      # (B, N, C)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, C/h)
+        y = F.scaled_dot_product_attention(q, k, v)                            # bidirectional: no causal mask
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """x + Attention(LN(x)), then x + MLP(LN(x)): the pre-norm block of ViT / Audio-MAE."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.width), nn.LayerNorm(cfg.width)
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(cfg.width, cfg.mlp), nn.GELU(), nn.Linear(cfg.mlp, cfg.width))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class SpecMaskGIT(nn.Module):
+    """Token grid + CLAP embedding -> logits over the codebook at every grid position (Fig. 4)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.n_codes, cfg.width)
+        self.mask_emb = nn.Parameter(torch.zeros(cfg.width))                    # the learned [M]
+        # 2-D position: a learned vector per row plus one per column (frequency band + time), so the
+        # model knows both where in the spectrum and when each token sits.
+        self.row_emb = nn.Parameter(torch.zeros(cfg.rows, 1, cfg.width))
+        self.col_emb = nn.Parameter(torch.zeros(1, cfg.cols, cfg.width))
+        self.cond_proj = nn.Linear(cfg.cond_dim, cfg.width)                     # 512 -> 768 (Sec. 3.3)
+        self.cond_pos = nn.Parameter(torch.zeros(cfg.width))                    # position of the CLAP token
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, cfg.n_codes)
+        for p in (self.mask_emb, self.row_emb, self.col_emb, self.cond_pos):
+            nn.init.normal_(p, std=0.02)
+
+    def embed(self, tokens, cond, mask, drop_cond=None):
+        """The transformer's input sequence (B, R C + 1, W): token embeddings, masked positions filled,
+        2-D positions added, the CLAP token appended.
+
+        cond None = unconditional for every sample; drop_cond (B,) bool = unconditional for some (CFG).
+        """
+        cfg = self.cfg
+        B, R, C = tokens.shape
+        x = self.tok_emb(tokens.clamp(0, cfg.n_codes - 1)).view(B, R * C, cfg.width)   # (B, 265, W)
+        # What a masked position shows: the projected CLAP embedding (the "conditional mask", Sec. 3.3),
+        # or the learned [M] vector when unconditional or when the ablation turns it off.
+        m = self.mask_emb.expand(B, cfg.width).to(x.dtype)                      # (B, W)
+        if cond is None:
+            c = m
+        else:
+            c = self.cond_proj(cond.to(self.cond_proj.weight.dtype)).to(x.dtype)  # (B, W)
+            if drop_cond is not None:                                           # CFG: replace the condition ...
+                c = torch.where(drop_cond[:, None], m, c)                       # ... by [M] everywhere it appears
+        fill = c if cfg.conditional_mask else m                                 # (B, W)
+        x = torch.where(mask.reshape(B, R * C, 1), fill[:, None, :], x)
+        pos = (self.row_emb + self.col_emb[:, :C]).reshape(1, R * C, cfg.width)  # (1, 265, W)
+        x = x + pos
+        return torch.cat([x, (c + self.cond_pos)[:, None, :]], dim=1)           # (B, 266, W): CLAP token last
+
+    def forward(self, tokens, cond, mask, drop_cond=None):
+        """tokens (B, R, C) long, cond (B, 512) or None, mask (B, R, C) bool -> logits (B, R C, n_codes)."""
+        x = self.embed(tokens, cond, mask, drop_cond)                           # (B, 266, W)
+        for block in self.blocks:
+            x = block(x)
+        n = tokens.shape[1] * tokens.shape[2]
+        return self.head(self.norm(x[:, :n]))                                   # (B, 265, n_codes)
+
+
+def from_checkpoint(ckpt: dict) -> SpecMaskGIT:
+    model = SpecMaskGIT(config_from_dict(Config, ckpt["config"], "transformer checkpoint"))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def load_into(model: SpecMaskGIT, ckpt: dict) -> None:
+    """Load a checkpoint into an existing model; another config is a one-sentence UserError."""
+    check_config(model.cfg, ckpt["config"], "transformer checkpoint")
+    model.load_state_dict(ckpt["model"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training (Sec. 3.2, Eq. 1).
+# ---------------------------------------------------------------------------------------------------
+
+def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None):
+    """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy)."""
+    cfg = model.cfg
+    B, R, C = tokens.shape
+    if mask is None:
+        mask = sample_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
+    if drop_cond is None and cond is not None:
+        drop_cond = (torch.rand(B, generator=generator) < cfg.cfg_dropout).to(tokens.device)
+    logits = model(tokens, cond, mask, drop_cond)                               # (B, 265, n_codes)
+    flat = mask.view(B, R * C)
+    picked, target = logits[flat].float(), tokens.view(B, R * C)[flat]         # (n_masked, n_codes), (n_masked,)
+    loss = F.cross_entropy(picked, target, label_smoothing=cfg.label_smoothing)
+    acc = (picked.argmax(-1) == target).float().mean()
+    return loss, acc
+
+
+class Trainer:
+    """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: the MAE / MAGE recipe the paper follows)
+    and one optimisation step with gradient clipping at 1.0."""
+
+    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,
+                 amp_dtype: torch.dtype = torch.float32):
+        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        self.model = SpecMaskGIT(cfg).to(device)
+        self.ddp_modules = ["model"]
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        rest = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizers = [torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))]
+
+    def step(self, batch: dict, step: int) -> dict:
+        self.model.train()
+        tokens = batch["tokens"].to(self.device)
+        cond = batch["cond"].to(self.device)
+        g = torch.Generator().manual_seed(step)                                 # masks replay on --resume
+        with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
+            loss, acc = masked_loss(self.model, tokens, cond, generator=g)
+        opt = self.optimizers[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.item(), "acc": acc.item(), "grad_norm": grad_norm.item()}
+
+    def state_dict(self) -> dict:
+        return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        load_into(getattr(self.model, "module", self.model), d)
+        self.optimizers[0].load_state_dict(d["optimizer"])
+
+    def checkpoint(self) -> dict:
+        model = getattr(self.model, "module", self.model)
+        return {"stage": "transformer", "config": dataclasses.asdict(self.cfg), "model": model.state_dict()}
+
+    def checkpoint_params(self):
+        return list(self.model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling (Sec. 3.4, Eq. 2-3).
+# ---------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None, known_mask=None, seed=None,
+             on_step=None, record_order=False, batch_size=None):
+    """MaskGIT sampling of (B, rows, cols) token grids.
+
+    Start with every unknown position masked. At step s of S:
+      1. one forward pass predicts logits at every position, for the conditional and the unconditional
+         input together (one batch of 2B); the guided logits are l_u + t (l_c - l_u), with t ramped
+         linearly from 0 to `cfg` (Eq. 2: early steps explore, late steps follow the prompt);
+      2. every masked position draws a token from softmax(guided logits);
+      3. confidence = log p(drawn token) + t_g * Gumbel noise, t_g annealed linearly from `temperature`
+         to 0 (Eq. 3: randomness in *which* tokens are kept, large early, none at the end);
+      4. the mask_schedule(s) least confident newly drawn tokens are masked again; the rest are kept.
+    Known positions (inpainting, bandwidth extension) are never masked and never re-drawn.
+    Returns tokens, and with record_order also the step at which each position was committed (-1 = known).
+    """
+    c = model.cfg
+    n = c.rows * c.cols
+    B = cond.shape[0] if cond is not None else (known_tokens.shape[0] if known_tokens is not None else (batch_size or 1))
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0 if seed is None else seed)
+    if known_tokens is None:
+        tokens = torch.zeros(B, n, dtype=torch.long)
+        known = torch.zeros(B, n, dtype=torch.bool)
+    else:
+        tokens = known_tokens.reshape(B, n).cpu().clone()
+        known = (known_mask if known_mask is not None else torch.ones_like(tokens, dtype=torch.bool)).reshape(B, n).cpu()
+    masked = ~known                                                             # (B, n)
+    n_unknown = masked.sum(1)                                                   # (B,) differs per sample only by the caller
+    order = torch.full((B, n), -1, dtype=torch.long)
+    for s in range(steps):
+        if not masked.any():
+            break
+        t = cfg * s / max(1, steps - 1)                                         # Eq. 2 ramp: 0 -> cfg
+        t_g = temperature * (1 - (s + 1) / steps)                               # Eq. 3 anneal: -> 0
+        logits = guided_logits(model, tokens.to(device), cond, masked.to(device), t).float().cpu()   # (B, n, K)
+        probs = logits.softmax(-1)
+        drawn = torch.multinomial(probs.view(B * n, -1), 1, generator=g).view(B, n)           # 2. sample
+        drawn = torch.where(masked, drawn, tokens)
+        logp = probs.gather(-1, drawn[..., None])[..., 0].clamp_min(1e-30).log()
+        gumbel = -torch.log(-torch.log(torch.rand(B, n, generator=g).clamp(1e-20, 1 - 1e-7)))
+        confidence = logp + t_g * gumbel                                                        # 3. Eq. 3
+        confidence = confidence.masked_fill(~masked, float("inf"))             # kept tokens are never re-masked
+        # 4. how many of each sample's unknown positions stay masked after this step
+        n_keep_masked = torch.tensor([mask_schedule(s, steps, int(u), c.mask_schedule) for u in n_unknown])
+        rank = confidence.argsort(dim=1).argsort(dim=1)                         # 0 = least confident
+        remask = rank < n_keep_masked[:, None]
+        newly = masked & ~remask
+        order[newly] = s
+        tokens = torch.where(masked, drawn, tokens)
+        masked = remask & masked
+        if on_step is not None:
+            on_step(s, steps, int(masked.sum()))
+    tokens = tokens.view(B, c.rows, c.cols).to(device)
+    return (tokens, order.view(B, c.rows, c.cols)) if record_order else tokens
+
+
+def guided_logits(model, tokens, cond, masked, t):
+    """Eq. 2, with the conditional and unconditional passes in one batch; t = 0 needs only the latter."""
+    B, n = tokens.shape
+    grid = tokens.view(B, model.cfg.rows, model.cfg.cols)
+    mask = masked.view_as(grid)
+    if cond is None or t == 0:
+        return model(grid, None, mask)                                          # l_u only
+    both = model(torch.cat([grid, grid]), torch.cat([cond, cond]), torch.cat([mask, mask]),
+                 drop_cond=torch.arange(2 * B, device=tokens.device) >= B)      # (2B, n, K): first B conditional
+    l_c, l_u = both[:B], both[B:]
+    return l_u + t * (l_c - l_u)                                                # Eq. 2
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    name = sys.argv[1] if len(sys.argv) > 1 else "full"
+    model = SpecMaskGIT(PRESETS[name])
+    print(f"{name}: {count_parameters(model) / 1e6:.1f} M parameters")
+    n = model.cfg.rows * model.cfg.cols
+    print("step:   " + " ".join(f"{s + 1:4d}" for s in range(16)))
+    print("masked: " + " ".join(f"{mask_schedule(s, 16, n):4d}" for s in range(16)))
