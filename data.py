@@ -555,6 +555,14 @@ def caption_for(rng, kinds: list, tags: list) -> str:
     return f"{first} as {rng.choice(CLAUSES[KINDS[kinds[1]]])}"
 
 
+def toy_caption_phrases() -> list[str]:
+    """Every phrase and connecting word the toy captions are built from (a text encoder's vocabulary
+    can be read off these without synthesising a single clip)."""
+    phrases = [p for kind in CAPTIONS.values() for options in kind.values() for p in options]
+    phrases += [c for clauses in CLAUSES.values() for c in clauses]
+    return phrases + ["while", "and", "with in the background", "as"]
+
+
 def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x ** 2)) + 1e-12)
 

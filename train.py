@@ -143,7 +143,7 @@ STAGE_DEFAULTS = {
     ("vqgan", "tiny"): dict(steps=800, batch_size=8, warmup=50, lr=1e-3),
     ("vocoder", "tiny"): dict(steps=500, batch_size=8, warmup=50, lr=2e-3),
     ("clap", "tiny"): dict(steps=250, batch_size=32, warmup=25, lr=1e-3),
-    ("transformer", "tiny"): dict(steps=1200, batch_size=32, warmup=100, lr=None),
+    ("transformer", "tiny"): dict(steps=3000, batch_size=32, warmup=100, lr=1e-3),
     ("vqgan", "full"): dict(steps=100_000, batch_size=8, warmup=1000, lr=None),
     ("vocoder", "full"): dict(steps=500_000, batch_size=16, warmup=1000, lr=None),
     ("clap", "full"): dict(steps=20_000, batch_size=128, warmup=500, lr=None),
