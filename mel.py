@@ -28,7 +28,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from runtime import UserError
+from runtime import UMASK, UserError
 
 SR = 22050             # sampling rate of the whole project (Sec. 4)
 N_FFT = 1024           # HiFiGAN's FFT size
@@ -134,6 +134,7 @@ def _atomic_write(path: str, write) -> None:
         raise UserError(f"cannot write to {folder}: {e.strerror or e}.") from None
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)                     # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"could not write {path}: {e.strerror or e}.") from None

@@ -19,6 +19,9 @@ import tempfile
 
 import torch
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)                                    # read the process's umask (the only way is to set it)
+
 
 class UserError(Exception):
     """Something the user can fix (a path, a flag, a file). Printed as one sentence, exit code 2."""
@@ -46,6 +49,7 @@ def save_checkpoint(obj: dict, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)                     # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except OSError as e:
         if os.path.exists(tmp):

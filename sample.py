@@ -230,6 +230,8 @@ def parse_args(argv=None):
     p.add_argument("prompts", nargs="*", help="one or more text prompts")
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="a bundle written by train.py --bundle")
     p.add_argument("--vocoder-ckpt", default=None, help="a HiFiGAN checkpoint (ours or the official one)")
+    p.add_argument("--clap", default=None, choices=["tiny", "laion"],
+                   help="conditioner: the bundle's TinyCLAP, or LAION-CLAP (default: laion when --clap-ckpt is given)")
     p.add_argument("--clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt instead of the bundled CLAP")
     p.add_argument("--steps", type=int, default=16, help="MaskGIT iterations (Sec. 3.4)")
     p.add_argument("--cfg", type=float, default=3.0, help="final classifier-free guidance scale (Eq. 2)")
@@ -265,6 +267,10 @@ def parse_args(argv=None):
             raise UserError("--inpaint takes at most one prompt.")
     elif args.start is not None or args.end is not None:
         raise UserError("--start and --end only make sense with --inpaint.")
+    if args.clap == "laion" and not args.clap_ckpt:
+        raise UserError("--clap laion needs --clap-ckpt 630k-audioset-best.pt (LAION-CLAP's checkpoint).")
+    if args.clap == "tiny":
+        args.clap_ckpt = None                                   # the bundle's TinyCLAP
     if args.lfr and not args.bwe:
         raise UserError("--lfr only makes sense with --bwe.")
     if not (args.inpaint or args.bwe) and not args.prompts:

@@ -272,7 +272,8 @@ def train_stage(stage, trainer, batches, args, steps, warmup, rank=0):
     for opt in trainer.optimizers:
         for g in opt.param_groups:
             g.setdefault("peak_lr", g["lr"])
-    t_start, window = time.time(), []
+    t_start, window, wall = time.time(), [], []
+    t_last = time.time()
     step = trainer.start_step
     for step, batch in batches:
         if step >= steps:
@@ -283,10 +284,12 @@ def train_stage(stage, trainer, batches, args, steps, warmup, rank=0):
                 g["lr"] = g["peak_lr"] * factor
         t0 = time.time()
         metrics = trainer.step(batch, step)
-        window.append(time.time() - t0)
+        window.append(time.time() - t0)                  # the optimisation step alone
+        wall.append(time.time() - t_last)                # plus loading / synthesising the batch
+        t_last = time.time()
         if (step + 1) % args.log_every == 0 or step + 1 == steps:
             sec = sum(window) / len(window)
-            eta = (steps - step - 1) * sec
+            eta = (steps - step - 1) * sum(wall) / len(wall)
             lr_now = trainer.optimizers[0].param_groups[0]["lr"]
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             if rank == 0:
@@ -294,7 +297,7 @@ def train_stage(stage, trainer, batches, args, steps, warmup, rank=0):
                       f"| ETA {eta / 60:.1f} min", flush=True)
                 log.write(json.dumps({"step": step + 1, "lr": lr_now, "sec_per_step": sec, **metrics}) + "\n")
                 log.flush()
-            window = []
+            window, wall = [], []
         if stage == "vqgan" and rank == 0 and (step + 1) % args.preview_every == 0:
             from mel import save_png
             x, y = trainer.preview(batch)
@@ -401,7 +404,10 @@ def run(args) -> None:
     rank, world, device = setup_distributed(device)
     amp_dtype = pick_dtype(device.split(":")[0], args.dtype, verbose=rank == 0)
     torch.manual_seed(args.seed + rank)
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder {args.out}: {e.strerror or e}.") from None
     if not os.access(args.out, os.W_OK):
         raise UserError(f"the output folder {args.out} is not writable.")
     stages = STAGES if args.stage == "all" else [args.stage]
