@@ -1,0 +1,203 @@
+"""sample.py: text to audio, zero-shot inpainting and bandwidth extension, and its one-sentence errors.
+
+The models are tiny and untrained (built once per module and saved as a bundle like train.py --bundle
+writes), so the sounds are noise; what is checked is the machinery: which tokens are kept, how long the
+output is, which files are written, reproducibility and the errors.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import clap
+import data
+import mel
+import sample
+import specmaskgit
+import vocoder
+import vqgan
+from runtime import load_checkpoint, save_checkpoint
+
+CLIP = 8 * 4096                     # the tiny bundle's clip: 32768 samples = 128 frames = 5 x 8 tokens
+STEPS = "4"                         # MaskGIT iterations in these tests (fast; the default is 16)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A bundle of four tiny untrained models, saved the way train.py --bundle saves it."""
+    torch.manual_seed(0)
+    vq_cfg = vqgan.Config(base_channels=4, channel_mult=(1, 2, 4, 8, 8), n_res_blocks=1, dec_res_blocks=1,
+                          norm_groups=4, z_channels=16, n_codes=32, code_dim=16, disc_channels=4, disc_layers=2)
+    voc_cfg = dataclasses.replace(vocoder.PRESETS["tiny"], upsample_initial_channel=16, mpd_width=2, msd_width=16)
+    clap_cfg = clap.Config(audio_channels=(4, 8, 8, 8), audio_hidden=16, text_width=16, text_layers=1)
+    tr_cfg = specmaskgit.Config(n_layers=1, width=32, n_heads=2, mlp=64, n_codes=32, rows=5, cols=CLIP // 4096)
+    b = {"stage": "bundle", "num_samples": CLIP, "data": "toy",
+         "vqgan": vqgan.Trainer(vq_cfg).checkpoint(),
+         "vocoder": vocoder.Trainer(voc_cfg).checkpoint(),
+         "clap": clap.Trainer(clap_cfg, vocab=clap.build_vocab(data.toy_caption_phrases())).checkpoint(),
+         "transformer": specmaskgit.Trainer(tr_cfg).checkpoint()}
+    path = tmp_path_factory.mktemp("bundle") / "tiny.pt"
+    save_checkpoint(b, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pipe(bundle):
+    return sample.load_pipeline(bundle, verbose=False)
+
+
+def run_ok(argv):
+    assert sample.main(argv) == 0
+
+
+def error_of(capsys, argv) -> str:
+    """Run sample.py with bad input: exit code 2 and exactly one line on stderr, starting "error:"."""
+    assert sample.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def band_energy(wav: np.ndarray, lo_hz: float, hi_hz: float) -> float:
+    spec = np.abs(np.fft.rfft(wav)) ** 2
+    hz = np.fft.rfftfreq(len(wav), 1 / mel.SR)
+    return float(spec[(hz >= lo_hz) & (hz < hi_hz)].sum())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text to audio from the command line
+# ---------------------------------------------------------------------------------------------------
+
+def test_the_same_seed_writes_the_same_bytes(bundle, tmp_path):
+    for folder in ("a", "b"):
+        run_ok(["rain on a roof", "--ckpt", bundle, "--steps", STEPS, "--seed", "7", "--out", str(tmp_path / folder)])
+    a, b = (tmp_path / "a" / "rain_on_a_roof.wav").read_bytes(), (tmp_path / "b" / "rain_on_a_roof.wav").read_bytes()
+    assert a == b
+
+
+def test_n_takes_are_four_different_wavs_of_the_clip_length(bundle, tmp_path):
+    run_ok(["a dog barking", "--n", "4", "--ckpt", bundle, "--steps", STEPS, "--out", str(tmp_path)])
+    names = sorted(os.listdir(tmp_path))
+    assert names == [f"a_dog_barking_{k}.wav" for k in (1, 2, 3, 4)]
+    wavs = [sf.read(tmp_path / n) for n in names]
+    assert all(sr == mel.SR and len(w) == CLIP for w, sr in wavs)
+    assert len({w.tobytes() for w, _ in wavs}) == 4
+
+
+def test_one_wav_per_prompt_named_after_it_and_png_beside_it(bundle, tmp_path):
+    run_ok(["Rain on a roof!", "a church bell", "--png", "--ckpt", bundle, "--steps", STEPS, "--out", str(tmp_path)])
+    assert sorted(os.listdir(tmp_path)) == ["a_church_bell.png", "a_church_bell.wav",
+                                            "rain_on_a_roof.png", "rain_on_a_roof.wav"]
+    assert (tmp_path / "a_church_bell.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inpainting: every token outside the gap is kept; the output is as long as the input
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length, start_s, end_s", [(20000, 0.2, 0.5),       # shorter than the clip: padded
+                                                    (100000, 2.0, 2.5)])     # longer: a window around the gap
+def test_inpainting_keeps_every_token_outside_the_gap(pipe, length, start_s, end_s):
+    wav = 0.1 * torch.randn(length, generator=torch.Generator().manual_seed(1))
+    out, before, after, _, _ = sample.inpaint(pipe, wav, start_s, end_s, "birds chirping", steps=4, seed=0,
+                                              verbose=False)
+    assert out.shape == wav.shape
+    col = 16 * mel.HOP                                            # samples per token column
+    offset = sample.clip_window(length, CLIP, int(start_s * mel.SR), int(end_s * mel.SR))
+    assert offset % col == 0 and 0 <= offset <= max(0, length - CLIP)
+    gap = (int(start_s * mel.SR) - offset, int(end_s * mel.SR) - offset)   # the gap inside the window
+    outside = [c for c in range(before.shape[-1]) if (c + 1) * col <= gap[0] or c * col >= gap[1]]
+    assert len(outside) >= 1
+    assert torch.equal(after[..., outside], before[..., outside])
+    if length > CLIP:                                             # outside the model's window: the input itself
+        assert torch.equal(out[:offset], wav[:offset]) and torch.equal(out[offset + CLIP:], wav[offset + CLIP:])
+
+
+def test_inpainting_from_the_command_line_writes_an_output_as_long_as_the_input(bundle, tmp_path):
+    wav = 0.1 * np.random.default_rng(0).standard_normal((50000, 2)).astype(np.float32)   # stereo, 44.1 kHz
+    sf.write(tmp_path / "in.wav", wav, 44100)
+    run_ok(["--inpaint", str(tmp_path / "in.wav"), "--start", "0.3", "--end", "0.6", "--ckpt", bundle,
+            "--steps", STEPS, "--out", str(tmp_path / "out")])
+    out, sr = sf.read(tmp_path / "out" / "in_inpainted.wav")
+    assert sr == mel.SR and abs(len(out) - 50000 * mel.SR / 44100) <= 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bandwidth extension: the low rows are kept, the top row (above ~4.3 kHz) is generated
+# ---------------------------------------------------------------------------------------------------
+
+def test_bwe_keeps_the_low_token_rows(pipe):
+    wav = 0.1 * torch.randn(CLIP, generator=torch.Generator().manual_seed(2))
+    out, before, after, _, _ = sample.bandwidth_extension(pipe, wav, steps=4, verbose=False)
+    assert out.shape == wav.shape
+    assert torch.equal(after[:, :-1], before[:, :-1])
+
+
+def test_bwe_adds_energy_above_the_cutoff_of_a_real_band_limited_clip(pipe, band_limited_clips):
+    wav = mel.load_audio(band_limited_clips[0])
+    assert wav.shape[-1] == 217088                                # longer than the tiny model's clip: 7 windows
+    out, _, _, _, _ = sample.bandwidth_extension(pipe, wav, steps=2, verbose=False)
+    assert out.shape == wav.shape
+    x, y = wav.numpy(), out.numpy()
+    assert band_energy(y, sample.BWE_CUTOFF_HZ, mel.SR / 2) > 10 * band_energy(x, sample.BWE_CUTOFF_HZ, mel.SR / 2)
+
+
+def test_bwe_with_lfr_keeps_the_inputs_low_band(bundle, band_limited_clips, tmp_path):
+    run_ok(["--bwe", band_limited_clips[0], "--lfr", "--ckpt", bundle, "--steps", "2", "--out", str(tmp_path)])
+    name = os.path.splitext(os.path.basename(band_limited_clips[0]))[0] + "_bwe_lfr.wav"
+    y, sr = sf.read(tmp_path / name, dtype="float32")
+    x = mel.load_audio(band_limited_clips[0]).numpy()
+    assert sr == mel.SR and len(y) == len(x)
+    hz = np.fft.rfftfreq(CLIP, 1 / mel.SR)
+    for offset in range(0, len(x) - CLIP + 1, CLIP):             # LFR works window by window
+        fx, fy = np.fft.rfft(x[offset:offset + CLIP]), np.fft.rfft(y[offset:offset + CLIP])
+        low = (hz > 0) & (hz < 4000)                              # (16-bit rounding may shift the mean: no DC)
+        err = (np.abs(fy[low] - fx[low]) ** 2).sum()
+        rounding = low.sum() * CLIP * (1 / 32768) ** 2 / 12      # the energy of 16-bit rounding noise there
+        assert err < 1e-4 * (np.abs(fx[low]) ** 2).sum() + 10 * rounding
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one sentence, exit code 2
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, words", [
+    (["rain", "--steps", "0"], "--steps"),
+    (["rain", "--cfg", "-1"], "--cfg"),
+    (["rain", "--n", "0"], "--n"),
+    (["--inpaint", "x.wav", "--start", "2", "--end", "1"], "--start"),
+    (["--inpaint", "x.wav", "--start", "1", "--end", "1"], "--start"),
+])
+def test_bad_flags_are_one_sentence_and_exit_2(capsys, flags, words):
+    assert words in error_of(capsys, flags)
+
+
+def test_inpainting_a_text_file_is_refused(bundle, capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("not audio\n" * 100)
+    err = error_of(capsys, ["--inpaint", str(tmp_path / "notes.txt"), "--start", "0", "--end", "0.5",
+                            "--ckpt", bundle, "--out", str(tmp_path)])
+    assert "notes.txt" in err
+    assert not os.path.exists(tmp_path / "notes_inpainted.wav")
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "zzyzx " * 833, "雨の音"])
+def test_prompts_without_a_known_word_are_refused(bundle, capsys, tmp_path, prompt):
+    err = error_of(capsys, [prompt, "--ckpt", bundle, "--out", str(tmp_path)])
+    assert "prompt is empty" in err or "no word" in err
+    assert len(err) < 600                                         # a 5000-character prompt is not echoed whole
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_missing_checkpoint_is_refused(capsys, tmp_path):
+    err = error_of(capsys, ["rain on a roof", "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+    assert "nope.pt" in err and "does not exist" in err
+
+
+def test_a_checkpoint_of_another_stage_is_refused(bundle, capsys, tmp_path):
+    save_checkpoint(load_checkpoint(bundle, "bundle")["vqgan"], str(tmp_path / "vqgan.pt"))
+    err = error_of(capsys, ["rain on a roof", "--ckpt", str(tmp_path / "vqgan.pt"), "--out", str(tmp_path / "o")])
+    assert "vqgan" in err and "bundle" in err

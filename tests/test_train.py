@@ -1,0 +1,274 @@
+"""train.py: every stage end to end on tiny models, resume after an interruption or a kill, the AudioCaps
+path on a stand-in folder, atomic checkpoints, and one-sentence errors for bad flags.
+
+Every run here uses models a few thousand parameters large, 16384-sample clips and a handful of steps:
+what is checked is the machinery (files, logs, schedules, data order, errors), not what is learnt.
+"""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import runtime
+import sample
+import specmaskgit
+import train
+from runtime import UserError, load_checkpoint, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One flag per config field to shrink (train.py generates --<stage>.<field> from each Config).
+TINY = ["--num-samples", "16384", "--batch-size", "2", "--dtype", "fp32", "--device", "cpu",
+        "--vqgan.base_channels", "4", "--vqgan.z_channels", "16", "--vqgan.n_codes", "32", "--vqgan.code_dim", "16",
+        "--vqgan.disc_channels", "4",
+        "--vocoder.upsample_initial_channel", "16", "--vocoder.mpd_width", "2", "--vocoder.msd_width", "16",
+        "--clap.audio_channels", "4,8,8,8", "--clap.audio_hidden", "16", "--clap.text_width", "16",
+        "--transformer.n_layers", "1", "--transformer.width", "32", "--transformer.n_heads", "2",
+        "--transformer.mlp", "64"]
+TOY = ["--data", "toy", "--n-clips", "8"] + TINY
+
+
+def log_rows(folder, stage) -> list[dict]:
+    with open(os.path.join(folder, f"{stage}.log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def error_of(capsys, argv) -> str:
+    """train.main with bad input: exit code 2 and one line on stderr, starting "error:"."""
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """`--stage all` on the toy world: two steps per stage, a log row per step, and a bundle."""
+    out = tmp_path_factory.mktemp("toy_run")
+    assert train.main(TOY + ["--stage", "all", "--steps", "2", "--log-every", "1", "--out", str(out),
+                             "--bundle", str(out / "bundle.pt")]) == 0
+    return out
+
+
+def transformer_run_from(toy_run, dest) -> str:
+    """A copy of the toy run without its transformer stage (the token cache stays: it is keyed on vqgan.pt)."""
+    shutil.copytree(toy_run, dest)
+    for name in ("transformer.pt", "transformer.state.pt", "transformer.log.jsonl"):
+        os.remove(os.path.join(dest, name))
+    return str(dest)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every stage, end to end
+# ---------------------------------------------------------------------------------------------------
+
+def test_stage_all_writes_every_checkpoint_and_a_bundle_sample_py_loads(toy_run):
+    for stage in train.STAGES:
+        assert load_checkpoint(str(toy_run / f"{stage}.pt"), stage)["stage"] == stage
+        assert load_checkpoint(str(toy_run / f"{stage}.state.pt"), stage)["step"] == 2
+    pipe = sample.load_pipeline(str(toy_run / "bundle.pt"), verbose=False)
+    assert pipe.vocoder is not None and pipe.num_samples == 16384
+    assert (pipe.transformer.cfg.rows, pipe.transformer.cfg.cols) == (5, 16384 // 4096)
+    wav, _, _, _ = sample.text_to_audio(pipe, ["rain on a roof"], steps=2, verbose=False)
+    assert wav.shape == (1, 16384) and torch.isfinite(wav).all()
+
+
+def test_each_stage_logs_one_json_row_per_log_every_steps_with_a_finite_loss(toy_run):
+    for stage in train.STAGES:
+        rows = log_rows(toy_run, stage)
+        assert [r["step"] for r in rows] == [1, 2]
+        assert all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resume: same data order, same learning rate, no restart
+# ---------------------------------------------------------------------------------------------------
+
+def test_batch_indices_are_a_deterministic_permutation_per_epoch_and_ranks_are_disjoint():
+    a = [train.batch_indices(s, 2, 8, seed=3) for s in range(4)]          # one epoch: 4 batches of 2
+    assert a == [train.batch_indices(s, 2, 8, seed=3) for s in range(4)]
+    assert sorted(sum(a, [])) == list(range(8))
+    r0, r1 = train.batch_indices(5, 2, 16, 0, rank=0, world=2), train.batch_indices(5, 2, 16, 0, rank=1, world=2)
+    assert len(r0) == len(r1) == 2 and not set(r0) & set(r1)
+
+
+def test_lr_factor_warms_up_linearly_then_decays_by_a_cosine():
+    assert [train.lr_factor(s, 4, 100) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert train.lr_factor(4, 4, 100) == 1.0
+    assert train.lr_factor(52, 4, 100) == pytest.approx(0.5)             # half-way through the decay
+    assert train.lr_factor(100, 4, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_resume_continues_the_same_run_with_the_same_lr_and_batches(toy_run, tmp_path, monkeypatch, capsys):
+    seen = {}                                                               # run -> {step: the batch's tokens}
+    original_step = specmaskgit.Trainer.step
+    interrupt_at = {"step": None}
+
+    def recording_step(self, batch, step):
+        if step == interrupt_at["step"]:
+            raise KeyboardInterrupt                                         # Ctrl-C in the middle of a run
+        seen.setdefault(run, {})[step] = batch["tokens"].clone()
+        return original_step(self, batch, step)
+
+    monkeypatch.setattr(specmaskgit.Trainer, "step", recording_step)
+    flags = TOY + ["--stage", "transformer", "--steps", "6", "--warmup", "2", "--lr", "1e-3", "--log-every", "1",
+                   "--ckpt-every", "2"]
+    whole, parts = transformer_run_from(toy_run, tmp_path / "whole"), transformer_run_from(toy_run, tmp_path / "parts")
+    run = "whole"
+    assert train.main(flags + ["--out", whole]) == 0
+    run, interrupt_at["step"] = "parts", 4                                  # stop after 4 steps (checkpoint at 4)
+    assert train.main(flags + ["--out", parts]) == 130
+    assert load_checkpoint(os.path.join(parts, "transformer.state.pt"), "transformer")["step"] == 4
+    run, interrupt_at["step"] = "resumed", None
+    capsys.readouterr()
+    assert train.main(flags + ["--out", parts, "--resume"]) == 0
+    assert "resuming at step 4" in capsys.readouterr().out
+
+    assert sorted(seen["resumed"]) == [4, 5]                                # no step is trained twice
+    rows_whole, rows_parts = log_rows(whole, "transformer"), log_rows(parts, "transformer")
+    assert [r["step"] for r in rows_parts] == [1, 2, 3, 4, 5, 6]
+    for r, w in zip(rows_parts, rows_whole):
+        assert r["lr"] == pytest.approx(1e-3 * train.lr_factor(r["step"] - 1, 2, 6), rel=1e-9)
+        assert r["lr"] == pytest.approx(w["lr"], rel=1e-9)
+    for step in (4, 5):                                                     # the same clips at the same step
+        assert torch.equal(seen["resumed"][step], seen["whole"][step])
+
+
+# ---------------------------------------------------------------------------------------------------
+# A kill: mid-step (a real SIGKILL) and mid-save (torch.save failing half-way)
+# ---------------------------------------------------------------------------------------------------
+
+def test_a_killed_run_leaves_a_loadable_checkpoint_and_resumes_from_it(toy_run, tmp_path, capsys):
+    out = transformer_run_from(toy_run, tmp_path / "run")
+    flags = TOY + ["--stage", "transformer", "--log-every", "1", "--ckpt-every", "1", "--out", out]
+    proc = subprocess.Popen([sys.executable, "train.py", *flags, "--steps", "100000"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = os.path.join(out, "transformer.state.pt")
+    try:
+        deadline = time.time() + 180
+        while not os.path.exists(state_path) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert os.path.exists(state_path), "the run never wrote its first checkpoint"
+        time.sleep(0.3)                                                     # somewhere in a later step or save
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = load_checkpoint(state_path, "transformer")
+    load_checkpoint(os.path.join(out, "transformer.pt"), "transformer")
+    s = state["step"]
+    assert s >= 1
+    capsys.readouterr()
+    assert train.main(flags + ["--resume", "--steps", str(s + 2)]) == 0
+    assert f"resuming at step {s}" in capsys.readouterr().out
+    assert [r["step"] for r in log_rows(out, "transformer")][-2:] == [s + 1, s + 2]
+
+
+@pytest.mark.parametrize("error, expected", [(OSError(28, "No space left on device"), UserError),
+                                             (RuntimeError("killed while pickling"), RuntimeError)])
+def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch, error, expected):
+    path = str(tmp_path / "vqgan.pt")
+    save_checkpoint({"stage": "vqgan", "step": 1}, path)
+    real_save = torch.save
+
+    def failing_save(obj, f):
+        f.write(b"PK\x03\x04 half a zip file")                              # some bytes made it to disk ...
+        raise error                                                         # ... then the disk filled up
+
+    monkeypatch.setattr(runtime.torch, "save", failing_save)
+    with pytest.raises(expected):
+        save_checkpoint({"stage": "vqgan", "step": 2}, path)
+    monkeypatch.setattr(runtime.torch, "save", real_save)
+    assert load_checkpoint(path, "vqgan")["step"] == 1
+    assert os.listdir(tmp_path) == ["vqgan.pt"]                             # no temporary file left behind
+
+
+# ---------------------------------------------------------------------------------------------------
+# AudioCaps, on a stand-in folder shaped like the real one
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def audiocaps_root(tmp_path):
+    """train.csv with the AudioCaps columns; clips named the ways download tools name them; one missing."""
+    root = tmp_path / "audiocaps"
+    (root / "audio" / "train").mkdir(parents=True)
+    rows = [("101", "abcdefghijk", "30", "a dog barks twice"),              # saved as {audiocap_id}.wav
+            ("102", "Ab_cd-efgh1", "0", "rain falls on a roof"),            # Y{ytid}.wav
+            ("103", "zyxwvutsrqp", "12.5", "a bell rings"),                 # {ytid}_{start}.wav
+            ("104", "missingclip", "0", "a video that is gone")]            # not downloaded
+    with open(root / "train.csv", "w") as f:
+        f.write("audiocap_id,youtube_id,start_time,caption\n")
+        f.writelines(f'{a},{y},{s},"{c}"\n' for a, y, s, c in rows)
+    rng = np.random.default_rng(0)
+    for name in ("101.wav", "YAb_cd-efgh1.wav", "zyxwvutsrqp_12.5.wav"):
+        t = np.arange(16000) / 16000
+        x = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.05 * rng.standard_normal(16000)
+        sf.write(root / "audio" / "train" / name, np.stack([x, x], 1).astype(np.float32), 16000)   # stereo, 16 kHz
+    return root
+
+
+def test_audiocaps_runs_every_stage_on_a_stand_in_folder(audiocaps_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--data", "audiocaps", "--root", str(audiocaps_root), "--clap", "tiny", "--preset", "tiny",
+            "--stage", "all", "--steps", "1", "--out", str(out), "--bundle", str(out / "bundle.pt")] + TINY
+    assert train.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "3 of 4 rows usable" in printed and "3 training clips" in printed
+    pipe = sample.load_pipeline(str(out / "bundle.pt"), verbose=False)
+    assert pipe.num_samples == 16384
+    assert "dog" in pipe.clap.vocab and "bell" in pipe.clap.vocab          # TinyCLAP learnt AudioCaps' words
+
+
+def test_audiocaps_with_laion_clap_missing_says_to_install_it(audiocaps_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "laion_clap", None)                   # as on a machine without it
+    err = error_of(capsys, ["--data", "audiocaps", "--root", str(audiocaps_root), "--clap", "laion",
+                            "--out", str(tmp_path / "run")] + TINY)
+    assert "laion-clap" in err
+    assert not os.path.exists(tmp_path / "run" / "vqgan.pt")              # failed before any training
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad flags: one sentence, exit code 2
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, words", [
+    (["--steps", "0"], "--steps"),
+    (["--num-samples", "1000"], "--num-samples"),
+    (["--lr", "5"], "--lr"),
+    (["--workers", "-1"], "--workers"),
+    (["--vqgan.n_codes", "abc", "--stage", "vqgan"], "--vqgan.n_codes"),
+    (["--data", "/no/such/folder", "--clap", "tiny"], "/no/such/folder"),
+])
+def test_bad_flags_are_one_sentence_and_exit_2(capsys, tmp_path, flags, words):
+    assert words in error_of(capsys, ["--out", str(tmp_path / "run")] + flags)
+
+
+def test_a_flag_argparse_rejects_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--steps", "many"])
+    assert e.value.code == 2 and "--steps" in capsys.readouterr().err
+
+
+def test_an_output_folder_under_a_file_is_refused(capsys, tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    assert "file.txt" in error_of(capsys, TOY + ["--out", str(tmp_path / "file.txt" / "run"), "--steps", "1"])
+
+
+def test_resuming_with_another_config_or_preset_names_the_mismatch(toy_run, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(toy_run, out)
+    flags = TOY + ["--stage", "transformer", "--resume", "--steps", "3", "--out", out]
+    err = error_of(capsys, flags + ["--transformer.width", "48"])       # the last of a repeated flag wins
+    assert "width" in err and "48" in err and "32" in err
+    err = error_of(capsys, flags + ["--preset", "full"])
+    assert "tiny" in err and "full" in err
