@@ -410,6 +410,10 @@ def run(args) -> None:
         raise UserError(f"cannot create the output folder {args.out}: {e.strerror or e}.") from None
     if not os.access(args.out, os.W_OK):
         raise UserError(f"the output folder {args.out} is not writable.")
+    if rank == 0:                                    # a run killed mid-save leaves its temporary file behind
+        for name in os.listdir(args.out):
+            if name.startswith(".tmp-"):
+                os.remove(os.path.join(args.out, name))
     stages = STAGES if args.stage == "all" else [args.stage]
     if args.clap == "laion":
         import clap

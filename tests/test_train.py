@@ -172,6 +172,7 @@ def test_a_killed_run_leaves_a_loadable_checkpoint_and_resumes_from_it(toy_run, 
     assert train.main(flags + ["--resume", "--steps", str(s + 2)]) == 0
     assert f"resuming at step {s}" in capsys.readouterr().out
     assert [r["step"] for r in log_rows(out, "transformer")][-2:] == [s + 1, s + 2]
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]      # a save cut short is cleaned up
 
 
 @pytest.mark.parametrize("error, expected", [(OSError(28, "No space left on device"), UserError),
