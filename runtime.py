@@ -10,6 +10,7 @@ safety (atomic writes, `weights_only=True` loads) and the same one-sentence erro
   load_checkpoint    read it back with weights_only=True, checking which stage wrote it
   check_config       name the fields where a checkpoint's config differs from the model's
   pick_device        "cuda" when there is a GPU, else "cpu"
+  make_output_folder create a run/sample folder, or say in one sentence why it cannot be
   pick_dtype         the fastest precision the device runs natively (never bf16 on a CPU without it)
 """
 
@@ -113,6 +114,16 @@ def config_from_dict(cls, saved: dict, what: str = "checkpoint"):
 
 def _tupled(v):
     return [tuple(_tupled(x)) if isinstance(x, list) else x for x in v]
+
+
+def make_output_folder(path: str) -> None:
+    """Create `path` if needed and check it is writable: one sentence instead of a traceback."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder {path}: {e.strerror or e}.") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"the output folder {path} is not writable.")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import time
 import torch
 
 import mel
-from runtime import UserError, load_checkpoint, pick_device, pick_dtype
+from runtime import UserError, load_checkpoint, make_output_folder, pick_device, pick_dtype
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
 BWE_CUTOFF_HZ = 4300.0    # mel bin 64's lower edge: the top token row covers bins 64-79 (Sec. 4, Table 7)
@@ -291,12 +291,7 @@ def run(args) -> None:
     dtype = pick_dtype(device, None if args.dtype == "auto" else args.dtype)
     torch.manual_seed(args.seed)
     pipe = load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, dtype)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output folder {args.out}: {e.strerror or e}.") from None
-    if not os.access(args.out, os.W_OK):
-        raise UserError(f"the output folder {args.out} is not writable.")
+    make_output_folder(args.out)
     common = dict(steps=args.steps, cfg=args.cfg, temperature=args.temperature, seed=args.seed)
     if args.inpaint or args.bwe:
         path = args.inpaint or args.bwe

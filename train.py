@@ -31,7 +31,8 @@ import time
 
 import torch
 
-from runtime import UserError, check_config, load_checkpoint, pick_device, pick_dtype, save_checkpoint
+from runtime import (UserError, check_config, load_checkpoint, make_output_folder, pick_device, pick_dtype,
+                     save_checkpoint)
 
 STAGES = ["vqgan", "vocoder", "clap", "transformer"]
 
@@ -404,12 +405,7 @@ def run(args) -> None:
     rank, world, device = setup_distributed(device)
     amp_dtype = pick_dtype(device.split(":")[0], args.dtype, verbose=rank == 0)
     torch.manual_seed(args.seed + rank)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output folder {args.out}: {e.strerror or e}.") from None
-    if not os.access(args.out, os.W_OK):
-        raise UserError(f"the output folder {args.out} is not writable.")
+    make_output_folder(args.out)
     if rank == 0:                                    # a run killed mid-save leaves its temporary file behind
         for name in os.listdir(args.out):
             if name.startswith(".tmp-"):

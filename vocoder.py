@@ -296,26 +296,25 @@ def count_parameters(module: nn.Module) -> int:
 OLD_TO_NEW = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
 
 
-def from_official_names(state: dict) -> dict:
-    """Rename weight_g / weight_v to the parametrization names; other keys pass unchanged."""
+def rename_suffixes(state: dict, mapping: dict) -> dict:
+    """A copy of `state` with every key ending in a `mapping` key given that key's value as its ending."""
     out = {}
     for key, value in state.items():
-        for old, new in OLD_TO_NEW.items():
+        for old, new in mapping.items():
             if key.endswith(old):
                 key = key[: -len(old)] + new
         out[key] = value
     return out
 
 
+def from_official_names(state: dict) -> dict:
+    """Rename weight_g / weight_v to the parametrization names; other keys pass unchanged."""
+    return rename_suffixes(state, OLD_TO_NEW)
+
+
 def to_official_names(state: dict) -> dict:
     """The inverse of from_official_names: our weight-normed state_dict as the official code saves it."""
-    out = {}
-    for key, value in state.items():
-        for old, new in OLD_TO_NEW.items():
-            if key.endswith(new):
-                key = key[: -len(new)] + old
-        out[key] = value
-    return out
+    return rename_suffixes(state, {new: old for old, new in OLD_TO_NEW.items()})
 
 
 def _weight_shape(state: dict, conv: str) -> tuple:
