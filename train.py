@@ -265,15 +265,19 @@ def save_state(path_state, path_ckpt, trainer, step, args, stage, rank):
             setattr(trainer, n, m)
 
 
-def train_stage(stage, trainer, batches, args, steps, warmup, rank=0):
-    """Run `trainer` from its current step to `steps`, logging and checkpointing as it goes."""
+def train_stage(stage, trainer, batches, args, steps, warmup, rank=0, epoch_steps=None):
+    """Run `trainer` from its current step to `steps`, logging and checkpointing as it goes.
+
+    At the end it projects, from the measured time per step, how long one epoch (`epoch_steps`) and the
+    full schedule take on this device: with `--preset full --steps 2` that is the dry run that tells
+    you what a real AudioCaps run costs before you start one."""
     out = args.out
     path_ckpt, path_state = os.path.join(out, f"{stage}.pt"), os.path.join(out, f"{stage}.state.pt")
     log = open(os.path.join(out, f"{stage}.log.jsonl"), "a") if rank == 0 else None
     for opt in trainer.optimizers:
         for g in opt.param_groups:
             g.setdefault("peak_lr", g["lr"])
-    t_start, window, wall = time.time(), [], []
+    t_start, window, wall, all_wall = time.time(), [], [], []
     t_last = time.time()
     step = trainer.start_step
     for step, batch in batches:
@@ -287,6 +291,7 @@ def train_stage(stage, trainer, batches, args, steps, warmup, rank=0):
         metrics = trainer.step(batch, step)
         window.append(time.time() - t0)                  # the optimisation step alone
         wall.append(time.time() - t_last)                # plus loading / synthesising the batch
+        all_wall.append(wall[-1])
         t_last = time.time()
         if (step + 1) % args.log_every == 0 or step + 1 == steps:
             sec = sum(window) / len(window)
@@ -308,6 +313,12 @@ def train_stage(stage, trainer, batches, args, steps, warmup, rank=0):
     if rank == 0:
         print(f"{stage}: done in {(time.time() - t_start) / 60:.1f} min; checkpoint {path_ckpt}")
         log.close()
+        if all_wall and epoch_steps:
+            # the first step pays for warm-up allocations; the median of the rest is the honest rate
+            sec = sorted(all_wall[1:] or all_wall)[len(all_wall[1:] or all_wall) // 2]
+            device = str(next(iter(trainer.optimizers[0].param_groups[0]["params"])).device)
+            print(f"{stage}: {sec:.3f} s/step on {device}: one epoch ({epoch_steps} steps) takes "
+                  f"{epoch_steps * sec / 3600:.2f} h and the schedule's {steps} steps {steps * sec / 3600:.1f} h here")
 
 
 def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra=None):
@@ -445,7 +456,8 @@ def run(args) -> None:
             batches = cache_batches(cache, trainer.start_step, batch, args.seed, rank, world)
         else:
             batches = audio_batches(dataset, trainer.start_step, batch, args.seed, rank, world, args.workers)
-        train_stage(stage, trainer, batches, args, steps, warmup, rank)
+        epoch_steps = max(1, len(dataset) // (batch * world))
+        train_stage(stage, trainer, batches, args, steps, warmup, rank, epoch_steps)
     if rank == 0 and args.bundle:
         write_bundle(args)
 

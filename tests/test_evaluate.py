@@ -1,0 +1,135 @@
+"""evaluate.py: the Fréchet audio distance against independent computations, the CLAP score, and the
+judges' bookkeeping (which clip was asked to be which kind, and how the right answers are counted)."""
+
+import numpy as np
+import torch
+
+import data
+import evaluate
+
+
+def gaussian_set(n, mean, var, seed):
+    """n rows whose *sample* mean is exactly `mean` and whose sample covariance is exactly diag(var)."""
+    x = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = x - x.mean(0)
+    chol = torch.linalg.cholesky(x.T @ x / (n - 1))
+    x = x @ torch.linalg.inv(chol).T                                   # sample covariance = identity
+    return x * torch.as_tensor(var, dtype=torch.float64).sqrt() + torch.as_tensor(mean, dtype=torch.float64)
+
+
+def test_fad_of_a_set_with_itself_is_zero_also_with_fewer_clips_than_dimensions():
+    g = torch.Generator().manual_seed(0)
+    many = torch.randn(300, 16, generator=g)
+    few = torch.randn(20, 64, generator=g)                              # singular covariance (rank 19)
+    assert evaluate.frechet_distance(many, many) < 1e-9
+    assert evaluate.frechet_distance(few, few) < 1e-6
+    assert evaluate.frechet_distance(few, few) < 1e-4 * evaluate.frechet_distance(few, few + 0.1)
+
+
+def test_fad_of_two_gaussians_matches_the_closed_form_for_diagonal_covariances():
+    # For diagonal S_a, S_b the formula reduces to ||mu_a - mu_b||^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2.
+    mu_a, var_a = [0.0, 1.0, -2.0, 0.5], [1.0, 4.0, 0.25, 2.0]
+    mu_b, var_b = [1.0, 1.0, 0.0, 0.0], [9.0, 1.0, 0.25, 0.5]
+    a, b = gaussian_set(500, mu_a, var_a, 1), gaussian_set(700, mu_b, var_b, 2)
+    expected = sum((x - y) ** 2 for x, y in zip(mu_a, mu_b)) + sum((x ** 0.5 - y ** 0.5) ** 2 for x, y in zip(var_a, var_b))
+    assert abs(evaluate.frechet_distance(a, b) - expected) < 1e-9 * expected
+
+
+def test_fad_matches_numpy_eigenvalues_of_the_product_for_full_covariances():
+    # Independent route: Tr((S_a S_b)^1/2) = sum of sqrt of the eigenvalues of the non-symmetric S_a S_b.
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6)) + 1.0
+    b = rng.standard_normal((150, 6)) @ rng.standard_normal((6, 6))
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    tr_sqrt = np.sqrt(np.linalg.eigvals(s_a @ s_b).real.clip(0)).sum()
+    expected = np.square(a.mean(0) - b.mean(0)).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_sqrt
+    assert abs(evaluate.frechet_distance(torch.from_numpy(a), torch.from_numpy(b)) - expected) < 1e-8 * expected
+
+
+def test_fad_is_symmetric_and_a_shift_of_the_mean_adds_its_squared_length():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(40, 32, generator=g, dtype=torch.float64)
+    b = torch.randn(30, 32, generator=g, dtype=torch.float64) * 1.5
+    ab, ba = evaluate.frechet_distance(a, b), evaluate.frechet_distance(b, a)
+    assert abs(ab - ba) < 1e-9 * ab
+    shift = torch.randn(32, generator=g, dtype=torch.float64)
+    assert abs(evaluate.frechet_distance(a, a + shift) - shift.square().sum().item()) < 1e-7
+
+
+def test_matrix_square_root_squared_gives_back_the_matrix():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(10, 7, generator=g, dtype=torch.float64)
+    for m in (x.T @ x, x[:4].T @ x[:4]):                               # full rank, and rank 4 of 7
+        root = evaluate.sqrtm_psd(m)
+        assert torch.allclose(root @ root, m, atol=1e-10)
+        assert torch.allclose(root, root.T) and torch.linalg.eigvalsh(root).min() > -1e-7
+
+
+def test_clap_score_is_the_mean_cosine_of_the_pairs():
+    t = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    a = torch.tensor([[5.0, 0.0], [0.0, -1.0], [1.0, 1.0]])            # cosines 1, -1, 1/sqrt(2)
+    assert abs(evaluate.clap_score(t, a) - (1 - 1 + 2 ** -0.5) / 3) < 1e-9
+
+
+def test_zero_shot_picks_the_nearest_kind_and_the_counts_are_per_kind():
+    kinds = torch.eye(3, 5)                                             # three kinds, 5-dim embeddings
+    audio = torch.tensor([[0.9, 0.1, 0, 0, 0], [0.2, 0.1, 0.8, 0, 0], [0, 3.0, 0, 1, 1], [0.5, 0.6, 0, 0, 0]])
+    predicted = evaluate.zero_shot_kinds(audio, kinds)
+    assert predicted.tolist() == [0, 2, 1, 1]
+    right, total, overall = evaluate.accuracy_by_kind(predicted, torch.tensor([0, 0, 1, 1]), 3)
+    assert right == [1, 2, 0] and total == [2, 2, 0] and overall == 0.75    # kind 2 had no clip
+
+
+class StubCLAP:
+    """Embeds a stub clip (every sample = its kind id) and a kind's name as that kind's one-hot vector."""
+
+    def embed_audio(self, wav):
+        return torch.nn.functional.one_hot(wav[:, 0].round().long(), len(data.KINDS)).float()
+
+    def embed_text(self, texts):
+        return torch.nn.functional.one_hot(torch.tensor([data.KINDS.index(t) for t in texts]), len(data.KINDS)).float()
+
+
+class StubJudge:
+    def predict(self, features):
+        return features[:, 0].round().long()
+
+
+def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypatch):
+    # A stub generator that gets every kind right except "a siren", which always comes out as footsteps.
+    siren, footsteps = data.KINDS.index("a siren"), data.KINDS.index("footsteps")
+    asked = []
+
+    def generate(pipe, prompts, *args, **kwargs):
+        asked.extend(prompts)
+        ids = [footsteps if p == "a siren" else data.KINDS.index(p) for p in prompts]
+        return torch.tensor(ids, dtype=torch.float32)[:, None].repeat(1, 64)
+
+    def real_clips(split, per_kind, num_samples, seed):
+        kinds = torch.arange(len(data.KINDS)).repeat(per_kind)          # another order than the generated set
+        return kinds.float()[:, None].repeat(1, num_samples), kinds
+
+    monkeypatch.setattr(evaluate, "generate_clips", generate)
+    monkeypatch.setattr(evaluate, "codec_round_trip", lambda pipe, wavs: wavs)   # a perfect codec
+    monkeypatch.setattr(data, "single_kind_clips", real_clips)
+    monkeypatch.setattr(data, "train_judge", lambda **kwargs: StubJudge())
+    monkeypatch.setattr(data, "mel_features", lambda wav: wav[:, :1])
+    pipe = type("Pipe", (), {"clap": StubCLAP(), "device": "cpu"})()
+    r = evaluate.run_judges(pipe, per_kind=3, seed=0)
+
+    assert sorted(asked) == sorted(data.KINDS * 3)
+    expected_right = [0 if k == siren else 3 for k in range(len(data.KINDS))]
+    for judge in ("CLAP zero-shot", "mel-statistics judge"):
+        right, total, overall = r["generated"][judge]
+        assert right == expected_right and total == [3] * len(data.KINDS)
+        assert abs(overall - 11 / 12) < 1e-9
+        assert r["real"][judge] == r["real via codec"][judge] == ([3] * len(data.KINDS), [3] * len(data.KINDS), 1.0)
+    assert abs(r["generated"]["clap_score"] - 11 / 12) < 1e-6         # one-hot cosines: 1 when right, 0 when wrong
+    assert abs(r["real"]["clap_score"] - 1) < 1e-6
+
+
+def test_bad_flags_get_one_sentence_and_exit_code_2(capsys, tmp_path):
+    for argv in (["--n", "1"], ["--per-kind", "0"], ["--steps", "4"], ["--ckpt", str(tmp_path / "none.pt")]):
+        assert evaluate.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and err.endswith(".")
