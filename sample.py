@@ -114,7 +114,8 @@ def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
     return pipe.clap.embed_text(prompts).to(pipe.device)
 
 
-def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, known_mask=None, verbose=True):
+def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, known_mask=None, verbose=True,
+                  cfg_ramp=True):
     """Run the MaskGIT sampler (specmaskgit.generate), printing one progress line per step."""
     import specmaskgit
     t0 = time.time()
@@ -126,17 +127,17 @@ def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, 
     with torch.inference_mode(), torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
         return specmaskgit.generate(pipe.transformer, cond, steps=steps, cfg=cfg, temperature=temperature,
                                     known_tokens=known_tokens, known_mask=known_mask, seed=seed,
-                                    on_step=progress, record_order=True)
+                                    on_step=progress, record_order=True, cfg_ramp=cfg_ramp)
 
 
 # ---------------------------------------------------------------------------------------------------
 # The three tasks.
 # ---------------------------------------------------------------------------------------------------
 
-def text_to_audio(pipe, prompts, n=1, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True):
+def text_to_audio(pipe, prompts, n=1, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True, cfg_ramp=True):
     """Every prompt n times, in one batch: returns waveforms (P*n, T), log-mels, decoding orders."""
     cond = embed_prompts(pipe, prompts).repeat_interleave(n, dim=0)                   # (P n, 512)
-    tokens, order = sample_tokens(pipe, cond, steps, cfg, temperature, seed, verbose=verbose)
+    tokens, order = sample_tokens(pipe, cond, steps, cfg, temperature, seed, verbose=verbose, cfg_ramp=cfg_ramp)
     log_mel, wav = tokens_to_audio(pipe, tokens)
     return wav, log_mel, order, tokens
 

@@ -250,7 +250,7 @@ class Trainer:
 
 @torch.no_grad()
 def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None, known_mask=None, seed=None,
-             on_step=None, record_order=False, batch_size=None):
+             on_step=None, record_order=False, batch_size=None, cfg_ramp=True):
     """MaskGIT sampling of (B, rows, cols) token grids.
 
     Start with every unknown position masked. At step s of S:
@@ -262,6 +262,7 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
          to 0 (Eq. 3: randomness in *which* tokens are kept, large early, none at the end);
       4. the mask_schedule(s) least confident newly drawn tokens are masked again; the rest are kept.
     Known positions (inpainting, bandwidth extension) are never masked and never re-drawn.
+    cfg_ramp=False keeps the scale at `cfg` from the first step (Table 1's "w/o CFG linear scheduler").
     Returns tokens, and with record_order also the step at which each position was committed (-1 = known).
     """
     c = model.cfg
@@ -281,7 +282,7 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
     for s in range(steps):
         if not masked.any():
             break
-        t = cfg * s / max(1, steps - 1)                                         # Eq. 2 ramp: 0 -> cfg
+        t = cfg * s / max(1, steps - 1) if cfg_ramp else cfg                    # Eq. 2 ramp: 0 -> cfg
         t_g = temperature * (1 - (s + 1) / steps)                               # Eq. 3 anneal: -> 0
         logits = guided_logits(model, tokens.to(device), cond, masked.to(device), t).float().cpu()   # (B, n, K)
         probs = logits.softmax(-1)

@@ -177,3 +177,12 @@ def test_a_tiny_model_learns_class_conditional_grids():
     first, second = slice(0, 4), slice(4, 8)
     assert share(first, 0) > 0.75 and share(second, 3) > 0.75, (share(first, 0), share(second, 3))
     assert share(first, 3) < 0.15 and share(second, 0) < 0.15          # and not the other class's
+
+
+def test_without_the_cfg_ramp_the_first_step_is_already_guided():
+    model = small_model()
+    c1, c2 = torch.randn(2, 16), torch.randn(2, 16)
+    # one step: the ramp's scale is 0 there (Eq. 2), so the prompt cannot matter; a constant scale uses it
+    assert torch.equal(smg.generate(model, c1, steps=1, cfg=3.0, seed=0), smg.generate(model, c2, steps=1, cfg=3.0, seed=0))
+    assert not torch.equal(smg.generate(model, c1, steps=1, cfg=3.0, seed=0, cfg_ramp=False),
+                           smg.generate(model, c2, steps=1, cfg=3.0, seed=0, cfg_ramp=False))
