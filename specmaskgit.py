@@ -187,7 +187,7 @@ def load_into(model: SpecMaskGIT, ckpt: dict) -> None:
 
 def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None):
     """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy)."""
-    cfg = model.cfg
+    cfg = getattr(model, "module", model).cfg                                  # the model itself, also under DDP
     B, R, C = tokens.shape
     if mask is None:
         mask = sample_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
@@ -219,7 +219,9 @@ class Trainer:
         self.model.train()
         tokens = batch["tokens"].to(self.device)
         cond = batch["cond"].to(self.device)
-        g = torch.Generator().manual_seed(step)                                 # masks replay on --resume
+        dist = torch.distributed
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        g = torch.Generator().manual_seed(step * world + rank)                  # masks replay on --resume; GPUs differ
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
             loss, acc = masked_loss(self.model, tokens, cond, generator=g)
         opt = self.optimizers[0]
