@@ -451,6 +451,20 @@ def _generator_view(cfg: Config) -> _GeneratorFields:
 # The discriminators (HiFiGAN Sec. 2.2, Fig. 2).
 # ---------------------------------------------------------------------------------------------------
 
+def conv_stack(x: torch.Tensor, convs, conv_post):
+    """The body both discriminators share: convs with leaky ReLU, then a last conv to one channel.
+
+    Returns the flattened realness scores and every layer's output (the feature maps of Eq. 4).
+    """
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return x.flatten(1), fmap
+
+
 class DiscriminatorP(nn.Module):
     """One MPD sub-discriminator: the waveform folded into a 2-D image of width `period`.
 
@@ -474,13 +488,7 @@ class DiscriminatorP(nn.Module):
         if t % self.period:                                                  # pad to a whole number of rows
             x = F.pad(x, (0, self.period - t % self.period), mode="reflect")
         x = x.view(b, c, -1, self.period)                                    # (B, 1, T) -> (B, 1, T/p, p)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return x.flatten(1), fmap                                            # (B, T'/p * p) realness scores
+        return conv_stack(x, self.convs, self.conv_post)                     # (B, T'/p * p) realness scores
 
 
 class DiscriminatorS(nn.Module):
@@ -498,13 +506,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = norm(nn.Conv1d(8 * w, 1, 3, padding=1))
 
     def forward(self, x: torch.Tensor):
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return x.flatten(1), fmap
+        return conv_stack(x, self.convs, self.conv_post)
 
 
 class MultiPeriodDiscriminator(nn.Module):
