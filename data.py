@@ -643,6 +643,7 @@ class ToyDataset(torch.utils.data.Dataset):
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 AUDIOCAPS_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
+AUDIOCAPS_TRAIN_ROWS = 49_838   # rows of AudioCaps v1 train.csv (~46k of the clips can still be downloaded)
 
 
 def find_audio_files(root: str) -> list:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import data
 import mel
 import sample
-from runtime import UserError, pick_device, pick_dtype
+from runtime import UserError, pick_device
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,6 +343,8 @@ def parse_args(argv=None):
     p.add_argument("--fad-clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt to embed audio for FAD "
                                                         "instead of the bundle's TinyCLAP")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--dtype", default="fp32", help="fp32 (the README's numbers) | auto | bf16 | fp16 | int8: "
+                   "judge the fast path of sample.py")
     args = p.parse_args(argv)
     args.n = args.n if args.n is not None else (16 if args.quick else 48)
     args.per_kind = args.per_kind if args.per_kind is not None else (4 if args.quick else 8)
@@ -358,7 +360,7 @@ def parse_args(argv=None):
 def run(args) -> None:
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    pipe = sample.load_pipeline(args.ckpt, device=device, dtype=pick_dtype(device, "fp32", verbose=False))
+    pipe = sample.load_pipeline(args.ckpt, device=device, dtype=args.dtype)
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:

@@ -172,3 +172,36 @@ def pick_dtype(device: str, name: str | None = None, verbose: bool = True) -> to
     if verbose:
         print(f"compute dtype: {str(dtype).replace('torch.', '')} on {device} ({why})")
     return dtype
+
+
+def pick_inference_dtype(device: str, name: str | None, width: int, verbose: bool = True) -> torch.dtype:
+    """sample.py's choice for a transformer of this `width`; may be torch.qint8 (specmaskgit.quantize_int8).
+
+    `name` ("fp32", "bf16", "fp16", "int8") overrides. "auto" (or None) picks what pays on this machine:
+    - CUDA: bf16 (tensor cores);
+    - a small model (width < 512, the toy demo) on a CPU: fp32; its matrices are too small for bf16
+      or int8 to win back their conversions, and the tests stay in fp32 on every CPU;
+    - a CPU with AMX / AVX-512 BF16: bf16;
+    - any other CPU (AVX2 only): int8 weights for the transformer's linear layers, fp32 everything else
+      (bf16 would be ~300x slower there; dynamic int8 runs ~1.6x faster than fp32).
+    """
+    if name not in (None, "auto", "int8", *DTYPES):
+        raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}, int8, not {name!r}.")
+    if name == "int8":
+        dtype, why = torch.qint8, "asked for with --dtype"
+    elif name not in (None, "auto"):
+        return pick_dtype(device, name, verbose)
+    elif device == "cuda":
+        dtype, why = torch.bfloat16, "tensor cores on CUDA"
+    elif width < 512:
+        dtype, why = torch.float32, "a small model on a CPU: lower precision does not pay"
+    elif cpu_has_native_bf16():
+        dtype, why = torch.bfloat16, "this CPU has AMX/AVX-512 BF16"
+    else:
+        dtype, why = torch.qint8, "this CPU has no native bf16; int8 linear layers run ~1.6x fp32"
+    if device == "cuda" and dtype == torch.qint8:
+        raise UserError("--dtype int8 is for CPUs (PyTorch's dynamic quantisation has no CUDA kernels); use bf16.")
+    if verbose:
+        shown = "int8 (transformer linears; fp32 elsewhere)" if dtype == torch.qint8 else str(dtype).replace("torch.", "")
+        print(f"compute dtype: {shown} on {device} ({why})")
+    return dtype

@@ -17,9 +17,11 @@ Out: one 22050 Hz wav per prompt and take; with --png a picture of its mel and o
   python sample.py "a dog barking" "a siren" --n 4 --png
   python sample.py --inpaint clip.wav --start 1.0 --end 2.0 "birds chirping"
   python sample.py --bwe band_limited.wav --lfr
+  python sample.py --benchmark full                       # speed, plain path to fast path (benchmark.py)
 """
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -28,7 +30,7 @@ import time
 import torch
 
 import mel
-from runtime import UserError, load_checkpoint, make_output_folder, pick_device, pick_dtype
+from runtime import UserError, load_checkpoint, make_output_folder, pick_device, pick_inference_dtype
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
 BWE_CUTOFF_HZ = 4300.0    # mel bin 64's lower edge: the top token row covers bins 64-79 (Sec. 4, Table 7)
@@ -46,8 +48,9 @@ class Pipeline:
         self.num_samples, self.device, self.dtype = num_samples, device, dtype
 
 
-def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="cpu", dtype=torch.float32,
+def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="cpu", dtype="fp32",
                   verbose=True) -> Pipeline:
+    """dtype: "fp32" | "bf16" | "fp16" | "int8" | "auto" (runtime.pick_inference_dtype: the machine's fast one)."""
     import clap
     import specmaskgit
     import vocoder
@@ -58,6 +61,16 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
             raise UserError(f"{ckpt} holds no {stage} checkpoint; train it with train.py --stage {stage}.")
     vq = vqgan.from_checkpoint(bundle["vqgan"]).to(device).eval()
     transformer = specmaskgit.from_checkpoint(bundle["transformer"]).to(device).eval()
+    # Stages of two runs in one file (a transformer trained on another codebook or clip length, bundled by
+    # hand or by an older train.py): the sampler drew ids the VQGAN does not have, an IndexError in decode.
+    grid = (vq.cfg.n_codes, vq.cfg.n_mels // 16, bundle.get("num_samples", mel.CLIP_SAMPLES) // (16 * mel.HOP))
+    if (transformer.cfg.n_codes, transformer.cfg.rows, transformer.cfg.cols) != grid:
+        raise UserError(f"{ckpt}'s transformer ({transformer.cfg.n_codes} codes, {transformer.cfg.rows} x "
+                        f"{transformer.cfg.cols} tokens) does not fit its VQGAN and clip ({grid[0]} codes, "
+                        f"{grid[1]} x {grid[2]}); retrain it with train.py --stage transformer.")
+    dtype = pick_inference_dtype(device, dtype, transformer.cfg.width, verbose)
+    if dtype == torch.qint8:                                   # int8 linears in the transformer, fp32 elsewhere
+        transformer, dtype = specmaskgit.quantize_int8(transformer), torch.float32
     if clap_ckpt:
         conditioner = clap.load_clap("laion", clap_ckpt, device=device)
     elif "clap" in bundle:
@@ -240,7 +253,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=1, help="takes per prompt (batched)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 | auto (the device's fast native dtype)")
+    p.add_argument("--dtype", default="auto", help="auto (what pays on this machine, printed) | fp32 | bf16 | fp16 | int8")
     p.add_argument("--out", default="samples", help="output folder")
     p.add_argument("--png", action="store_true", help="also write the mel and the decoding order as a PNG")
     p.add_argument("--inpaint", metavar="FILE", help="regenerate [--start, --end] seconds of FILE")
@@ -248,13 +261,20 @@ def parse_args(argv=None):
     p.add_argument("--end", type=float, default=None)
     p.add_argument("--bwe", metavar="FILE", help="bandwidth extension of FILE (regenerate above ~4.3 kHz)")
     p.add_argument("--lfr", action="store_true", help="with --bwe: put the input's own low band back (Table 7)")
+    p.add_argument("--benchmark", metavar="PRESET", choices=["full", "tiny"],
+                   help="time the pipeline at the preset's size, plain path to fast path (benchmark.py)")
+    p.add_argument("--runs", type=int, default=3, help="with --benchmark: timed runs per measurement")
     args = p.parse_args(argv)
     if args.steps < 1 or args.steps > 256:
         raise UserError(f"--steps must be between 1 and 256, not {args.steps}.")
-    if args.cfg < 0:
-        raise UserError(f"--cfg must be 0 or more (0 = no guidance), not {args.cfg}.")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be 0 or more, not {args.temperature}.")
+    # written so that NaN fails too (every comparison with NaN is False); an infinite scale or temperature
+    # made NaN logits (a traceback in torch.multinomial) or NaN confidences (a silent run in no order)
+    if not 0 <= args.cfg < math.inf:
+        raise UserError(f"--cfg must be a finite number, 0 or more (0 = no guidance), not {args.cfg}.")
+    if not 0 <= args.temperature < math.inf:
+        raise UserError(f"--temperature must be a finite number, 0 or more, not {args.temperature}.")
+    if not 0 <= args.seed < 2 ** 63:                            # torch.Generator.manual_seed's range
+        raise UserError(f"--seed must be a whole number from 0 to 2**63 - 1, not {args.seed}.")
     if not 1 <= args.n <= 64:
         raise UserError(f"--n must be between 1 and 64, not {args.n}.")
     if args.inpaint and args.bwe:
@@ -262,7 +282,7 @@ def parse_args(argv=None):
     if args.inpaint:
         if args.start is None or args.end is None:
             raise UserError("--inpaint needs --start and --end (seconds).")
-        if not 0 <= args.start < args.end:
+        if not 0 <= args.start < args.end < math.inf:          # an infinite --end overflowed int() in inpaint
             raise UserError(f"--start must be >= 0 and below --end, got {args.start} and {args.end}.")
         if len(args.prompts) > 1:
             raise UserError("--inpaint takes at most one prompt.")
@@ -274,7 +294,9 @@ def parse_args(argv=None):
         args.clap_ckpt = None                                   # the bundle's TinyCLAP
     if args.lfr and not args.bwe:
         raise UserError("--lfr only makes sense with --bwe.")
-    if not (args.inpaint or args.bwe) and not args.prompts:
+    if args.runs < 1:
+        raise UserError(f"--runs must be 1 or more, not {args.runs}.")
+    if not (args.inpaint or args.bwe or args.benchmark) and not args.prompts:
         raise UserError("give a prompt, e.g. python sample.py \"rain on a roof\" (or --inpaint / --bwe FILE).")
     return args
 
@@ -289,9 +311,12 @@ def save_outputs(path_wav, wav, log_mel=None, order=None, png=False):
 
 def run(args) -> None:
     device = pick_device(args.device)
-    dtype = pick_dtype(device, None if args.dtype == "auto" else args.dtype)
+    if args.benchmark:
+        import benchmark
+        benchmark.benchmark(args.benchmark, device, args.dtype, args.runs)
+        return
     torch.manual_seed(args.seed)
-    pipe = load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, dtype)
+    pipe = load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, args.dtype)
     make_output_folder(args.out)
     common = dict(steps=args.steps, cfg=args.cfg, temperature=args.temperature, seed=args.seed)
     if args.inpaint or args.bwe:

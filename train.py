@@ -102,6 +102,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, not {v}.")
     if args.workers < 0:
         raise UserError(f"--workers must be 0 or more, not {args.workers}.")
+    # batch_indices seeds every epoch with seed * 1_000_003 + epoch, and torch's generators take seeds below
+    # 2**64: a larger --seed passed this parser and crashed in the first batch with an overflow traceback.
+    if not 0 <= args.seed < 2 ** 32:
+        raise UserError(f"--seed must be a whole number from 0 to 2**32 - 1, not {args.seed}.")
     if args.lr is not None and not (0 < args.lr < 1):
         raise UserError(f"--lr must be between 0 and 1, not {args.lr}.")
     if args.num_samples % 4096 or args.num_samples <= 0:
@@ -134,7 +138,45 @@ def stage_config(stage: str, args):
         except ValueError:
             raise UserError(f"--{stage}.{f.name} expects a {type(default).__name__} like {default!r}, not {raw!r}.") from None
         changes[f.name] = value
-    return dataclasses.replace(cfg, **changes)
+    cfg = dataclasses.replace(cfg, **changes)
+    check_config_values(stage, cfg)
+    return cfg
+
+
+# Whole-number config fields where 0 means something ("never re-seed", "the discriminator from the first
+# step", "a bag of words"); every other whole number in a config is a size or a count and must be >= 1.
+ZERO_ALLOWED = {"dead_code_steps", "disc_start", "text_layers"}
+
+
+def check_config_values(stage: str, cfg) -> None:
+    """One sentence for a config value the stage's model cannot be built, trained or sampled with.
+
+    Why here: stage_config types each --<stage>.<field> flag like its preset value, but the model files
+    check only what they must (vqgan's widths and n_mels, the vocoder's hop). A zero size, a NaN, a dropout
+    of 2 or heads that do not divide the width ended in a traceback deep inside a layer at the first step,
+    and a misspelt mask_schedule or resblock, read only when sampling or building the generator's blocks,
+    passed training unnoticed: the schedule then failed in sample.py after the whole run.
+    """
+    def numbers(v):                                           # every number in a field, tuples of tuples included
+        return [y for x in v for y in numbers(x)] if isinstance(v, tuple) else [v]
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for x in numbers(value):
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                continue
+            low = 0 if isinstance(x, float) or f.name in ZERO_ALLOWED else 1
+            if not (math.isfinite(x) and x >= low) or (f.name.endswith("dropout") and x > 1):
+                rule = "between 0 and 1" if f.name.endswith("dropout") else f"{low} or more"
+                raise UserError(f"--{stage}.{f.name} must be {rule}, not {value!r}.")
+    for width, heads in (("width", "n_heads"), ("text_width", "text_heads")):   # attention splits the width
+        if hasattr(cfg, heads) and getattr(cfg, width) % getattr(cfg, heads):
+            raise UserError(f"--{stage}.{width} ({getattr(cfg, width)}) must be divisible by "
+                            f"--{stage}.{heads} ({getattr(cfg, heads)}).")
+    if stage == "transformer":
+        stage_module(stage).mask_schedule(0, 1, 1, cfg.mask_schedule)   # its own sentence for an unknown schedule
+    if stage == "vocoder" and cfg.resblock not in ("1", "2"):
+        raise UserError(f"--vocoder.resblock must be 1 or 2 (HiFiGAN's ResBlock1 or ResBlock2), not {cfg.resblock!r}.")
 
 
 # Per-stage defaults for the toy world (tiny preset, 2 CPU cores; learning rates measured there) and for
@@ -265,7 +307,8 @@ def save_state(path_state, path_ckpt, trainer, step, args, stage, rank):
             setattr(trainer, n, m)
 
 
-def train_stage(stage, trainer, batches, args, steps, warmup, rank=0, epoch_steps=None):
+def train_stage(stage, trainer, batches, args, steps, warmup, rank=0, epoch_steps=None,
+                audiocaps_epoch_steps=None):
     """Run `trainer` from its current step to `steps`, logging and checkpointing as it goes.
 
     At the end it projects, from the measured time per step, how long one epoch (`epoch_steps`) and the
@@ -319,6 +362,10 @@ def train_stage(stage, trainer, batches, args, steps, warmup, rank=0, epoch_step
             device = str(next(iter(trainer.optimizers[0].param_groups[0]["params"])).device)
             print(f"{stage}: {sec:.3f} s/step on {device}: one epoch ({epoch_steps} steps) takes "
                   f"{epoch_steps * sec / 3600:.2f} h and the schedule's {steps} steps {steps * sec / 3600:.1f} h here")
+            if audiocaps_epoch_steps:                                         # a stand-in folder is smaller than the real thing
+                from data import AUDIOCAPS_TRAIN_ROWS
+                print(f"{stage}: a real AudioCaps epoch ({AUDIOCAPS_TRAIN_ROWS:,} clips, {audiocaps_epoch_steps:,} "
+                      f"steps) would take {audiocaps_epoch_steps * sec / 3600:.2f} h at this rate")
 
 
 def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra=None):
@@ -382,7 +429,12 @@ def build_cache(dataset, args, device, rank=0):
     import mel
     import vqgan
     path_vq = os.path.join(args.out, "vqgan.pt")
-    key = f"{os.path.getmtime(path_vq):.0f}-{len(dataset)}-{args.clap}-{args.num_samples}"
+    if not os.path.exists(path_vq):                  # the cache key reads its file time: a traceback otherwise
+        raise UserError(f"{path_vq} does not exist: the transformer learns the VQGAN's tokens, so train "
+                        f"--stage vqgan (and clap) into this --out first, or run --stage all.")
+    # the file time to the nanosecond: rounded to whole seconds, a VQGAN retrained within the same second
+    # (a tiny run, a script) kept the old cache, and the transformer learnt the previous codebook's ids
+    key = f"{os.stat(path_vq).st_mtime_ns}-{len(dataset)}-{args.clap}-{args.num_samples}"
     path = os.path.join(args.out, "transformer_cache.pt")
     if os.path.exists(path):
         cache = load_checkpoint(path, "cache")
@@ -427,13 +479,20 @@ def run(args) -> None:
         clap.load_clap("laion", args.clap_ckpt)      # fail now, in one sentence, not after hours of training
         stages = [s for s in stages if s != "clap"]  # LAION-CLAP comes pretrained
     if args.vocoder_ckpt:
+        import vocoder
+        vocoder.load_vocoder(args.vocoder_ckpt)      # the same: a wrong path or file is refused now, not ignored
         stages = [s for s in stages if s != "vocoder"]
+    if args.bundle:                                  # and an unwritable --bundle before the training, not after it
+        make_output_folder(os.path.dirname(os.path.abspath(args.bundle)))
     n = args.n_clips if args.data == "toy" else None
     dataset = data.make_dataset(args.data, "train", root=args.root, num_samples=args.num_samples, n=n)
     if rank == 0:
         print(f"data: {args.data}, {len(dataset)} training clips of {args.num_samples} samples; out: {args.out}")
+    # every stage's config flags are checked before the first stage trains: a typo in --transformer.* is
+    # one sentence now, not a traceback after the VQGAN's hours
+    configs = {stage: stage_config(stage, args) for stage in stages}
     for stage in stages:
-        cfg = stage_config(stage, args)
+        cfg = configs[stage]
         steps, batch, warmup, lr = stage_hparams(stage, args)
         extra = {}
         if stage == "clap":
@@ -457,7 +516,8 @@ def run(args) -> None:
         else:
             batches = audio_batches(dataset, trainer.start_step, batch, args.seed, rank, world, args.workers)
         epoch_steps = max(1, len(dataset) // (batch * world))
-        train_stage(stage, trainer, batches, args, steps, warmup, rank, epoch_steps)
+        audiocaps_epoch_steps = max(1, data.AUDIOCAPS_TRAIN_ROWS // (batch * world)) if args.data == "audiocaps" else None
+        train_stage(stage, trainer, batches, args, steps, warmup, rank, epoch_steps, audiocaps_epoch_steps)
     if rank == 0 and args.bundle:
         write_bundle(args)
 
@@ -469,6 +529,16 @@ def write_bundle(args) -> None:
         path = os.path.join(args.out, f"{stage}.pt")
         if os.path.exists(path):
             bundle[stage] = load_checkpoint(path, stage)
+    # A stage retrained alone with another config (--stage vqgan --vqgan.n_codes 64, or another --num-samples)
+    # leaves the old transformer.pt beside it; bundled together, sample.py drew token ids the VQGAN does not
+    # have (an IndexError traceback) or grids of the wrong width. Refuse to write such a bundle.
+    if "vqgan" in bundle and "transformer" in bundle:
+        vq, tr = bundle["vqgan"]["config"], bundle["transformer"]["config"]
+        grid = (vq["n_codes"], vq["n_mels"] // 16, args.num_samples // 4096)
+        if (tr["n_codes"], tr["rows"], tr["cols"]) != grid:
+            raise UserError(f"{os.path.join(args.out, 'transformer.pt')} was trained on other tokens ({tr['n_codes']} "
+                            f"codes, a {tr['rows']} x {tr['cols']} grid) than this vqgan.pt and --num-samples give "
+                            f"({grid[0]} codes, {grid[1]} x {grid[2]}); retrain it with --stage transformer.")
     save_checkpoint(bundle, args.bundle)
     print(f"bundle: {args.bundle} ({os.path.getsize(args.bundle) / 1e6:.1f} MB)")
 

@@ -1,0 +1,333 @@
+"""
+benchmark.py — how fast is text-to-audio here, and what each speed-up buys.
+
+Paper: Sec. 1, Sec. 5.1 and Fig. 2: a 9.85 s clip in 16 sampling steps runs in real time on 4 Xeon
+cores and 30x faster than real time on one RTX A6000.
+
+What is timed: one clip, 16 MaskGIT steps with classifier-free guidance (Eq. 2, the ramp from 0 to 3),
+then the SpecVQGAN decoder, then the HiFiGAN generator, all with random weights of the named preset
+(speed does not depend on the weights; full = 170 M transformer, SpecVQGAN, HiFiGAN V1). The CLAP
+text tower is left out: it runs once per prompt and costs milliseconds.
+
+The table starts from the plain fp32 path, the code a first implementation would run, and switches on
+one speed-up per row, cumulatively. Each of the three stages is timed on its own after a warm-up, in
+a fresh Python process per row, once per round; a row's figure is its median over --runs rounds and
+its total the sum of its stages; a stage a row does not change is not timed again. The last lines time
+the fast path end to end through sample.py's own functions, again in a fresh process, with its peak memory.
+
+  python sample.py --benchmark tiny              # the toy demo's sizes: seconds
+  python sample.py --benchmark full              # the paper's sizes: ~12 min on 2 AVX2 cores (3 runs per row)
+  python benchmark.py full --train --batch 4     # training throughput of the transformer stage
+"""
+
+import argparse
+import copy
+import dataclasses
+import functools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+import mel
+import specmaskgit
+import vocoder
+import vqgan
+from runtime import UserError, pick_device, pick_inference_dtype
+
+STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # Sec. 3.4 / Sec. 4: the paper's sampling settings
+CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}
+
+
+@dataclass
+class Tricks:
+    """Which speed-ups are on. Each row of the table turns on one more."""
+    inference_mode: bool = False      # no autograd bookkeeping at all (a first implementation often forgets)
+    skip_zero_scale: bool = False     # the ramp's first step has scale 0: Eq. 2 is then l_u alone
+    batched_cfg: bool = False         # conditional + unconditional as one batch of 2 (one weight read)
+    fold_weight_norm: bool = False    # HiFiGAN: g v / ||v|| computed once, not on every call
+    chunked_vocoder: bool = False     # HiFiGAN over 128-frame chunks that fit in cache (vocoder.forward_chunked)
+    dtype: torch.dtype = torch.float32  # bf16 (CUDA, AMX) or int8 transformer linears (AVX2-only CPUs)
+
+
+def rows(dtype: torch.dtype) -> list:
+    """(label, Tricks) from the plain path to the fast one."""
+    shown = "int8 transformer linears" if dtype == torch.qint8 else str(dtype).replace("torch.", "")
+    steps = [("plain fp32: autograd on, two CFG passes per step, weight norm", {}),
+             ("+ inference_mode", {"inference_mode": True}),
+             ("+ no conditional pass while the CFG scale is 0", {"skip_zero_scale": True}),
+             ("+ conditional and unconditional in one batch", {"batched_cfg": True}),
+             ("+ vocoder weight norm folded", {"fold_weight_norm": True}),
+             ("+ vocoder in cache-sized chunks", {"chunked_vocoder": True}),
+             (f"+ {shown}", {"dtype": dtype})]
+    out, tricks = [], Tricks()
+    for label, change in steps:
+        tricks = dataclasses.replace(tricks, **change)
+        out.append((label, tricks))
+    return out if dtype != torch.float32 else out[:-1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The slow way to Eq. 2, kept here so that specmaskgit.guided_logits can stay the fast one.
+# ---------------------------------------------------------------------------------------------------
+
+def guided_logits_separate(model, tokens, cond, masked, t, skip_zero_scale=False):
+    """Eq. 2 as first written: the unconditional pass, then the conditional one, one after the other."""
+    B, n = tokens.shape
+    grid = tokens.view(B, model.cfg.rows, model.cfg.cols)
+    mask = masked.view_as(grid)
+    l_u = model(grid, None, mask)                                               # (B, n, K)
+    if skip_zero_scale and t == 0:
+        return l_u
+    l_c = model(grid, cond, mask)                                               # (B, n, K)
+    return l_u + t * (l_c - l_u)
+
+
+def grad_mode(tricks: Tricks):
+    return torch.inference_mode() if tricks.inference_mode else torch.enable_grad()
+
+
+def float_dtype(tricks: Tricks) -> torch.dtype:
+    """The dtype of the stages int8 does not touch (the decoder and the vocoder stay fp32 then)."""
+    return torch.float32 if tricks.dtype == torch.qint8 else tricks.dtype
+
+
+def autocast(device: str, dtype: torch.dtype):
+    """bf16 / fp16 by autocast (weights stay fp32); int8 and fp32 need none."""
+    return torch.autocast(device, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The three stages, each a function of the tricks that concern it.
+# ---------------------------------------------------------------------------------------------------
+
+class Models:
+    """Random-weight models of one preset, plus the variants some rows need, made once."""
+
+    def __init__(self, preset: str, device: str, int8: bool):
+        torch.manual_seed(0)
+        self.transformer = specmaskgit.SpecMaskGIT(specmaskgit.PRESETS[preset]).to(device).eval()
+        self.vq = vqgan.VQGAN(vqgan.PRESETS[preset]).to(device).eval()
+        self.vocoder = vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval()   # weight norm on, as trained
+        # A second generator with the same weights, folded (not copy.deepcopy: a deep copy of a weight-normed
+        # module shares its parametrisation class, and folding the copy would break the original).
+        self.folded = vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval()
+        self.folded.load_state_dict(self.vocoder.state_dict())
+        self.folded.remove_weight_norm()
+        self.int8 = specmaskgit.quantize_int8(copy.deepcopy(self.transformer)) if int8 else None
+        self.device = device
+
+
+def run_transformer(m: Models, cond, tricks: Tricks, steps: int = STEPS):
+    model = m.int8 if tricks.dtype == torch.qint8 else m.transformer
+    guide = (specmaskgit.guided_logits if tricks.batched_cfg else
+             functools.partial(guided_logits_separate, skip_zero_scale=tricks.skip_zero_scale))
+    # generate() is decorated with @torch.no_grad(); its __wrapped__ is the undecorated function, so
+    # the plain row really runs with autograd recording every operation, as a first version would.
+    sampler = specmaskgit.generate if tricks.inference_mode else specmaskgit.generate.__wrapped__
+    with grad_mode(tricks), autocast(m.device, tricks.dtype):
+        return sampler(model, cond, steps=steps, cfg=CFG, temperature=TEMPERATURE, seed=0, guide=guide)
+
+
+def run_decoder(m: Models, tokens, tricks: Tricks):
+    with grad_mode(tricks), autocast(m.device, float_dtype(tricks)):
+        return mel.denormalize(m.vq.decode(tokens).float())                       # (1, 80, F)
+
+
+def run_vocoder(m: Models, log_mel, tricks: Tricks):
+    gen = m.folded if tricks.fold_weight_norm else m.vocoder
+    if tricks.chunked_vocoder:
+        return gen.vocode(log_mel, float_dtype(tricks))                            # (1, 256 F), inference_mode inside
+    with grad_mode(tricks), autocast(m.device, float_dtype(tricks)):
+        return gen(log_mel)[:, 0]
+
+
+def median_seconds(fn, runs: int, device: str, warm_up=None) -> float:
+    """Warm up once (allocator, kernel choice, caches), then the median of `runs` timed calls."""
+    (warm_up or fn)()
+    times = []
+    for _ in range(runs):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The table. Every measurement runs in a fresh Python process: the plain rows leave a heap of several
+# GB behind (autograd graphs), and in that process later rows ran up to 1.4x slower, mostly in page
+# faults. A fresh process per row makes the rows comparable, and its peak memory is its own.
+# ---------------------------------------------------------------------------------------------------
+
+STAGE_KEYS = {   # what each stage's time depends on: rows with the same key share one measurement
+    "transformer": lambda tr: (tr.inference_mode, tr.skip_zero_scale, tr.batched_cfg, str(tr.dtype)),
+    "decoder": lambda tr: (tr.inference_mode, str(float_dtype(tr))),
+    "vocoder": lambda tr: (tr.inference_mode, tr.fold_weight_norm, tr.chunked_vocoder, str(float_dtype(tr))),
+}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}
+
+
+def peak_memory_gb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6                # Linux: kB -> GB
+
+
+def time_stages(preset: str, device: str, tricks: Tricks, stages: list, runs: int) -> dict:
+    """Median seconds of the named stages with these tricks. Inputs are random: speed does not depend on them."""
+    m = Models(preset, device, int8=tricks.dtype == torch.qint8)
+    cfg = m.transformer.cfg
+    cond = torch.randn(1, cfg.cond_dim, device=device)
+    tokens = torch.randint(0, cfg.n_codes, (1, cfg.rows, cfg.cols), device=device)
+    log_mel = mel.denormalize(torch.rand(1, 80, 16 * cfg.cols, device=device) * 2 - 1)   # (1, 80, F)
+    run = {"transformer": lambda: run_transformer(m, cond, tricks),
+           "decoder": lambda: run_decoder(m, tokens, tricks),
+           "vocoder": lambda: run_vocoder(m, log_mel, tricks)}
+    warm_up = {"transformer": lambda: run_transformer(m, cond, tricks, steps=2)}   # 2 of 16 steps warm it up
+    return {stage: median_seconds(run[stage], runs, device, warm_up.get(stage)) for stage in stages}
+
+
+def time_end_to_end(preset: str, device: str, dtype: torch.dtype, runs: int, batch: int = 1) -> dict:
+    """The fast path through sample.py's own code (sample_tokens, tokens_to_audio): median seconds, peak GB."""
+    import sample
+    torch.manual_seed(0)
+    transformer = specmaskgit.SpecMaskGIT(specmaskgit.PRESETS[preset]).to(device).eval()
+    if dtype == torch.qint8:              # first, so that its fp32 weights are gone before the rest is built
+        specmaskgit.quantize_int8(transformer)
+    vq = vqgan.VQGAN(vqgan.PRESETS[preset]).to(device).eval()
+    gen = vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval().remove_weight_norm()
+    pipe = sample.Pipeline(vq, transformer, None, gen, CLIP_SAMPLES[preset], device,
+                           torch.float32 if dtype == torch.qint8 else dtype)
+    cond = torch.randn(batch, transformer.cfg.cond_dim, device=device)
+
+    def once():
+        tokens, _ = sample.sample_tokens(pipe, cond, STEPS, CFG, TEMPERATURE, seed=0, verbose=False)
+        sample.tokens_to_audio(pipe, tokens)
+    seconds = median_seconds(once, runs, device)
+    return {"seconds": seconds, "peak_gb": peak_memory_gb(device)}
+
+
+def in_fresh_process(argv: list) -> dict:
+    """Run `python benchmark.py <argv>` and return the JSON dict it prints last."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark.py {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def benchmark(preset: str, device: str, dtype_name: str | None, runs: int) -> None:
+    """Print the table. This machine's speed drifts by +-25 % over minutes (shared cloud CPUs), so the
+    rows are not timed one after another: each round times every row once, each in a fresh process,
+    and a row's figure is its median over `runs` rounds. Slow minutes then hit every row alike."""
+    if preset not in CLIP_SAMPLES:
+        raise UserError(f"--benchmark takes full or tiny, not {preset!r}.")
+    if runs < 1:
+        raise UserError(f"--runs must be 1 or more, not {runs}.")
+    dtype = pick_inference_dtype(device, dtype_name, specmaskgit.PRESETS[preset].width)
+    name = DTYPE_NAMES[dtype]
+    audio_seconds = CLIP_SAMPLES[preset] / mel.SR
+    print(f"benchmark: preset {preset}, one {audio_seconds:.3f} s clip, {STEPS} steps with CFG, "
+          f"{torch.get_num_threads()} threads on {device}; medians of {runs} rounds, each row in a fresh process")
+    common = [preset, "--device", device, "--dtype", name, "--runs", "1"]
+    table = rows(dtype)
+    samples, fast, batch16 = {}, [], []                       # (stage, key) -> seconds of each round
+    for r in range(runs):
+        for i, (label, tr) in enumerate(table):
+            todo = [stage for stage, key in STAGE_KEYS.items() if len(samples.get((stage, key(tr)), [])) == r]
+            if todo:
+                got = in_fresh_process(common + ["--row", str(i), "--stages", ",".join(todo)])
+                for stage in todo:
+                    samples.setdefault((stage, STAGE_KEYS[stage](tr)), []).append(got[stage])
+        fast.append(in_fresh_process(common + ["--end-to-end", "--batch", "1"]))
+        if device == "cuda" or preset == "tiny":
+            batch16.append(in_fresh_process(common + ["--end-to-end", "--batch", "16"])["seconds"])
+        print(f"  round {r + 1}/{runs} done", flush=True)
+
+    print(f"\n| {'step':<62} | transformer | decoder | vocoder | total s | speed-up |")
+    print(f"| {'-' * 62} | ---: | ---: | ---: | ---: | ---: |")
+    baseline = None
+    for label, tr in table:
+        t, d, v = (statistics.median(samples[(stage, key(tr))]) for stage, key in STAGE_KEYS.items())
+        total = t + d + v
+        baseline = baseline or total
+        print(f"| {label:<62} | {t:.2f} | {d:.2f} | {v:.2f} | {total:.2f} | {baseline / total:.2f}x |")
+    seconds = statistics.median(f["seconds"] for f in fast)
+    peak = max(f["peak_gb"] for f in fast)
+    where = "max allocated on the GPU" if device == "cuda" else "resident, the whole process"
+    print(f"\nfast path end to end (sample.sample_tokens + sample.tokens_to_audio): {seconds:.2f} s, "
+          f"{baseline / seconds:.2f}x the plain path; peak memory {peak:.2f} GB ({where})")
+    if batch16:
+        print(f"batch of 16: {statistics.median(batch16):.2f} s, {16 / statistics.median(batch16):.1f} clips per second")
+    print(f"rtf={seconds / audio_seconds:.4f} seconds={seconds:.3f} "
+          f"audio_seconds={audio_seconds:.3f} device={device} dtype={name}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training throughput of the transformer stage (Sec. 4: batch 48, 250k steps on AudioCaps).
+# ---------------------------------------------------------------------------------------------------
+
+def train_throughput(preset: str, device: str, dtype_name: str | None, batch: int, runs: int) -> None:
+    from runtime import pick_dtype
+    amp = pick_dtype(device, dtype_name)
+    cfg = specmaskgit.PRESETS[preset]
+    trainer = specmaskgit.Trainer(cfg, device=device, amp_dtype=amp)
+    g = torch.Generator().manual_seed(0)
+    data = {"tokens": torch.randint(0, cfg.n_codes, (batch, cfg.rows, cfg.cols), generator=g),
+            "cond": torch.randn(batch, cfg.cond_dim, generator=g)}
+    step = [0]
+
+    def one():
+        step[0] += 1
+        trainer.step(data, step[0])
+    seconds = median_seconds(one, runs, device)
+    tokens_per_s = batch * cfg.rows * cfg.cols / seconds
+    paper = 250_000 * 48 * cfg.rows * cfg.cols / tokens_per_s / 3600
+    print(f"train: preset {preset}, batch {batch}, {device}, {str(amp).replace('torch.', '')}: {seconds:.3f} s/step, "
+          f"{tokens_per_s:,.0f} tokens/s; the paper's 250k steps of batch 48 would take {paper:,.1f} h at this rate")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    p.add_argument("preset", choices=["full", "tiny"])
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 | int8")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (after one warm-up)")
+    p.add_argument("--train", action="store_true", help="time training steps of the transformer instead")
+    p.add_argument("--batch", type=int, default=None, help="batch size (--train: 4; --end-to-end: 1)")
+    p.add_argument("--row", type=int, default=None, help=argparse.SUPPRESS)          # the table's workers:
+    p.add_argument("--stages", default="", help=argparse.SUPPRESS)                   # one row's stages ...
+    p.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)      # ... or the fast path
+    args = p.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        if args.batch is not None and args.batch < 1:
+            raise UserError(f"--batch must be 1 or more, not {args.batch}.")
+        if args.row is not None or args.end_to_end:
+            dtype = pick_inference_dtype(device, args.dtype, specmaskgit.PRESETS[args.preset].width, verbose=False)
+            if args.end_to_end:
+                result = time_end_to_end(args.preset, device, dtype, args.runs, args.batch or 1)
+            else:
+                result = time_stages(args.preset, device, rows(dtype)[args.row][1], args.stages.split(","), args.runs)
+            print(json.dumps(result))
+        elif args.train:
+            train_throughput(args.preset, device, None if args.dtype == "auto" else args.dtype, args.batch or 4, args.runs)
+        else:
+            benchmark(args.preset, device, args.dtype, args.runs)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

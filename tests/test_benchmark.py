@@ -1,0 +1,129 @@
+"""benchmark.py and the fast path's pieces: every speed-up must compute the same thing as the plain path.
+
+Speed itself is not asserted (a benchmark command prints it); what is checked is that the slow variants
+the benchmark times are faithful, that the int8 transformer stays close to fp32, that the dtype choice
+follows the CPU, and that the benchmark's table and its final line come out.
+"""
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+import benchmark
+import runtime
+import sample
+import specmaskgit
+import vocoder
+
+DEMO = sample.DEFAULT_CKPT
+
+
+def tiny_transformer(seed=0):
+    torch.manual_seed(seed)
+    cfg = specmaskgit.Config(n_layers=2, width=64, n_heads=2, mlp=128, n_codes=64, rows=5, cols=8)
+    return specmaskgit.SpecMaskGIT(cfg).eval()
+
+
+def test_separate_cfg_passes_give_the_batched_guided_logits():
+    model = tiny_transformer()
+    tokens = torch.randint(0, 64, (3, 40))
+    masked = torch.rand(3, 40) < 0.5
+    cond = torch.randn(3, 512)
+    with torch.no_grad():
+        for t in (0.0, 1.0, 3.0):
+            fast = specmaskgit.guided_logits(model, tokens, cond, masked, t)
+            plain = benchmark.guided_logits_separate(model, tokens, cond, masked, t)
+            skipped = benchmark.guided_logits_separate(model, tokens, cond, masked, t, skip_zero_scale=True)
+            assert torch.allclose(fast, plain, atol=1e-4), t
+            assert torch.allclose(fast, skipped, atol=1e-4), t
+
+
+def test_the_plain_sampler_with_autograd_on_draws_the_same_tokens_as_the_fast_one():
+    model = tiny_transformer()
+    cond = torch.randn(2, 512)
+    m = benchmark.Models.__new__(benchmark.Models)              # only the fields run_transformer reads
+    m.transformer, m.int8, m.device = model, None, "cpu"
+    plain = benchmark.run_transformer(m, cond, benchmark.Tricks(), steps=6)
+    fast = benchmark.run_transformer(m, cond, benchmark.Tricks(inference_mode=True, skip_zero_scale=True,
+                                                               batched_cfg=True), steps=6)
+    assert torch.equal(plain, fast)
+
+
+def test_rows_switch_on_one_trick_more_each_and_end_at_the_chosen_dtype():
+    rows = benchmark.rows(torch.qint8)
+    fields = [f.name for f in dataclasses.fields(benchmark.Tricks)]
+    on = [sum(bool(getattr(t, f)) if f != "dtype" else t.dtype != torch.float32 for f in fields) for _, t in rows]
+    assert on == list(range(len(fields) + 1))                   # 0, 1, 2, ... tricks: cumulative, one per row
+    assert rows[-1][1].dtype == torch.qint8
+    assert len(benchmark.rows(torch.float32)) == len(fields)    # fp32 is no extra row
+
+
+def test_folding_weight_norm_and_chunking_keep_the_vocoders_output():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(vocoder.PRESETS["tiny"], upsample_initial_channel=32)
+    gen = vocoder.Generator(cfg).eval()
+    log_mel = torch.randn(1, 80, 300)
+    with torch.no_grad():
+        plain = gen(log_mel)[:, 0]
+    folded = vocoder.Generator(cfg).eval()
+    folded.load_state_dict(gen.state_dict())
+    fast = folded.vocode(log_mel, torch.float32)
+    assert gen.has_weight_norm() and not folded.has_weight_norm()
+    assert torch.allclose(plain, fast, atol=1e-5)
+
+
+def test_int8_transformer_logits_stay_close_to_fp32_on_the_trained_demo_model():
+    ckpt = runtime.load_checkpoint(DEMO, "bundle")["transformer"]
+    fp32 = specmaskgit.from_checkpoint(ckpt).eval()
+    int8 = specmaskgit.quantize_int8(specmaskgit.from_checkpoint(ckpt).eval())
+    assert type(int8.blocks[0].mlp[0]) is not torch.nn.Linear                # replaced by the int8 layer
+    assert type(int8.cond_proj) is torch.nn.Linear                           # the CLAP projection stays fp32
+    g = torch.Generator().manual_seed(0)
+    cfg = fp32.cfg
+    tokens = torch.randint(0, cfg.n_codes, (4, cfg.rows, cfg.cols), generator=g)
+    mask = torch.rand(4, cfg.rows, cfg.cols, generator=g) < 0.5
+    cond = torch.nn.functional.normalize(torch.randn(4, cfg.cond_dim, generator=g), dim=-1)
+    with torch.no_grad():
+        a, b = fp32(tokens, cond, mask), int8(tokens, cond, mask)
+    rel = ((a - b).norm() / a.norm()).item()
+    assert 0 < rel < 0.1                                                     # changed, but by little
+    agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    assert agree > 0.9
+
+
+def test_auto_dtype_follows_the_cpu_and_the_model_size(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.pick_inference_dtype("cpu", "auto", 768, verbose=False) == torch.qint8
+    assert runtime.pick_inference_dtype("cpu", "auto", 192, verbose=False) == torch.float32
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.pick_inference_dtype("cpu", "auto", 768, verbose=False) == torch.bfloat16
+    assert runtime.pick_inference_dtype("cuda", "auto", 768, verbose=False) == torch.bfloat16
+    assert runtime.pick_inference_dtype("cpu", "fp32", 768, verbose=False) == torch.float32
+    assert runtime.pick_inference_dtype("cpu", "int8", 192, verbose=False) == torch.qint8
+    with pytest.raises(runtime.UserError, match="--dtype must be one of"):
+        runtime.pick_inference_dtype("cpu", "int4", 768, verbose=False)
+    with pytest.raises(runtime.UserError, match="for CPUs"):
+        runtime.pick_inference_dtype("cuda", "int8", 768, verbose=False)
+
+
+def test_sample_py_int8_writes_a_clip_like_fp32(tmp_path):
+    for dtype in ("fp32", "int8"):
+        assert sample.main(["rain on a roof", "--steps", "4", "--dtype", dtype, "--out", str(tmp_path / dtype)]) == 0
+    import soundfile as sf
+    a, sr_a = sf.read(tmp_path / "fp32" / "rain_on_a_roof.wav")
+    b, sr_b = sf.read(tmp_path / "int8" / "rain_on_a_roof.wav")
+    assert sr_a == sr_b and a.shape == b.shape
+
+
+def test_benchmark_tiny_prints_the_table_and_the_rtf_line(capsys):
+    assert sample.main(["--benchmark", "tiny", "--runs", "1", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ") and "x |" in line]
+    assert len(table) == len(benchmark.rows(torch.float32))
+    assert table[0].rstrip().endswith("1.00x |")
+    last = out.strip().splitlines()[-1]
+    m = re.fullmatch(r"rtf=([\d.]+) seconds=([\d.]+) audio_seconds=2\.972 device=cpu dtype=fp32", last)
+    assert m, last
+    assert float(m.group(1)) == pytest.approx(float(m.group(2)) / 2.972, rel=0.01)
