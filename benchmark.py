@@ -39,7 +39,7 @@ import mel
 import specmaskgit
 import vocoder
 import vqgan
-from runtime import UserError, pick_device, pick_inference_dtype
+from runtime import ArgumentParser, UserError, pick_device, pick_inference_dtype
 
 STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # Sec. 3.4 / Sec. 4: the paper's sampling settings
 CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}
@@ -165,8 +165,9 @@ def median_seconds(fn, runs: int, device: str, warm_up=None) -> float:
 
 # ---------------------------------------------------------------------------------------------------
 # The table. Every measurement runs in a fresh Python process: the plain rows leave a heap of several
-# GB behind (autograd graphs), and in that process later rows ran up to 1.4x slower, mostly in page
-# faults. A fresh process per row makes the rows comparable, and its peak memory is its own.
+# GB behind (autograd graphs), and in that process later rows spent a third of their time in the kernel
+# (page faults) and ran slower. A fresh process per row makes the rows comparable, and its peak
+# memory is its own.
 # ---------------------------------------------------------------------------------------------------
 
 STAGE_KEYS = {   # what each stage's time depends on: rows with the same key share one measurement
@@ -297,7 +298,7 @@ def train_throughput(preset: str, device: str, dtype_name: str | None, batch: in
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    p = ArgumentParser(description=__doc__.split("\n")[1])
     p.add_argument("preset", choices=["full", "tiny"])
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 | int8")
@@ -307,8 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--row", type=int, default=None, help=argparse.SUPPRESS)          # the table's workers:
     p.add_argument("--stages", default="", help=argparse.SUPPRESS)                   # one row's stages ...
     p.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)      # ... or the fast path
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
         device = pick_device(args.device)
         if args.batch is not None and args.batch < 1:
             raise UserError(f"--batch must be 1 or more, not {args.batch}.")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import data
 import mel
 import sample
-from runtime import UserError, pick_device
+from runtime import ArgumentParser, UserError, pick_device
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,13 +325,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 # Command line.
 # ---------------------------------------------------------------------------------------------------
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):                                                 # one sentence, exit 2 (main)
-        raise UserError(f"{message} (see python evaluate.py --help).")
-
-
 def parse_args(argv=None):
-    p = Parser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the two judges.",
+    p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the two judges.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default=sample.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
     p.add_argument("--quick", action="store_true", help="small sets (a few minutes on 2 CPU cores)")

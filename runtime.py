@@ -14,6 +14,7 @@ safety (atomic writes, `weights_only=True` loads) and the same one-sentence erro
   pick_dtype         the fastest precision the device runs natively (never bf16 on a CPU without it)
 """
 
+import argparse
 import dataclasses
 import os
 import tempfile
@@ -129,6 +130,15 @@ def make_output_folder(path: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Device and precision.
 # ---------------------------------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a flag it rejects (a wrong type, an unknown choice or flag) is a UserError: one
+    sentence and exit code 2 from the script's main(), like every other bad input, instead of argparse's
+    usage lines and its own exit."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python {self.prog} --help).")
+
 
 def pick_device(name: str | None = None) -> str:
     if name in (None, "auto"):

@@ -30,7 +30,7 @@ import time
 import torch
 
 import mel
-from runtime import UserError, load_checkpoint, make_output_folder, pick_device, pick_inference_dtype
+from runtime import ArgumentParser, UserError, load_checkpoint, make_output_folder, pick_device, pick_inference_dtype
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
 BWE_CUTOFF_HZ = 4300.0    # mel bin 64's lower edge: the top token row covers bins 64-79 (Sec. 4, Table 7)
@@ -239,7 +239,7 @@ def slug(prompt: str) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="SpecMaskGIT: text to audio, inpainting, bandwidth extension.",
+    p = ArgumentParser(description="SpecMaskGIT: text to audio, inpainting, bandwidth extension.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompts", nargs="*", help="one or more text prompts")
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="a bundle written by train.py --bundle")

@@ -31,8 +31,8 @@ import time
 
 import torch
 
-from runtime import (UserError, check_config, load_checkpoint, make_output_folder, pick_device, pick_dtype,
-                     save_checkpoint)
+from runtime import (ArgumentParser, UserError, check_config, load_checkpoint, make_output_folder, pick_device,
+                     pick_dtype, save_checkpoint)
 
 STAGES = ["vqgan", "vocoder", "clap", "transformer"]
 
@@ -57,7 +57,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train SpecMaskGIT stage by stage.",
+    p = ArgumentParser(description="Train SpecMaskGIT stage by stage.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="toy", help="toy | audiocaps | a folder of audio files")
     p.add_argument("--root", default=None, help="the AudioCaps folder (CSV files + clips) for --data audiocaps")
