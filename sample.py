@@ -33,7 +33,7 @@ import mel
 from runtime import ArgumentParser, UserError, load_checkpoint, make_output_folder, pick_device, pick_inference_dtype
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
-BWE_CUTOFF_HZ = 4300.0    # mel bin 64's lower edge: the top token row covers bins 64-79 (Sec. 4, Table 7)
+BWE_CUTOFF_HZ = 4300.0    # ~ mel bin 63's top edge (= bin 64's centre, 4327 Hz); top token row = bins 64-79 (Table 7)
 
 
 # ---------------------------------------------------------------------------------------------------
