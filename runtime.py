@@ -127,10 +127,6 @@ def make_output_folder(path: str) -> None:
         raise UserError(f"the output folder {path} is not writable.")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Device and precision.
-# ---------------------------------------------------------------------------------------------------
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a flag it rejects (a wrong type, an unknown choice or flag) is a UserError: one
     sentence and exit code 2 from the script's main(), like every other bad input, instead of argparse's
@@ -139,6 +135,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(f"{message} (see python {self.prog} --help).")
 
+
+# ---------------------------------------------------------------------------------------------------
+# Device and precision.
+# ---------------------------------------------------------------------------------------------------
 
 def pick_device(name: str | None = None) -> str:
     if name in (None, "auto"):
