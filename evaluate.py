@@ -327,7 +327,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def parse_args(argv=None):
     p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the two judges.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default=sample.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
     p.add_argument("--quick", action="store_true", help="small sets (a few minutes on 2 CPU cores)")
     p.add_argument("--judges", action="store_true", help="run the two judges (default: judges and ablations)")

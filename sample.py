@@ -240,7 +240,7 @@ def slug(prompt: str) -> str:
 
 def parse_args(argv=None):
     p = ArgumentParser(description="SpecMaskGIT: text to audio, inpainting, bandwidth extension.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompts", nargs="*", help="one or more text prompts")
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="a bundle written by train.py --bundle")
     p.add_argument("--vocoder-ckpt", default=None, help="a HiFiGAN checkpoint (ours or the official one)")

@@ -58,7 +58,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(description="Train SpecMaskGIT stage by stage.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="toy", help="toy | audiocaps | a folder of audio files")
     p.add_argument("--root", default=None, help="the AudioCaps folder (CSV files + clips) for --data audiocaps")
     p.add_argument("--stage", default="all", choices=STAGES + ["all"])
