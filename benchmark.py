@@ -39,7 +39,7 @@ import mel
 import specmaskgit
 import vocoder
 import vqgan
-from runtime import ArgumentParser, UserError, pick_device, pick_inference_dtype
+from runtime import DTYPES, ArgumentParser, UserError, pick_device, pick_inference_dtype
 
 STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # Sec. 3.4 / Sec. 4: the paper's sampling settings
 CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}
@@ -175,7 +175,7 @@ STAGE_KEYS = {   # what each stage's time depends on: rows with the same key sha
     "decoder": lambda tr: (tr.inference_mode, str(float_dtype(tr))),
     "vocoder": lambda tr: (tr.inference_mode, tr.fold_weight_norm, tr.chunked_vocoder, str(float_dtype(tr))),
 }
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}
+DTYPE_NAMES = {**{dtype: name for name, dtype in DTYPES.items()}, torch.qint8: "int8"}   # runtime's names
 
 
 def peak_memory_gb(device: str) -> float:

@@ -225,6 +225,7 @@ def test_audiocaps_runs_every_stage_on_a_stand_in_folder(audiocaps_root, tmp_pat
     assert train.main(argv) == 0
     printed = capsys.readouterr().out
     assert "3 of 4 rows usable" in printed and "3 training clips" in printed
+    assert "a real AudioCaps epoch (49,838 clips, 24,919 steps)" in printed   # batch 2: the full train.csv's steps
     pipe = sample.load_pipeline(str(out / "bundle.pt"), verbose=False)
     assert pipe.num_samples == 16384
     assert "dog" in pipe.clap.vocab and "bell" in pipe.clap.vocab          # TinyCLAP learnt AudioCaps' words
