@@ -459,6 +459,48 @@ def build_cache(dataset, args, device, rank=0):
 
 
 # ---------------------------------------------------------------------------------------------------
+# After the vocoder stage: does the vocoder beat Griffin-Lim? Only one that does goes into the bundle.
+# ---------------------------------------------------------------------------------------------------
+
+HELDOUT_CLIPS = 16
+
+
+@torch.inference_mode()
+def vocoder_against_griffin_lim(args, device) -> dict:
+    """Mel L1 of the re-analysed output on held-out clips, for the trained vocoder and for Griffin-Lim.
+
+    The measure is HiFiGAN's own (Eq. 3: L1 between log-mels of the target and of the output), on the
+    first HELDOUT_CLIPS clips of the validation split. Griffin-Lim gets the 32 iterations sample.py gives
+    it. The verdict is stored in vocoder.pt, so write_bundle can leave out a vocoder that would make
+    sample.py sound worse than having none (a HiFiGAN needs days of training; a few minutes on a CPU
+    give a vocoder that knows the spectral envelope but not yet the phase).
+    """
+    import data
+    import mel
+    import vocoder
+    n = HELDOUT_CLIPS if args.data == "toy" else None
+    try:
+        heldout = data.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n)
+    except UserError as e:                           # e.g. an AudioCaps folder without val.csv: keep the vocoder
+        print(f"vocoder: not compared with Griffin-Lim, there are no held-out clips ({e})")
+        return None
+    wav = torch.stack([heldout[i]["wav"] for i in range(min(HELDOUT_CLIPS, len(heldout)))])  # (N, T)
+    target = mel.mel_spectrogram(wav)                                                        # (N, 80, F)
+    path = os.path.join(args.out, "vocoder.pt")
+    generator = vocoder.load_vocoder(path).to(device)
+    outputs = {"vocoder": generator.vocode(target.to(device)).cpu(), "griffin_lim": mel.griffin_lim(target, n_iter=32)}
+    result = {name: (mel.mel_spectrogram(out[:, :wav.shape[1]]) - target).abs().mean().item()
+              for name, out in outputs.items()}
+    result["clips"] = len(wav)
+    ckpt = load_checkpoint(path, "vocoder")
+    ckpt["heldout_mel_l1"] = result
+    save_checkpoint(ckpt, path)
+    print(f"vocoder: mel L1 on {len(wav)} held-out clips {result['vocoder']:.3f}, Griffin-Lim's "
+          f"{result['griffin_lim']:.3f} ({'better' if result['vocoder'] < result['griffin_lim'] else 'worse'})")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------
 
@@ -518,6 +560,8 @@ def run(args) -> None:
         epoch_steps = max(1, len(dataset) // (batch * world))
         audiocaps_epoch_steps = max(1, data.AUDIOCAPS_TRAIN_ROWS // (batch * world)) if args.data == "audiocaps" else None
         train_stage(stage, trainer, batches, args, steps, warmup, rank, epoch_steps, audiocaps_epoch_steps)
+        if stage == "vocoder" and rank == 0:
+            vocoder_against_griffin_lim(args, device)
     if rank == 0 and args.bundle:
         write_bundle(args)
 
@@ -529,6 +573,12 @@ def write_bundle(args) -> None:
         path = os.path.join(args.out, f"{stage}.pt")
         if os.path.exists(path):
             bundle[stage] = load_checkpoint(path, stage)
+    heldout = bundle.get("vocoder", {}).get("heldout_mel_l1")
+    if heldout and heldout["vocoder"] >= heldout["griffin_lim"]:      # measured after its stage (above)
+        del bundle["vocoder"]
+        print(f"bundle: the vocoder is left out, Griffin-Lim reconstructs the mels better (mel L1 "
+              f"{heldout['griffin_lim']:.3f} against {heldout['vocoder']:.3f}); sample.py falls back to it, and "
+              f"--vocoder-ckpt {os.path.join(args.out, 'vocoder.pt')} still uses the vocoder")
     # A stage retrained alone with another config (--stage vqgan --vqgan.n_codes 64, or another --num-samples)
     # leaves the old transformer.pt beside it; bundled together, sample.py drew token ids the VQGAN does not
     # have (an IndexError traceback) or grids of the wrong width. Refuse to write such a bundle.

@@ -77,10 +77,35 @@ def test_stage_all_writes_every_checkpoint_and_a_bundle_sample_py_loads(toy_run)
         assert load_checkpoint(str(toy_run / f"{stage}.pt"), stage)["stage"] == stage
         assert load_checkpoint(str(toy_run / f"{stage}.state.pt"), stage)["step"] == 2
     pipe = sample.load_pipeline(str(toy_run / "bundle.pt"), verbose=False)
-    assert pipe.vocoder is not None and pipe.num_samples == 16384
+    assert pipe.vocoder is None and pipe.num_samples == 16384          # a 2-step vocoder loses to Griffin-Lim
     assert (pipe.transformer.cfg.rows, pipe.transformer.cfg.cols) == (5, 16384 // 4096)
     wav, _, _, _ = sample.text_to_audio(pipe, ["rain on a roof"], steps=2, verbose=False)
     assert wav.shape == (1, 16384) and torch.isfinite(wav).all()
+
+
+def test_the_vocoder_is_measured_against_griffin_lim_on_held_out_clips(toy_run):
+    import data
+    import mel
+    heldout = load_checkpoint(str(toy_run / "vocoder.pt"), "vocoder")["heldout_mel_l1"]
+    val = data.make_dataset("toy", "val", num_samples=16384, n=train.HELDOUT_CLIPS)
+    wav = torch.stack([val[i]["wav"] for i in range(train.HELDOUT_CLIPS)])
+    target = mel.mel_spectrogram(wav)
+    gl = (mel.mel_spectrogram(mel.griffin_lim(target, n_iter=32)[:, :16384]) - target).abs().mean().item()
+    assert heldout["clips"] == 16 and heldout["griffin_lim"] == pytest.approx(gl, rel=1e-5)
+    assert heldout["vocoder"] > heldout["griffin_lim"]                    # two steps of training: a loser
+
+
+def test_the_bundle_keeps_a_vocoder_only_when_it_beats_griffin_lim(toy_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    args = train.parse_args(TOY + ["--out", str(run), "--bundle", str(run / "b.pt")])
+    for vocoder_l1, kept in ((0.5, False), (0.05, True)):
+        ckpt = load_checkpoint(str(run / "vocoder.pt"), "vocoder")
+        ckpt["heldout_mel_l1"] = {"vocoder": vocoder_l1, "griffin_lim": 0.12, "clips": 16}
+        save_checkpoint(ckpt, str(run / "vocoder.pt"))
+        train.write_bundle(args)
+        assert ("vocoder" in load_checkpoint(str(run / "b.pt"), "bundle")) == kept
+        assert ("the vocoder is left out" in capsys.readouterr().out) != kept
 
 
 def test_each_stage_logs_one_json_row_per_log_every_steps_with_a_finite_loss(toy_run):
@@ -225,9 +250,10 @@ def test_audiocaps_runs_every_stage_on_a_stand_in_folder(audiocaps_root, tmp_pat
     assert train.main(argv) == 0
     printed = capsys.readouterr().out
     assert "3 of 4 rows usable" in printed and "3 training clips" in printed
+    assert "not compared with Griffin-Lim" in printed and "val.csv" in printed   # no val split: kept, and said
     assert "a real AudioCaps epoch (49,838 clips, 24,919 steps)" in printed   # batch 2: the full train.csv's steps
     pipe = sample.load_pipeline(str(out / "bundle.pt"), verbose=False)
-    assert pipe.num_samples == 16384
+    assert pipe.num_samples == 16384 and pipe.vocoder is not None
     assert "dog" in pipe.clap.vocab and "bell" in pipe.clap.vocab          # TinyCLAP learnt AudioCaps' words
 
 
