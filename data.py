@@ -811,12 +811,12 @@ def make_dataset(data: str, split: str = "train", root: str | None = None, num_s
     every split (fine for training on your own sounds; its "val" numbers are then training numbers).
     """
     if data == "toy":
-        # Keep each synthesised clip (18 ms to make on one core): `--stage all` draws the 2000 training
-        # clips ~23 times over its stages, and without the cache a third of its time went into remaking
-        # them. 2000 clips of 65536 float32 samples = 0.5 GB; larger worlds are remade on demand.
+        # Keep each synthesised clip (18 ms to make on one core): `--stage all` draws the 4000 training
+        # clips ~12 times over its stages, and without the cache a third of its time went into remaking
+        # them. 4000 clips of 65536 float32 samples = 1.05 GB; larger worlds are remade on demand.
         num_samples = num_samples or TOY_SAMPLES
         n_clips = SPLIT_SIZES[split] if n is None else n
-        return ToyDataset(split, n=n, num_samples=num_samples, seed=seed, cache=n_clips * num_samples * 4 <= 1e9)
+        return ToyDataset(split, n=n, num_samples=num_samples, seed=seed, cache=n_clips * num_samples * 4 <= 1.5e9)
     if data == "audiocaps":
         if root is None or not os.path.isdir(root):
             raise UserError(f"AudioCaps needs its folder (with {split}.csv and the clips); {root!r} is not one.")

@@ -73,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="linear warm-up steps")
     p.add_argument("--num-samples", type=int, default=None,
                    help="clip length in samples (default 65536 for toy, 217088 otherwise); a multiple of 4096")
-    p.add_argument("--n-clips", type=int, default=2000, help="toy world: training clips")
+    p.add_argument("--n-clips", type=int, default=4000,
+                   help="toy world: training clips (2000 left the transformer ~0.3 nats better on them than on new ones)")
     p.add_argument("--clap", default=None, choices=["tiny", "laion"], help="conditioner; default tiny for toy")
     p.add_argument("--clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt (for --clap laion)")
     p.add_argument("--vocoder-ckpt", default=None, help="an official HiFiGAN generator: skip the vocoder stage")

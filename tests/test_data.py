@@ -294,10 +294,10 @@ def test_make_dataset(tmp_path, audiocaps_root):
         data.make_dataset("audiocaps", "train", root=None)
 
 
-def test_toy_training_clips_are_made_once_and_kept_unless_they_would_not_fit_in_1_gb():
+def test_toy_training_clips_are_made_once_and_kept_unless_they_would_not_fit_in_1_5_gb():
     small = data.make_dataset("toy", "train", n=4)
     first = small[2]
     assert small[2] is first                                    # kept, not remade
     assert torch.equal(first["wav"], data.toy_clip(small.seed, 2, small.num_samples)[0])
-    big = data.make_dataset("toy", "train")                     # 10000 clips x 65536 x 4 B > 1 GB
+    big = data.make_dataset("toy", "train")                     # 10000 clips x 65536 x 4 B > 1.5 GB
     assert big.cache is None
