@@ -16,7 +16,7 @@ order), linear warm-up then cosine decay of the learning rate, gradient clipping
 a progress line every --log-every steps, a JSON-lines log, and atomic checkpoints.
 
 Examples:
-  python train.py --data toy --stage all                      # the bundled demo model, CPU, ~40 min
+  python train.py --data toy --stage all                      # the bundled demo model: 67 min on 2 CPU cores
   python train.py --data audiocaps --root AUDIOCAPS --clap-ckpt 630k-audioset-best.pt --preset full
   torchrun --nproc_per_node 4 train.py --data audiocaps ...   # several GPUs (DistributedDataParallel)
 """
@@ -467,7 +467,7 @@ HELDOUT_CLIPS = 16
 
 
 @torch.inference_mode()
-def vocoder_against_griffin_lim(args, device) -> dict:
+def vocoder_against_griffin_lim(args, device) -> dict | None:
     """Mel L1 of the re-analysed output on held-out clips, for the trained vocoder and for Griffin-Lim.
 
     The measure is HiFiGAN's own (Eq. 3: L1 between log-mels of the target and of the output), on the
