@@ -39,7 +39,7 @@ import mel
 import specmaskgit
 import vocoder
 import vqgan
-from runtime import DTYPES, ArgumentParser, UserError, pick_device, pick_inference_dtype
+from runtime import DTYPES, ArgumentParser, UserError, pick_device, pick_inference_dtype, run_command
 
 STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # Sec. 3.4 / Sec. 4: the paper's sampling settings
 CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}
@@ -297,7 +297,7 @@ def train_throughput(preset: str, device: str, dtype_name: str | None, batch: in
           f"{tokens_per_s:,.0f} tokens/s; the paper's 250k steps of batch 48 would take {paper:,.1f} h at this rate")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[1])
     p.add_argument("preset", choices=["full", "tiny"])
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
@@ -308,26 +308,29 @@ def main(argv=None) -> int:
     p.add_argument("--row", type=int, default=None, help=argparse.SUPPRESS)          # the table's workers:
     p.add_argument("--stages", default="", help=argparse.SUPPRESS)                   # one row's stages ...
     p.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)      # ... or the fast path
-    try:
-        args = p.parse_args(argv)
-        device = pick_device(args.device)
-        if args.batch is not None and args.batch < 1:
-            raise UserError(f"--batch must be 1 or more, not {args.batch}.")
-        if args.row is not None or args.end_to_end:
-            dtype = pick_inference_dtype(device, args.dtype, specmaskgit.PRESETS[args.preset].width, verbose=False)
-            if args.end_to_end:
-                result = time_end_to_end(args.preset, device, dtype, args.runs, args.batch or 1)
-            else:
-                result = time_stages(args.preset, device, rows(dtype)[args.row][1], args.stages.split(","), args.runs)
-            print(json.dumps(result))
-        elif args.train:
-            train_throughput(args.preset, device, None if args.dtype == "auto" else args.dtype, args.batch or 4, args.runs)
+    args = p.parse_args(argv)
+    if args.batch is not None and args.batch < 1:
+        raise UserError(f"--batch must be 1 or more, not {args.batch}.")
+    return args
+
+
+def run(args) -> None:
+    device = pick_device(args.device)
+    if args.row is not None or args.end_to_end:
+        dtype = pick_inference_dtype(device, args.dtype, specmaskgit.PRESETS[args.preset].width, verbose=False)
+        if args.end_to_end:
+            result = time_end_to_end(args.preset, device, dtype, args.runs, args.batch or 1)
         else:
-            benchmark(args.preset, device, args.dtype, args.runs)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+            result = time_stages(args.preset, device, rows(dtype)[args.row][1], args.stages.split(","), args.runs)
+        print(json.dumps(result))
+    elif args.train:
+        train_throughput(args.preset, device, None if args.dtype == "auto" else args.dtype, args.batch or 4, args.runs)
+    else:
+        benchmark(args.preset, device, args.dtype, args.runs)
+
+
+def main(argv=None) -> int:
+    return run_command(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import data
 import mel
 import sample
-from runtime import ArgumentParser, UserError, pick_device
+from runtime import ArgumentParser, UserError, pick_device, run_command
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -367,12 +367,7 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ all pick a device and a compute precision. Writing that once means every stage g
 safety (atomic writes, `weights_only=True` loads) and the same one-sentence errors.
 
   UserError          bad input from the user; the command lines print its message and exit with 2
+  run_command        the command lines' main(): a UserError becomes that one line and exit code 2
   save_checkpoint    write a dict of tensors/numbers/strings atomically (temporary file, then rename)
   load_checkpoint    read it back with weights_only=True, checking which stage wrote it
   check_config       name the fields where a checkpoint's config differs from the model's
@@ -17,6 +18,7 @@ safety (atomic writes, `weights_only=True` loads) and the same one-sentence erro
 import argparse
 import dataclasses
 import os
+import sys
 import tempfile
 
 import torch
@@ -125,6 +127,16 @@ def make_output_folder(path: str) -> None:
         raise UserError(f"cannot create the output folder {path}: {e.strerror or e}.") from None
     if not os.access(path, os.W_OK):
         raise UserError(f"the output folder {path} is not writable.")
+
+
+def run_command(command) -> int:
+    """A script's main(): run `command()`; a UserError is one line on stderr and exit code 2, not a traceback."""
+    try:
+        command()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -30,7 +30,8 @@ import time
 import torch
 
 import mel
-from runtime import ArgumentParser, UserError, load_checkpoint, make_output_folder, pick_device, pick_inference_dtype
+from runtime import (ArgumentParser, UserError, load_checkpoint, make_output_folder, pick_device, pick_inference_dtype,
+                     run_command)
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
 BWE_CUTOFF_HZ = 4300.0    # ~ mel bin 63's top edge (= bin 64's centre, 4327 Hz); top token row = bins 64-79 (Table 7)
@@ -340,12 +341,7 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

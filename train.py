@@ -32,7 +32,7 @@ import time
 import torch
 
 from runtime import (ArgumentParser, UserError, check_config, load_checkpoint, make_output_folder, pick_device,
-                     pick_dtype, save_checkpoint)
+                     pick_dtype, run_command, save_checkpoint)
 
 STAGES = ["vqgan", "vocoder", "clap", "transformer"]
 
@@ -488,12 +488,12 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     wav = torch.stack([heldout[i]["wav"] for i in range(min(HELDOUT_CLIPS, len(heldout)))])  # (N, T)
     target = mel.mel_spectrogram(wav)                                                        # (N, 80, F)
     path = os.path.join(args.out, "vocoder.pt")
-    generator = vocoder.load_vocoder(path).to(device)
+    ckpt = load_checkpoint(path, "vocoder")
+    generator = vocoder.load_vocoder(ckpt).to(device)
     outputs = {"vocoder": generator.vocode(target.to(device)).cpu(), "griffin_lim": mel.griffin_lim(target, n_iter=32)}
     result = {name: (mel.mel_spectrogram(out[:, :wav.shape[1]]) - target).abs().mean().item()
               for name, out in outputs.items()}
     result["clips"] = len(wav)
-    ckpt = load_checkpoint(path, "vocoder")
     ckpt["heldout_mel_l1"] = result
     save_checkpoint(ckpt, path)
     print(f"vocoder: mel L1 on {len(wav)} held-out clips {result['vocoder']:.3f}, Griffin-Lim's "
@@ -596,14 +596,10 @@ def write_bundle(args) -> None:
 
 def main(argv=None) -> int:
     try:
-        run(parse_args(argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return run_command(lambda: run(parse_args(argv)))
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact (use --resume)", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":
