@@ -185,10 +185,10 @@ def check_config_values(stage: str, cfg) -> None:
 # the full preset. The transformer's full-size numbers are the paper's (Sec. 4: batch 48, 250k steps,
 # 5k warm-up); lr None = the stage's own default (the transformer's: 1e-3 x batch / 256).
 STAGE_DEFAULTS = {
-    ("vqgan", "tiny"): dict(steps=1200, batch_size=8, warmup=50, lr=1e-3),
-    ("vocoder", "tiny"): dict(steps=300, batch_size=8, warmup=50, lr=2e-3),
+    ("vqgan", "tiny"): dict(steps=1600, batch_size=8, warmup=50, lr=1e-3),
+    ("vocoder", "tiny"): dict(steps=250, batch_size=8, warmup=50, lr=2e-3),
     ("clap", "tiny"): dict(steps=750, batch_size=32, warmup=25, lr=1e-3),
-    ("transformer", "tiny"): dict(steps=1800, batch_size=32, warmup=100, lr=1e-3),
+    ("transformer", "tiny"): dict(steps=1600, batch_size=32, warmup=100, lr=1e-3),
     ("vqgan", "full"): dict(steps=100_000, batch_size=8, warmup=1000, lr=None),
     ("vocoder", "full"): dict(steps=500_000, batch_size=16, warmup=1000, lr=None),
     ("clap", "full"): dict(steps=20_000, batch_size=128, warmup=500, lr=None),

@@ -79,10 +79,10 @@ PRESETS = {
 PRESETS["full"] = PRESETS["v1"]   # SpecMaskGIT uses the official V1 (Sec. 3.1)
 # The toy world (data.py) on 2 CPU cores: V3's layout at half width (~0.4 M parameters, a ~1.5 MB file
 # for the demo bundle, still 8 x 8 x 4 = 256x upsampling), with discriminators ~1/8 as wide. The toy recipe
-# (train.py, 300 steps) spends 250 on the mel loss alone, which is what helps within minutes; its last 50 add
+# (train.py, 250 steps) spends 200 on the mel loss alone, which is what helps within minutes; its last 50 add
 # the adversary, ~6x dearer per step on a CPU, to show every loss at work: it pays off only over days.
 PRESETS["tiny"] = dataclasses.replace(PRESETS["v3"], upsample_initial_channel=128, mpd_width=4, msd_width=16,
-                                      disc_start=250)
+                                      disc_start=200)
 
 
 def get_padding(kernel_size: int, dilation: int = 1) -> int:
