@@ -16,7 +16,7 @@ order), linear warm-up then cosine decay of the learning rate, gradient clipping
 a progress line every --log-every steps, a JSON-lines log, and atomic checkpoints.
 
 Examples:
-  python train.py --data toy --stage all                      # the bundled demo model: 67 min on 2 CPU cores
+  python train.py --data toy --stage all                      # the bundled demo model: 42.5 min on 2 CPU cores
   python train.py --data audiocaps --root AUDIOCAPS --clap-ckpt 630k-audioset-best.pt --preset full
   torchrun --nproc_per_node 4 train.py --data audiocaps ...   # several GPUs (DistributedDataParallel)
 """
