@@ -101,7 +101,7 @@ def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor):
     with torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
         log_mel = mel.denormalize(pipe.vq.decode(tokens).float())                     # (B, 80, F)
     if pipe.vocoder is None:
-        return log_mel, mel.griffin_lim(log_mel.cpu(), n_iter=32)
+        return log_mel, mel.griffin_lim(log_mel.cpu())                                  # (B, 256 F), 32 iterations
     return log_mel, pipe.vocoder.vocode(log_mel, pipe.dtype).cpu()                     # (B, 256 F)
 
 

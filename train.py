@@ -472,8 +472,8 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     """Mel L1 of the re-analysed output on held-out clips, for the trained vocoder and for Griffin-Lim.
 
     The measure is HiFiGAN's own (Eq. 3: L1 between log-mels of the target and of the output), on the
-    first HELDOUT_CLIPS clips of the validation split. Griffin-Lim gets the 32 iterations sample.py gives
-    it. The verdict is stored in vocoder.pt, so write_bundle can leave out a vocoder that would make
+    first HELDOUT_CLIPS clips of the validation split. Griffin-Lim runs with mel.griffin_lim's default
+    iterations, as in sample.py. The verdict is stored in vocoder.pt, so write_bundle can leave out a vocoder that would make
     sample.py sound worse than having none (a HiFiGAN needs days of training; a few minutes on a CPU
     give a vocoder that knows the spectral envelope but not yet the phase).
     """
@@ -491,7 +491,7 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     path = os.path.join(args.out, "vocoder.pt")
     ckpt = load_checkpoint(path, "vocoder")
     generator = vocoder.load_vocoder(ckpt).to(device)
-    outputs = {"vocoder": generator.vocode(target.to(device)).cpu(), "griffin_lim": mel.griffin_lim(target, n_iter=32)}
+    outputs = {"vocoder": generator.vocode(target.to(device)).cpu(), "griffin_lim": mel.griffin_lim(target)}
     result = {name: (mel.mel_spectrogram(out[:, :wav.shape[1]]) - target).abs().mean().item()
               for name, out in outputs.items()}
     result["clips"] = len(wav)
