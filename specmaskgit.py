@@ -133,8 +133,21 @@ class SpecMaskGIT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.n_codes)
-        for p in (self.mask_emb, self.row_emb, self.col_emb, self.cond_pos):
+        self.apply(self._init_weights)
+        for p in (self.tok_emb.weight, self.mask_emb, self.row_emb, self.col_emb, self.cond_pos):
             nn.init.normal_(p, std=0.02)
+
+    @staticmethod
+    def _init_weights(m):
+        """MAE / MAGE's initialisation: Xavier-uniform linears with zero bias; every embedding N(0, 0.02).
+
+        With PyTorch's defaults a token embedding is N(0, 1), norm ~sqrt(width), against ~0.02 sqrt(width)
+        for [M], the positions and the CLAP fill: the model would first have to learn to hear anything
+        but the visible tokens. With one scale for all of them every input starts on an equal footing.
+        """
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
 
     def embed(self, tokens, cond, mask, drop_cond=None):
         """The transformer's input sequence (B, R C + 1, W): token embeddings, masked positions filled,

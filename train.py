@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt (for --clap laion)")
     p.add_argument("--vocoder-ckpt", default=None, help="an official HiFiGAN generator: skip the vocoder stage")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (autocast precision)")
+    p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 (autocast precision; auto = fp32 for the tiny preset)")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--preview-every", type=int, default=500, help="vqgan: PNG of input vs reconstruction")
@@ -370,6 +370,20 @@ def train_stage(stage, trainer, batches, args, steps, warmup, rank=0, epoch_step
                       f"steps) would take {audiocaps_epoch_steps * sec / 3600:.2f} h at this rate")
 
 
+def training_dtype(args, device: str, verbose: bool = True) -> torch.dtype:
+    """The autocast dtype. fp16 is refused: its small range makes gradients underflow to zero unless the
+    loss is scaled (a GradScaler), which this loop does not do; bf16 has fp32's range and needs none.
+    The tiny preset trains in fp32 on every machine unless --dtype says otherwise, so that the toy recipe
+    writes the same model on every CPU kind (bf16 rounding changes what 1600 steps learn)."""
+    if args.dtype == "fp16":
+        raise UserError("--dtype fp16 cannot train here: without loss scaling its gradients underflow; use bf16 or fp32.")
+    if args.preset == "tiny" and args.dtype in (None, "auto"):
+        if verbose:
+            print(f"compute dtype: float32 on {device} (the tiny preset trains in fp32 everywhere)")
+        return torch.float32
+    return pick_dtype(device.split(":")[0], args.dtype, verbose)
+
+
 def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra=None):
     """Build the stage's Trainer and, with --resume, load its last state (step, models, optimisers)."""
     mod = stage_module(stage)
@@ -510,7 +524,7 @@ def run(args) -> None:
     import data
     device = pick_device(args.device)
     rank, world, device = setup_distributed(device)
-    amp_dtype = pick_dtype(device.split(":")[0], args.dtype, verbose=rank == 0)
+    amp_dtype = training_dtype(args, device, verbose=rank == 0)
     torch.manual_seed(args.seed + rank)
     make_output_folder(args.out)
     if rank == 0:                                    # a run killed mid-save leaves its temporary file behind
