@@ -12,11 +12,15 @@ text tower is left out: it runs once per prompt and costs milliseconds.
 The table starts from the plain fp32 path, the code a first implementation would run, and switches on
 one speed-up per row, cumulatively. Each of the three stages is timed on its own after a warm-up, in
 a fresh Python process per row, once per round; a row's figure is its median over --runs rounds and
-its total the sum of its stages; a stage a row does not change is not timed again. The last lines time
-the fast path end to end through sample.py's own functions, again in a fresh process, with its peak memory.
+its total the sum of its stages; a stage a row does not change is not timed again. On CUDA two more rows
+follow: the sampler on the device (the plain rows bring the logits to the host every step) and the
+transformer's blocks as a CUDA graph (fast.py). The last lines time the fast path end to end (the calls
+sample.py makes: generate, decode, vocode), again in a fresh process, with its peak memory, and the
+throughput of batches of clips (--batches).
 
   python sample.py --benchmark tiny              # the toy demo's sizes: seconds
   python sample.py --benchmark full              # the paper's sizes: ~12 min on 2 AVX2 cores (3 runs per row)
+  python benchmark.py full --device cuda --batches 16,64   # the same, with batched throughput
   python benchmark.py full --train --batch 4     # training throughput of the transformer stage
 """
 
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+import fast
 import mel
 import specmaskgit
 import vocoder
@@ -52,41 +57,30 @@ class Tricks:
     skip_zero_scale: bool = False     # the ramp's first step has scale 0: Eq. 2 is then l_u alone
     batched_cfg: bool = False         # conditional + unconditional as one batch of 2 (one weight read)
     fold_weight_norm: bool = False    # HiFiGAN: g v / ||v|| computed once, not on every call
-    chunked_vocoder: bool = False     # HiFiGAN over 128-frame chunks that fit in cache (vocoder.forward_chunked)
+    chunked_vocoder: bool = False     # HiFiGAN over 128-frame chunks that fit in cache (fast.vocode_chunked)
     dtype: torch.dtype = torch.float32  # bf16 (CUDA, AMX) or int8 transformer linears (AVX2-only CPUs)
+    device_sampler: bool = False      # CUDA: drawing and ranking stay on the GPU (no host round trip per step)
+    cuda_graph: bool = False          # CUDA: the transformer's blocks replayed as one graph (fast.GraphedTransformer)
 
 
-def rows(dtype: torch.dtype) -> list:
-    """(label, Tricks) from the plain path to the fast one."""
+def rows(dtype: torch.dtype, device: str = "cpu") -> list:
+    """(label, Tricks) from the plain path to the fast one; the last two only on CUDA."""
     shown = "int8 transformer linears" if dtype == torch.qint8 else str(dtype).replace("torch.", "")
     steps = [("plain fp32: autograd on, two CFG passes per step, weight norm", {}),
              ("+ inference_mode", {"inference_mode": True}),
              ("+ no conditional pass while the CFG scale is 0", {"skip_zero_scale": True}),
              ("+ conditional and unconditional in one batch", {"batched_cfg": True}),
              ("+ vocoder weight norm folded", {"fold_weight_norm": True}),
-             ("+ vocoder in cache-sized chunks", {"chunked_vocoder": True}),
-             (f"+ {shown}", {"dtype": dtype})]
+             ("+ vocoder in cache-sized chunks", {"chunked_vocoder": True})] + ([
+             (f"+ {shown}", {"dtype": dtype})] if dtype != torch.float32 else [])
+    if device == "cuda":
+        steps += [("+ sampler on the GPU (no host round trip per step)", {"device_sampler": True}),
+                  ("+ transformer blocks as a CUDA graph", {"cuda_graph": True})]
     out, tricks = [], Tricks()
     for label, change in steps:
         tricks = dataclasses.replace(tricks, **change)
         out.append((label, tricks))
-    return out if dtype != torch.float32 else out[:-1]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The slow way to Eq. 2, kept here so that specmaskgit.guided_logits can stay the fast one.
-# ---------------------------------------------------------------------------------------------------
-
-def guided_logits_separate(model, tokens, cond, masked, t, skip_zero_scale=False):
-    """Eq. 2 as first written: the unconditional pass, then the conditional one, one after the other."""
-    B, n = tokens.shape
-    grid = tokens.view(B, model.cfg.rows, model.cfg.cols)
-    mask = masked.view_as(grid)
-    l_u = model(grid, None, mask)                                               # (B, n, K)
-    if skip_zero_scale and t == 0:
-        return l_u
-    l_c = model(grid, cond, mask)                                               # (B, n, K)
-    return l_u + t * (l_c - l_u)
+    return out
 
 
 def grad_mode(tricks: Tricks):
@@ -120,19 +114,22 @@ class Models:
         self.folded = vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval()
         self.folded.load_state_dict(self.vocoder.state_dict())
         self.folded.remove_weight_norm()
-        self.int8 = specmaskgit.quantize_int8(copy.deepcopy(self.transformer)) if int8 else None
+        self.int8 = fast.quantize_int8(copy.deepcopy(self.transformer)) if int8 else None
         self.device = device
 
 
 def run_transformer(m: Models, cond, tricks: Tricks, steps: int = STEPS):
     model = m.int8 if tricks.dtype == torch.qint8 else m.transformer
+    if tricks.cuda_graph:
+        model = m.graphed = getattr(m, "graphed", None) or fast.GraphedTransformer(model)   # graphs recorded once
     guide = (specmaskgit.guided_logits if tricks.batched_cfg else
-             functools.partial(guided_logits_separate, skip_zero_scale=tricks.skip_zero_scale))
+             functools.partial(fast.guided_logits_separate, skip_zero_scale=tricks.skip_zero_scale))
     # generate() is decorated with @torch.no_grad(); its __wrapped__ is the undecorated function, so
     # the plain row really runs with autograd recording every operation, as a first version would.
-    sampler = specmaskgit.generate if tricks.inference_mode else specmaskgit.generate.__wrapped__
-    with grad_mode(tricks), autocast(m.device, tricks.dtype):
-        return sampler(model, cond, steps=steps, cfg=CFG, temperature=TEMPERATURE, seed=0, guide=guide)
+    sampler = specmaskgit.generate if m.device != "cuda" or tricks.device_sampler else fast.generate_on_host
+    sampler = sampler if tricks.inference_mode else sampler.__wrapped__
+    with grad_mode(tricks), autocast(m.device, tricks.dtype), fast.using_guide(guide):
+        return sampler(model, cond, steps=steps, cfg=CFG, temperature=TEMPERATURE, seed=0)
 
 
 def run_decoder(m: Models, tokens, tricks: Tricks):
@@ -143,7 +140,7 @@ def run_decoder(m: Models, tokens, tricks: Tricks):
 def run_vocoder(m: Models, log_mel, tricks: Tricks):
     gen = m.folded if tricks.fold_weight_norm else m.vocoder
     if tricks.chunked_vocoder:
-        return gen.vocode(log_mel, float_dtype(tricks))                            # (1, 256 F), inference_mode inside
+        return fast.vocode_chunked(gen, log_mel, float_dtype(tricks))              # (1, 256 F), inference_mode inside
     with grad_mode(tricks), autocast(m.device, float_dtype(tricks)):
         return gen(log_mel)[:, 0]
 
@@ -171,7 +168,8 @@ def median_seconds(fn, runs: int, device: str, warm_up=None) -> float:
 # ---------------------------------------------------------------------------------------------------
 
 STAGE_KEYS = {   # what each stage's time depends on: rows with the same key share one measurement
-    "transformer": lambda tr: (tr.inference_mode, tr.skip_zero_scale, tr.batched_cfg, str(tr.dtype)),
+    "transformer": lambda tr: (tr.inference_mode, tr.skip_zero_scale, tr.batched_cfg, str(tr.dtype),
+                               tr.device_sampler, tr.cuda_graph),
     "decoder": lambda tr: (tr.inference_mode, str(float_dtype(tr))),
     "vocoder": lambda tr: (tr.inference_mode, tr.fold_weight_norm, tr.chunked_vocoder, str(float_dtype(tr))),
 }
@@ -199,21 +197,24 @@ def time_stages(preset: str, device: str, tricks: Tricks, stages: list, runs: in
 
 
 def time_end_to_end(preset: str, device: str, dtype: torch.dtype, runs: int, batch: int = 1) -> dict:
-    """The fast path through sample.py's own code (sample_tokens, tokens_to_audio): median seconds, peak GB."""
-    import sample
+    """The fast path, the calls sample.py makes (generate, decode, vocode) with every speed-up on:
+    median seconds for `batch` clips, and the peak memory."""
     torch.manual_seed(0)
     transformer = specmaskgit.SpecMaskGIT(specmaskgit.PRESETS[preset]).to(device).eval()
     if dtype == torch.qint8:              # first, so that its fp32 weights are gone before the rest is built
-        specmaskgit.quantize_int8(transformer)
+        fast.quantize_int8(transformer)
+    if device == "cuda":
+        transformer = fast.GraphedTransformer(transformer)
     vq = vqgan.VQGAN(vqgan.PRESETS[preset]).to(device).eval()
     gen = vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval().remove_weight_norm()
-    pipe = sample.Pipeline(vq, transformer, None, gen, CLIP_SAMPLES[preset], device,
-                           torch.float32 if dtype == torch.qint8 else dtype)
+    amp = float_dtype(Tricks(dtype=dtype))
     cond = torch.randn(batch, transformer.cfg.cond_dim, device=device)
 
     def once():
-        tokens, _ = sample.sample_tokens(pipe, cond, STEPS, CFG, TEMPERATURE, seed=0, verbose=False)
-        sample.tokens_to_audio(pipe, tokens)
+        with torch.inference_mode(), autocast(device, amp):
+            tokens = specmaskgit.generate(transformer, cond, steps=STEPS, cfg=CFG, temperature=TEMPERATURE, seed=0)
+            log_mel = mel.denormalize(vq.decode(tokens).float())                  # (B, 80, F)
+        return fast.vocode_chunked(gen, log_mel, amp).cpu()                       # (B, 256 F)
     seconds = median_seconds(once, runs, device)
     return {"seconds": seconds, "peak_gb": peak_memory_gb(device)}
 
@@ -226,10 +227,12 @@ def in_fresh_process(argv: list) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def benchmark(preset: str, device: str, dtype_name: str | None, runs: int) -> None:
+def benchmark(preset: str, device: str, dtype_name: str | None, runs: int, batches=None) -> None:
     """Print the table. This machine's speed drifts by +-25 % over minutes (shared cloud CPUs), so the
     rows are not timed one after another: each round times every row once, each in a fresh process,
-    and a row's figure is its median over `runs` rounds. Slow minutes then hit every row alike."""
+    and a row's figure is its median over `runs` rounds. Slow minutes then hit every row alike.
+    batches: the batch sizes whose throughput (clips per second) is timed end to end; by default 16 and
+    64 on CUDA, 4 for the tiny preset on a CPU, none for the full one there (minutes per batch)."""
     if preset not in CLIP_SAMPLES:
         raise UserError(f"--benchmark takes full or tiny, not {preset!r}.")
     if runs < 1:
@@ -240,8 +243,10 @@ def benchmark(preset: str, device: str, dtype_name: str | None, runs: int) -> No
     print(f"benchmark: preset {preset}, one {audio_seconds:.3f} s clip, {STEPS} steps with CFG, "
           f"{torch.get_num_threads()} threads on {device}; medians of {runs} rounds, each row in a fresh process")
     common = [preset, "--device", device, "--dtype", name, "--runs", "1"]
-    table = rows(dtype)
-    samples, fast, batch16 = {}, [], []                       # (stage, key) -> seconds of each round
+    table = rows(dtype, device)
+    if batches is None:
+        batches = (16, 64) if device == "cuda" else (4,) if preset == "tiny" else ()
+    samples, fast_path, batched = {}, [], {b: [] for b in batches}   # (stage, key) -> seconds of each round
     for r in range(runs):
         for i, (label, tr) in enumerate(table):
             todo = [stage for stage, key in STAGE_KEYS.items() if len(samples.get((stage, key(tr)), [])) == r]
@@ -249,9 +254,9 @@ def benchmark(preset: str, device: str, dtype_name: str | None, runs: int) -> No
                 got = in_fresh_process(common + ["--row", str(i), "--stages", ",".join(todo)])
                 for stage in todo:
                     samples.setdefault((stage, STAGE_KEYS[stage](tr)), []).append(got[stage])
-        fast.append(in_fresh_process(common + ["--end-to-end", "--batch", "1"]))
-        if device == "cuda" or preset == "tiny":
-            batch16.append(in_fresh_process(common + ["--end-to-end", "--batch", "16"])["seconds"])
+        fast_path.append(in_fresh_process(common + ["--end-to-end", "--batch", "1"]))
+        for b in batches:
+            batched[b].append(in_fresh_process(common + ["--end-to-end", "--batch", str(b)])["seconds"])
         print(f"  round {r + 1}/{runs} done", flush=True)
 
     print(f"\n| {'step':<62} | transformer | decoder | vocoder | total s | speed-up |")
@@ -262,13 +267,13 @@ def benchmark(preset: str, device: str, dtype_name: str | None, runs: int) -> No
         total = t + d + v
         baseline = baseline or total
         print(f"| {label:<62} | {t:.2f} | {d:.2f} | {v:.2f} | {total:.2f} | {baseline / total:.2f}x |")
-    seconds = statistics.median(f["seconds"] for f in fast)
-    peak = max(f["peak_gb"] for f in fast)
+    seconds = statistics.median(f["seconds"] for f in fast_path)
+    peak = max(f["peak_gb"] for f in fast_path)
     where = "max allocated on the GPU" if device == "cuda" else "resident, the whole process"
-    print(f"\nfast path end to end (sample.sample_tokens + sample.tokens_to_audio): {seconds:.2f} s, "
+    print(f"\nfast path end to end (generate, decode, vocode): {seconds:.2f} s, "
           f"{baseline / seconds:.2f}x the plain path; peak memory {peak:.2f} GB ({where})")
-    if batch16:
-        print(f"batch of 16: {statistics.median(batch16):.2f} s, {16 / statistics.median(batch16):.1f} clips per second")
+    for b, times in batched.items():
+        print(f"batch of {b}: {statistics.median(times):.3f} s, {b / statistics.median(times):.2f} clips per second")
     print(f"rtf={seconds / audio_seconds:.4f} seconds={seconds:.3f} "
           f"audio_seconds={audio_seconds:.3f} device={device} dtype={name}")
 
@@ -305,12 +310,21 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (after one warm-up)")
     p.add_argument("--train", action="store_true", help="time training steps of the transformer instead")
     p.add_argument("--batch", type=int, default=None, help="batch size (--train: 4; --end-to-end: 1)")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes for the throughput lines "
+                   "(default 16,64 on CUDA; 4 for tiny on a CPU; none for full on a CPU)")
     p.add_argument("--row", type=int, default=None, help=argparse.SUPPRESS)          # the table's workers:
     p.add_argument("--stages", default="", help=argparse.SUPPRESS)                   # one row's stages ...
     p.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)      # ... or the fast path
     args = p.parse_args(argv)
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be 1 or more, not {args.batch}.")
+    if args.batches is not None:
+        try:
+            args.batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
+        except ValueError:
+            raise UserError(f"--batches takes batch sizes like 16,64, not {args.batches!r}.") from None
+        if any(b < 1 for b in args.batches):
+            raise UserError(f"--batches must be 1 or more each, not {args.batches}.")
     return args
 
 
@@ -321,12 +335,12 @@ def run(args) -> None:
         if args.end_to_end:
             result = time_end_to_end(args.preset, device, dtype, args.runs, args.batch or 1)
         else:
-            result = time_stages(args.preset, device, rows(dtype)[args.row][1], args.stages.split(","), args.runs)
+            result = time_stages(args.preset, device, rows(dtype, device)[args.row][1], args.stages.split(","), args.runs)
         print(json.dumps(result))
     elif args.train:
         train_throughput(args.preset, device, None if args.dtype == "auto" else args.dtype, args.batch or 4, args.runs)
     else:
-        benchmark(args.preset, device, args.dtype, args.runs)
+        benchmark(args.preset, device, args.dtype, args.runs, args.batches)
 
 
 def main(argv=None) -> int:

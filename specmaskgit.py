@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from runtime import UserError, check_config, config_from_dict
+from runtime import UserError, check_config, config_from_dict, load_weights
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Config:
     cond_dim: int = 512           # CLAP embedding width (Sec. 3.3)
     dropout: float = 0.0
     label_smoothing: float = 0.1  # Eq. 1 is a cross-entropy with label smoothing 0.1 (Sec. 4)
-    mask_mean: float = 0.55       # mask ratio ~ truncated Gaussian(0.55, 0.25) on (0, 1] (Sec. 3.2, after MAGE)
+    mask_mean: float = 0.55       # mask ratio ~ Gaussian(0.55, 0.25) truncated to (0, 1] (Sec. 3.2, after MAGE)
     mask_std: float = 0.25
     cfg_dropout: float = 0.1      # share of training samples trained unconditionally (CFG, Sec. 3.3)
     conditional_mask: bool = True # masked positions show the CLAP embedding instead of [M] (Sec. 3.3)
@@ -44,43 +44,9 @@ class Config:
 
 PRESETS = {
     "full": Config(),
-    # The toy world: 256-frame clips = 5 x 16 tokens; ~2 M parameters, fast on 2 CPU cores.
+    # The toy world: 256-frame clips = 5 x 16 tokens; 2.9 M parameters, fast on 2 CPU cores.
     "tiny": Config(n_layers=6, width=192, n_heads=4, mlp=768, n_codes=256, cols=16),
 }
-
-
-# ---------------------------------------------------------------------------------------------------
-# The mask schedule (Sec. 3.4) and the training mask ratio (Sec. 3.2).
-# ---------------------------------------------------------------------------------------------------
-
-def mask_schedule(step: int, steps: int, n_tokens: int, kind: str = "cosine") -> int:
-    """How many tokens stay masked after `step` of `steps` (MaskGIT; cosine in Sec. 3.4).
-
-    Early steps re-mask most of the grid (the first guesses are poor); late steps keep almost
-    everything. Each curve falls from 1 to 0 as r goes from 0 to 1; cosine stays high longest.
-    """
-    r = (step + 1) / steps                                   # fraction of the schedule done
-    if kind == "cosine":
-        frac = math.cos(math.pi / 2 * r)
-    elif kind == "linear":
-        frac = 1 - r
-    elif kind == "sqrt":
-        frac = 1 - math.sqrt(r)
-    else:
-        raise UserError(f"mask_schedule must be cosine, linear or sqrt, not {kind!r}.")
-    return math.floor(n_tokens * frac)
-
-
-def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> torch.Tensor:
-    """(B, n) bool training masks: per sample a ratio from N(0.55, 0.25) truncated to (0, 1], then that
-    many random positions (at least one, so every sample has a loss)."""
-    ratios = torch.empty(0)
-    while ratios.numel() < B:                                # rejection sampling = truncation
-        r = torch.randn(4 * B, generator=generator) * cfg.mask_std + cfg.mask_mean
-        ratios = torch.cat([ratios, r[(r > 0) & (r <= 1)]])
-    n_masked = (ratios[:B] * n).ceil().clamp(1, n).long()                                  # (B,)
-    rank = torch.rand(B, n, generator=generator).argsort(dim=1).argsort(dim=1)             # random rank of each position
-    return (rank < n_masked[:, None]).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,7 +123,7 @@ class SpecMaskGIT(nn.Module):
         """
         cfg = self.cfg
         B, R, C = tokens.shape
-        x = self.tok_emb(tokens.clamp(0, cfg.n_codes - 1)).view(B, R * C, cfg.width)   # (B, 265, W)
+        x = self.tok_emb(tokens).view(B, R * C, cfg.width)                      # (B, 265, W)
         # What a masked position shows: the projected CLAP embedding (the "conditional mask", Sec. 3.3),
         # or the learned [M] vector when unconditional or when the ablation turns it off.
         m = self.mask_emb.expand(B, cfg.width).to(x.dtype)                      # (B, W)
@@ -182,21 +148,22 @@ class SpecMaskGIT(nn.Module):
         return self.head(self.norm(x[:, :n]))                                   # (B, 265, n_codes)
 
 
-def from_checkpoint(ckpt: dict) -> SpecMaskGIT:
-    model = SpecMaskGIT(config_from_dict(Config, ckpt["config"], "transformer checkpoint"))
-    model.load_state_dict(ckpt["model"])
-    return model
-
-
-def load_into(model: SpecMaskGIT, ckpt: dict) -> None:
-    """Load a checkpoint into an existing model; another config is a one-sentence UserError."""
-    check_config(model.cfg, ckpt["config"], "transformer checkpoint")
-    model.load_state_dict(ckpt["model"])
-
-
 # ---------------------------------------------------------------------------------------------------
-# Training (Sec. 3.2, Eq. 1).
+# The training loss (Sec. 3.2, Eq. 1).
 # ---------------------------------------------------------------------------------------------------
+
+def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> torch.Tensor:
+    """(B, n) bool training masks: per sample a ratio from N(0.55, 0.25) truncated to (0, 1], then that
+    many random positions (at least one, so every sample has a loss).
+    The paper draws the ratio over 0-100 % (Sec. 3.2); MAGE truncates it to [0.5, 1]; we keep the paper's."""
+    ratios = torch.empty(0)
+    while ratios.numel() < B:                                # rejection sampling = truncation
+        r = torch.randn(4 * B, generator=generator) * cfg.mask_std + cfg.mask_mean
+        ratios = torch.cat([ratios, r[(r > 0) & (r <= 1)]])
+    n_masked = (ratios[:B] * n).ceil().clamp(1, n).long()                                  # (B,)
+    rank = torch.rand(B, n, generator=generator).argsort(dim=1).argsort(dim=1)             # (B, n) a random permutation per row
+    return (rank < n_masked[:, None]).to(device)
+
 
 def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None):
     """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy)."""
@@ -214,54 +181,27 @@ def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None):
     return loss, acc
 
 
-class Trainer:
-    """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: the MAE / MAGE recipe the paper follows)
-    and one optimisation step with gradient clipping at 1.0."""
-
-    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,
-                 amp_dtype: torch.dtype = torch.float32):
-        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
-        self.model = SpecMaskGIT(cfg).to(device)
-        self.ddp_modules = ["model"]
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        rest = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizers = [torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
-                                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))]
-
-    def step(self, batch: dict, step: int) -> dict:
-        self.model.train()
-        tokens = batch["tokens"].to(self.device)
-        cond = batch["cond"].to(self.device)
-        dist = torch.distributed
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-        g = torch.Generator().manual_seed(step * world + rank)                  # masks replay on --resume; GPUs differ
-        with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
-            loss, acc = masked_loss(self.model, tokens, cond, generator=g)
-        opt = self.optimizers[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        opt.step()
-        return {"loss": loss.item(), "acc": acc.item(), "grad_norm": grad_norm.item()}
-
-    def state_dict(self) -> dict:
-        return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}
-
-    def load_state_dict(self, d: dict) -> None:
-        load_into(getattr(self.model, "module", self.model), d)
-        self.optimizers[0].load_state_dict(d["optimizer"])
-
-    def checkpoint(self) -> dict:
-        model = getattr(self.model, "module", self.model)
-        return {"stage": "transformer", "config": dataclasses.asdict(self.cfg), "model": model.state_dict()}
-
-    def checkpoint_params(self):
-        return list(self.model.parameters())
-
-
 # ---------------------------------------------------------------------------------------------------
 # Sampling (Sec. 3.4, Eq. 2-3).
 # ---------------------------------------------------------------------------------------------------
+
+def mask_schedule(step: int, steps: int, n_tokens: int, kind: str = "cosine") -> int:
+    """How many tokens stay masked after `step` of `steps` (MaskGIT; cosine in Sec. 3.4).
+
+    Early steps re-mask most of the grid (the first guesses are poor); late steps keep almost
+    everything. Each curve falls from 1 to 0 as r goes from 0 to 1; cosine stays high longest.
+    """
+    r = (step + 1) / steps                                   # fraction of the schedule done
+    if kind == "cosine":
+        frac = math.cos(math.pi / 2 * r)
+    elif kind == "linear":
+        frac = 1 - r
+    elif kind == "sqrt":
+        frac = 1 - math.sqrt(r)
+    else:
+        raise UserError(f"mask_schedule must be cosine, linear or sqrt, not {kind!r}.")
+    return math.floor(n_tokens * frac)
+
 
 def guided_logits(model, tokens, cond, masked, t):
     """Eq. 2: l_u + t (l_c - l_u), from the model's logits with the prompt (l_c) and without it (l_u).
@@ -282,9 +222,33 @@ def guided_logits(model, tokens, cond, masked, t):
     return l_u + t * (l_c - l_u)                                                # Eq. 2
 
 
+def masked_counts(n_unknown: list, steps: int, kind: str = "cosine") -> list:
+    """[B][steps]: how many of each sample's n_unknown positions stay masked after each step.
+
+    The mask_schedule, clamped as in MaskGIT's decoder: every step but the last keeps at least one
+    token masked and commits at least one (where both cannot hold, fewer unknown tokens than steps,
+    committing wins, so no step is spent on nothing); the last step commits everything.
+    """
+    counts = []
+    for u in n_unknown:
+        left, row = u, []
+        for s in range(steps):
+            keep = 0 if s == steps - 1 else min(max(mask_schedule(s, steps, u, kind), 1), left - 1)
+            left = max(keep, 0)
+            row.append(left)
+        counts.append(row)
+    return counts
+
+
+def gumbel(shape, generator, device) -> torch.Tensor:
+    """Standard Gumbel noise -log(-log u), u ~ U(0, 1), drawn on `device`."""
+    u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
 @torch.no_grad()
 def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None, known_mask=None, seed=None,
-             on_step=None, record_order=False, batch_size=None, cfg_ramp=True, guide=guided_logits):
+             on_step=None, record_order=False, batch_size=None, cfg_ramp=True, record=None):
     """MaskGIT sampling of (B, rows, cols) token grids.
 
     Start with every unknown position masked. At step s of S:
@@ -294,74 +258,141 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
       2. every masked position draws a token from softmax(guided logits);
       3. confidence = log p(drawn token) + t_g * Gumbel noise, t_g annealed linearly from `temperature`
          to 0 (Eq. 3: randomness in *which* tokens are kept, large early, none at the end);
-      4. the mask_schedule(s) least confident newly drawn tokens are masked again; the rest are kept.
+      4. the masked_counts(s) least confident newly drawn tokens are masked again; the rest are kept.
     Known positions (inpainting, bandwidth extension) are never masked and never re-drawn.
     cfg_ramp=False keeps the scale at `cfg` from the first step (Table 1's "w/o CFG linear scheduler").
-    `guide` computes the guided logits of item 1; benchmark.py swaps in a slower, plainer one to time it.
+    The loop stays on the model's device, random numbers included: on a GPU, every tensor the host reads
+    back waits for all queued work, so a copy per step would leave the chip idle between forward passes.
+    record: a list that gets one dict per step (step_record; copies to the CPU, so off by default).
     Returns tokens, and with record_order also the step at which each position was committed (-1 = known).
     """
     c = model.cfg
     n = c.rows * c.cols
     B = cond.shape[0] if cond is not None else (known_tokens.shape[0] if known_tokens is not None else (batch_size or 1))
     device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(0 if seed is None else seed)
+    g = torch.Generator(device).manual_seed(0 if seed is None else seed)
     if known_tokens is None:
-        tokens = torch.zeros(B, n, dtype=torch.long)
-        known = torch.zeros(B, n, dtype=torch.bool)
+        tokens = torch.zeros(B, n, dtype=torch.long, device=device)
+        known = torch.zeros(B, n, dtype=torch.bool, device=device)
     else:
-        tokens = known_tokens.reshape(B, n).cpu().clone()
-        known = (known_mask if known_mask is not None else torch.ones_like(tokens, dtype=torch.bool)).reshape(B, n).cpu()
+        tokens = known_tokens.reshape(B, n).to(device)
+        known = (known_mask.reshape(B, n).to(device) if known_mask is not None else torch.ones_like(tokens, dtype=torch.bool))
+        given = tokens[known]
+        if given.numel() and not (0 <= int(given.min()) and int(given.max()) < c.n_codes):
+            raise UserError(f"known tokens must be codebook ids 0..{c.n_codes - 1}, not {int(given.min())}..{int(given.max())}.")
+        tokens = torch.where(known, tokens, 0)                                  # what masked positions hold is never read
     masked = ~known                                                             # (B, n)
-    n_unknown = masked.sum(1)                                                   # (B,) differs per sample only by the caller
-    order = torch.full((B, n), -1, dtype=torch.long)
+    n_unknown = masked.sum(1).tolist()                                          # differs per sample only by the caller
+    counts = masked_counts(n_unknown, steps, c.mask_schedule)                   # [B][S], known before the loop
+    keep = torch.tensor(counts, dtype=torch.long, device=device).view(B, steps)  # (B, S)
+    left = [sum(row[s] for row in counts) for s in range(steps)]               # still masked after step s, all samples
+    before = [sum(n_unknown)] + left[:-1]                                       # still masked before step s
+    order = torch.full((B, n), -1, dtype=torch.long, device=device)
     for s in range(steps):
-        if not masked.any():
+        if before[s] == 0:                                                      # nothing left to draw
             break
         t = cfg * s / max(1, steps - 1) if cfg_ramp else cfg                    # Eq. 2 ramp: 0 -> cfg
         t_g = temperature * (1 - (s + 1) / steps)                               # Eq. 3 anneal: -> 0
-        logits = guide(model, tokens.to(device), cond, masked.to(device), t).float().cpu()   # (B, n, K)
-        probs = logits.softmax(-1)
-        drawn = torch.multinomial(probs.view(B * n, -1), 1, generator=g).view(B, n)           # 2. sample
-        drawn = torch.where(masked, drawn, tokens)
-        logp = probs.gather(-1, drawn[..., None])[..., 0].clamp_min(1e-30).log()
-        gumbel = -torch.log(-torch.log(torch.rand(B, n, generator=g).clamp(1e-20, 1 - 1e-7)))
-        confidence = logp + t_g * gumbel                                                        # 3. Eq. 3
+        logp = guided_logits(model, tokens, cond, masked, t).float().log_softmax(-1)   # (B, n, K)
+        drawn = (logp + gumbel(logp.shape, g, device)).argmax(-1)              # 2. Gumbel-max: a draw from softmax
+        drawn = torch.where(masked, drawn, tokens)                              # (B, n)
+        logp_drawn = logp.gather(-1, drawn[..., None])[..., 0]                  # (B, n) log p(drawn token)
+        confidence = logp_drawn + t_g * gumbel((B, n), g, device)               # 3. Eq. 3
         confidence = confidence.masked_fill(~masked, float("inf"))             # kept tokens are never re-masked
-        # 4. how many of each sample's unknown positions stay masked after this step
-        n_keep_masked = torch.tensor([mask_schedule(s, steps, int(u), c.mask_schedule) for u in n_unknown])
-        rank = confidence.argsort(dim=1).argsort(dim=1)                         # 0 = least confident
-        remask = rank < n_keep_masked[:, None]
+        # argsort gives the positions in order of confidence; argsort of that gives each position its place in that order
+        rank = confidence.argsort(dim=1).argsort(dim=1)                         # (B, n): 0 = least confident
+        remask = rank < keep[:, s, None]                                        # 4. the least confident stay masked
         newly = masked & ~remask
-        order[newly] = s
-        tokens = torch.where(masked, drawn, tokens)
+        order.masked_fill_(newly, s)
+        tokens = drawn
         masked = remask & masked
+        if record is not None:
+            record.append(step_record(s, newly, masked, known, tokens, logp_drawn, t, t_g))
         if on_step is not None:
-            on_step(s, steps, int(masked.sum()))
-    tokens = tokens.view(B, c.rows, c.cols).to(device)
-    return (tokens, order.view(B, c.rows, c.cols)) if record_order else tokens
+            on_step(s, steps, left[s])
+    tokens = tokens.view(B, c.rows, c.cols)
+    return (tokens, order.view(B, c.rows, c.cols).cpu()) if record_order else tokens
 
 
-def quantize_int8(model: SpecMaskGIT) -> SpecMaskGIT:
-    """The transformer for fast inference on CPUs without native bf16 (AVX2 only): its nn.Linear layers
-    (qkv, proj, MLP, head: >99 % of the arithmetic) with int8 weights, one scale per output row.
+def step_record(s, committed, masked, known, belief, logp_drawn, t, t_g) -> dict:
+    """What step s did, for the decoding page: CPU copies over the n = rows x cols positions of tokens.view(B, n).
 
-    "Dynamic" quantisation: each layer's input is rounded to int8 on the fly (one scale per call, from
-    its min and max), multiplied by the int8 weight with int32 accumulation, and the result turned back
-    into fp32. Measured on 2 AMD EPYC Zen 3 cores: ~130 GOP/s against ~80 GFLOP/s for fp32; the logits
-    move by ~3 % (relative L2) and the two judges score the demo's clips the same (README, "Speed"). The embeddings,
-    LayerNorms, attention softmax and the small CLAP projection stay fp32. Inference only: the int8
-    weights have no gradients. Changes `model` in place and returns it (a copy would hold 170 M fp32
-    weights twice in memory); quantise a copy.deepcopy(model) to keep the fp32 one.
+    committed (B, n) bool: committed at this step; masked (B, n) bool: still masked after it; known (B, n)
+    bool: given by the caller; belief (B, n) long: the tokens now, with the drawn prediction at every
+    still-masked position; n_masked (B,) long; cfg_scale: t of Eq. 2; temperature: t_g of Eq. 3;
+    confidence (B,): mean p(drawn token) over the positions committed at this step (nan if none).
     """
-    import gc
-    import warnings
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    with warnings.catch_warnings():   # PyTorch 2.13 marks the quantised-tensor API deprecated (for torchao); it still works
-        warnings.simplefilter("ignore")
-        quantize_dynamic(model, {"blocks": per_channel_dynamic_qconfig, "head": per_channel_dynamic_qconfig},
-                         inplace=True)
-    gc.collect()                      # the replaced fp32 layers sit in reference cycles: free their 0.5 GB now
+    n_new = committed.sum(1)
+    confidence = (logp_drawn.exp() * committed).sum(1) / n_new                 # (B,) mean p(drawn); nan if none
+    return {"step": s, "committed": committed.cpu(), "masked": masked.cpu(), "known": known.cpu(),
+            "belief": belief.cpu(), "n_masked": masked.sum(1).cpu(), "cfg_scale": float(t),
+            "temperature": float(t_g), "confidence": confidence.float().cpu()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: the optimiser and one step (train.py runs the loop).
+# ---------------------------------------------------------------------------------------------------
+
+class Trainer:
+    """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: the MAE / MAGE recipe the paper follows)
+    and one optimisation step with gradient clipping at 1.0."""
+
+    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,
+                 amp_dtype: torch.dtype = torch.float32):
+        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        self.model = SpecMaskGIT(cfg).to(device)
+        self.ddp_modules = ["model"]
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        rest = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizers = [torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95),
+                                            fused=device.startswith("cuda"))]          # one kernel for all weights on a GPU
+
+    def step(self, batch: dict, step: int) -> dict:
+        self.model.train()
+        tokens = batch["tokens"].to(self.device)
+        cond = batch["cond"].to(self.device)
+        dist = torch.distributed
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        g = torch.Generator().manual_seed(step * world + rank)                  # masks replay on --resume; GPUs differ
+        with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
+            loss, acc = masked_loss(self.model, tokens, cond, generator=g)
+        opt = self.optimizers[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.detach(), "acc": acc.detach(), "grad_norm": grad_norm.detach()}   # read at log time
+
+    def state_dict(self) -> dict:
+        return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        load_into(getattr(self.model, "module", self.model), d)
+        self.optimizers[0].load_state_dict(d["optimizer"])
+
+    def checkpoint(self) -> dict:
+        model = getattr(self.model, "module", self.model)
+        return {"stage": "transformer", "config": dataclasses.asdict(self.cfg), "model": model.state_dict()}
+
+    def checkpoint_params(self):
+        return list(self.model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints and the command line.
+# ---------------------------------------------------------------------------------------------------
+
+def from_checkpoint(ckpt: dict) -> SpecMaskGIT:
+    model = SpecMaskGIT(config_from_dict(Config, ckpt["config"], "transformer checkpoint"))
+    load_weights(model, ckpt["model"], "transformer checkpoint")
     return model
+
+
+def load_into(model: SpecMaskGIT, ckpt: dict) -> None:
+    """Load a checkpoint into an existing model; another config is a one-sentence UserError."""
+    check_config(model.cfg, ckpt["config"], "transformer checkpoint")
+    load_weights(model, ckpt["model"], "transformer checkpoint")
 
 
 def count_parameters(model) -> int:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import benchmark
+import fast
 import runtime
 import sample
 import specmaskgit
@@ -33,11 +34,11 @@ def test_separate_cfg_passes_give_the_batched_guided_logits():
     cond = torch.randn(3, 512)
     with torch.no_grad():
         for t in (0.0, 1.0, 3.0):
-            fast = specmaskgit.guided_logits(model, tokens, cond, masked, t)
-            plain = benchmark.guided_logits_separate(model, tokens, cond, masked, t)
-            skipped = benchmark.guided_logits_separate(model, tokens, cond, masked, t, skip_zero_scale=True)
-            assert torch.allclose(fast, plain, atol=1e-4), t
-            assert torch.allclose(fast, skipped, atol=1e-4), t
+            batched = specmaskgit.guided_logits(model, tokens, cond, masked, t)
+            plain = fast.guided_logits_separate(model, tokens, cond, masked, t)
+            skipped = fast.guided_logits_separate(model, tokens, cond, masked, t, skip_zero_scale=True)
+            assert torch.allclose(batched, plain, atol=1e-4), t
+            assert torch.allclose(batched, skipped, atol=1e-4), t
 
 
 def test_the_plain_sampler_with_autograd_on_draws_the_same_tokens_as_the_fast_one():
@@ -46,18 +47,29 @@ def test_the_plain_sampler_with_autograd_on_draws_the_same_tokens_as_the_fast_on
     m = benchmark.Models.__new__(benchmark.Models)              # only the fields run_transformer reads
     m.transformer, m.int8, m.device = model, None, "cpu"
     plain = benchmark.run_transformer(m, cond, benchmark.Tricks(), steps=6)
-    fast = benchmark.run_transformer(m, cond, benchmark.Tricks(inference_mode=True, skip_zero_scale=True,
-                                                               batched_cfg=True), steps=6)
-    assert torch.equal(plain, fast)
+    quick = benchmark.run_transformer(m, cond, benchmark.Tricks(inference_mode=True, skip_zero_scale=True,
+                                                                batched_cfg=True), steps=6)
+    assert torch.equal(plain, quick)
 
 
 def test_rows_switch_on_one_trick_more_each_and_end_at_the_chosen_dtype():
-    rows = benchmark.rows(torch.qint8)
-    fields = [f.name for f in dataclasses.fields(benchmark.Tricks)]
-    on = [sum(bool(getattr(t, f)) if f != "dtype" else t.dtype != torch.float32 for f in fields) for _, t in rows]
-    assert on == list(range(len(fields) + 1))                   # 0, 1, 2, ... tricks: cumulative, one per row
-    assert rows[-1][1].dtype == torch.qint8
-    assert len(benchmark.rows(torch.float32)) == len(fields)    # fp32 is no extra row
+    defaults = {f.name: f.default for f in dataclasses.fields(benchmark.Tricks)}
+    for dtype, device in ((torch.qint8, "cpu"), (torch.float32, "cpu"), (torch.bfloat16, "cuda")):
+        table = benchmark.rows(dtype, device)
+        on = [sum(getattr(t, name) != value for name, value in defaults.items()) for _, t in table]
+        assert on == list(range(len(table)))                     # 0, 1, 2, ... tricks: cumulative, one per row
+    cpu, gpu = benchmark.rows(torch.qint8), benchmark.rows(torch.bfloat16, "cuda")
+    assert cpu[-1][1].dtype == torch.qint8 and not any(t.device_sampler or t.cuda_graph for _, t in cpu)
+    assert gpu[-1][1].cuda_graph and gpu[-1][1].device_sampler and gpu[-1][1].dtype == torch.bfloat16
+    assert len(benchmark.rows(torch.float32)) == len(cpu) - 1    # fp32 is no extra row
+
+
+def test_benchmark_does_not_import_sample():
+    import ast
+    tree = ast.parse(open(benchmark.__file__).read())
+    names = {a.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+             for a in node.names} | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "sample" not in names
 
 
 def test_folding_weight_norm_and_chunking_keep_the_vocoders_output():
@@ -69,15 +81,15 @@ def test_folding_weight_norm_and_chunking_keep_the_vocoders_output():
         plain = gen(log_mel)[:, 0]
     folded = vocoder.Generator(cfg).eval()
     folded.load_state_dict(gen.state_dict())
-    fast = folded.vocode(log_mel, torch.float32)
+    chunked = fast.vocode_chunked(folded, log_mel, torch.float32)
     assert gen.has_weight_norm() and not folded.has_weight_norm()
-    assert torch.allclose(plain, fast, atol=1e-5)
+    assert torch.allclose(plain, chunked, atol=1e-5)
 
 
 def test_int8_transformer_logits_stay_close_to_fp32_on_the_trained_demo_model():
     ckpt = runtime.load_checkpoint(DEMO, "bundle")["transformer"]
     fp32 = specmaskgit.from_checkpoint(ckpt).eval()
-    int8 = specmaskgit.quantize_int8(specmaskgit.from_checkpoint(ckpt).eval())
+    int8 = fast.quantize_int8(specmaskgit.from_checkpoint(ckpt).eval())
     assert type(int8.blocks[0].mlp[0]) is not torch.nn.Linear                # replaced by the int8 layer
     assert type(int8.cond_proj) is torch.nn.Linear                           # the CLAP projection stays fp32
     g = torch.Generator().manual_seed(0)
@@ -93,15 +105,19 @@ def test_int8_transformer_logits_stay_close_to_fp32_on_the_trained_demo_model():
     assert agree > 0.9
 
 
-def test_auto_dtype_follows_the_cpu_and_the_model_size(monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+def test_auto_dtype_is_measured_on_a_cpu_for_large_models_only(monkeypatch):
+    widths = []
+    choice = ["int8"]
+    monkeypatch.setattr(fast, "measure_cpu_dtype", lambda width, verbose=True: widths.append(width) or choice[0])
     assert runtime.pick_inference_dtype("cpu", "auto", 768, verbose=False) == torch.qint8
-    assert runtime.pick_inference_dtype("cpu", "auto", 192, verbose=False) == torch.float32
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert runtime.pick_inference_dtype("cpu", "auto", 768, verbose=False) == torch.bfloat16
+    choice[0] = "bf16"
+    assert runtime.pick_inference_dtype("cpu", None, 768, verbose=False) == torch.bfloat16
+    assert widths == [768, 768]
+    assert runtime.pick_inference_dtype("cpu", "auto", 192, verbose=False) == torch.float32   # the toy stays fp32
     assert runtime.pick_inference_dtype("cuda", "auto", 768, verbose=False) == torch.bfloat16
-    assert runtime.pick_inference_dtype("cpu", "fp32", 768, verbose=False) == torch.float32
+    assert runtime.pick_inference_dtype("cpu", "fp32", 768, verbose=False) == torch.float32   # --dtype overrides
     assert runtime.pick_inference_dtype("cpu", "int8", 192, verbose=False) == torch.qint8
+    assert widths == [768, 768]                                  # none of those measured
     with pytest.raises(runtime.UserError, match="--dtype must be one of"):
         runtime.pick_inference_dtype("cpu", "int4", 768, verbose=False)
     with pytest.raises(runtime.UserError, match="for CPUs"):
@@ -123,6 +139,8 @@ def test_benchmark_tiny_prints_the_table_and_the_rtf_line(capsys):
     table = [line for line in out.splitlines() if line.startswith("| ") and "x |" in line]
     assert len(table) == len(benchmark.rows(torch.float32))
     assert table[0].rstrip().endswith("1.00x |")
+    batch = re.search(r"batch of 4: ([\d.]+) s, ([\d.]+) clips per second", out)   # the throughput line
+    assert batch and float(batch.group(2)) == pytest.approx(4 / float(batch.group(1)), rel=0.05, abs=0.01)
     last = out.strip().splitlines()[-1]
     m = re.fullmatch(r"rtf=([\d.]+) seconds=([\d.]+) audio_seconds=2\.972 device=cpu dtype=fp32", last)
     assert m, last

@@ -204,3 +204,221 @@ def test_masked_loss_reads_the_config_through_a_ddp_style_wrapper():
     keep = torch.zeros(2, dtype=torch.bool)
     torch.testing.assert_close(smg.masked_loss(Wrapper(model), tokens, cond, mask=mask, drop_cond=keep)[0],
                                smg.masked_loss(model, tokens, cond, mask=mask, drop_cond=keep)[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Each equation and choice of the method against an independent computation.
+# ---------------------------------------------------------------------------------------------------
+
+class Stub(torch.nn.Module):
+    """A 'model' whose logits the test sets: l_u without the prompt, l_c with it (per position)."""
+
+    def __init__(self, l_u, l_c=None, rows=1):
+        super().__init__()
+        n, K = l_u.shape
+        self.cfg = smg.Config(n_codes=K, rows=rows, cols=n // rows, cond_dim=4)
+        self.l_u, self.l_c = l_u, (l_u if l_c is None else l_c)
+        self.weight = torch.nn.Parameter(torch.zeros(1))                  # generate() reads the device from it
+
+    def forward(self, tokens, cond, mask, drop_cond=None):
+        B = tokens.shape[0]
+        out = self.l_u.expand(B, -1, -1).clone()
+        if cond is not None:
+            use = torch.ones(B, dtype=torch.bool) if drop_cond is None else ~drop_cond
+            out[use] = self.l_c
+        return out
+
+
+def test_eq1_is_label_smoothed_cross_entropy_on_masked_positions_by_hand_in_float64():
+    model = small_model()
+    g = torch.Generator().manual_seed(1)
+    tokens, cond = torch.randint(0, 32, (2, 5, 8), generator=g), torch.randn(2, 16, generator=g)
+    mask = torch.rand(2, 5, 8, generator=g) < 0.4
+    keep = torch.zeros(2, dtype=torch.bool)
+    loss, _ = smg.masked_loss(model, tokens, cond, mask=mask, drop_cond=keep)
+    with torch.no_grad():
+        logits = model(tokens, cond, mask, keep).double()                     # (2, 40, 32)
+    total, count, K, eps = 0.0, 0, 32, 0.1
+    for b in range(2):
+        for i in range(40):
+            if not mask.view(2, 40)[b, i]:
+                continue
+            row = logits[b, i]
+            logp = row - math.log(sum(math.exp(v) for v in row.tolist()))   # log-softmax by hand
+            target = int(tokens.view(2, 40)[b, i])
+            total += -(1 - eps) * logp[target].item() - eps / K * logp.sum().item()
+            count += 1
+    assert abs(loss.item() - total / count) < 1e-5
+
+
+def test_cfg_drop_through_masked_loss_is_the_unconditional_loss():
+    model = small_model()
+    tokens, cond = torch.randint(0, 32, (4, 5, 8)), torch.randn(4, 16)
+    mask = torch.rand(4, 5, 8) < 0.5
+    mask[:, 0, 0] = True
+    uncond, _ = smg.masked_loss(model, tokens, None, mask=mask)
+    dropped, _ = smg.masked_loss(model, tokens, cond, mask=mask, drop_cond=torch.ones(4, dtype=torch.bool))
+    torch.testing.assert_close(dropped, uncond)
+    losses = {}
+    for rate in (0.0, 1.0):                                       # the drop drawn inside masked_loss at this rate
+        model.cfg.cfg_dropout = rate
+        losses[rate], _ = smg.masked_loss(model, tokens, cond, generator=torch.Generator().manual_seed(0), mask=mask)
+    model.cfg.cfg_dropout = 0.1
+    torch.testing.assert_close(losses[1.0], uncond)
+    assert abs(losses[0.0].item() - uncond.item()) > 1e-4
+
+
+def test_masked_positions_show_the_projected_clap_vector_or_mask_token():
+    tokens = torch.randint(0, 32, (2, 5, 8))
+    mask = torch.rand(2, 5, 8) < 0.5
+    cond = torch.randn(2, 16)
+    for flag in (True, False):
+        model = small_model(conditional_mask=flag)
+        with torch.no_grad():
+            x = model.embed(tokens, cond, mask)[:, :40]                          # (2, 40, W) without the CLAP token
+            pos = (model.row_emb + model.col_emb).reshape(1, 40, -1)
+            fill = model.cond_proj(cond)[:, None] if flag else model.mask_emb.expand(2, 1, -1)
+            shown = x - pos                                                      # what each position shows
+        m = mask.view(2, 40)
+        torch.testing.assert_close(shown[m], fill.expand(-1, 40, -1)[m])
+        torch.testing.assert_close(shown[~m], model.tok_emb(tokens).view(2, 40, -1)[~m])
+
+
+def test_eq2_guided_logits_and_the_ramp_recorded_per_step():
+    g = torch.Generator().manual_seed(0)
+    l_u, l_c = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    stub = Stub(l_u, l_c)
+    tokens, masked, cond = torch.zeros(2, 6, dtype=torch.long), torch.ones(2, 6, dtype=torch.bool), torch.randn(2, 4)
+    for t in (0.0, 0.5, 3.0):
+        expected = l_u + t * (l_c - l_u)                                         # Eq. 2
+        torch.testing.assert_close(smg.guided_logits(stub, tokens, cond, masked, t), expected.expand(2, -1, -1))
+    record = []
+    smg.generate(stub, cond, steps=5, cfg=3.0, temperature=1.5, record=record)
+    assert [r["cfg_scale"] for r in record] == pytest.approx([3.0 * s / 4 for s in range(5)])
+    assert [r["temperature"] for r in record] == pytest.approx([1.5 * (1 - (s + 1) / 5) for s in range(5)])
+    record = []
+    smg.generate(stub, cond, steps=5, cfg=3.0, cfg_ramp=False, record=record)
+    assert [r["cfg_scale"] for r in record] == [3.0] * 5
+
+
+def test_eq3_at_temperature_zero_the_least_probable_drawn_tokens_stay_masked():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 8, generator=g) * 3
+    stub = Stub(logits, rows=5)
+    record = []
+    smg.generate(stub, None, steps=4, temperature=0.0, seed=5, batch_size=3, record=record)
+    logp = logits.log_softmax(-1)
+    first = record[0]
+    p = logp.gather(1, first["belief"].T).T.exp()                               # (3, 40) p(drawn token)
+    for b in range(3):
+        kept, remasked = p[b][first["committed"][b]], p[b][first["masked"][b]]
+        assert len(kept) == 40 - smg.mask_schedule(0, 4, 40) and kept.min() >= remasked.max()
+        assert first["confidence"][b].item() == pytest.approx(kept.mean().item(), rel=1e-5)
+
+
+def test_eq3_gumbel_temperature_is_annealed_before_it_is_used(monkeypatch):
+    # drawn tokens have log p = -0.1, -0.2, -0.3, -0.4; only position 3 gets Gumbel noise (+1 x t_g): it is
+    # the most confident at step 0 iff t_g > 0.3. With temperature 0.36, t_g = 0.36 (1 - 1/4) = 0.27 does not.
+    K = 4
+    target = torch.tensor([-0.1, -0.2, -0.3, -0.4])
+    logits = torch.full((4, K), -30.0)
+    logits[:, 0] = 0.0
+    logits[:, 1] = torch.log(torch.expm1(-target))                              # p(code 0) = exp(target) exactly
+    stub = Stub(logits)
+
+    def noise(shape, generator, device):
+        if len(shape) == 3:                                                      # the draw: take the argmax
+            return torch.zeros(shape)
+        return torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(shape)
+    monkeypatch.setattr(smg, "gumbel", noise)
+    for temperature, first in ((0.36, 0), (0.5, 3)):                             # t_g 0.27 vs 0.375
+        record = []
+        smg.generate(stub, None, steps=4, temperature=temperature, record=record)
+        assert record[0]["committed"][0].nonzero().flatten().tolist() == [first], temperature
+
+
+def test_categorical_draws_follow_the_softmax():
+    logits = torch.tensor([0.0, 1.0, 2.0]).expand(200, 3)                        # 3 codes, 200 positions
+    stub = Stub(logits, rows=5)
+    out = smg.generate(stub, None, steps=1, seed=0, batch_size=50)              # 10,000 draws
+    counts = torch.bincount(out.flatten(), minlength=3).double()
+    expected = torch.tensor([0.0, 1.0, 2.0]).softmax(0).double() * counts.sum()
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 13.8, (counts, expected)                                       # chi-square, 2 dof, p = 0.001
+
+
+def test_maskgit_clamp_commits_one_token_per_step_with_16_unknown_in_16_steps():
+    model = small_model()
+    known_mask = torch.ones(2, 5, 8, dtype=torch.bool)
+    known_mask[:, 4, :] = False                                                  # the top row: 8 unknown ...
+    known_mask[0, 3, :] = False                                                  # ... and 16 in the first sample
+    record = []
+    smg.generate(model, torch.randn(2, 16), steps=16, known_tokens=torch.randint(0, 32, (2, 5, 8)),
+                 known_mask=known_mask, seed=0, record=record)
+    per_step = torch.stack([r["committed"].sum(1) for r in record])             # (steps run, 2)
+    assert per_step[:, 0].tolist() == [1] * 16                                   # exactly one per step
+    assert per_step[:8, 1].tolist() == [1] * 8 and per_step[8:, 1].sum() == 0   # each sample its own count
+    # the clamp on its own: each step but the last keeps >= 1 masked and commits >= 1
+    for u in (3, 16, 80, 265):
+        left = smg.masked_counts([u], 16)[0]
+        before = [u] + left[:-1]
+        assert left[-1] == 0 and all(b - a >= 1 or b == 0 for b, a in zip(before, left))
+        assert all(a >= 1 for b, a in zip(before[:-1], left[:-1]) if b >= 2)
+
+
+def test_the_record_of_each_step_follows_its_contract():
+    model = small_model()
+    known_tokens = torch.randint(0, 32, (2, 5, 8))
+    known_mask = torch.zeros(2, 5, 8, dtype=torch.bool)
+    known_mask[:, :, :2] = True
+    record = []
+    out = smg.generate(model, torch.randn(2, 16), steps=6, known_tokens=known_tokens, known_mask=known_mask,
+                       seed=0, record=record)
+    assert [r["step"] for r in record] == list(range(6))
+    was_masked = ~known_mask.view(2, 40)
+    for r in record:
+        assert r["committed"].shape == r["masked"].shape == r["known"].shape == r["belief"].shape == (2, 40)
+        assert r["belief"].dtype == torch.long and r["n_masked"].tolist() == r["masked"].sum(1).tolist()
+        assert torch.equal(r["known"], known_mask.view(2, 40))
+        assert not (r["committed"] & r["masked"]).any() and torch.equal(r["committed"] | r["masked"], was_masked)
+        was_masked = r["masked"]
+    assert torch.equal(record[-1]["belief"], out.view(2, 40)) and not record[-1]["masked"].any()
+
+
+def test_attention_is_bidirectional_and_the_clap_token_reaches_every_position():
+    model = small_model(conditional_mask=False)
+    tokens, cond = torch.randint(0, 32, (1, 5, 8)), torch.randn(1, 16)
+    nothing = torch.zeros(1, 5, 8, dtype=torch.bool)
+    later = tokens.clone()
+    later[0, 4, 7] = (later[0, 4, 7] + 1) % 32                                   # the last token
+    with torch.no_grad():
+        base = model(tokens, cond, nothing)
+        assert (base[0, 0] - model(later, cond, nothing)[0, 0]).abs().max() > 1e-4   # reaches the first position
+        other = model(tokens, torch.randn(1, 16), nothing)                       # only the CLAP token differs
+    assert ((base - other).abs().amax(-1) > 1e-5).all()
+
+
+def test_initialisation_is_mae_like():
+    model = small_model()
+    assert abs(model.tok_emb.weight.std().item() - 0.02) < 0.004                 # N(0, 0.02), not N(0, 1)
+    for lin in (model.blocks[0].attn.qkv, model.blocks[0].mlp[0], model.head):
+        fan_out, fan_in = lin.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))                                # Xavier-uniform's bound
+        assert lin.weight.abs().max() <= bound and lin.weight.abs().max() > 0.9 * bound
+        assert not lin.bias.any()
+
+
+def test_token_ids_outside_the_codebook_are_an_error():
+    model = small_model()
+    bad = torch.randint(0, 32, (1, 5, 8))
+    bad[0, 0, 0] = 32
+    with pytest.raises(IndexError):
+        model(bad, None, torch.zeros(1, 5, 8, dtype=torch.bool))                # no silent clamp in embed
+    from runtime import UserError
+    with pytest.raises(UserError, match="codebook ids 0..31"):
+        smg.generate(model, None, steps=2, known_tokens=bad, known_mask=torch.ones(1, 5, 8, dtype=torch.bool))
+    bad[0, 0, 0] = -1                                                            # an unknown position may hold anything
+    mask = torch.ones(1, 5, 8, dtype=torch.bool)
+    mask[0, 0, 0] = False
+    out = smg.generate(model, None, steps=2, known_tokens=bad, known_mask=mask)
+    assert 0 <= out[0, 0, 0] < 32
