@@ -15,21 +15,19 @@ Speech Synthesis" (NeurIPS 2020), arXiv:2010.05646. Section numbers below marked
                     combined with weights 45 and 2 (Eq. 5-6)
   HiFiGAN Sec. 4    AdamW, lr 2e-4, betas (0.8, 0.99), weight decay 0.01, lr x 0.999 every epoch;
                     random 8192-sample segments
-
-The parameter names follow the official implementation (github.com/jik876/hifi-gan, models.py):
-conv_pre, ups.N, resblocks.N.convs1.M / convs2.M (ResBlock1) or convs.M (ResBlock2), conv_post. That
-is what lets `load_vocoder` read the released generator checkpoints (generator_v1/v2/v3), which were
-saved with PyTorch's old weight-norm names `weight_g` / `weight_v` (see "Loading" below).
+The file follows the official implementation (github.com/jik876/hifi-gan, models.py): its order
+(generator, discriminators, losses) and its parameter names (conv_pre, ups.N, resblocks.N.convs1.M /
+convs2.M or convs.M, conv_post), so the released generators load unchanged (hifigan_format.py reads
+them; fast.py has a faster, chunked inference path).
 
 In:  natural-log mel (B, 80, frames) from mel.mel_spectrogram (or mel.denormalize of the VQGAN output)
 Out: waveform (B, frames * 256) at 22050 Hz in [-1, 1]
-Run alone: python vocoder.py [v1|v2|v3|tiny]   # parameter counts; with a preset, times one 848-frame clip
+Run alone: python vocoder.py [v1|v2|v3|tiny]   # parameter counts, and one 848-frame clip vocoded
 """
 
 import dataclasses
 import math
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
@@ -38,9 +36,10 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from runtime import UserError, check_config, config_from_dict, load_checkpoint, pick_dtype
+import mel
+from runtime import UserError, check_config, pick_dtype
 
-LRELU_SLOPE = 0.1      # slope of every leaky ReLU in HiFiGAN, except one (see Generator.forward)
+LRELU_SLOPE = 0.1      # slope of every leaky ReLU in HiFiGAN, except one (see Generator.post)
 LR_DECAY = 0.999       # HiFiGAN Sec. 4: the learning rate is multiplied by 0.999 after every epoch
 
 
@@ -65,10 +64,6 @@ class Config:
     disc_start: int = 0                          # steps of mel-loss-only training before the GAN joins in
 
 
-# The generator fields: what a checkpoint's tensor shapes (and the official config files) determine.
-GENERATOR_FIELDS = ("resblock", "upsample_rates", "upsample_kernel_sizes", "upsample_initial_channel",
-                    "resblock_kernel_sizes", "resblock_dilation_sizes", "n_mels")
-
 PRESETS = {
     "v1": Config(),                                                      # 13.93 M: the best quality
     "v2": Config(upsample_initial_channel=128),                          # 0.93 M: same shape, 4x narrower
@@ -77,7 +72,7 @@ PRESETS = {
                  resblock_dilation_sizes=((1, 2), (2, 6), (3, 12))),     # 1.46 M: three upsamplings, ResBlock2
 }
 PRESETS["full"] = PRESETS["v1"]   # SpecMaskGIT uses the official V1 (Sec. 3.1)
-# The toy world (data.py) on 2 CPU cores: V3's layout at half width (~0.4 M parameters, a ~1.5 MB file
+# The toy world (toyworld.py) on 2 CPU cores: V3's layout at half width (~0.4 M parameters, a ~1.5 MB file
 # for the demo bundle, still 8 x 8 x 4 = 256x upsampling), with discriminators ~1/8 as wide. The toy recipe
 # (train.py, 250 steps) spends 200 on the mel loss alone, which is what helps within minutes; its last 50 add
 # the adversary, ~6x dearer per step on a CPU, to show every loss at work: it pays off only over days.
@@ -173,7 +168,8 @@ class Generator(nn.Module):
         return xs / self.num_kernels                                       # MRF: the average of the blocks
 
     def post(self, x: torch.Tensor) -> torch.Tensor:
-        # the official code uses F.leaky_relu's default slope (0.01) here, not 0.1; the released weights expect it
+        """The last conv to one channel, then tanh. The official code uses F.leaky_relu's default slope
+        (0.01) before it, not 0.1; the released weights expect it."""
         x = self.conv_post(F.leaky_relu(x, 0.01))                          # (B, C_last, T) -> (B, 1, T)
         return torch.tanh(x)
 
@@ -197,74 +193,15 @@ class Generator(nn.Module):
     def has_weight_norm(self) -> bool:
         return parametrize.is_parametrized(self.conv_pre, "weight")
 
-    # --- fast inference: the same network, run over short stretches of time one after another ---
-    #
-    # A 9.8 s clip makes activations of 7-27 MB per tensor (e.g. 128 channels x 54272 samples), far more
-    # than a core's 1 MB of L2 cache, so every leaky ReLU, addition and narrow convolution waits on
-    # main memory. The generator is convolutional: output sample n only depends on input frames near
-    # n / 256. So we can cut the mel into chunks of `chunk` frames, give each some context on both
-    # sides, and run all the layers on one chunk while its activations still sit in cache. After
-    # every level we crop away all context that the rest of the network no longer needs (the
-    # margins below), so the expensive later levels recompute almost nothing. Values near a chunk's
-    # cut are wrong (the convolutions zero-pad there), but the margins are exactly wide enough that
-    # none of them reach the part we keep; at the clip's real edges the zero padding is the full
-    # forward's own, so the result equals forward() up to float rounding.
-
-    def margins(self) -> list:
-        """Context (in samples of each level) that must survive after each level for exact outputs.
-
-        Returns [m_in (frames, for the input), m_0, ..., m_last] where m_i is measured at the output of
-        upsampling level i. Computed backwards from the output: a stride-1 conv of kernel k and
-        dilation d reaches d (k - 1) / 2 samples each way; a residual block reaches the sum over its
-        convs; the MRF as far as its widest block; a transposed conv of kernel k and stride u reaches
-        k / (2u) input samples (we allow one more for the rounding of its alignment).
-        """
-        cfg = self.cfg
-        def reach(kr, dr):                                                  # one residual block's reach
-            pairs = [(kr, d) for d in dr] + ([(kr, 1)] * len(dr) if cfg.resblock == "1" else [])
-            return sum(d * (k - 1) // 2 for k, d in pairs)
-        mrf = max(reach(kr, dr) for kr, dr in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes))
-        m = [3]                                                             # conv_post: kernel 7
-        for u, k in reversed(list(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes))):
-            m.insert(0, -(-(m[0] + mrf) // u) + -(-k // (2 * u)) + 1)     # ceil((m + mrf) / u) + ceil(k / 2u) + 1
-        m[0] += 3                                                           # conv_pre: kernel 7
-        return m
-
-    def forward_chunked(self, log_mel: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-        """forward() computed `chunk` frames at a time (see above): (B, 80, F) -> (B, 1, 256 F)."""
-        frames = log_mel.shape[-1]
-        m_in, *m_level = self.margins()
-        rates, r = [], 1
-        for u in self.cfg.upsample_rates:
-            r *= u
-            rates.append(r)                                                 # samples per frame after each level
-        out = []
-        for s in range(0, frames, chunk):
-            e = min(s + chunk, frames)
-            lo = max(0, s - m_in)
-            x = self.conv_pre(log_mel[..., lo:min(frames, e + m_in)])       # (B, h_u, chunk + context)
-            offset = lo                                                     # global index of x[..., 0]
-            for i, rate in enumerate(rates):
-                x = self.upsample_level(i, x)
-                offset *= self.cfg.upsample_rates[i]
-                a, b = max(0, s * rate - m_level[i]), min(frames * rate, e * rate + m_level[i])
-                x = x[..., a - offset:b - offset]                           # drop the context no longer needed
-                offset = a
-            out.append(self.post(x)[..., s * rates[-1] - offset:e * rates[-1] - offset])
-        return torch.cat(out, dim=-1)                                       # (B, 1, 256 F)
-
     @torch.inference_mode()
-    def vocode(self, log_mel: torch.Tensor, dtype: torch.dtype | None = None, chunk: int = 128) -> torch.Tensor:
-        """The fast inference path: log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F).
+    def vocode(self, log_mel: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Inference: log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32.
 
-        inference_mode (no autograd bookkeeping), weight norm folded (load_vocoder does it; done here
-        if still present), chunked in time for the cache (forward_chunked; chunk=0 runs forward()).
-        Measured on 2 busy AMD EPYC cores, V1, 848 frames, one thread: 8.1 s plain, 6.6-6.9 s chunked.
-        Chunking multiplies the number of (small) ops ~7x, and every op ends in an OpenMP barrier: on
-        a CPU oversubscribed by other processes use torch.set_num_threads(1) or chunk=0.
-        `dtype` None picks what the device runs natively (runtime.pick_dtype): bf16 on CUDA and on CPUs
-        with AMX/AVX-512 BF16, fp32 elsewhere, where emulated bf16 convolutions are ~300x slower.
-        Weights stay fp32; a lower `dtype` is applied with autocast; the waveform comes back as fp32.
+        inference_mode (no autograd bookkeeping) and weight norm folded (hifigan_format.load_vocoder does
+        it; done here if still present). `dtype` None picks what the device runs natively
+        (runtime.pick_dtype): bf16 on CUDA and on CPUs with AMX/AVX-512 BF16, fp32 elsewhere, where
+        emulated bf16 convolutions are far slower. Weights stay fp32; a lower `dtype` is applied with
+        autocast. fast.vocode_chunked is the same with the network run over short stretches of time.
         """
         if self.has_weight_norm():
             self.remove_weight_norm()
@@ -273,179 +210,14 @@ class Generator(nn.Module):
         device = x.device.type
         if dtype is None:
             dtype = pick_dtype(device, None, verbose=False)
-        x = x.to(self.conv_pre.weight.dtype)
         with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
-            wav = self.forward_chunked(x, chunk) if chunk and device == "cpu" else self(x)   # (B, 1, 256 F)
+            wav = self(x.to(self.conv_pre.weight.dtype))                     # (B, 1, 256 F)
         wav = wav[:, 0].float()                                              # (B, 256 F)
         return wav[0] if squeeze else wav
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-# ---------------------------------------------------------------------------------------------------
-# Loading: our checkpoints, and the official ones (a dict {"generator": state_dict} with old names).
-# ---------------------------------------------------------------------------------------------------
-#
-# torch.nn.utils.weight_norm (the old API the official code used) stored each normalised weight as
-# two tensors, `<conv>.weight_g` (the norm g, shape (out, 1, 1) for Conv1d; (in, 1, 1) for
-# ConvTranspose1d, whose dim 0 is the input channels) and `<conv>.weight_v` (the direction v, the
-# weight's shape), with weight = g * v / ||v||. The parametrization API used here names the same two
-# tensors `<conv>.parametrizations.weight.original0` (g) and `.original1` (v).
-
-OLD_TO_NEW = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
-
-
-def rename_suffixes(state: dict, mapping: dict) -> dict:
-    """A copy of `state` with every key ending in a `mapping` key given that key's value as its ending."""
-    out = {}
-    for key, value in state.items():
-        for old, new in mapping.items():
-            if key.endswith(old):
-                key = key[: -len(old)] + new
-        out[key] = value
-    return out
-
-
-def from_official_names(state: dict) -> dict:
-    """Rename weight_g / weight_v to the parametrization names; other keys pass unchanged."""
-    return rename_suffixes(state, OLD_TO_NEW)
-
-
-def to_official_names(state: dict) -> dict:
-    """The inverse of from_official_names: our weight-normed state_dict as the official code saves it."""
-    return rename_suffixes(state, {new: old for old, new in OLD_TO_NEW.items()})
-
-
-def _weight_shape(state: dict, conv: str) -> tuple:
-    """Shape of a conv's weight whether stored plain, weight-normed (v) or with the old name."""
-    for suffix in (".weight", ".parametrizations.weight.original1", ".weight_v"):
-        if conv + suffix in state:
-            return tuple(state[conv + suffix].shape)
-    raise UserError(f"the vocoder checkpoint has no weights for {conv}; it is not a HiFiGAN generator.")
-
-
-def infer_generator_fields(state: dict) -> dict:
-    """Read the generator's shape (Config fields) off the tensors of a state_dict.
-
-    conv_pre's weight is (h_u, n_mels, 7); ups.i's is (C_in, C_out, k_u); the stride is not stored, but
-    the official layouts use k_u = 2u. ResBlock1 has convs1/convs2, ResBlock2 has convs; the kernel
-    sizes are the last dimension of each MRF block's first conv. Dilations leave no trace in the shapes:
-    they come from the preset whose shapes match.
-    """
-    h_u, n_mels, _ = _weight_shape(state, "conv_pre")
-    n_ups = len({k.split(".")[1] for k in state if k.startswith("ups.")})
-    kernels_u = tuple(_weight_shape(state, f"ups.{i}")[2] for i in range(n_ups))
-    resblock = "1" if any(".convs1." in k for k in state) else "2"
-    n_blocks = len({k.split(".")[1] for k in state if k.startswith("resblocks.")})
-    first = "convs1.0" if resblock == "1" else "convs.0"
-    per_level = n_blocks // max(n_ups, 1)
-    kernels_r = tuple(_weight_shape(state, f"resblocks.{j}.{first}")[2] for j in range(per_level))
-    return dict(resblock=resblock, upsample_initial_channel=h_u, n_mels=n_mels,
-                upsample_kernel_sizes=kernels_u, upsample_rates=tuple(k // 2 for k in kernels_u),
-                resblock_kernel_sizes=kernels_r)
-
-
-def infer_config(state: dict) -> tuple:
-    """(name, Config) of the official preset (v1, v2, v3) whose tensor shapes match `state`."""
-    found = infer_generator_fields(state)
-    for name in ("v1", "v2", "v3"):
-        cfg = PRESETS[name]
-        if all(_same(getattr(cfg, k), v) for k, v in found.items()):
-            return name, cfg
-    shown = ", ".join(f"{k}={v}" for k, v in found.items())
-    raise UserError(f"the vocoder checkpoint's shapes ({shown}) match none of the HiFiGAN configs v1, v2, v3; "
-                    f"pass a Config that matches.")
-
-
-def _same(a, b) -> bool:
-    norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v   # tuples == lists
-    return norm(a) == norm(b)
-
-
-def _check_shapes(cfg: Config, state: dict, what: str) -> None:
-    """UserError naming every generator field where `state`'s shapes disagree with `cfg`."""
-    found = infer_generator_fields(state)
-    diffs = [f"{k}={v!r} (asked for {getattr(cfg, k)!r})" for k, v in found.items() if not _same(getattr(cfg, k), v)]
-    if diffs:
-        raise UserError(f"the {what} was made with another config: " + "; ".join(diffs) + ".")
-
-
-def _resolve(config) -> Config | None:
-    if config is None or isinstance(config, Config):
-        return config
-    if config not in ("v1", "v2", "v3"):
-        raise UserError(f"the vocoder config must be v1, v2, v3 or a vocoder.Config, not {config!r}.")
-    return PRESETS[config]
-
-
-def from_checkpoint(ckpt: dict) -> Generator:
-    """Rebuild the generator from one of our checkpoints (its stored config); eval mode, weight norm removed."""
-    if ckpt.get("stage") != "vocoder":
-        raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a vocoder one.")
-    cfg = config_from_dict(Config, ckpt["config"], "vocoder checkpoint")
-    return _build(cfg, ckpt["model"], "vocoder checkpoint")
-
-
-def _build(cfg: Config, state: dict, what: str) -> Generator:
-    model = Generator(cfg)
-    if not any(".parametrizations." in k for k in state):
-        model.remove_weight_norm()            # a state_dict saved after remove_weight_norm: plain weights
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:                 # missing/unexpected keys or shape mismatches
-        first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
-        raise UserError(f"the {what} does not fit a HiFiGAN generator of its config ({first[:200]}).") from None
-    return model.remove_weight_norm().eval()
-
-
-def load_vocoder(path_or_dict, config=None) -> Generator:
-    """A ready-to-run generator (eval mode, weight norm removed) from any of the checkpoints we know.
-
-    - our own: {"stage": "vocoder", "config": ..., "model": state_dict} (what Trainer.checkpoint writes);
-    - the official: {"generator": state_dict} with weight_g / weight_v names (generator_v1, _v2, _v3 of
-      the HiFiGAN repository, or a state_dict already stripped of weight norm).
-    `config`: None infers it (ours: stored; official: v1/v2/v3 from the tensor shapes), or "v1" | "v2" |
-    "v3" | a Config, which must then agree with the checkpoint (else a UserError naming the mismatch).
-    """
-    ckpt = load_checkpoint(path_or_dict) if isinstance(path_or_dict, str) else path_or_dict
-    what = f"vocoder checkpoint {path_or_dict}" if isinstance(path_or_dict, str) else "vocoder checkpoint"
-    cfg = _resolve(config)
-    if not isinstance(ckpt, dict):
-        raise UserError(f"the {what} is not a checkpoint dict.")
-    if ckpt.get("stage") == "vocoder":
-        if cfg is not None:
-            saved = {k: v for k, v in ckpt["config"].items() if k in GENERATOR_FIELDS}
-            check_config(_generator_view(cfg), saved, what)
-        return from_checkpoint(ckpt)
-    if "stage" in ckpt:
-        raise UserError(f"the {what} is a {ckpt['stage']} checkpoint, not a vocoder one.")
-    state = ckpt.get("generator", ckpt)       # the official format, or a bare state_dict
-    if not isinstance(state, dict) or "conv_pre.bias" not in state:
-        raise UserError(f"the {what} holds neither our format nor the official HiFiGAN one (key 'generator').")
-    state = from_official_names(state)
-    if cfg is None:
-        _, cfg = infer_config(state)
-    else:
-        _check_shapes(cfg, state, what)
-    return _build(cfg, state, what)
-
-
-@dataclass
-class _GeneratorFields:
-    """The generator part of a Config, for comparing with check_config (the rest does not matter to inference)."""
-    resblock: str
-    upsample_rates: tuple
-    upsample_kernel_sizes: tuple
-    upsample_initial_channel: int
-    resblock_kernel_sizes: tuple
-    resblock_dilation_sizes: tuple
-    n_mels: int
-
-
-def _generator_view(cfg: Config) -> _GeneratorFields:
-    return _GeneratorFields(**{k: getattr(cfg, k) for k in GENERATOR_FIELDS})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -565,19 +337,26 @@ def feature_matching_loss(real_fmaps, fake_fmaps) -> torch.Tensor:
     return sum(torch.mean(torch.abs(r.detach() - g)) for rs, gs in zip(real_fmaps, fake_fmaps) for r, g in zip(rs, gs))
 
 
+# The mel of the L1 loss (Eq. 3) is mel.py's recipe over the whole band, 0 to sr/2 = 11025 Hz (the official
+# configs set fmax_for_loss: null), while the generator's input mel stops at 8 kHz: so the loss, not only
+# the discriminators, also judges what the generator puts between 8 and 11 kHz.
+LOSS_FILTERBANK = mel.mel_filterbank(fmax=mel.SR / 2)                    # (80, 513)
+
+
+def loss_mel(wav: torch.Tensor) -> torch.Tensor:
+    """Natural-log mel up to 11025 Hz of `wav` (B, T) -> (B, 80, T / 256), for the mel L1 loss (Eq. 3)."""
+    pad = (mel.N_FFT - mel.HOP) // 2
+    x = F.pad(wav[:, None], (pad, pad), mode="reflect")[:, 0]              # (B, T + 768), as mel.mel_spectrogram
+    window = torch.hann_window(mel.WIN, device=x.device, dtype=x.dtype)
+    spec = torch.stft(x, mel.N_FFT, hop_length=mel.HOP, win_length=mel.WIN, window=window,
+                      center=False, return_complex=True)                    # (B, 513, T / 256)
+    mag = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
+    return torch.log(torch.clamp(LOSS_FILTERBANK.to(x.device, mag.dtype) @ mag, min=1e-5))   # (B, 80, T / 256)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Training: one step of HiFiGAN's two-player game, used by train.py --stage vocoder.
 # ---------------------------------------------------------------------------------------------------
-
-def lr_factor(step: int, steps_per_epoch: int) -> float:
-    """HiFiGAN's schedule (Sec. 4): lr = 2e-4 * 0.999 ** epoch (PyTorch's ExponentialLR, stepped per epoch).
-
-    train.py owns the schedule of every stage (its warm-up + cosine by default); a caller that wants
-    HiFiGAN's own decay multiplies each param_group's peak lr by this factor every step. With
-    LJSpeech's ~13k training clips at batch 16 an "epoch" is about 800 steps.
-    """
-    return LR_DECAY ** (step // max(1, steps_per_epoch))
-
 
 class Trainer:
     """The generator, both discriminators, their two AdamW optimisers, and one training step.
@@ -590,8 +369,6 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 2e-4, amp_dtype: torch.dtype = torch.float32):
-        import mel                                                           # the HiFiGAN mel (mel.py)
-        self.mel = mel
         if cfg.segment_size % mel.HOP:
             raise UserError(f"vocoder segment_size must be a multiple of {mel.HOP} samples, not {cfg.segment_size}.")
         if math.prod(cfg.upsample_rates) != mel.HOP:
@@ -607,6 +384,14 @@ class Trainer:
         self.opt_d = torch.optim.AdamW(list(self.mpd.parameters()) + list(self.msd.parameters()), **adamw)
         self.optimizers = [self.opt_g, self.opt_d]
         self.ddp_modules = ["generator", "mpd", "msd"]                       # train.py wraps these for DDP
+
+    def lr_factor(self, step: int, epoch_steps: int) -> float:
+        """HiFiGAN's schedule (Sec. 4): lr x 0.999 ** epoch, no warm-up (ExponentialLR stepped per epoch).
+
+        train.py multiplies each optimiser's peak lr by this instead of its warm-up + cosine. With
+        LJSpeech's ~13k training clips at batch 16 an epoch is about 800 steps.
+        """
+        return LR_DECAY ** (step // max(1, epoch_steps))
 
     def _autocast(self):
         return torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
@@ -626,7 +411,8 @@ class Trainer:
     def step(self, batch: dict, step: int) -> dict:
         y = self.segments(batch["wav"].float(), step).to(self.device)       # (B, 8192)
         with torch.no_grad():
-            y_mel = self.mel.mel_spectrogram(y)                              # (B, 80, 32) natural-log mel
+            y_mel = mel.mel_spectrogram(y)                                   # (B, 80, 32) the input mel, 0-8 kHz
+            y_mel_loss = loss_mel(y)                                         # (B, 80, 32) the loss mel, 0-11 kHz
         y = y[:, None]                                                       # (B, 1, 8192), as the discriminators take it
         use_gan = step >= self.cfg.disc_start
         with self._autocast():
@@ -647,8 +433,8 @@ class Trainer:
             metrics["d_loss"] = loss_d.item()
 
         # --- 2. generator: mel L1 (Eq. 3) + adversarial (Eq. 2) + feature matching (Eq. 4), Eq. 6 ---
-        loss_mel = F.l1_loss(self.mel.mel_spectrogram(y_hat[:, 0].float()), y_mel)   # the mel in fp32 (STFT)
-        loss = self.cfg.mel_weight * loss_mel
+        loss_l1 = F.l1_loss(loss_mel(y_hat[:, 0].float()), y_mel_loss)    # the mel in fp32 (STFT)
+        loss = self.cfg.mel_weight * loss_l1
         if use_gan:
             self.mpd.requires_grad_(False)                                   # gradients flow through, not into, D
             self.msd.requires_grad_(False)
@@ -667,7 +453,7 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
-        metrics.update(loss=loss.item(), mel_l1=loss_mel.item())
+        metrics.update(loss=loss.item(), mel_l1=loss_l1.item())
         return metrics
 
     def state_dict(self) -> dict:
@@ -684,7 +470,7 @@ class Trainer:
         self.opt_d.load_state_dict(d["opt_d"])
 
     def checkpoint(self) -> dict:
-        """The inference checkpoint: config + generator weights (weight-normed names; load_vocoder folds them)."""
+        """The inference checkpoint: config + generator weights (weight-normed; hifigan_format.load_vocoder folds them)."""
         return {"stage": "vocoder", "config": dataclasses.asdict(self.cfg), "model": self.generator.state_dict()}
 
     def checkpoint_params(self):
@@ -700,12 +486,4 @@ if __name__ == "__main__":
         g = Generator(cfg)
         print(f"{name}: generator {count_parameters(g) / 1e6:.2f} M, MPD {count_parameters(MultiPeriodDiscriminator(cfg)) / 1e6:.2f} M, "
               f"MSD {count_parameters(MultiScaleDiscriminator(cfg)) / 1e6:.2f} M")
-    if len(sys.argv) == 2:
-        g = Generator(PRESETS[sys.argv[1]]).remove_weight_norm().eval()
-        log_mel = torch.randn(1, 80, 848) - 5
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            g.vocode(log_mel, torch.float32)
-            times.append(time.perf_counter() - t0)
-        print(f"848 frames -> {848 * 256} samples, fp32: median {sorted(times)[1]:.2f} s over 3 runs")
+        print(f"  848 frames -> waveform {tuple(g.vocode(torch.randn(1, 80, 848) - 5).shape)}")

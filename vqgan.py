@@ -18,7 +18,7 @@ applied to a spectrogram seen as a 1-channel image. Its three ideas, in the orde
   3. besides the L1 reconstruction loss, a patch discriminator (pix2pix's PatchGAN) whose adversarial
      loss makes the decoder draw sharp, plausible detail instead of the blurry average L1 alone favours.
 
-One addition that the original does not have (Sec. "VectorQuantizer" below): codes that the encoder
+One addition that the original does not have (after the quantiser below): codes that the encoder
 has not picked for a while are re-seeded from recent encoder outputs, so the codebook stays in use.
 
 In:  normalised mels (B, 80, frames) in [-1, 1], frames a multiple of 16
@@ -35,7 +35,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from runtime import UserError, check_config, config_from_dict
+import mel
+from runtime import UserError, check_config, config_from_dict, load_weights
 
 
 @dataclass
@@ -57,10 +58,12 @@ class Config:
     code_dim: int = 256
     beta: float = 0.25                # commitment weight (VQ-VAE, Eq. 3 of van den Oord et al.)
     dead_code_steps: int = 200        # a code not chosen for this many training steps is re-seeded (0: never)
-    # losses (SpecVQGAN's VGGSound config; no LPAPS, Sec. 4)
+    # losses (SpecVQGAN's configs/vggsound_codebook.yaml; no LPAPS, Sec. 4)
     codebook_weight: float = 1.0
-    disc_start: int = 30000           # steps of L1 + VQ only before the discriminator is switched on
+    disc_start: int = 30001           # steps of L1 + VQ only before the discriminator is switched on
     disc_weight: float = 0.8          # scales the adaptive weight of the adversarial term
+    min_adapt_weight: float = 1.0     # the adaptive weight is clamped to [min, max] before disc_weight scales it:
+    max_adapt_weight: float = 1.0     # SpecVQGAN's 1.0 / 1.0 make lambda = 0.8 constant (Taming: 0 / 1e4)
     disc_channels: int = 64           # PatchGAN width of its first layer
     disc_layers: int = 3              # PatchGAN's strided layers (pix2pix's n_layers)
 
@@ -69,15 +72,16 @@ PRESETS = {
     # 72.1 M parameters in encoder + quantiser + decoder, 74.9 M with the discriminator: the paper's
     # "around 75M" (Sec. 4) matches the count with the discriminator (`python vqgan.py` prints both).
     "full": Config(),
-    # The toy world (data.py): 256-frame clips -> 5 x 16 tokens. ~0.9 M parameters that train on 2 CPU
+    # The toy world (toyworld.py): 256-frame clips -> 5 x 16 tokens. 0.94 M parameters that train on 2 CPU
     # cores in minutes: the full-resolution levels are only 8 and 16 channels wide (on a CPU most of the
     # time goes there), the lowest one 64. 256 codes of 64 dims: enough for the toy world's 12 kinds of
     # sound, few enough that all of them see use. The discriminator joins halfway through the toy recipe
-    # (800 of train.py's 1600 steps): without it the decoder draws the blurred average of a click or a trill;
-    # with only 600 adversarial steps (of 1200) it still drew steady tonal lines across rain (README).
+    # (800 of train.py's 1600 steps): without it the decoder draws the blurred average of a click or a trill.
     "tiny": Config(base_channels=8, channel_mult=(1, 2, 4, 8, 8), n_res_blocks=1, dec_res_blocks=1,
                    norm_groups=4, z_channels=64, n_codes=256, code_dim=64, dead_code_steps=50,
-                   disc_start=800, disc_channels=16, disc_layers=2),
+                   disc_start=800, disc_channels=16, disc_layers=2,
+                   # Taming's unclamped adaptive weight: the toy recipe's 800 adversarial steps were tuned with it
+                   min_adapt_weight=0.0, max_adapt_weight=1e4),
 }
 
 DOWNSAMPLE = 16   # four 2x downsamplings: one token per 16 x 16 patch (Sec. 3.1, Fig. 3)
@@ -234,7 +238,7 @@ class Decoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The vector quantiser: nearest codebook entry, straight-through gradients, and a codebook kept alive.
+# The vector quantiser: nearest codebook entry and straight-through gradients (then: codebook upkeep).
 # ---------------------------------------------------------------------------------------------------
 
 class VectorQuantizer(nn.Module):
@@ -245,17 +249,8 @@ class VectorQuantizer(nn.Module):
         z_q = z + (e_k - z).detach() has the value e_k and the gradient of z (straight-through estimator);
       - the codebook loss ||sg[z] - e_k||^2 pulls the chosen codes towards the encoder outputs;
       - the commitment loss beta ||z - sg[e_k]||^2 keeps the encoder close to the codes it chose.
-
-    Keeping the codebook alive (our addition, documented here because it matters): only chosen codes get a
-    gradient, so a code that starts far from every encoder output is never chosen and never moves
-    ("dead code"). Left alone, a 1024-code book often ends up using a few dozen codes, and the
-    transformer then has little to say. We count, per code, the training steps since it was last chosen
-    and, after `dead_code_steps` steps without use, move it onto a random recent encoder output (plus a
-    little noise) — the "codebook restart" of Jukebox (Dhariwal et al. 2020) and of many VQ tokenizers
-    since. A re-seeded code lies where the encoder actually puts vectors, so it is usually chosen at
-    once; one that is still not chosen is moved again at the next step. A fresh codebook counts as
-    unused, so the first training step already seeds every code it did not choose from the encoder's
-    outputs (a data-dependent initialisation, instead of waiting `dead_code_steps` steps in collapse).
+    Taming's quantiser (VectorQuantizer2 with its default legacy=True), and so SpecVQGAN's, computes
+    ||z - sg[e_k]||^2 + beta ||sg[z] - e_k||^2: beta on the codebook term. We keep the VQ-VAE paper's form.
     """
 
     def __init__(self, cfg: Config):
@@ -264,7 +259,7 @@ class VectorQuantizer(nn.Module):
         self.dead_code_steps = cfg.dead_code_steps
         self.codebook = nn.Embedding(cfg.n_codes, cfg.code_dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / cfg.n_codes, 1.0 / cfg.n_codes)   # Taming's init
-        # bookkeeping for re-seeding: saved with the model so a resumed run continues the same counts
+        # bookkeeping for re-seeding (see below): saved with the model so a resumed run continues the same counts
         self.register_buffer("steps_unused", torch.full((cfg.n_codes,), cfg.dead_code_steps, dtype=torch.long))
         # filled by forward() in training mode, consumed by reseed_dead_codes(); not saved
         self.register_buffer("chosen", torch.zeros(cfg.n_codes), persistent=False)   # picks since the last step
@@ -279,7 +274,7 @@ class VectorQuantizer(nn.Module):
     def forward(self, z):                                              # (B, D, R, C)
         B, D, R, C = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, D)                    # (B*R*C, D)
-        ids = self.nearest(flat.detach().float())                      # (B*R*C,)
+        ids = self.nearest(flat.detach().to(self.codebook.weight.dtype))   # (B*R*C,) in the codebook's precision
         e = self.codebook(ids).to(flat.dtype)                          # (B*R*C, D)
         codebook_loss = F.mse_loss(e, flat.detach())                   # ||sg[z] - e||^2
         commit_loss = F.mse_loss(flat, e.detach())                     # ||z - sg[e]||^2
@@ -292,22 +287,35 @@ class VectorQuantizer(nn.Module):
         info = {"perplexity": torch.exp(-(p * torch.log(p.clamp(min=1e-10))).sum()),  # effective number of codes
                 "used": (counts > 0).float().mean()}                   # fraction of the codebook in this batch
         if self.training:
-            self.chosen += counts.detach()
-            keep = flat.detach().float()[torch.randperm(flat.shape[0], device=z.device)[: self.n_codes]]
-            old = self.recent if self.recent is not None else keep[:0]
-            self.recent = torch.cat([keep, old])[: self.n_codes]       # the newest n_codes encoder outputs
+            self.remember(flat, counts)
         return q, vq_loss, ids.view(B, R, C), info
+
+    # --- keeping the codebook alive (our addition; not in VQ-VAE, Taming or SpecVQGAN) ---
+    #
+    # Only chosen codes get a gradient, so a code that starts far from every encoder output is never
+    # chosen and never moves ("dead code"). Left alone, a 1024-code book often ends up using a few dozen
+    # codes, and the transformer then has little to say. We count, per code, the training steps since it
+    # was last chosen and, after `dead_code_steps` steps without use, move it onto a random recent
+    # encoder output (plus a little noise): the "codebook restart" of Jukebox (Dhariwal et al. 2020) and
+    # of many VQ tokenizers since. A re-seeded code lies where the encoder actually puts vectors, so it is
+    # usually chosen at once; one that is still not chosen is moved again at the next step. A fresh
+    # codebook counts as unused, so the first training step already seeds every code it did not choose
+    # from the encoder's outputs (a data-dependent initialisation, instead of waiting in collapse).
+
+    @torch.no_grad()
+    def remember(self, flat, counts):
+        """Training mode: add this batch's picks to `chosen` and keep up to n_codes of its vectors in `recent`."""
+        self.chosen += counts
+        keep = flat.to(self.codebook.weight.dtype)[torch.randperm(flat.shape[0], device=flat.device)[: self.n_codes]]
+        old = self.recent if self.recent is not None else keep[:0]
+        self.recent = torch.cat([keep, old])[: self.n_codes]           # the newest n_codes encoder outputs
 
     @torch.no_grad()
     def reseed_dead_codes(self) -> int:
-        """Call once per optimisation step (after optimizer.step). Returns how many codes were re-seeded.
-
-        With several processes (torchrun) the counts are summed over all of them and the new codes are
-        taken from process 0's encoder outputs and broadcast, so every copy of the codebook stays equal.
-        """
+        """Call once per optimisation step (after optimizer.step). Returns how many codes were re-seeded."""
         distributed = dist.is_available() and dist.is_initialized()
         if distributed:
-            dist.all_reduce(self.chosen)
+            dist.all_reduce(self.chosen)                               # torchrun: count the picks of every process
         self.steps_unused.add_(1).masked_fill_(self.chosen > 0, 0)     # in place: DDP keeps references to buffers
         self.chosen.zero_()
         if self.dead_code_steps <= 0 or self.recent is None:
@@ -320,7 +328,7 @@ class VectorQuantizer(nn.Module):
         noise = 0.01 * self.recent.std() * torch.randn(len(dead), self.code_dim, device=w.device)
         w[dead] = (self.recent[pick] + noise).to(w.dtype)              # two picks of one vector drift apart
         if distributed:
-            dist.broadcast(w.data, src=0)
+            dist.broadcast(w.data, src=0)                              # process 0's new codes, so every copy stays equal
         return len(dead)
 
     def alive_fraction(self) -> float:
@@ -390,8 +398,9 @@ class VQGAN(nn.Module):
         """Load weights from a checkpoint dict; a checkpoint made with another config is a UserError naming the fields."""
         if ckpt.get("stage") != "vqgan":
             raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a vqgan one.")
-        check_config(self.cfg, ckpt["config"], "vqgan checkpoint")
-        self.load_state_dict(ckpt["model"])
+        saved = {**dataclasses.asdict(self.cfg), **ckpt["config"]}     # a field it does not store takes ours
+        check_config(self.cfg, saved, "vqgan checkpoint")
+        load_weights(self, ckpt["model"], "vqgan checkpoint")
 
 
 def from_checkpoint(ckpt: dict) -> VQGAN:
@@ -441,21 +450,23 @@ def hinge_d_loss(logits_real, logits_fake):
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
-def adaptive_weight(rec_loss, g_loss, last_layer: torch.Tensor, disc_weight: float) -> torch.Tensor:
-    """lambda = ||grad_L(rec_loss)|| / (||grad_L(g_loss)|| + 1e-4) * disc_weight, L = the decoder's last layer.
+def adaptive_weight(rec_loss, g_loss, last_layer: torch.Tensor, disc_weight: float,
+                    min_weight: float = 0.0, max_weight: float = 1e4) -> torch.Tensor:
+    """lambda = clamp(||grad_L(rec_loss)|| / (||grad_L(g_loss)|| + 1e-4), min, max) * disc_weight, L = the decoder's last layer.
 
     Taming Transformers, Eq. 7: the adversarial gradient is scaled to the size of the reconstruction
     gradient where both enter the decoder, so neither drowns the other whatever their raw scales are.
+    Taming clamps to [0, 1e4]; SpecVQGAN's VGGSound config clamps to [1, 1], i.e. lambda = disc_weight.
     Both gradients are taken without touching .grad (autograd.grad), and lambda is a constant (detached).
     """
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     weight = torch.norm(rec_grad) / (torch.norm(g_grad) + 1e-4)
-    return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
+    return torch.clamp(weight, min_weight, max_weight).detach() * disc_weight
 
 
 # ---------------------------------------------------------------------------------------------------
-# One training step (train.py owns data, learning-rate schedule, logging, checkpoint files).
+# Training: one step of the two-player game, used by train.py --stage vqgan.
 # ---------------------------------------------------------------------------------------------------
 
 class Trainer:
@@ -464,18 +475,19 @@ class Trainer:
     Generator step: L = L1(x, x_hat) + codebook_weight * L_vq + lambda * disc_factor * (-D(x_hat)),
     with disc_factor 0 before `disc_start` (the autoencoder first learns to reconstruct; an adversary
     against a decoder that draws noise only destabilises it). Discriminator step (from `disc_start` on):
-    hinge loss on real mels vs the detached reconstructions.
+    hinge loss on real mels vs the detached reconstructions. train.py owns data, the learning-rate
+    schedule, logging and checkpoint files.
     """
 
-    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 2e-4, amp_dtype: torch.dtype = torch.float32):
-        # lr: Taming's base_lr 4.5e-6 x batch size (~2e-4 for a batch of 48); Adam betas (0.5, 0.9) as there
-        import mel                                                      # the audio front end (mel.py)
-        self.mel = mel
+    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 3.6e-5, amp_dtype: torch.dtype = torch.float32):
+        # lr: Taming's rule (SpecVQGAN's too) is base_learning_rate 4.5e-6 x batch x GPUs, 3.6e-5 for the full
+        # preset's batch 8 on one GPU (train.py); the tiny preset's 1e-3 is set in train.py. Adam betas (0.5, 0.9).
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         self.model = VQGAN(cfg).to(device).train()
         self.disc = PatchDiscriminator(cfg).to(device).train()
-        self.opt_ae = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.9))
-        self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9))
+        fused = device.startswith("cuda")                              # one optimiser kernel for all weights on a GPU
+        self.opt_ae = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
+        self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
         self.optimizers = [self.opt_ae, self.opt_disc]
         self.ddp_modules = ["model", "disc"]                            # train.py may wrap these in DistributedDataParallel
 
@@ -484,21 +496,20 @@ class Trainer:
         """The module inside a DistributedDataParallel wrapper (or the module itself)."""
         return getattr(module, "module", module)
 
-    def mels(self, batch) -> torch.Tensor:
-        """batch["wav"] (B, T) -> normalised mel (B, 80, F), F cropped down to a multiple of 16."""
-        wav = batch["wav"].to(self.device).float()
+    def mels(self, wav: torch.Tensor) -> torch.Tensor:
+        """Audio (B, T) -> the tokenizer's input: HiFiGAN log-mel -> [-1, 1] (Sec. 3.1), (B, 80, F), F a multiple of 16."""
         with torch.no_grad():
-            x = self.mel.normalize(self.mel.mel_spectrogram(wav))       # (B, 80, T/256) in [-1, 1]
+            x = mel.normalize(mel.mel_spectrogram(wav.to(self.device).float()))   # (B, 80, T/256) in [-1, 1]
         frames = x.shape[-1] // DOWNSAMPLE * DOWNSAMPLE
         if frames == 0:
             raise UserError(f"clips of {wav.shape[-1]} samples are shorter than one token column (16 frames = 4096 samples).")
-        return x[..., :frames]
+        return x[..., :frames]                                          # whole token columns only
 
     def _autocast(self):
         return torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
 
     def step(self, batch: dict, step: int) -> dict:
-        x = self.mels(batch)                                            # (B, 80, F)
+        x = self.mels(batch["wav"])                                     # audio (B, T) -> normalised mel (B, 80, F)
         disc_on = step >= self.cfg.disc_start
 
         model, disc = self._raw(self.model), self._raw(self.disc)
@@ -513,7 +524,8 @@ class Trainer:
             disc.requires_grad_(False)                                  # only the decoder learns from this verdict
             with self._autocast():                                      # (the bare module: no DDP gradient sync needed)
                 g_loss = -disc(recon).float().mean()                    # the decoder wants high "real" logits
-            lam = adaptive_weight(rec_loss, g_loss, model.decoder.conv_out.weight, self.cfg.disc_weight)
+            lam = adaptive_weight(rec_loss, g_loss, model.decoder.conv_out.weight, self.cfg.disc_weight,
+                                  self.cfg.min_adapt_weight, self.cfg.max_adapt_weight)
             loss = loss + lam * g_loss
             disc.requires_grad_(True)
             metrics.update(g_loss=g_loss.item(), d_weight=lam.item())
@@ -539,7 +551,7 @@ class Trainer:
     @torch.no_grad()
     def preview(self, batch: dict):
         """(input, reconstruction) of the batch's first clip, normalised mels (1, 80, F) each, for the PNG."""
-        x = self.mels(batch)[:1]                                        # (1, 80, F)
+        x = self.mels(batch["wav"][:1])                                 # (1, 80, F)
         model = self._raw(self.model).eval()
         recon = model(x)[0].float().clamp(-1, 1)                        # (1, 80, F)
         model.train()

@@ -1,6 +1,7 @@
-"""Specifications of vqgan.py: shapes and size of the paper's tokenizer, the quantiser's gradients and
-codebook upkeep, the adaptive GAN weight, checkpoints, and that a tiny model can learn a real clip."""
+"""Specifications of vqgan.py: shapes and size of the paper's tokenizer, the quantiser's losses and
+gradients, codebook upkeep, the GAN losses and their weights, checkpoints, and that a tiny model learns."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -54,6 +55,41 @@ def test_quantiser_outputs_codebook_entries_and_passes_gradients_straight_throug
     g = torch.randn_like(q)
     q.backward(g)
     assert torch.allclose(z.grad, g)
+
+
+def two_code_quantiser():
+    """A 2-code, 2-dim quantiser in float64 with codes e_0 = (0, 0) and e_1 = (1, 1)."""
+    vq = vqgan.VectorQuantizer(dataclasses.replace(TINY, n_codes=2, code_dim=2)).double().eval()
+    with torch.no_grad():
+        vq.codebook.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    # three encoder vectors as (B=1, D=2, rows=1, cols=3): nearest codes 0, 1, 1
+    z = torch.tensor([[0.2, -0.1], [0.9, 1.3], [0.6, 0.7]], dtype=torch.float64).t().reshape(1, 2, 1, 3)
+    return vq, z.requires_grad_()
+
+
+def test_vq_loss_has_its_value_and_each_term_reaches_only_its_side():
+    assert TINY.beta == vqgan.PRESETS["full"].beta == 0.25                   # VQ-VAE's commitment weight
+    vq, z = two_code_quantiser()
+    q, loss, ids, _ = vq(z)
+    assert ids.flatten().tolist() == [0, 1, 1]
+    e = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    zs = z.detach()[0, :, 0, :].t()                                           # (3, 2) the vectors
+    sq = ((zs - e) ** 2).sum().item() / 6                                    # mean over 3 vectors x 2 dims
+    assert loss.item() == pytest.approx((1 + 0.25) * sq, rel=1e-12)          # codebook + 0.25 x commitment
+    loss.backward()
+    # codebook term ||sg[z] - e||^2: its gradient moves the chosen codes towards their vectors, weight 1
+    code_grad = torch.zeros(2, 2, dtype=torch.float64)
+    for k, (v, ev) in zip([0, 1, 1], zip(zs, e)):
+        code_grad[k] += 2 * (ev - v) / 6
+    assert torch.allclose(vq.codebook.weight.grad, code_grad, rtol=1e-12)
+    # commitment term beta ||z - sg[e]||^2: only the encoder output gets it, weighted 0.25
+    assert torch.allclose(z.grad[0, :, 0, :].t(), 0.25 * 2 * (zs - e) / 6, rtol=1e-12)
+
+
+def test_straight_through_gradient_is_the_identity():
+    vq, z = two_code_quantiser()
+    jac = torch.autograd.functional.jacobian(lambda t: vq(t)[0], z.detach())  # (1, 2, 1, 3, 1, 2, 1, 3)
+    assert torch.equal(jac.reshape(6, 6), torch.eye(6, dtype=torch.float64))
 
 
 def test_reconstruction_gradient_reaches_the_encoder():
@@ -120,6 +156,55 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_decoder_laye
 def test_hinge_loss_is_zero_only_when_real_and_fake_are_beyond_the_margins():
     assert vqgan.hinge_d_loss(torch.full((3,), 1.5), torch.full((3,), -2.0)) == 0
     assert vqgan.hinge_d_loss(torch.zeros(3), torch.zeros(3)) == 1.0   # 0.5 * (1 + 1)
+
+
+def test_adaptive_weight_is_clamped_as_the_config_says():
+    full, tiny = vqgan.PRESETS["full"], TINY
+    # SpecVQGAN's configs/vggsound_codebook.yaml: disc_start 30001, disc_weight 0.8, clamp [1, 1]
+    assert (full.disc_start, full.disc_weight, full.codebook_weight) == (30001, 0.8, 1.0)
+    assert (full.min_adapt_weight, full.max_adapt_weight) == (1.0, 1.0)
+    assert (tiny.min_adapt_weight, tiny.max_adapt_weight) == (0.0, 1e4)      # Taming's unclamped form
+    last = torch.ones(3, requires_grad=True)
+    rec_loss, g_loss = (5 * last).sum(), (0.5 * last).sum()                  # gradient norms 5 sqrt(3), 0.5 sqrt(3)
+    assert vqgan.adaptive_weight(rec_loss, g_loss, last, 0.8).item() == pytest.approx(10 / (1 + 1e-4 / (0.5 * 3 ** 0.5)) * 0.8)
+    assert vqgan.adaptive_weight(rec_loss, g_loss, last, 0.8, 1.0, 1.0).item() == pytest.approx(0.8)
+    assert vqgan.adaptive_weight(rec_loss, g_loss, last, 0.8, 0.0, 2.0).item() == pytest.approx(1.6)
+
+
+def test_hinge_loss_by_hand():
+    real, fake = torch.tensor([0.5, 2.0]), torch.tensor([-0.5, 0.3])
+    # 0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake))) = 0.5 * ((0.5 + 0) / 2 + (0.5 + 1.3) / 2)
+    assert vqgan.hinge_d_loss(real, fake).item() == pytest.approx(0.575)
+
+
+def test_trainer_losses_have_their_weights_and_signs():
+    # full-preset clamp (lambda = 0.8 constant) on the tiny model, discriminator on from step 0
+    cfg = dataclasses.replace(TINY, disc_start=0, min_adapt_weight=1.0, max_adapt_weight=1.0)
+    torch.manual_seed(0)
+    trainer = vqgan.Trainer(cfg, lr=1e-3)
+    batch = {"wav": 0.1 * torch.randn(2, 32 * mel.HOP, generator=torch.Generator().manual_seed(0))}
+    model, disc = copy.deepcopy(trainer.model), copy.deepcopy(trainer.disc)   # the state before the step
+    x = mel.normalize(mel.mel_spectrogram(batch["wav"]))                      # (2, 80, 32)
+    with torch.no_grad():
+        recon, vq_loss, _ = model(x)
+        l1 = (recon - x).abs().mean()
+        g_loss = -disc(recon).mean()                                         # the decoder wants high logits
+        loss = l1 + 1.0 * vq_loss + 0.8 * g_loss
+        d_real, d_fake = disc(x), disc(recon)
+        d_loss = 0.5 * (torch.clamp(1 - d_real, min=0).mean() + torch.clamp(1 + d_fake, min=0).mean())
+    m = trainer.step(batch, 0)
+    assert m["d_weight"] == pytest.approx(0.8)
+    assert m["g_loss"] == pytest.approx(g_loss.item(), rel=1e-4, abs=1e-6)
+    assert m["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert m["d_loss"] == pytest.approx(d_loss.item(), rel=1e-5)
+
+
+def test_trainer_steps_lower_the_reconstruction_error_on_a_fixed_batch():
+    torch.manual_seed(0)
+    trainer = vqgan.Trainer(TINY, lr=1e-3)                                   # disc_start 800: L1 + VQ only
+    batch = {"wav": 0.1 * torch.randn(1, 16 * mel.HOP, generator=torch.Generator().manual_seed(0))}   # one column
+    l1 = [trainer.step(batch, s)["l1"] for s in range(8)]
+    assert min(l1[-3:]) < 0.6 * l1[0], l1
 
 
 def test_checkpoint_round_trip_and_a_load_into_another_config_names_the_mismatch(tmp_path):
