@@ -15,10 +15,12 @@ Two models, one interface (every method returns float32 rows of unit length, on 
     embed_text(texts)   list[str] (or one str)          -> (B, 512)
     unknown_words(text) the words of `text` the model ignores (always [] for LAION-CLAP)
 
-  LaionCLAP  a thin wrapper around the laion-clap package (imported only when asked for): resamples our
-             22050 Hz audio to the 48 kHz CLAP was trained on, batches, L2-normalises.
-  TinyCLAP   ~0.5 M parameters written out here: a small CNN over our log-mel, a one-block transformer
-             over words, trained in minutes on the toy sound world (`train.py --stage clap --data toy`).
+  TinyCLAP   written out here (0.52 M parameters in the tiny preset, 2.4 M in "full"): a small CNN over
+             our log-mel, a transformer over words, trained in minutes on the toy sound world
+             (`train.py --stage clap --data toy`). Config, towers, model, loss, then its Trainer.
+  LaionCLAP  at the end of the file: a thin wrapper around the laion-clap package (imported only when
+             asked for): resamples our 22050 Hz audio to the 48 kHz CLAP was trained on, batches,
+             L2-normalises.
 
 The modality gap (DESIGN.md, "A pitfall worth knowing"): contrastive training leaves the audio and the
 text embeddings in two separate cones, so a text embedding is never quite where the audio embeddings
@@ -36,6 +38,7 @@ import math
 import os
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mel
-from runtime import UserError, check_config, config_from_dict
+from runtime import UserError, check_config, config_from_dict, load_weights
 
 EMBED_DIM = 512          # the width of LAION-CLAP's joint space; SpecMaskGIT projects it 512 -> 768 (Sec. 3.3)
 LAION_SR = 48000         # LAION-CLAP's audio tower (HTSAT) was trained on 48 kHz audio
@@ -75,8 +78,13 @@ PRESETS = {
 # ---------------------------------------------------------------------------------------------------
 
 def words_of(text: str) -> list[str]:
-    """'A dog barks, twice!' -> ['a', 'dog', 'barks', 'twice']: lower case, punctuation dropped."""
-    return re.findall(r"[a-z0-9]+", text.lower())
+    """'A dog barks, twice!' -> ['a', 'dog', 'barks', 'twice']: lower case, punctuation dropped.
+
+    A word is a run of letters or digits in any script ("café", "ñandú", "狗", "كلب" stay whole), so a
+    word the vocabulary lacks is reported as itself, not as the ASCII pieces of it that happen to be
+    known. NFKC first makes one spelling of each letter ("e" + combining accent = "é", full-width "ｄ" = "d").
+    """
+    return re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", text).lower())
 
 
 def build_vocab(captions, min_count: int = 1) -> list[str]:
@@ -87,65 +95,6 @@ def build_vocab(captions, min_count: int = 1) -> list[str]:
     """
     counts = collections.Counter(w for c in captions for w in words_of(c))
     return sorted(w for w, n in counts.items() if n >= min_count)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The contrastive loss (CLIP's symmetric InfoNCE) and the two measurements we care about.
-# ---------------------------------------------------------------------------------------------------
-
-def contrastive_loss(audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                     positives: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch of B (audio, text) pairs, both (B, D) unit vectors.
-
-    logits[i, j] = exp(logit_scale) * cos(audio_i, text_j). Row i is a B-way classification "which
-    caption belongs to clip i?" and column j "which clip belongs to caption j?"; the loss is the mean
-    of the two cross-entropies (CLIP, Radford et al. 2021, Fig. 3). exp(logit_scale) = 1 / temperature.
-
-    `positives` (B, B) bool marks every pair that counts as a match (it must include the diagonal).
-    In the toy world one batch holds several clips described by the very same caption; calling those
-    "wrong" would ask the model to tell identical texts apart, so each row's target spreads evenly over
-    its positives instead (a soft-target cross-entropy). None means only the diagonal, as in CLIP.
-    """
-    logits = logit_scale.exp() * audio @ text.T                                   # (B, B)
-    if positives is None:
-        target = torch.arange(audio.shape[0], device=audio.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    p = positives.float()
-    return (F.cross_entropy(logits, p / p.sum(1, keepdim=True))
-            + F.cross_entropy(logits.T, p.T / p.T.sum(1, keepdim=True))) / 2
-
-
-def modality_gap(audio: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
-    """How far apart the two modalities sit, from N matching pairs of unit vectors (N, D).
-
-    matching_cos  mean cos(audio_i, text_i): how close a caption is to its own clip
-    random_cos    mean cos(audio_i, text_j), i != j: the floor every pair gets just for being in the cones
-    centroid_gap  || mean(audio) - mean(text) ||, Liang et al.'s (NeurIPS 2022) measure of the gap
-    A caption can rank its clip first (matching > random) and still be far from it (matching_cos 0.3):
-    retrieval only needs the ranking, but SpecMaskGIT feeds the vector itself to a transformer that has
-    only ever seen audio embeddings, so it needs the text to land where the audio embeddings are.
-    """
-    sim = audio @ text.T                                                          # (N, N)
-    n = sim.shape[0]
-    off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
-    return {"matching_cos": sim.diagonal().mean().item(),
-            "random_cos": sim[off].mean().item() if n > 1 else float("nan"),
-            "centroid_gap": (audio.mean(0) - text.mean(0)).norm().item()}
-
-
-def noise_augment(emb: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Gaussian-noise augmentation of training embeddings (LAFITE, CVPR 2022; CapDec, 2022).
-
-    The other remedy for the modality gap, for a trainer to apply to the *audio* embeddings it
-    conditions SpecMaskGIT on: e -> normalise(e + std * n / sqrt(D)), n ~ N(0, I). The noise has norm
-    ~std, so the transformer learns to accept any condition within ~std of a real audio embedding,
-    which is where a text embedding lands when std is about the measured distance between matching
-    audio and text embeddings (sqrt(2 - 2 * matching_cos) for unit vectors). `std` = 0 returns `emb`.
-    """
-    if std == 0:
-        return emb
-    noise = torch.randn(emb.shape, generator=generator, dtype=emb.dtype).to(emb.device)
-    return F.normalize(emb + std * noise / math.sqrt(emb.shape[-1]), dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -337,7 +286,7 @@ class TinyCLAP(nn.Module):
         check_config(self.cfg, ckpt["config"], "clap checkpoint")
         if list(ckpt.get("vocab", [])) != self.vocab:
             raise UserError("the clap checkpoint was trained with another vocabulary than this model's.")
-        self.load_state_dict(ckpt["model"])
+        load_weights(self, ckpt["model"], "clap checkpoint")
 
 
 def from_checkpoint(ckpt: dict) -> TinyCLAP:
@@ -361,8 +310,134 @@ def fit_centering(model: TinyCLAP, wavs: torch.Tensor, captions: list[str], batc
 
 
 # ---------------------------------------------------------------------------------------------------
-# LAION-CLAP: the paper's conditioner, wrapped to our interface.
+# The contrastive loss (CLIP's symmetric InfoNCE) and the two measurements we care about.
 # ---------------------------------------------------------------------------------------------------
+
+def contrastive_loss(audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+                     positives: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of B (audio, text) pairs, both (B, D) unit vectors.
+
+    logits[i, j] = exp(logit_scale) * cos(audio_i, text_j). Row i is a B-way classification "which
+    caption belongs to clip i?" and column j "which clip belongs to caption j?"; the loss is the mean
+    of the two cross-entropies (CLIP, Radford et al. 2021, Fig. 3). exp(logit_scale) = 1 / temperature.
+
+    `positives` (B, B) bool marks every pair that counts as a match (it must include the diagonal).
+    In the toy world one batch holds several clips described by the very same caption; calling those
+    "wrong" would ask the model to tell identical texts apart, so each row's target spreads evenly over
+    its positives instead (a soft-target cross-entropy). None means only the diagonal, as in CLIP.
+    """
+    logits = logit_scale.exp() * audio @ text.T                                   # (B, B)
+    if positives is None:
+        target = torch.arange(audio.shape[0], device=audio.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    p = positives.float()
+    return (F.cross_entropy(logits, p / p.sum(1, keepdim=True))
+            + F.cross_entropy(logits.T, p.T / p.T.sum(1, keepdim=True))) / 2
+
+
+def modality_gap(audio: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
+    """How far apart the two modalities sit, from N matching pairs of unit vectors (N, D).
+
+    matching_cos  mean cos(audio_i, text_i): how close a caption is to its own clip
+    random_cos    mean cos(audio_i, text_j), i != j: the floor every pair gets just for being in the cones
+    centroid_gap  || mean(audio) - mean(text) ||, Liang et al.'s (NeurIPS 2022) measure of the gap
+    A caption can rank its clip first (matching > random) and still be far from it (matching_cos 0.3):
+    retrieval only needs the ranking, but SpecMaskGIT feeds the vector itself to a transformer that has
+    only ever seen audio embeddings, so it needs the text to land where the audio embeddings are.
+    """
+    sim = audio @ text.T                                                          # (N, N)
+    n = sim.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
+    return {"matching_cos": sim.diagonal().mean().item(),
+            "random_cos": sim[off].mean().item() if n > 1 else float("nan"),
+            "centroid_gap": (audio.mean(0) - text.mean(0)).norm().item()}
+
+
+def noise_augment(emb: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian-noise augmentation of training embeddings (LAFITE, CVPR 2022; CapDec, 2022).
+
+    The other remedy for the modality gap, for a trainer to apply to the *audio* embeddings it
+    conditions SpecMaskGIT on: e -> normalise(e + std * n / sqrt(D)), n ~ N(0, I). The noise has norm
+    ~std, so the transformer learns to accept any condition within ~std of a real audio embedding,
+    which is where a text embedding lands when std is about the measured distance between matching
+    audio and text embeddings (sqrt(2 - 2 * matching_cos) for unit vectors). `std` = 0 returns `emb`.
+    """
+    if std == 0:
+        return emb
+    noise = torch.randn(emb.shape, generator=generator, dtype=emb.dtype).to(emb.device)
+    return F.normalize(emb + std * noise / math.sqrt(emb.shape[-1]), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: one contrastive step (train.py owns the data, the schedule, the logs and the files).
+# ---------------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Owns a TinyCLAP and its AdamW; `step` is one contrastive update on a batch of clips + captions.
+
+    The vocabulary is part of the model (the size of the word table), so it must exist before training:
+    train.py builds it from the training captions with `build_vocab` and passes it here.
+    """
+
+    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3,
+                 amp_dtype: torch.dtype = torch.float32, vocab: list[str] | None = None,
+                 weight_decay: float = 0.01):
+        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        self.model = TinyCLAP(cfg, vocab or []).to(device)
+        self.ddp_modules = ["model"]    # train.py wraps these in DistributedDataParallel on several GPUs
+        # no weight decay on gains, biases, word/position tables and the temperature (CLIP does the same)
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and not n.startswith("text.words")]
+        rest = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and not n.startswith("text.words"))]
+        self.optimizers = [torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))]
+
+    def step(self, batch: dict, step: int) -> dict[str, float]:
+        opt = self.optimizers[0]
+        model = getattr(self.model, "module", self.model)     # the TinyCLAP itself, also under DDP
+        self.model.train()
+        wav = batch["wav"].to(self.device, torch.float32)                            # (B, T)
+        captions = list(batch["caption"])
+        # Pairs with the same words are matches too (the toy world repeats captions within a batch).
+        key = [" ".join(words_of(c)) for c in captions]
+        positives = torch.tensor([[a == b for b in key] for a in key], device=self.device)   # (B, B)
+        with torch.autocast(torch.device(self.device).type, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype != torch.float32):
+            a, t = self.model(wav, model.tokenize(captions))                         # (B, D), (B, D)
+            loss = contrastive_loss(a.float(), t.float(), model.logit_scale, positives)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))         # CLIP's clamp at 100
+        model.update_means(a.detach().float(), t.detach().float())
+        with torch.no_grad():
+            sim = a.float() @ t.float().T
+            acc = positives[torch.arange(len(key)), sim.argmax(1)].float().mean()    # clip -> caption top-1
+        return {"loss": loss.item(), "acc": acc.item(), "scale": model.logit_scale.exp().item(),
+                "gap_cos": sim.diagonal().mean().item(), "grad_norm": grad_norm.item()}
+
+    def state_dict(self) -> dict:
+        return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_checkpoint(d)
+        self.optimizers[0].load_state_dict(d["optimizer"])
+
+    def checkpoint(self) -> dict:
+        """The inference checkpoint: config, vocabulary (a list of str), weights and the modality means."""
+        return {"stage": "clap", "config": dataclasses.asdict(self.cfg), "vocab": list(self.model.vocab),
+                "model": self.model.state_dict()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ===================================================================================================
+# At the edge: LAION-CLAP, the paper's conditioner, wrapped to our interface (needs laion-clap and its
+# 630k-audioset-best.pt checkpoint), and `load_clap`, which scripts use to get either model.
+# ===================================================================================================
 
 def _import_laion_clap():
     """Import laion-clap only when it is asked for (it is not needed for anything else)."""
@@ -393,6 +468,8 @@ class LaionCLAP:
 
     def __init__(self, ckpt_path: str, device: str = "cpu", batch_size: int = 16):
         laion_clap = _import_laion_clap()
+        if ckpt_path and os.path.isdir(ckpt_path):
+            raise UserError(f"{ckpt_path} is a folder; --clap-ckpt needs the file 630k-audioset-best.pt itself.")
         if not ckpt_path or not os.path.isfile(ckpt_path):
             what = f"the LAION-CLAP checkpoint {ckpt_path} does not exist" if ckpt_path else "--clap laion needs a checkpoint"
             raise UserError(f"{what}: download 630k-audioset-best.pt (once, needs internet) from "
@@ -468,72 +545,6 @@ def load_clap(kind: str, path: str, device: str = "cpu"):
     if kind == "laion":
         return LaionCLAP(path, device=device)
     raise UserError(f"--clap must be tiny or laion, not {kind!r}.")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Training: one contrastive step (train.py owns the data, the schedule, the logs and the files).
-# ---------------------------------------------------------------------------------------------------
-
-class Trainer:
-    """Owns a TinyCLAP and its AdamW; `step` is one contrastive update on a batch of clips + captions.
-
-    The vocabulary is part of the model (the size of the word table), so it must exist before training:
-    train.py builds it from the training captions with `build_vocab` and passes it here.
-    """
-
-    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3,
-                 amp_dtype: torch.dtype = torch.float32, vocab: list[str] | None = None,
-                 weight_decay: float = 0.01):
-        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
-        self.model = TinyCLAP(cfg, vocab or []).to(device)
-        self.ddp_modules = ["model"]    # train.py wraps these in DistributedDataParallel on several GPUs
-        # no weight decay on gains, biases, word/position tables and the temperature (CLIP does the same)
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and not n.startswith("text.words")]
-        rest = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and not n.startswith("text.words"))]
-        self.optimizers = [torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))]
-
-    def step(self, batch: dict, step: int) -> dict[str, float]:
-        opt = self.optimizers[0]
-        model = getattr(self.model, "module", self.model)     # the TinyCLAP itself, also under DDP
-        self.model.train()
-        wav = batch["wav"].to(self.device, torch.float32)                            # (B, T)
-        captions = list(batch["caption"])
-        # Pairs with the same words are matches too (the toy world repeats captions within a batch).
-        key = [" ".join(words_of(c)) for c in captions]
-        positives = torch.tensor([[a == b for b in key] for a in key], device=self.device)   # (B, B)
-        with torch.autocast(torch.device(self.device).type, dtype=self.amp_dtype,
-                            enabled=self.amp_dtype != torch.float32):
-            a, t = self.model(wav, model.tokenize(captions))                         # (B, D), (B, D)
-            loss = contrastive_loss(a.float(), t.float(), model.logit_scale, positives)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))         # CLIP's clamp at 100
-        model.update_means(a.detach().float(), t.detach().float())
-        with torch.no_grad():
-            sim = a.float() @ t.float().T
-            acc = positives[torch.arange(len(key)), sim.argmax(1)].float().mean()    # clip -> caption top-1
-        return {"loss": loss.item(), "acc": acc.item(), "scale": model.logit_scale.exp().item(),
-                "gap_cos": sim.diagonal().mean().item(), "grad_norm": grad_norm.item()}
-
-    def state_dict(self) -> dict:
-        return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.model.load_checkpoint(d)
-        self.optimizers[0].load_state_dict(d["optimizer"])
-
-    def checkpoint(self) -> dict:
-        """The inference checkpoint: config, vocabulary (a list of str), weights and the modality means."""
-        return {"stage": "clap", "config": dataclasses.asdict(self.cfg), "vocab": list(self.model.vocab),
-                "model": self.model.state_dict()}
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 if __name__ == "__main__":

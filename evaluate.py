@@ -4,25 +4,26 @@ evaluate.py — the paper's evaluation in miniature: FAD, CLAP score, two judges
 Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms ..." (ISMIR 2024).
   Sec. 4     every table scores audio with the Fréchet audio distance (FAD, Kilgour et al. 2019):
              the distance between two Gaussians fitted to embeddings of generated and real clips
-  Table 1    text-to-audio FAD, and the same without CFG and without the CFG scale's linear ramp
+  Table 1    text-to-audio FAD, and the same without CFG (the conditional logits alone) and without
+             the CFG scale's linear ramp
   Fig. 7     FAD vs the Gumbel temperature (left) and vs the number of MaskGIT iterations (right)
   Table 7    zero-shot time inpainting and bandwidth extension (BWE, with and without low-frequency
              replacement), scored against the unprocessed (gapped / low-passed) input
 
-Everything runs on the toy sound world of data.py, with the small bundled model:
+Everything runs on the toy sound world of toyworld.py, with the small bundled model:
   - the embedding for FAD is pluggable. The paper uses VGGish (the toolbox of its ref. [41]); we have
     no VGGish here, so by default the audio tower of the bundle's TinyCLAP embeds the clips (it was
     trained on exactly this world), and a LAION-CLAP checkpoint can be given instead. FAD values are
     therefore on another scale than the paper's: compare the *shape* of the curves, not the numbers;
   - the reference set is held-out toy clips (ToyDataset("test")); the prompts are their captions;
   - two judges say whether "a dog barking" came out as a dog: TinyCLAP zero-shot (the kind whose name
-    is nearest in the CLAP space) and the mel-statistics nearest-centroid classifier of data.py. On
+    is nearest in the CLAP space) and a nearest-centroid classifier on mel statistics (below). On
     real toy clips the same judges give the ceiling.
 
 In:  a bundle written by train.py --bundle (default: sample.py's, checkpoints/toy.pt)
 Out: markdown tables on stdout (copy them into the README)
   python evaluate.py --quick            # a few minutes on 2 CPU cores: everything, small sets
-  python evaluate.py --judges           # only the two judges (issue 7), 12 kinds x 8 clips
+  python evaluate.py --judges           # only the two judges, 12 kinds x 8 clips
   python evaluate.py --ablations --n 64 # only the FAD tables, 64 clips per set
 """
 
@@ -33,9 +34,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-import data
 import mel
 import sample
+import toyworld
 from runtime import ArgumentParser, UserError, pick_device, run_command
 
 
@@ -146,8 +147,113 @@ def gap_seconds(num_samples: int, share: float = 0.3) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The two judges (issue 7): does a clip generated from "a dog barking" sound like the dog kind?
+# The two judges: does a clip generated from "a dog barking" sound like the dog kind?
 # ---------------------------------------------------------------------------------------------------
+#
+# To check what a trained model generates for "a dog barking" we need something that recognises a
+# dog without a person listening. For the toy world a nearest-centroid classifier on a few statistics
+# of the log-mel is enough, because the kinds differ in where their energy sits (the spectrum) and in
+# how it moves in time (steady rain, ticks once a second, barks in groups, sirens gliding).
+
+MOD_EDGES_HZ = (0.3, 1.0, 2.5, 5.0, 10.0, 20.0, 43.0)   # modulation bands: swells, steps, barks, trills, ...
+FRAME_RATE = mel.SR / mel.HOP                             # 86.1 mel frames per second
+
+
+def mel_features(wav: torch.Tensor) -> torch.Tensor:
+    """Statistics of a clip's log-mel that tell the toy kinds apart: (T,) -> (D,), (B, T) -> (B, D), D = 96.
+
+      shape    (20)  mean over time of 20 groups of 4 mel bins, minus the clip's mean (where the energy sits)
+      spread   (20)  their standard deviation over time (steady hiss is low, clicks and barks are high)
+      rhythm   (48)  for 8 bands of 10 bins, the share of the loudness envelope's fluctuation in 6
+                     modulation bands 0.3-43 Hz (waves swell at 0.3 Hz, steps at 2 Hz, trills at 20 Hz)
+      gaps     (3)   share of frames 13, 26 and 39 dB below the loud ones (phone rings pause, rain never)
+      onsets   (3)   mean, std and 90th percentile of the spectral flux (summed rises from frame to frame)
+      tonality (2)   mean and std of the strongest bin's height above the frame's average (tones vs noise)
+    Every statistic is a difference of log-mels, so the overall level drops out: a quiet dog is still a dog.
+    """
+    squeeze = wav.dim() == 1
+    log_mel = mel.mel_spectrogram(wav[None] if squeeze else wav)          # (B, 80, F) natural-log mel
+    B, M, F = log_mel.shape
+    shape = (log_mel.mean(-1) - log_mel.mean((-1, -2))[:, None]).view(B, 20, 4).mean(-1)   # (B, 20)
+    spread = log_mel.std(-1).view(B, 20, 4).mean(-1)                     # (B, 20)
+
+    bands = log_mel.view(B, 8, M // 8, F).mean(2)                        # (B, 8, F) loudness of 8 bands
+    power = torch.fft.rfft(bands - bands.mean(-1, keepdim=True), dim=-1).abs() ** 2   # (B, 8, F//2+1)
+    freqs = torch.fft.rfftfreq(F, 1 / FRAME_RATE)                        # modulation frequency of each bin, Hz
+    total = power[..., 1:].sum(-1) + 1e-8
+    rhythm = [power[..., (freqs >= lo) & (freqs < hi)].sum(-1) / total
+              for lo, hi in zip(MOD_EDGES_HZ[:-1], MOD_EDGES_HZ[1:])]
+    rhythm = torch.log(torch.stack(rhythm, -1) + 1e-4).flatten(1)        # (B, 8, 6) -> (B, 48)
+
+    energy = torch.logsumexp(log_mel, dim=1)                             # (B, F) log of each frame's total
+    loud = energy.quantile(0.95, dim=-1, keepdim=True)
+    gaps = torch.stack([(energy < loud - drop).float().mean(-1) for drop in (1.5, 3.0, 4.5)], -1)   # (B, 3)
+
+    flux = (log_mel[..., 1:] - log_mel[..., :-1]).clamp(min=0).mean(1)  # (B, F-1) how much got louder
+    onsets = torch.stack([flux.mean(-1), flux.std(-1), flux.quantile(0.9, dim=-1)], -1)   # (B, 3)
+
+    peak = log_mel.max(1).values - log_mel.mean(1)                       # (B, F) a tone stands out of its frame
+    tonality = torch.stack([peak.mean(-1), peak.std(-1)], -1)            # (B, 2)
+
+    feats = torch.cat([shape, spread, rhythm, gaps, onsets, tonality], dim=1)   # (B, 96)
+    return feats[0] if squeeze else feats
+
+
+class NearestCentroid:
+    """Predict the class whose mean feature vector is nearest (after scaling every feature to unit spread).
+
+    Scaling first matters: the features are in different units (nepers, shares of energy), and without it
+    the largest-valued ones would decide alone. Everything is plain tensors, so it fits in a checkpoint.
+    """
+
+    def __init__(self):
+        self.mean = self.std = self.centroids = self.classes = None
+
+    def fit(self, features: torch.Tensor, labels) -> "NearestCentroid":
+        features, labels = features.float(), torch.as_tensor(labels).long()   # (N, D), (N,)
+        self.mean, self.std = features.mean(0), features.std(0) + 1e-6        # (D,)
+        z = (features - self.mean) / self.std
+        self.classes = labels.unique()                                       # (K,) sorted class ids
+        self.centroids = torch.stack([z[labels == c].mean(0) for c in self.classes])   # (K, D)
+        return self
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        squeeze = features.dim() == 1
+        z = (features.float().reshape(-1, self.mean.numel()) - self.mean) / self.std   # (N, D)
+        nearest = torch.cdist(z, self.centroids).argmin(1)                   # (N,) index into classes
+        labels = self.classes[nearest]
+        return labels[0] if squeeze else labels
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "centroids": self.centroids, "classes": self.classes}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "NearestCentroid":
+        judge = cls()
+        judge.mean, judge.std, judge.centroids, judge.classes = d["mean"], d["std"], d["centroids"], d["classes"]
+        return judge
+
+
+def single_kind_clips(split: str, per_kind: int, num_samples: int = mel.TOY_SAMPLES, seed: int = 0):
+    """`per_kind` toy clips of every kind with no second sound mixed in: (wavs (N, T), kinds (N,))."""
+    split_seed = toyworld.ToyDataset(split, n=0, seed=seed).seed
+    wavs, kinds, counts, i = [], [], [0] * len(toyworld.KINDS), 0
+    while min(counts) < per_kind:
+        wav, _, k = toyworld.toy_clip(split_seed, i, num_samples)
+        if len(k) == 1 and counts[k[0]] < per_kind:
+            wavs.append(wav)
+            kinds.append(k[0])
+            counts[k[0]] += 1
+        i += 1
+    return torch.stack(wavs), torch.tensor(kinds)
+
+
+def train_judge(per_kind: int = 40, num_samples: int = mel.TOY_SAMPLES, seed: int = 0) -> NearestCentroid:
+    """A nearest-centroid judge fitted on single-kind clips of the toy train split."""
+    wavs, kinds = single_kind_clips("train", per_kind, num_samples, seed)
+    return NearestCentroid().fit(mel_features(wavs), kinds)
+
+
 
 def zero_shot_kinds(audio_emb: torch.Tensor, kind_emb: torch.Tensor) -> torch.Tensor:
     """CLAP zero-shot classification: for each clip (N, D) the kind (K, D) of highest cosine -> (N,)."""
@@ -165,22 +271,22 @@ def accuracy_by_kind(predicted: torch.Tensor, true: torch.Tensor, n_kinds: int):
 def run_judges(pipe, per_kind: int, seed: int, steps=16, cfg=3.0, temperature=1.5) -> dict:
     """Generate `per_kind` clips from every kind's name; both judges on them, on real single-kind clips (the
     ceiling), and on those real clips after a codec round trip (the ceiling of anything the decoder makes)."""
-    kinds = torch.arange(len(data.KINDS)).repeat_interleave(per_kind)        # (K n,) the asked-for kind
-    prompts = [data.KINDS[k] for k in kinds]
+    kinds = torch.arange(len(toyworld.KINDS)).repeat_interleave(per_kind)        # (K n,) the asked-for kind
+    prompts = [toyworld.KINDS[k] for k in kinds]
     t0 = time.time()
     generated = generate_clips(pipe, prompts, steps, cfg, temperature, seed)  # (K n, T)
     t_gen = time.time() - t0
-    real, real_kinds = data.single_kind_clips("test", per_kind, num_samples=generated.shape[-1], seed=0)
-    kind_emb = pipe.clap.embed_text(data.KINDS).float().cpu()                 # (K, D)
-    judge = data.train_judge(per_kind=40, num_samples=generated.shape[-1])
+    real, real_kinds = single_kind_clips("test", per_kind, num_samples=generated.shape[-1], seed=0)
+    kind_emb = pipe.clap.embed_text(toyworld.KINDS).float().cpu()                 # (K, D)
+    judge = train_judge(per_kind=40, num_samples=generated.shape[-1])
     results = {"seconds_per_clip": t_gen / len(prompts)}
     decoded = codec_round_trip(pipe, real)                                    # the real clips, VQGAN + vocoder
     sets = (("generated", generated, kinds), ("real", real, real_kinds), ("real via codec", decoded, real_kinds))
     for name, wavs, truth in sets:
         audio_emb = pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()   # (K n, D)
         results[name] = {
-            "CLAP zero-shot": accuracy_by_kind(zero_shot_kinds(audio_emb, kind_emb), truth, len(data.KINDS)),
-            "mel-statistics judge": accuracy_by_kind(judge.predict(data.mel_features(wavs)), truth, len(data.KINDS)),
+            "CLAP zero-shot": accuracy_by_kind(zero_shot_kinds(audio_emb, kind_emb), truth, len(toyworld.KINDS)),
+            "mel-statistics judge": accuracy_by_kind(judge.predict(mel_features(wavs)), truth, len(toyworld.KINDS)),
         }
         results[name]["clap_score"] = clap_score(kind_emb[truth], audio_emb)
     return results
@@ -191,7 +297,7 @@ def print_judges(results: dict, per_kind: int) -> None:
     sets = ("generated", "real", "real via codec")
     header = ["kind"] + [f"{j} ({what})" for what in sets for j in judges]
     rows = []
-    for k, kind in enumerate(data.KINDS):
+    for k, kind in enumerate(toyworld.KINDS):
         cells = []
         for what in sets:
             for j in judges:
@@ -215,6 +321,11 @@ def print_judges(results: dict, per_kind: int) -> None:
 STEPS = (1, 2, 4, 8, 16, 32)              # Fig. 7 right
 TEMPERATURES = (0.0, 1.0, 1.5, 3.0, 6.0, 9.0)   # Fig. 7 left
 DEFAULT = (16, 3.0, 1.5)                  # (steps, CFG scale, Gumbel temperature) of Sec. 4 / 5.1
+# Table 1's two ablations hold the scale fixed from the first step. "w/o CFG" is the conditional logits
+# alone: Eq. 2 with t = 1 is l_u + (l_c - l_u) = l_c. Scale 0 would be l_u alone, i.e. unconditional
+# sampling, which ignores the prompt; it is measured too (16, 0.0, 1.5), under that name.
+NO_CFG = {"cfg": 1.0, "cfg_ramp": False}
+CONSTANT_CFG = {"cfg": 3.0, "cfg_ramp": False}   # "w/o CFG linear scheduler"
 # The paper's numbers (VGGish FAD on AudioCaps, HiFiGAN vocoder), for comparison of the *shape* only.
 PAPER_STEPS = {8: 3.4, 16: 2.8}           # Sec. 5.1 text; "more iterations do not improve"
 PAPER_TEMPERATURE = {1.5: 2.8}            # Fig. 7 left: 1.5 is the best temperature
@@ -222,10 +333,10 @@ PAPER_TEMPERATURE = {1.5: 2.8}            # Fig. 7 left: 1.5 is the best tempera
 
 def run_ablations(pipe, embed, n: int, seed: int, quick: bool) -> dict:
     """FAD of every setting against n held-out toy clips; generated from those clips' captions."""
-    reference = data.ToyDataset("test", n=n, num_samples=pipe.num_samples)
+    reference = toyworld.ToyDataset("test", n=n, num_samples=pipe.num_samples)
     ref_wavs = torch.stack([reference[i]["wav"] for i in range(n)])           # (n, T)
     captions = [reference[i]["caption"] for i in range(n)]
-    other = data.ToyDataset("val", n=n, num_samples=pipe.num_samples)
+    other = toyworld.ToyDataset("val", n=n, num_samples=pipe.num_samples)
     other_wavs = torch.stack([other[i]["wav"] for i in range(n)])
     ref_emb = embed(ref_wavs)                                                 # (n, D)
     text_emb = pipe.clap.embed_text(captions).float().cpu()                   # (n, D) for the CLAP score
@@ -246,9 +357,10 @@ def run_ablations(pipe, embed, n: int, seed: int, quick: bool) -> dict:
         print(f"  steps {steps:2d}, CFG {cfg:.0f}, T {temperature:3.1f}: FAD {r['tta'][setting][0]:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
 
-    wavs = generate_clips(pipe, captions, 16, 3.0, 1.5, seed, cfg_ramp=False)   # Table 1: constant CFG scale
-    r["constant_cfg"] = (frechet_distance(embed(wavs), ref_emb),
-                         clap_score(text_emb, pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()))
+    for name, setting in (("no_cfg", NO_CFG), ("constant_cfg", CONSTANT_CFG)):
+        wavs = generate_clips(pipe, captions, 16, temperature=1.5, seed=seed, **setting)
+        r[name] = (frechet_distance(embed(wavs), ref_emb),
+                   clap_score(text_emb, pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()))
 
     # Table 7: the inputs are the reference clips themselves, so "ground truth" scores 0 as in the paper.
     m = max(2, n // 2) if quick else n                                        # one clip at a time: fewer
@@ -285,9 +397,12 @@ def print_ablations(r: dict, embed_name: str) -> None:
     rows = [["Real clips (another held-out set)", "-", f"{r['floor']:.3f}", "-", "-"],
             ["Codec round trip (rFAD)", "-", f"{r['codec']:.3f}", "-", "-"],
             ["SpecMaskGIT, CFG 3 with the linear ramp", "16", f"{tta[DEFAULT][0]:.3f}", f"{tta[DEFAULT][1]:.3f}", "2.8"],
-            ["- w/o CFG (scale 0)", "16", f"{tta[(16, 0.0, 1.5)][0]:.3f}", f"{tta[(16, 0.0, 1.5)][1]:.3f}", "3.1"],
+            ["- w/o CFG (conditional logits alone: scale 1, no ramp)", "16", f"{r['no_cfg'][0]:.3f}",
+             f"{r['no_cfg'][1]:.3f}", "3.1"],
             ["- w/o CFG linear scheduler (scale 3 from the first step)", "16", f"{r['constant_cfg'][0]:.3f}",
-             f"{r['constant_cfg'][1]:.3f}", "3.1"]]
+             f"{r['constant_cfg'][1]:.3f}", "3.1"],
+            ["Unconditional (scale 0: l_u alone, the prompt unused)", "16", f"{tta[(16, 0.0, 1.5)][0]:.3f}",
+             f"{tta[(16, 0.0, 1.5)][1]:.3f}", "-"]]
     print(markdown_table(["Method", "Num_iter", "FAD", "CLAP score", "paper FAD"], rows))
 
     print("\nFig. 7 right in miniature: FAD vs number of iterations (CFG 3, temperature 1.5)\n")
@@ -325,6 +440,9 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 # Command line.
 # ---------------------------------------------------------------------------------------------------
 
+MAX_SEED = 2 ** 62   # torch's generators take seeds below 2**63; the clip sets add their index to the seed
+
+
 def parse_args(argv=None):
     p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the two judges.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -347,6 +465,8 @@ def parse_args(argv=None):
         raise UserError(f"--n must be between 2 and 1000 (FAD needs a covariance of at least 2 clips), not {args.n}.")
     if not 1 <= args.per_kind <= 100:
         raise UserError(f"--per-kind must be between 1 and 100, not {args.per_kind}.")
+    if not 0 <= args.seed < MAX_SEED:
+        raise UserError(f"--seed must be a whole number from 0 to 2**62 - 1, not {args.seed}.")
     if not (args.judges or args.ablations):
         args.judges = args.ablations = True
     return args

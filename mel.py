@@ -1,5 +1,5 @@
 """
-mel.py — audio in and out: loading, resampling, the HiFiGAN log-mel, normalisation, Griffin-Lim, files.
+mel.py — the HiFiGAN log-mel, its normalisation and Griffin-Lim; then audio in and out (resampling, files).
 
 Paper: "SpecMaskGIT" (ISMIR 2024).
   Sec. 3.1  the model works on mel spectrograms, tokenised by SpecVQGAN and turned back into sound by a
@@ -16,6 +16,7 @@ Out: log-mels (B, 80, T // 256); normalised mels in [-1, 1]; waveforms; .wav and
 Run alone: python mel.py FILE.wav   # prints the mel's shape and range and writes FILE.mel.png
 """
 
+import io
 import math
 import os
 import struct
@@ -40,113 +41,6 @@ CLIP_SAMPLES = 217088  # 9.845 s, the paper's clip length
 CLIP_FRAMES = 848      # = CLIP_SAMPLES / HOP = 53 token columns of 16 frames
 TOY_SAMPLES = 65536    # the toy world's clip: 2.97 s = 256 frames = 16 token columns
 DB_MIN, DB_MAX = -80.0, 20.0   # the clip range of the normalisation (Sec. 3.1)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Resampling: a band-limited (windowed-sinc) interpolator, written out so a reader can see it.
-# ---------------------------------------------------------------------------------------------------
-
-def resample(wav: torch.Tensor, orig_sr: int, new_sr: int, zeros: int = 16, rolloff: float = 0.945) -> torch.Tensor:
-    """Change the sampling rate of `wav` (..., T) from `orig_sr` to `new_sr`.
-
-    Ideal resampling = low-pass at the lower of the two Nyquist frequencies, then read the signal at
-    the new instants. The low-pass is a sinc; we truncate it to `zeros` zero crossings on each side and
-    taper it with a Hann window so that it stops cleanly. With the rates reduced by their gcd (48000 ->
-    22050 is 320 -> 147), the new instants repeat with a period of `orig` input samples, so one small
-    filter per output phase (`new` of them) applied with a strided convolution does the whole job.
-    `rolloff` < 1 puts the cut-off a little below Nyquist so nothing aliases at the band edge.
-    """
-    if orig_sr == new_sr:
-        return wav
-    g = math.gcd(int(orig_sr), int(new_sr))
-    orig, new = int(orig_sr) // g, int(new_sr) // g
-    cutoff = min(orig, new) * rolloff                        # in units of the reduced rates
-    width = math.ceil(zeros * orig / cutoff)                 # half-length of each filter, in input samples
-    # time (in input samples) from each output phase p to each tap k of its filter
-    taps = torch.arange(-width, width + orig, dtype=torch.float64) / orig          # (K,)
-    phase = torch.arange(new, dtype=torch.float64)[:, None] / new                  # (new, 1)
-    t = (taps[None, :] - phase) * cutoff                                           # (new, K), in cut-off periods
-    t = t.clamp(-zeros, zeros)
-    window = torch.cos(t * math.pi / zeros / 2) ** 2                               # Hann taper, 0 at +-zeros
-    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(math.pi * t) / (math.pi * t))
-    kernel = (sinc * window * cutoff / orig).to(wav.dtype)                         # unit DC gain
-
-    shape = wav.shape
-    x = wav.reshape(-1, 1, shape[-1])                                              # (N, 1, T)
-    x = F.pad(x, (width, width + orig))
-    y = F.conv1d(x, kernel[:, None, :], stride=orig)                               # (N, new, T / orig)
-    y = y.transpose(1, 2).reshape(x.shape[0], -1)                                  # interleave the phases
-    n_out = math.ceil(new * shape[-1] / orig)
-    return y[:, :n_out].reshape(*shape[:-1], n_out)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Loading and saving audio.
-# ---------------------------------------------------------------------------------------------------
-
-def load_audio(path: str, sr: int = SR, num_samples: int | None = None, report: bool = False) -> torch.Tensor:
-    """Read any file soundfile understands, mix to mono, resample to `sr`, crop or zero-pad.
-
-    Returns a float32 tensor (T,). Every way a file can be unusable ends in a UserError with one
-    sentence: missing, empty, not audio, zero samples, NaN or infinite samples. With `report`, one line
-    says what was done to the file (resampled, mixed down, cropped, padded).
-    """
-    if not os.path.isfile(path):
-        raise UserError(f"audio file {path} does not exist.")
-    if os.path.getsize(path) == 0:
-        raise UserError(f"audio file {path} is empty (0 bytes).")
-    try:
-        data, file_sr = sf.read(path, dtype="float32", always_2d=True)      # (T, channels)
-    except Exception as e:  # libsndfile's errors for non-audio or damaged files
-        raise UserError(f"{path} is not an audio file soundfile can read ({str(e).strip() or type(e).__name__}).") from None
-    if data.shape[0] == 0:
-        raise UserError(f"audio file {path} holds no samples.")
-    if not np.isfinite(data).all():
-        raise UserError(f"audio file {path} contains NaN or infinite samples.")
-    notes = []
-    if data.shape[1] > 1:
-        notes.append(f"mixed {data.shape[1]} channels to mono")
-    wav = torch.from_numpy(data.mean(axis=1))                                # (T,)
-    if file_sr != sr:
-        notes.append(f"resampled {file_sr} -> {sr} Hz")
-        wav = resample(wav, file_sr, sr)
-    if num_samples is not None:
-        n = wav.shape[0]
-        if n > num_samples:
-            notes.append(f"cropped {n / sr:.2f} s to {num_samples / sr:.2f} s")
-            wav = wav[:num_samples]
-        elif n < num_samples:
-            notes.append(f"zero-padded {n / sr:.2f} s to {num_samples / sr:.2f} s")
-            wav = F.pad(wav, (0, num_samples - n))
-    if report and notes:
-        print(f"{os.path.basename(path)}: " + ", ".join(notes))
-    return wav.contiguous()
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call write(tmp_path), then rename onto `path`: a crash never leaves a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise UserError(f"cannot write to {folder}: {e.strerror or e}.") from None
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)                     # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"could not write {path}: {e.strerror or e}.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_wav(path: str, wav: torch.Tensor, sr: int = SR) -> None:
-    """Write a mono waveform (T,) as 16-bit PCM, clipped to [-1, 1]."""
-    x = wav.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy()
-    _atomic_write(path, lambda tmp: sf.write(tmp, x, sr, subtype="PCM_16", format="WAV"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,6 +161,178 @@ def spectral_convergence(log_mel_target: torch.Tensor, wav: torch.Tensor) -> flo
     got = torch.exp(mel_spectrogram(wav))
     n = min(target.shape[-1], got.shape[-1])
     return (torch.linalg.norm(target[..., :n] - got[..., :n]) / torch.linalg.norm(target[..., :n])).item()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resampling: a band-limited (windowed-sinc) interpolator, written out so a reader can see it.
+# ---------------------------------------------------------------------------------------------------
+
+MIN_FILE_SR, MAX_FILE_SR = 1000, 768000   # the rates audio files really have; a header outside is refused
+MAX_BANK = 1 << 20    # most filter taps (phases x taps) the polyphase bank may hold; beyond, filters per output
+
+
+def windowed_sinc(t: torch.Tensor, zeros: int) -> torch.Tensor:
+    """The interpolation kernel at `t` (in cut-off periods): sinc truncated at +-`zeros` with a Hann taper."""
+    t = t.clamp(-zeros, zeros)
+    window = torch.cos(t * math.pi / zeros / 2) ** 2                               # Hann taper, 0 at +-zeros
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(math.pi * t) / (math.pi * t))
+    return sinc * window
+
+
+def resample(wav: torch.Tensor, orig_sr: int, new_sr: int, zeros: int = 16, rolloff: float = 0.945) -> torch.Tensor:
+    """Change the sampling rate of `wav` (..., T) from `orig_sr` to `new_sr`.
+
+    Ideal resampling = low-pass at the lower of the two Nyquist frequencies, then read the signal at
+    the new instants. The low-pass is a sinc; we truncate it to `zeros` zero crossings on each side and
+    taper it with a Hann window so that it stops cleanly. With the rates reduced by their gcd (48000 ->
+    22050 is 320 -> 147), the new instants repeat with a period of `orig` input samples, so one small
+    filter per output phase (`new` of them) applied with a strided convolution does the whole job.
+    `rolloff` < 1 puts the cut-off a little below Nyquist so nothing aliases at the band edge.
+
+    That bank holds new x (orig + 2 width) taps, which is small for the usual rates but not when the
+    reduced rates stay large (22051 -> 22050 has 22050 phases of 22085 taps: 487 M). Then every output
+    sample gets its own filter instead, computed from the same kernel a chunk of outputs at a time
+    (`resample_direct`): the same result to rounding, in memory that does not depend on the ratio.
+    """
+    if orig_sr == new_sr:
+        return wav
+    g = math.gcd(int(orig_sr), int(new_sr))
+    orig, new = int(orig_sr) // g, int(new_sr) // g
+    cutoff = min(orig, new) * rolloff                        # in units of the reduced rates
+    width = math.ceil(zeros * orig / cutoff)                 # half-length of each filter, in input samples
+    if new * (2 * width + orig) > MAX_BANK:
+        return resample_direct(wav, orig, new, zeros, rolloff)
+    # time (in input samples) from each output phase p to each tap k of its filter
+    taps = torch.arange(-width, width + orig, dtype=torch.float64) / orig          # (K,)
+    phase = torch.arange(new, dtype=torch.float64)[:, None] / new                  # (new, 1)
+    t = (taps[None, :] - phase) * cutoff                                           # (new, K), in cut-off periods
+    kernel = (windowed_sinc(t, zeros) * cutoff / orig).to(wav.dtype)               # unit DC gain
+
+    shape = wav.shape
+    x = wav.reshape(-1, 1, shape[-1])                                              # (N, 1, T)
+    x = F.pad(x, (width, width + orig))
+    y = F.conv1d(x, kernel[:, None, :], stride=orig)                               # (N, new, T / orig)
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)                                  # interleave the phases
+    n_out = math.ceil(new * shape[-1] / orig)
+    return y[:, :n_out].reshape(*shape[:-1], n_out)
+
+
+def resample_direct(wav: torch.Tensor, orig: int, new: int, zeros: int = 16, rolloff: float = 0.945,
+                    chunk_taps: int = MAX_BANK) -> torch.Tensor:
+    """`resample` with one filter per output sample: output n sits at input time n * orig / new.
+
+    Its filter reads the 2 width + 2 input samples around that time, weighted by the kernel at their
+    distance from it; `chunk_taps` bounds the taps held at once, so memory stays the same for any ratio.
+    """
+    shape = wav.shape
+    x = wav.reshape(-1, shape[-1])                                                 # (N, T)
+    scale = min(orig, new) * rolloff / orig                 # cut-off periods per input sample
+    width = math.ceil(zeros / scale)
+    x = F.pad(x, (width, width + 2))
+    offsets = torch.arange(-width, width + 2)                                      # (K,) taps around the time
+    n_out = math.ceil(new * shape[-1] / orig)
+    chunk = max(1, chunk_taps // (offsets.numel() * x.shape[0]))
+    out = []
+    for s in range(0, n_out, chunk):
+        n = torch.arange(s, min(n_out, s + chunk), dtype=torch.int64)             # (C,) output indices
+        base = n * orig // new                                                     # whole input samples, exactly
+        frac = (n * orig % new).to(wav.dtype) / new                                # and the fraction beyond
+        t = (offsets.to(wav.dtype) - frac[:, None]) * scale                        # (C, K), in cut-off periods
+        kernel = windowed_sinc(t, zeros) * scale                                   # unit DC gain
+        out.append((x[:, base[:, None] + offsets + width] * kernel).sum(-1))      # (N, C, K) -> (N, C)
+    return torch.cat(out, dim=-1).reshape(*shape[:-1], n_out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and saving audio.
+# ---------------------------------------------------------------------------------------------------
+
+def load_audio(path: str, sr: int = SR, num_samples: int | None = None, report: bool = False) -> torch.Tensor:
+    """Read any file soundfile understands, mix to mono, resample to `sr`, crop or zero-pad.
+
+    Returns a float32 tensor (T,). Every way a file can be unusable ends in a UserError with one
+    sentence: missing, a folder, empty, not audio, zero samples, a sampling rate no real file has
+    (outside 1 kHz to 768 kHz), NaN or infinite samples. With `report`, one line
+    says what was done to the file (resampled, mixed down, cropped, padded).
+    """
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder, not an audio file.")
+    if not os.path.exists(path):
+        raise UserError(f"audio file {path} does not exist.")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is a device or a pipe, not an audio file.")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"audio file {path} is empty (0 bytes).")
+    try:
+        data, file_sr = sf.read(path, dtype="float32", always_2d=True)      # (T, channels)
+    except Exception as e:  # libsndfile's errors for non-audio or damaged files
+        raise UserError(f"{path} is not an audio file soundfile can read ({str(e).strip() or type(e).__name__}).") from None
+    if data.shape[0] == 0:
+        raise UserError(f"audio file {path} holds no samples.")
+    if not MIN_FILE_SR <= file_sr <= MAX_FILE_SR:
+        raise UserError(f"audio file {path} claims a sampling rate of {file_sr} Hz; only "
+                        f"{MIN_FILE_SR} to {MAX_FILE_SR} Hz can be real audio.")
+    if not np.isfinite(data).all():
+        raise UserError(f"audio file {path} contains NaN or infinite samples.")
+    notes = []
+    if data.shape[1] > 1:
+        notes.append(f"mixed {data.shape[1]} channels to mono")
+    wav = torch.from_numpy(data.mean(axis=1))                                # (T,)
+    if file_sr != sr:
+        notes.append(f"resampled {file_sr} -> {sr} Hz")
+        wav = resample(wav, file_sr, sr)
+    if num_samples is not None:
+        n = wav.shape[0]
+        if n > num_samples:
+            notes.append(f"cropped {n / sr:.2f} s to {num_samples / sr:.2f} s")
+            wav = wav[:num_samples]
+        elif n < num_samples:
+            notes.append(f"zero-padded {n / sr:.2f} s to {num_samples / sr:.2f} s")
+            wav = F.pad(wav, (0, num_samples - n))
+    if report and notes:
+        print(f"{os.path.basename(path)}: " + ", ".join(notes))
+    return wav.contiguous()
+
+
+def _atomic_write(path: str, write) -> None:
+    """Call write(tmp_path), then rename onto `path`: a crash or a full disk never leaves a half-written
+    file, and whatever was at `path` before stays as it was until the new file is complete."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}.") from None
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)                     # mkstemp makes 0600; give the usual mode
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"could not write {path}: {e.strerror or e}.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """Write and flush to the disk: a full disk raises OSError here, not later or silently."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_wav(path: str, wav: torch.Tensor, sr: int = SR) -> None:
+    """Write a mono waveform (T,) as 16-bit PCM, clipped to [-1, 1].
+
+    The wav is encoded in memory and written by Python, whose write reports a full disk as an OSError;
+    libsndfile writing to the disk itself would only say "System error".
+    """
+    x = wav.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy()
+    buffer = io.BytesIO()
+    sf.write(buffer, x, sr, subtype="PCM_16", format="WAV")
+    _atomic_write(path, lambda tmp: _write_bytes(tmp, buffer.getvalue()))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -55,6 +55,19 @@ def test_words_are_lower_case_without_punctuation():
     assert clap.build_vocab(["rain rain", "a roof"], min_count=2) == ["rain"]
 
 
+def test_words_in_any_script_stay_whole():
+    assert clap.words_of("Café au lait") == ["café", "au", "lait"]
+    assert clap.words_of("cafe\u0301") == ["café"]                       # a combining accent: the same word
+    assert clap.words_of("Ñandú, running!") == ["ñandú", "running"]
+    assert clap.words_of("狗在叫 كلب ينبح") == ["狗在叫", "كلب", "ينبح"]
+    m = clap.TinyCLAP(clap.PRESETS["tiny"], clap.build_vocab(["rain and a dog"])).eval()
+    assert m.unknown_words("ñandú") == ["ñandú"]                               # not silently the known "and"
+    with pytest.raises(UserError, match="vocabulary"):
+        m.embed_text(["ñandú"])
+    with pytest.raises(UserError, match="vocabulary"):
+        m.embed_text(["狗在叫"])
+
+
 def test_unknown_words_are_reported_and_ignored():
     m = tiny_model()
     e, unknown = m.embed_text(["a dog barking loudly, LOUDLY", "rain on a roof"], return_unknown=True)
@@ -80,7 +93,7 @@ def test_contrastive_loss_equals_the_explicit_sum():
     # CLIP: -1/2 [ mean_i log softmax_j(s a_i.t_j)[i] + mean_j log softmax_i(s a_i.t_j)[j] ], term by term
     a2t = -sum(s * a[i] @ t[i] - math.log(sum(math.exp(s * a[i] @ t[j]) for j in range(5))) for i in range(5)) / 5
     t2a = -sum(s * a[j] @ t[j] - math.log(sum(math.exp(s * a[i] @ t[j]) for i in range(5))) for j in range(5)) / 5
-    assert clap.contrastive_loss(a, t, scale).item() == pytest.approx((a2t + t2a) / 2, rel=1e-12)
+    assert clap.contrastive_loss(a, t, scale).item() == pytest.approx(float((a2t + t2a) / 2), rel=1e-12)
 
 
 def test_contrastive_loss_with_repeated_captions_spreads_the_target():
@@ -275,6 +288,8 @@ def test_missing_laion_checkpoint_says_how_to_get_it(monkeypatch, tmp_path):
         clap.LaionCLAP(str(tmp_path / "absent.pt"))
     with pytest.raises(UserError, match="--clap-ckpt"):
         clap.LaionCLAP(None)
+    with pytest.raises(UserError, match="is a folder"):                  # not "does not exist"
+        clap.LaionCLAP(str(tmp_path))
     with pytest.raises(UserError, match="tiny or laion"):
         clap.load_clap("big", "x.pt")
 
@@ -285,9 +300,9 @@ TOY_LEN = 16384   # 0.74 s clips: short enough to train in seconds, long enough 
 
 
 def toy_pairs(split, n):
-    """(wavs (n, T), captions, kinds) from the toy sound world (data.py)."""
-    import data
-    ds = data.ToyDataset(split, n, TOY_LEN)
+    """(wavs (n, T), captions, kinds) from the toy sound world (toyworld.py)."""
+    import toyworld
+    ds = toyworld.ToyDataset(split, n, TOY_LEN)
     items = [ds[i] for i in range(n)]
     return (torch.stack([it["wav"] for it in items]), [it["caption"] for it in items],
             torch.tensor([int(it["kind"]) for it in items]))
@@ -296,7 +311,7 @@ def toy_pairs(split, n):
 def test_tiny_clap_learns_the_toy_world():
     """150 steps (about 10 s) on 256 short toy clips; then held-out clips of the 12 kinds are classified
     zero-shot from the kind names alone, and each kind name retrieves a clip of its kind."""
-    import data
+    import toyworld
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # on a shared 2-core machine two threads that wait on each other run ~10x slower
     try:
@@ -309,11 +324,11 @@ def test_tiny_clap_learns_the_toy_world():
             tr.step({"wav": wav[idx], "caption": [captions[i] for i in idx], "kind": kinds[idx]}, step)
         model = tr.model.eval()
         test_wav, _, test_kinds = toy_pairs("test", 96)
-        sim = model.embed_audio(test_wav) @ model.embed_text(list(data.KINDS)).T   # (96 clips, 12 kinds)
+        sim = model.embed_audio(test_wav) @ model.embed_text(list(toyworld.KINDS)).T   # (96 clips, 12 kinds)
     finally:
         torch.set_num_threads(threads)
     accuracy = (sim.argmax(1) == test_kinds).float().mean().item()            # clip -> nearest kind name
-    recall = (test_kinds[sim.argmax(0)] == torch.arange(len(data.KINDS))).float().mean().item()  # name -> top clip
-    chance = 1 / len(data.KINDS)
+    recall = (test_kinds[sim.argmax(0)] == torch.arange(len(toyworld.KINDS))).float().mean().item()  # name -> top clip
+    chance = 1 / len(toyworld.KINDS)
     assert accuracy > 6 * chance, f"zero-shot accuracy {accuracy:.2f} (chance {chance:.2f})"
     assert recall >= 0.75, f"text-to-audio recall@1 {recall:.2f} (chance about {chance:.2f})"

@@ -1,8 +1,7 @@
-"""Tests for data.py: the toy sound world, its judge, and the AudioCaps and folder loaders."""
+"""Tests for data.py: the AudioCaps and folder loaders, and make_dataset."""
 
 import csv
 import os
-import re
 
 import numpy as np
 import pytest
@@ -10,164 +9,11 @@ import soundfile as sf
 import torch
 
 import data
+import toyworld
 from runtime import UserError
 
 SR = 22050
-SHORT = 8192          # 0.37 s: enough to check captions and levels quickly
-
-# Words that name each kind, written here independently of data.py's caption lists.
-KEYWORDS = {
-    "rain on a roof": {"rain", "rains", "raindrops", "downpour", "drizzle"},
-    "a dog barking": {"dog", "puppy"},
-    "birds chirping": {"bird", "birds", "songbirds"},
-    "a siren": {"siren"},
-    "a car engine idling": {"engine", "motor", "car"},
-    "footsteps": {"footsteps", "walking", "walks", "running"},
-    "a clock ticking": {"clock"},
-    "a church bell": {"bell", "bells"},
-    "wind blowing": {"wind"},
-    "ocean waves": {"waves", "sea", "ocean", "surf"},
-    "typing on a keyboard": {"typing", "types", "keyboard"},
-    "a phone ringing": {"phone", "telephone"},
-}
-
-
-def words(text: str) -> set:
-    return set(re.findall(r"[a-z-]+", text.lower()))
-
-
-# ---------------------------------------------------------------------------------------------------
-# The toy world
-# ---------------------------------------------------------------------------------------------------
-
-def test_kinds_are_the_twelve_named_sounds_in_order():
-    assert data.KINDS[:12] == list(KEYWORDS)
-    assert len(data.SYNTHS) == len(data.KINDS)
-
-
-def test_same_seed_and_index_give_the_same_clip():
-    wav1, cap1, kinds1 = data.toy_clip(3, 17, SHORT)
-    data.toy_clip(3, 18, SHORT)                       # other calls in between change nothing
-    wav2, cap2, kinds2 = data.toy_clip(3, 17, SHORT)
-    assert torch.equal(wav1, wav2) and cap1 == cap2 and kinds1 == kinds2
-    ds = data.ToyDataset("val", n=30, num_samples=SHORT, seed=4)
-    wav3, cap3, kinds3 = data.toy_clip(ds.seed, 17, SHORT)           # a dataset item is its split's toy_clip
-    assert torch.equal(ds[17]["wav"], wav3) and ds[17]["caption"] == cap3 and ds[17]["kind"] == kinds3[0]
-
-
-def test_different_indices_seeds_and_splits_differ():
-    a = data.toy_clip(0, 5, SHORT)[0]
-    assert not torch.allclose(a, data.toy_clip(0, 6, SHORT)[0])
-    assert not torch.allclose(a, data.toy_clip(1, 5, SHORT)[0])
-    splits = [data.ToyDataset(s, n=10, num_samples=SHORT)[5]["wav"] for s in ("train", "val", "test")]
-    for i in range(3):
-        for j in range(i + 1, 3):
-            assert not torch.allclose(splits[i], splits[j])
-
-
-def test_clips_are_float32_finite_and_peak_normalised():
-    for n in (SHORT, data.TOY_SAMPLES):
-        for i in range(24 if n == SHORT else 12):
-            wav, _, _ = data.toy_clip(0, i, n)
-            assert wav.dtype == torch.float32 and wav.shape == (n,)
-            assert torch.isfinite(wav).all()
-            peak = wav.abs().max().item()
-            assert 0.5 - 1e-4 <= peak <= 0.9 + 1e-4
-            assert wav.pow(2).mean().sqrt() > 0.01 * peak          # not a near-silent clip with one spike
-
-
-def test_full_size_clip_length():
-    wav, _, _ = data.toy_clip(0, 0, 217088)
-    assert wav.shape == (217088,) and torch.isfinite(wav).all()
-
-
-def test_every_kind_appears_and_every_caption_names_its_kinds():
-    seen, mixed = set(), 0
-    for i in range(240):
-        _, caption, kinds = data.toy_clip(1, i, 2048)
-        seen.update(kinds)
-        mixed += len(kinds) == 2
-        assert 1 <= len(kinds) <= 2 and len(set(kinds)) == len(kinds)
-        said = words(caption)
-        for k in kinds:
-            assert said & KEYWORDS[data.KINDS[k]], (caption, data.KINDS[k])
-        if len(kinds) == 1:                                          # and names nothing that is not there
-            others = set().union(*(KEYWORDS[name] for j, name in enumerate(data.KINDS[:12]) if j != kinds[0]))
-            assert not said & others, caption
-    assert seen == set(range(len(data.KINDS)))
-    assert 0.15 < mixed / 240 < 0.35                                # about a quarter mix two kinds
-
-
-def test_captions_vary_for_one_kind():
-    captions = {data.toy_clip(2, 12 * i, 2048)[1] for i in range(40)}   # every 12th index: the same first kind
-    assert len(captions) >= 5
-
-
-def test_paraphrases_are_new_sentences_made_of_known_words():
-    training = set()
-    for options in data.CAPTIONS.values():
-        for phrases in options.values():
-            training.update(phrases)
-    training.update(data.toy_clip(7, i, 2048)[1] for i in range(300))
-    vocabulary = set().union(*(words(c) for c in training))
-    for kind in data.KINDS[:12]:
-        assert len(data.PARAPHRASES[kind]) >= 2
-        for p in data.PARAPHRASES[kind]:
-            assert p not in training, p
-            assert words(p) <= vocabulary, (p, words(p) - vocabulary)
-            assert words(p) & KEYWORDS[kind], p
-
-
-def test_toy_dataset_items():
-    ds = data.ToyDataset("train", n=13, num_samples=SHORT)
-    assert len(ds) == 13
-    item = ds[12]
-    assert set(item) == {"wav", "caption", "kind", "id"}
-    assert item["wav"].shape == (SHORT,) and isinstance(item["caption"], str) and item["caption"]
-    assert isinstance(item["kind"], int) and 0 <= item["kind"] < len(data.KINDS)
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
-    assert batch["wav"].shape == (4, SHORT) and batch["kind"].dtype == torch.long and len(batch["caption"]) == 4
-    with pytest.raises(UserError):
-        data.ToyDataset("dev")
-
-
-# ---------------------------------------------------------------------------------------------------
-# The judge
-# ---------------------------------------------------------------------------------------------------
-
-def test_nearest_centroid_on_points_with_known_centres():
-    g = torch.Generator().manual_seed(0)
-    centres = torch.tensor([[0.0, 0.0, 100.0], [5.0, 0.0, 100.0], [0.0, 5.0, 300.0]])   # 3rd feature in other units
-    labels = torch.arange(3).repeat_interleave(50)
-    points = centres[labels] + torch.randn(150, 3, generator=g) * torch.tensor([1.0, 1.0, 20.0])
-    judge = data.NearestCentroid().fit(points, labels)
-    assert torch.equal(judge.predict(centres), torch.arange(3))
-    assert judge.predict(centres[2]).item() == 2                    # one vector in, one label out
-    # the centroids are the class means after scaling every feature by its spread
-    z = (points - points.mean(0)) / points.std(0)
-    assert torch.allclose(judge.centroids[1], z[labels == 1].mean(0), atol=1e-5)
-
-
-def test_judge_tells_the_toy_kinds_apart_on_held_out_clips(tmp_path):
-    judge = data.train_judge(per_kind=20)
-    wavs, kinds = data.single_kind_clips("test", 10)
-    assert set(kinds.tolist()) == set(range(len(data.KINDS)))
-    features = data.mel_features(wavs)
-    assert features.shape == (len(kinds), features.shape[1]) and torch.isfinite(features).all()
-    accuracy = (judge.predict(features) == kinds).float().mean().item()
-    print(f"nearest-centroid accuracy on {len(kinds)} held-out single-kind toy clips: {accuracy:.3f}")
-    assert accuracy > 0.85                                           # chance is 1/12 = 0.083
-    # the judge travels in a checkpoint as plain tensors
-    path = tmp_path / "judge.pt"
-    torch.save(judge.state_dict(), path)
-    again = data.NearestCentroid.from_state_dict(torch.load(path, weights_only=True))
-    assert torch.equal(again.predict(features), judge.predict(features))
-    assert torch.allclose(data.mel_features(wavs[0]), features[0], atol=1e-4)
-
-
-def test_judge_features_ignore_loudness():
-    wav = data.toy_clip(0, 1)[0]
-    assert torch.allclose(data.mel_features(wav), data.mel_features(0.5 * wav), atol=0.05)
+SHORT = 8192          # 0.37 s: enough to check loading quickly
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,6 +98,46 @@ def test_audiocaps_without_any_clip_is_a_user_error(tmp_path):
         data.AudioCapsDataset(str(tmp_path), "train")                 # no train.csv
 
 
+def one_sentence(e: UserError) -> str:
+    text = str(e.value)
+    assert "\n" not in text and text.endswith("."), text
+    return text
+
+
+AUDIOCAPS_HEADER = "audiocap_id,youtube_id,start_time,caption\r\n"
+
+
+def test_csv_files_as_spreadsheets_save_them(tmp_path):
+    """A UTF-8 byte-order mark is read past; a short row, another encoding or a start_time of nan is one
+    sentence naming the file, in AudioCaps' train.csv and in a folder's captions.csv alike."""
+    write_tone(str(tmp_path / "aaaaaaaaaaa.wav"), 500)
+    train = tmp_path / "train.csv"
+    train.write_bytes(b"\xef\xbb\xbf" + (AUDIOCAPS_HEADER + "1,aaaaaaaaaaa,0,a caf\u00e9 dog barks\r\n").encode())
+    ds = data.AudioCapsDataset(str(tmp_path), "train", num_samples=SHORT)
+    assert len(ds) == 1 and ds[0]["caption"] == "a caf\u00e9 dog barks"
+    bad_rows = {"short row": (AUDIOCAPS_HEADER + "1,aaaaaaaaaaa,0\r\n").encode(),
+                "latin-1": (AUDIOCAPS_HEADER + "1,aaaaaaaaaaa,0,a caf\u00e9 dog\r\n").encode("latin-1"),
+                "nan start": (AUDIOCAPS_HEADER + "1,aaaaaaaaaaa,nan,a dog\r\n").encode()}
+    for name, content in bad_rows.items():
+        train.write_bytes(content)
+        with pytest.raises(UserError) as e:
+            data.AudioCapsDataset(str(tmp_path), "train", num_samples=SHORT)
+        text = one_sentence(e)
+        expected = {"short row": "train.csv line 2", "latin-1": "train.csv is not UTF-8", "nan start": "start_time 'nan'"}
+        assert expected[name] in text, text
+
+    folder = tmp_path / "clips"
+    write_tone(str(folder / "a.wav"), 400)
+    captions = folder / "captions.csv"
+    captions.write_bytes(b"\xef\xbb\xbf" + "file,caption\r\na.wav,\u00f1and\u00fa calling\r\n".encode())
+    assert data.FolderDataset(str(folder), num_samples=SHORT)[0]["caption"] == "\u00f1and\u00fa calling"
+    for content in (b"file,caption\r\na.wav\r\n", "file,caption\r\na.wav,\u00f1and\u00fa\r\n".encode("latin-1")):
+        captions.write_bytes(content)
+        with pytest.raises(UserError) as e:
+            data.FolderDataset(str(folder), num_samples=SHORT)
+        assert "captions.csv" in one_sentence(e)
+
+
 def test_folder_dataset_with_and_without_captions(tmp_path, capsys):
     write_tone(str(tmp_path / "a.wav"), 400)
     write_tone(str(tmp_path / "sub" / "b.flac"), 800, fmt="FLAC")
@@ -282,7 +168,7 @@ def test_a_clip_that_fails_when_loaded_is_replaced_by_the_next(tmp_path, capsys)
 
 def test_make_dataset(tmp_path, audiocaps_root):
     toy = data.make_dataset("toy", "val", num_samples=SHORT, n=5)
-    assert isinstance(toy, data.ToyDataset) and len(toy) == 5 and toy[0]["wav"].shape == (SHORT,)
+    assert isinstance(toy, toyworld.ToyDataset) and len(toy) == 5 and toy[0]["wav"].shape == (SHORT,)
     root, expected = audiocaps_root
     ac = data.make_dataset("audiocaps", "val", root=str(root), num_samples=SHORT)
     assert isinstance(ac, data.AudioCapsDataset) and len(ac) == len(expected)
@@ -298,6 +184,6 @@ def test_toy_training_clips_are_made_once_and_kept_unless_they_would_not_fit_in_
     small = data.make_dataset("toy", "train", n=4)
     first = small[2]
     assert small[2] is first                                    # kept, not remade
-    assert torch.equal(first["wav"], data.toy_clip(small.seed, 2, small.num_samples)[0])
+    assert torch.equal(first["wav"], toyworld.toy_clip(small.seed, 2, small.num_samples)[0])
     big = data.make_dataset("toy", "train")                     # 10000 clips x 65536 x 4 B > 1.5 GB
     assert big.cache is None

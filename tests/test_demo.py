@@ -5,7 +5,7 @@ import os
 import soundfile as sf
 import torch
 
-import data
+import toyworld
 import sample
 
 CKPT = sample.DEFAULT_CKPT
@@ -22,9 +22,9 @@ def test_readme_first_command_writes_a_wav_of_the_demo_clip_length(tmp_path):
 def test_demo_rain_is_heard_as_rain_by_tinyclap():
     pipe = sample.load_pipeline(CKPT, verbose=False)
     wav, _, _, _ = sample.text_to_audio(pipe, ["rain on a roof"], n=4, seed=0, verbose=False)
-    names = pipe.clap.embed_text(data.KINDS)                               # (12, 512)
+    names = pipe.clap.embed_text(toyworld.KINDS)                               # (12, 512)
     verdicts = (pipe.clap.embed_audio(wav) @ names.T).argmax(1)            # zero-shot: nearest kind name
-    assert (verdicts == data.KINDS.index("rain on a roof")).sum() >= 3, [data.KINDS[i] for i in verdicts]
+    assert (verdicts == toyworld.KINDS.index("rain on a roof")).sum() >= 3, [toyworld.KINDS[i] for i in verdicts]
 
 
 def test_a_prompt_with_no_known_word_lists_the_toy_kinds(capsys):

@@ -4,8 +4,9 @@ judges' bookkeeping (which clip was asked to be which kind, and how the right an
 import numpy as np
 import torch
 
-import data
 import evaluate
+import sample
+import toyworld
 
 
 def gaussian_set(n, mean, var, seed):
@@ -84,10 +85,10 @@ class StubCLAP:
     """Embeds a stub clip (every sample = its kind id) and a kind's name as that kind's one-hot vector."""
 
     def embed_audio(self, wav):
-        return torch.nn.functional.one_hot(wav[:, 0].round().long(), len(data.KINDS)).float()
+        return torch.nn.functional.one_hot(wav[:, 0].round().long(), len(toyworld.KINDS)).float()
 
     def embed_text(self, texts):
-        return torch.nn.functional.one_hot(torch.tensor([data.KINDS.index(t) for t in texts]), len(data.KINDS)).float()
+        return torch.nn.functional.one_hot(torch.tensor([toyworld.KINDS.index(t) for t in texts]), len(toyworld.KINDS)).float()
 
 
 class StubJudge:
@@ -97,39 +98,92 @@ class StubJudge:
 
 def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypatch):
     # A stub generator that gets every kind right except "a siren", which always comes out as footsteps.
-    siren, footsteps = data.KINDS.index("a siren"), data.KINDS.index("footsteps")
+    siren, footsteps = toyworld.KINDS.index("a siren"), toyworld.KINDS.index("footsteps")
     asked = []
 
     def generate(pipe, prompts, *args, **kwargs):
         asked.extend(prompts)
-        ids = [footsteps if p == "a siren" else data.KINDS.index(p) for p in prompts]
+        ids = [footsteps if p == "a siren" else toyworld.KINDS.index(p) for p in prompts]
         return torch.tensor(ids, dtype=torch.float32)[:, None].repeat(1, 64)
 
     def real_clips(split, per_kind, num_samples, seed):
-        kinds = torch.arange(len(data.KINDS)).repeat(per_kind)          # another order than the generated set
+        kinds = torch.arange(len(toyworld.KINDS)).repeat(per_kind)          # another order than the generated set
         return kinds.float()[:, None].repeat(1, num_samples), kinds
 
     monkeypatch.setattr(evaluate, "generate_clips", generate)
     monkeypatch.setattr(evaluate, "codec_round_trip", lambda pipe, wavs: wavs)   # a perfect codec
-    monkeypatch.setattr(data, "single_kind_clips", real_clips)
-    monkeypatch.setattr(data, "train_judge", lambda **kwargs: StubJudge())
-    monkeypatch.setattr(data, "mel_features", lambda wav: wav[:, :1])
+    monkeypatch.setattr(evaluate, "single_kind_clips", real_clips)
+    monkeypatch.setattr(evaluate, "train_judge", lambda **kwargs: StubJudge())
+    monkeypatch.setattr(evaluate, "mel_features", lambda wav: wav[:, :1])
     pipe = type("Pipe", (), {"clap": StubCLAP(), "device": "cpu"})()
     r = evaluate.run_judges(pipe, per_kind=3, seed=0)
 
-    assert sorted(asked) == sorted(data.KINDS * 3)
-    expected_right = [0 if k == siren else 3 for k in range(len(data.KINDS))]
+    assert sorted(asked) == sorted(toyworld.KINDS * 3)
+    expected_right = [0 if k == siren else 3 for k in range(len(toyworld.KINDS))]
     for judge in ("CLAP zero-shot", "mel-statistics judge"):
         right, total, overall = r["generated"][judge]
-        assert right == expected_right and total == [3] * len(data.KINDS)
+        assert right == expected_right and total == [3] * len(toyworld.KINDS)
         assert abs(overall - 11 / 12) < 1e-9
-        assert r["real"][judge] == r["real via codec"][judge] == ([3] * len(data.KINDS), [3] * len(data.KINDS), 1.0)
+        assert r["real"][judge] == r["real via codec"][judge] == ([3] * len(toyworld.KINDS), [3] * len(toyworld.KINDS), 1.0)
     assert abs(r["generated"]["clap_score"] - 11 / 12) < 1e-6         # one-hot cosines: 1 when right, 0 when wrong
     assert abs(r["real"]["clap_score"] - 1) < 1e-6
 
 
+def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
+    """Table 1's "w/o CFG" is Eq. 2 at t = 1 (l_c alone): what it makes depends on the prompt. Scale 0
+    is l_u alone (unconditional): the same clip whatever the prompt, for the same seed."""
+    pipe = sample.load_pipeline(sample.DEFAULT_CKPT, verbose=False)
+
+    def clip(prompt, setting):
+        return evaluate.generate_clips(pipe, [prompt], 16, temperature=1.5, seed=0, **setting)
+
+    assert not torch.equal(clip("rain on a roof", evaluate.NO_CFG), clip("a dog barking", evaluate.NO_CFG))
+    unconditional = {"cfg": 0.0, "cfg_ramp": True}
+    assert torch.equal(clip("rain on a roof", unconditional), clip("a dog barking", unconditional))
+
+
 def test_bad_flags_get_one_sentence_and_exit_code_2(capsys, tmp_path):
-    for argv in (["--n", "1"], ["--per-kind", "0"], ["--steps", "4"], ["--ckpt", str(tmp_path / "none.pt")]):
+    for argv in (["--n", "1"], ["--per-kind", "0"], ["--steps", "4"], ["--ckpt", str(tmp_path / "none.pt")],
+                 ["--seed", str(2 ** 70)], ["--seed", "-1"]):
         assert evaluate.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and err.endswith(".")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The mel-statistics judge
+# ---------------------------------------------------------------------------------------------------
+
+def test_nearest_centroid_on_points_with_known_centres():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0, 100.0], [5.0, 0.0, 100.0], [0.0, 5.0, 300.0]])   # 3rd feature in other units
+    labels = torch.arange(3).repeat_interleave(50)
+    points = centres[labels] + torch.randn(150, 3, generator=g) * torch.tensor([1.0, 1.0, 20.0])
+    judge = evaluate.NearestCentroid().fit(points, labels)
+    assert torch.equal(judge.predict(centres), torch.arange(3))
+    assert judge.predict(centres[2]).item() == 2                    # one vector in, one label out
+    # the centroids are the class means after scaling every feature by its spread
+    z = (points - points.mean(0)) / points.std(0)
+    assert torch.allclose(judge.centroids[1], z[labels == 1].mean(0), atol=1e-5)
+
+
+def test_judge_tells_the_toy_kinds_apart_on_held_out_clips(tmp_path):
+    judge = evaluate.train_judge(per_kind=20)
+    wavs, kinds = evaluate.single_kind_clips("test", 10)
+    assert set(kinds.tolist()) == set(range(len(toyworld.KINDS)))
+    features = evaluate.mel_features(wavs)
+    assert features.shape == (len(kinds), features.shape[1]) and torch.isfinite(features).all()
+    accuracy = (judge.predict(features) == kinds).float().mean().item()
+    print(f"nearest-centroid accuracy on {len(kinds)} held-out single-kind toy clips: {accuracy:.3f}")
+    assert accuracy > 0.85                                           # chance is 1/12 = 0.083
+    # the judge travels in a checkpoint as plain tensors
+    path = tmp_path / "judge.pt"
+    torch.save(judge.state_dict(), path)
+    again = evaluate.NearestCentroid.from_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(again.predict(features), judge.predict(features))
+    assert torch.allclose(evaluate.mel_features(wavs[0]), features[0], atol=1e-4)
+
+
+def test_judge_features_ignore_loudness():
+    wav = toyworld.toy_clip(0, 1)[0]
+    assert torch.allclose(evaluate.mel_features(wav), evaluate.mel_features(0.5 * wav), atol=0.05)

@@ -162,3 +162,129 @@ def test_bad_audio_files_each_get_one_clear_error(tmp_path):
     for name, words in cases.items():
         with pytest.raises(UserError, match=words):
             mel.load_audio(str(tmp_path / name))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The resampler against analytic signals: amplitude, delay, aliasing; any real rate in bounded memory.
+# ---------------------------------------------------------------------------------------------------
+
+RATE_PAIRS = [(48000, 22050), (44100, 22050), (16000, 22050), (22050, 48000), (22051, 22050), (44056, 22050),
+              (11026, 22050)]   # the last three have large reduced ratios (22050/22051, ...): filters per output
+
+
+@pytest.mark.parametrize("orig, new", RATE_PAIRS)
+def test_resampled_sine_is_the_same_sine_at_the_new_rate(orig, new):
+    """Amplitude and delay at once: a 1 kHz sine read at the new instants, to 1 % of its amplitude."""
+    t_in = torch.arange(orig // 2, dtype=torch.float64) / orig                       # 0.5 s
+    out = mel.resample(0.5 * torch.sin(2 * math.pi * 1000 * t_in).float(), orig, new)
+    t_out = torch.arange(out.shape[0], dtype=torch.float64) / new
+    expected = 0.5 * torch.sin(2 * math.pi * 1000 * t_out)
+    middle = slice(new // 20, -new // 20)                                            # away from the edges' zero padding
+    assert out.shape[0] == math.ceil(new * t_in.shape[0] / orig)
+    assert (out.double()[middle] - expected[middle]).abs().max() < 0.01 * 0.5
+
+
+@pytest.mark.parametrize("orig, new", RATE_PAIRS)
+def test_a_click_stays_where_it_was(orig, new):
+    """An impulse at input sample k is at time k / orig; the output's peak sits there within one sample."""
+    k = orig // 7
+    click = torch.zeros(orig // 4)
+    click[k] = 1.0
+    out = mel.resample(click, orig, new).double()
+    i = int(out.argmax())
+    a, b, c = out[i - 1].item(), out[i].item(), out[i + 1].item()
+    peak = i + 0.5 * (a - c) / (a - 2 * b + c)                                       # parabolic interpolation
+    assert abs(peak - k * new / orig) < 1.0
+
+
+@pytest.mark.parametrize("orig", [48000, 44056, 96000])
+def test_a_tone_above_the_new_nyquist_is_attenuated_by_more_than_40_db(orig):
+    above = mel.resample(tone(15000, orig, 0.5), orig, 22050)                       # would alias to 7050 Hz
+    inside = mel.resample(tone(3000, orig, 0.5), orig, 22050)
+    middle = slice(1000, -1000)
+    assert above[middle].pow(2).mean() / inside[middle].pow(2).mean() < 1e-4          # -40 dB in power
+
+
+def test_per_output_filters_equal_the_polyphase_bank(monkeypatch):
+    x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(0))
+    bank = mel.resample(x, 48000, 22050)
+    monkeypatch.setattr(mel, "MAX_BANK", 0)                                         # force filters per output
+    torch.testing.assert_close(mel.resample(x, 48000, 22050), bank, atol=1e-5, rtol=0)
+
+
+def test_odd_rates_resample_in_bounded_memory_and_time():
+    """A 3 s clip at 22051, 44056 or 11026 Hz used to build a filter bank of gigabytes; under a 1 GiB
+    address-space limit above what Python and torch already hold, each now resamples in seconds."""
+    script = (
+        "import resource, time, torch, mel\n"
+        "vm = int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmSize')][0]) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + 2 ** 30, resource.RLIM_INFINITY))\n"
+        "for sr in (22051, 44056, 11026):\n"
+        "    start = time.time()\n"
+        "    y = mel.resample(torch.zeros(3 * sr), sr, 22050)\n"
+        "    assert y.shape == (66150,), y.shape\n"
+        "    print(sr, round(time.time() - start, 2))\n")
+    import os, subprocess, sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert all(float(line.split()[1]) < 30 for line in run.stdout.split("\n") if line), run.stdout
+
+
+def write_wav_header_rate(path, rate, n=100):
+    """A 16-bit mono WAV whose header claims `rate` Hz (soundfile would refuse to write most of these)."""
+    payload = np.zeros(n, "<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2 % 2 ** 32, 2, 16)
+    path.write_bytes(b"RIFF" + struct.pack("<I", 36 + len(payload)) + b"WAVE" + b"fmt " + struct.pack("<I", 16)
+                     + fmt + b"data" + struct.pack("<I", len(payload)) + payload)
+
+
+def test_an_absurd_header_rate_is_refused_in_one_sentence(tmp_path):
+    for rate in (2 ** 31 - 1, 800_000, 999, 1):
+        write_wav_header_rate(tmp_path / "odd.wav", rate)
+        with pytest.raises(UserError, match=f"claims a sampling rate of {rate} Hz") as e:
+            mel.load_audio(str(tmp_path / "odd.wav"))
+        assert "\n" not in str(e.value)
+    for rate in (1000, 768_000):                                                    # the ends of the real range load
+        write_wav_header_rate(tmp_path / "edge.wav", rate, n=rate // 10)
+        assert mel.load_audio(str(tmp_path / "edge.wav")).shape[0] == math.ceil(22050 / 10)
+
+
+def test_a_folder_given_as_an_audio_file_is_called_a_folder(tmp_path):
+    (tmp_path / "clips.wav").mkdir()
+    with pytest.raises(UserError, match="is a folder, not an audio file"):
+        mel.load_audio(str(tmp_path / "clips.wav"))
+
+
+def test_a_full_disk_is_one_sentence_and_the_old_file_stays(tmp_path):
+    """Writes beyond a file-size limit fail in the kernel as a full disk does (EFBIG instead of ENOSPC)."""
+    import resource, signal
+    path = tmp_path / "out.wav"
+    mel.save_wav(str(path), tone(440, 22050, 0.1))
+    before = path.read_bytes()
+    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, old_limit[1]))
+        with pytest.raises(UserError, match=f"could not write {path}") as e:
+            mel.save_wav(str(path), tone(440, 22050, 2.0))                            # 88 kB > 20 kB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert "\n" not in str(e.value) and path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]                # no temporary file left
+
+
+def test_enospc_while_writing_a_png_is_one_sentence(tmp_path, monkeypatch):
+    import errno
+    path = tmp_path / "x.png"
+    mel.save_png(str(path), np.eye(3), min_height=3)
+    before = path.read_bytes()
+
+    def full_disk(tmp, rgb):
+        open(tmp, "wb").write(b"\x89PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mel, "_write_png", full_disk)
+    with pytest.raises(UserError, match="No space left on device"):
+        mel.save_png(str(path), np.eye(4), min_height=3)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
