@@ -7,9 +7,11 @@ safety (atomic writes, `weights_only=True` loads) and the same one-sentence erro
 
   UserError          bad input from the user; the command lines print its message and exit with 2
   run_command        the command lines' main(): a UserError becomes that one line and exit code 2
-  save_checkpoint    write a dict of tensors/numbers/strings atomically (temporary file, then rename)
-  load_checkpoint    read it back with weights_only=True, checking which stage wrote it
+  save_checkpoint    write a dict of tensors/numbers/strings atomically (<path>.partial-<pid>, then rename)
+  load_checkpoint    read it back with weights_only=True, checking which stage wrote it and what it holds
   check_config       name the fields where a checkpoint's config differs from the model's
+  config_from_dict   rebuild a Config from a checkpoint, every entry type- and range-checked first
+  load_weights       load_state_dict with a missing or misshapen weight as one sentence
   pick_device        "cuda" when there is a GPU, else "cpu"
   make_output_folder create a run/sample folder, or say in one sentence why it cannot be
   pick_dtype         the fastest precision the device runs natively (never bf16 on a CPU without it)
@@ -19,12 +21,11 @@ import argparse
 import dataclasses
 import os
 import sys
-import tempfile
 
 import torch
 
 UMASK = os.umask(0o022)
-os.umask(UMASK)                                    # read the process's umask (the only way is to set it)
+os.umask(UMASK)                                    # read the process's umask (mel.py's writer uses it)
 
 
 class UserError(Exception):
@@ -35,44 +36,64 @@ class UserError(Exception):
 # Checkpoints: plain dicts, written atomically, loaded without unpickling arbitrary objects.
 # ---------------------------------------------------------------------------------------------------
 
-def save_checkpoint(obj: dict, path: str) -> None:
-    """Write `obj` to `path` so that a crash (or a full disk) never leaves a half-written file there.
+def partial_path(path: str) -> str:
+    """Where `path` is written before it is renamed into place: `<path>.partial-<process id>`.
 
-    torch.save goes to a temporary file in the same folder; only a complete file is renamed over the
-    old one (os.replace is atomic on POSIX and Windows). If anything fails the temporary file is
-    removed and the previous checkpoint at `path` is untouched.
+    Only this project makes such names, so a run can remove what a killed run of its own left behind
+    (train.remove_partial_files) without ever touching a user's files.
     """
-    folder = os.path.dirname(os.path.abspath(path))
+    return f"{path}.partial-{os.getpid()}"
+
+
+def write_atomically(path: str, write) -> None:
+    """Call `write(f)` on a new file beside `path`, then rename it over `path` (os.replace is atomic on
+    POSIX and Windows). A crash or a full disk never leaves a half-written `path`: if anything fails the
+    partial file is removed, the previous file at `path` is untouched, and an OSError (ENOSPC, EACCES,
+    ...) becomes one sentence."""
+    tmp = partial_path(path)
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # O_NOFOLLOW: a symbolic link planted at the partial name is refused, not followed and truncated
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as e:
-        raise UserError(f"cannot write a checkpoint in {folder}: {e.strerror or e}.") from None
+        raise UserError(f"cannot write {path}: {e.strerror or e}.") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~UMASK)                     # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove_quietly(tmp)
         raise UserError(f"could not save {path} ({e.strerror or e}); the previous file is unchanged.") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove_quietly(tmp)
         raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def save_checkpoint(obj: dict, path: str) -> None:
+    """Write `obj` to `path` atomically (see write_atomically): `path` holds the old or the new checkpoint,
+    never half of one."""
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str, stage: str | None = None) -> dict:
     """Load a checkpoint dict with weights_only=True (no arbitrary code runs while loading).
 
-    `stage` ("vqgan", "vocoder", "clap", "transformer") is checked against the "stage" key that every
-    checkpoint of ours carries, so that handing the vocoder file to the VQGAN fails clearly.
+    `stage` ("vqgan", "vocoder", "clap", "transformer", "bundle", ...) is checked against the "stage" key
+    that every checkpoint of ours carries, so that handing the vocoder file to the VQGAN fails clearly.
+    What a file holds is checked before any model is built from it: a stage's entry must have a config
+    dict and a dict of weight tensors, and no tensor may hold NaN or infinity (a diverged run's weights).
     """
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist.")
+        raise UserError(f"checkpoint {path} does not exist" + (" (it is a folder)." if os.path.isdir(path) else "."))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say so in one sentence
@@ -81,7 +102,49 @@ def load_checkpoint(path: str, stage: str | None = None) -> dict:
         raise UserError(f"{path} does not hold a checkpoint dict.")
     if stage is not None and ckpt.get("stage") != stage:
         raise UserError(f"{path} is a {ckpt.get('stage', 'foreign')} checkpoint, not a {stage} one.")
+    check_entries(ckpt, path)
     return ckpt
+
+
+MODEL_STAGES = ("vqgan", "vocoder", "clap", "transformer")
+
+
+def check_entries(ckpt: dict, path: str) -> None:
+    """One sentence naming `path` and the entry, for a checkpoint that loads but holds nonsense."""
+    entries = {"": ckpt} if ckpt.get("stage") in MODEL_STAGES and "trainer" not in ckpt else {}
+    if ckpt.get("stage") == "bundle":
+        entries = {f"{s}.": ckpt[s] for s in MODEL_STAGES if s in ckpt}
+    for prefix, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise UserError(f"{path}: entry '{prefix[:-1]}' is a {type(entry).__name__}, not a checkpoint dict.")
+        if prefix and entry.get("stage") != prefix[:-1]:
+            raise UserError(f"{path}: entry '{prefix[:-1]}' is a {entry.get('stage', 'foreign')} checkpoint.")
+        for key in ("config", "model"):
+            if not isinstance(entry.get(key), dict):
+                found = "missing" if key not in entry else f"a {type(entry[key]).__name__}, not a dict"
+                raise UserError(f"{path}: entry '{prefix}{key}' is {found}.")
+        for name, value in entry["model"].items():
+            if not isinstance(value, torch.Tensor):
+                raise UserError(f"{path}: weight '{prefix}model.{name}' is a {type(value).__name__}, not a tensor.")
+        for name, value in entry["config"].items():             # before any model is built from it
+            rule = value_rule(name, value)
+            if rule:
+                raise UserError(f"{path}: config entry '{prefix}config.{name}' must be {rule}, not {value!r}.")
+    bad = non_finite_entry(ckpt)
+    if bad:
+        raise UserError(f"{path}: entry '{bad}' holds NaN or infinite values (saved from a diverged run?).")
+
+
+def non_finite_entry(obj, prefix: str = "") -> str | None:
+    """The name of the first floating-point tensor in a nested dict/list that holds a NaN or an infinity."""
+    if isinstance(obj, torch.Tensor):
+        return prefix or "tensor" if obj.is_floating_point() and not torch.isfinite(obj).all() else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        bad = non_finite_entry(v, f"{prefix}.{k}" if prefix else str(k))
+        if bad:
+            return bad
+    return None
 
 
 def check_config(config, saved: dict, what: str = "checkpoint") -> None:
@@ -101,22 +164,100 @@ def _norm(v):
 
 
 def config_from_dict(cls, saved: dict, what: str = "checkpoint"):
-    """Rebuild a Config dataclass from a checkpoint's dict; unknown fields are a clear error."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(saved) - fields)
+    """Rebuild a Config dataclass from a checkpoint's dict, checking every entry before anything is built.
+
+    Each field must have its default's type (a whole number, a number, a bool, a string, a tuple of them)
+    and a value the model can be built with (check_config_values): a string, a negative layer count or a
+    width that would allocate terabytes is one sentence naming the entry, not a traceback or a frozen
+    machine. Unknown fields are refused too; missing ones take the default.
+    """
+    if not isinstance(saved, dict):
+        raise UserError(f"the {what}'s config is a {type(saved).__name__}, not a dict.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(saved) - set(fields))
     if unknown:
         raise UserError(f"the {what} has config fields this code does not know: {', '.join(unknown)}.")
-    # lists came from tuples (torch.save of asdict keeps lists); give tuples back where the default is one
     kw = {}
-    for f in dataclasses.fields(cls):
-        if f.name in saved:
-            v = saved[f.name]
-            kw[f.name] = tuple(_tupled(v)) if isinstance(v, list) else v
-    return cls(**kw)
+    for name, v in saved.items():
+        default = fields[name].default
+        # lists came from tuples (torch.save of asdict keeps lists); give tuples back where the default is one
+        v = _tupled(v) if isinstance(v, list) else v
+        if not _same_kind(v, default):
+            raise UserError(f"the {what}'s config entry '{name}' is {v!r}, where {type(default).__name__} "
+                            f"like {default!r} belongs.")
+        kw[name] = v
+    cfg = cls(**kw)
+    check_config_values(cfg, "the " + what + "'s config entry '{}'")
+    return cfg
 
 
 def _tupled(v):
-    return [tuple(_tupled(x)) if isinstance(x, list) else x for x in v]
+    return tuple(_tupled(x) if isinstance(x, list) else x for x in v)
+
+
+def _same_kind(v, default) -> bool:
+    """Is `v` of `default`'s type? An int may stand for a float; tuples are compared element by element."""
+    if isinstance(default, bool) or isinstance(default, str):
+        return type(v) is type(default)
+    if isinstance(default, int):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(default, float):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(default, tuple):
+        return isinstance(v, tuple) and (not default or all(_same_kind(x, default[0]) for x in v))
+    return True
+
+
+# Whole-number config fields where 0 means something ("never re-seed", "the discriminator from the first
+# step", "a bag of words"); every other whole number in a config is a size or a count and must be >= 1.
+ZERO_ALLOWED = {"dead_code_steps", "disc_start", "text_layers"}
+STEP_COUNTS = {"dead_code_steps", "disc_start"}       # numbers of training steps: they allocate nothing
+MAX_SIZE = 2 ** 16     # no width, count or kernel of ours comes near it; a 2**16 x 2**16 matrix is 17 GB
+
+
+def value_rule(name: str, value) -> str | None:
+    """The rule a config value breaks ("1 or more", ...), or None. Tuples and lists are checked element-wise."""
+    if isinstance(value, (tuple, list)):
+        return next((r for r in (value_rule(name, x) for x in value) if r), None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    low = 0 if isinstance(value, float) or name in ZERO_ALLOWED else 1
+    high = 1 if name.endswith("dropout") else MAX_SIZE if isinstance(value, int) and name not in STEP_COUNTS else None
+    if value == value and abs(value) != float("inf") and value >= low and (high is None or value <= high):
+        return None
+    return f"from {low} to {high}" if high is not None else f"{low} or more"
+
+
+def check_config_values(cfg, label: str = "--{}") -> None:
+    """One sentence for a config value a model cannot be built, trained or sampled with.
+
+    `label` names a field in the sentence ("--vqgan.{}" for train.py's flags, or a checkpoint's entry).
+    Every number must be finite; sizes and counts whole and from 1 (0 where ZERO_ALLOWED) up to
+    MAX_SIZE; other numbers 0 or more, dropouts at most 1; attention heads must divide their width.
+    """
+    for f in dataclasses.fields(cfg):
+        rule = value_rule(f.name, getattr(cfg, f.name))
+        if rule:
+            raise UserError(f"{label.format(f.name)} must be {rule}, not {getattr(cfg, f.name)!r}.")
+    for width, heads in (("width", "n_heads"), ("text_width", "text_heads")):   # attention splits the width
+        if hasattr(cfg, heads) and getattr(cfg, width) % getattr(cfg, heads):
+            raise UserError(f"{label.format(width)} ({getattr(cfg, width)}) must be divisible by "
+                            f"{label.format(heads)} ({getattr(cfg, heads)}).")
+
+
+def load_weights(module: torch.nn.Module, state: dict, what: str) -> None:
+    """module.load_state_dict(state), with a missing, unexpected or wrongly shaped weight as one sentence
+    naming `what` (the file and entry) and the weight, instead of PyTorch's multi-line RuntimeError."""
+    mine = module.state_dict()
+    missing, unexpected = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    if missing or unexpected:
+        which = f"lacks weight '{missing[0]}'" if missing else f"has an unknown weight '{unexpected[0]}'"
+        raise UserError(f"the {what} {which} ({len(missing)} missing, {len(unexpected)} unknown).")
+    for name, t in mine.items():
+        if not isinstance(state[name], torch.Tensor) or state[name].shape != t.shape:
+            got = tuple(state[name].shape) if isinstance(state[name], torch.Tensor) else type(state[name]).__name__
+            raise UserError(f"the {what}'s weight '{name}' is {got}, where its config needs {tuple(t.shape)}.")
+    module.load_state_dict(state)
 
 
 def make_output_folder(path: str) -> None:
@@ -197,15 +338,14 @@ def pick_dtype(device: str, name: str | None = None, verbose: bool = True) -> to
 
 
 def pick_inference_dtype(device: str, name: str | None, width: int, verbose: bool = True) -> torch.dtype:
-    """sample.py's choice for a transformer of this `width`; may be torch.qint8 (specmaskgit.quantize_int8).
+    """sample.py's choice for a transformer of this `width`; may be torch.qint8 (fast.quantize_int8).
 
     `name` ("fp32", "bf16", "fp16", "int8") overrides. "auto" (or None) picks what pays on this machine:
     - CUDA: bf16 (tensor cores);
     - a small model (width < 512, the toy demo) on a CPU: fp32; its matrices are too small for bf16
       or int8 to win back their conversions, and the tests stay in fp32 on every CPU;
-    - a CPU with AMX / AVX-512 BF16: bf16;
-    - any other CPU (AVX2 only): int8 weights for the transformer's linear layers, fp32 everything else
-      (bf16 would be ~300x slower there; dynamic int8 runs ~1.6x faster than fp32).
+    - a larger model on a CPU: the fastest of fp32, bf16 and int8 (int8 weights for the transformer's
+      linear layers, fp32 elsewhere), timed once on this CPU and cached (fast.measure_cpu_dtype).
     """
     if name not in (None, "auto", "int8", *DTYPES):
         raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}, int8, not {name!r}.")
@@ -217,13 +357,16 @@ def pick_inference_dtype(device: str, name: str | None, width: int, verbose: boo
         dtype, why = torch.bfloat16, "tensor cores on CUDA"
     elif width < 512:
         dtype, why = torch.float32, "a small model on a CPU: lower precision does not pay"
-    elif cpu_has_native_bf16():
-        dtype, why = torch.bfloat16, "this CPU has AMX/AVX-512 BF16"
     else:
-        dtype, why = torch.qint8, "this CPU has no native bf16; int8 linear layers run ~1.6x fp32"
+        dtype, why = _measured_cpu_dtype(width, verbose), "the fastest on this CPU, measured"
     if device == "cuda" and dtype == torch.qint8:
         raise UserError("--dtype int8 is for CPUs (PyTorch's dynamic quantisation has no CUDA kernels); use bf16.")
     if verbose:
         shown = "int8 (transformer linears; fp32 elsewhere)" if dtype == torch.qint8 else str(dtype).replace("torch.", "")
         print(f"compute dtype: {shown} on {device} ({why})")
     return dtype
+
+
+def _measured_cpu_dtype(width: int, verbose: bool) -> torch.dtype:
+    import fast                                        # the speed-up file; imported only when a CPU dtype is measured
+    return {"int8": torch.qint8, **DTYPES}[fast.measure_cpu_dtype(width, verbose=verbose)]

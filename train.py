@@ -11,12 +11,14 @@ The stages, in the order `--stage all` runs them (each reuses the previous stage
                (specmaskgit.py, Sec. 3.2-3.3). The dataset is tokenised once and cached with its CLAP
                embeddings; training then reads only that cache.
 
-Every stage shares one loop (below): deterministic batches per step (so --resume replays the same data
-order), linear warm-up then cosine decay of the learning rate, gradient clipping inside each Trainer,
-a progress line every --log-every steps, a JSON-lines log, and atomic checkpoints.
+Every stage runs through one loop, `train_stage`, right below: deterministic batches per step (so
+--resume replays the same data order), linear warm-up then cosine decay of the learning rate (or the
+stage's own schedule), a progress line every --log-every steps, a JSON-lines log, and atomic
+checkpoints. `run` calls it once per stage. The rest of the file is the loop's plumbing: data order,
+checkpoints and resume, the transformer's token cache, the bundle, DDP, and the command line.
 
 Examples:
-  python train.py --data toy --stage all                      # the bundled demo model: 42.5 min on 2 CPU cores
+  python train.py --data toy --stage all          # the bundled demo model (README: time on 2 CPU cores)
   python train.py --data audiocaps --root AUDIOCAPS --clap-ckpt 630k-audioset-best.pt --preset full
   torchrun --nproc_per_node 4 train.py --data audiocaps ...   # several GPUs (DistributedDataParallel)
 """
@@ -26,21 +28,598 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 
 import torch
 
-from runtime import (ArgumentParser, UserError, check_config, load_checkpoint, make_output_folder, pick_device,
-                     pick_dtype, run_command, save_checkpoint)
+from runtime import (ArgumentParser, UserError, check_config, check_config_values, load_checkpoint,
+                     make_output_folder, non_finite_entry, pick_device, pick_dtype, run_command,
+                     save_checkpoint)
 
 STAGES = ["vqgan", "vocoder", "clap", "transformer"]
 
+# Per-stage defaults. The tiny preset's are for the toy world on 2 CPU cores: its learning rates were
+# measured there (the paper's values are for batches 6-30x larger and days of training), and its step
+# counts fit `--stage all` into the README's time budget. The full preset's are the papers': the
+# transformer's batch 48, 250k steps and 5k warm-up (Sec. 4); lr None = the stage's own rule
+# (stage_hparams: MAE's 1e-3 x batch / 256 for the transformer, Taming's 4.5e-6 x batch for the VQGAN,
+# the Trainer's default for the others, HiFiGAN's 2e-4 for the vocoder).
+STAGE_DEFAULTS = {
+    ("vqgan", "tiny"): dict(steps=1600, batch_size=8, warmup=50, lr=1e-3),
+    ("vocoder", "tiny"): dict(steps=250, batch_size=8, warmup=50, lr=2e-3),
+    ("clap", "tiny"): dict(steps=750, batch_size=32, warmup=25, lr=1e-3),
+    ("transformer", "tiny"): dict(steps=1600, batch_size=32, warmup=100, lr=1e-3),
+    ("vqgan", "full"): dict(steps=100_000, batch_size=8, warmup=1000, lr=None),
+    ("vocoder", "full"): dict(steps=500_000, batch_size=16, warmup=1000, lr=None),
+    ("clap", "full"): dict(steps=20_000, batch_size=128, warmup=500, lr=None),
+    ("transformer", "full"): dict(steps=250_000, batch_size=48, warmup=5000, lr=None),
+}
 
-# ---------------------------------------------------------------------------------------------------
-# Command line. Model flags are generated from each Config dataclass, one flag per field, named
-# --<stage>.<field>, so the command line can never drift from the configs.
-# ---------------------------------------------------------------------------------------------------
+
+# ===================================================================================================
+# The loop. Every stage's Trainer (vqgan.Trainer, vocoder.Trainer, clap.Trainer, specmaskgit.Trainer)
+# offers the loop the same few things:
+#
+#   optimizers                  a list of torch optimisers; the loop sets each param group's lr every step
+#   step(batch, step) -> dict   one optimisation step (forward, loss, backward, clipping, optimiser step);
+#                               returns its metrics as floats or 0-d tensors. The loop reads them back to
+#                               the host only every --log-every steps: on a GPU each read waits for the
+#                               device, and one per step would keep it idle between steps.
+#   state_dict(), load_state_dict(d)   everything --resume needs: weights and optimiser moments
+#   checkpoint() -> dict        the inference checkpoint: {"stage", "config", "model", ...}
+#   ddp_modules                 names of the attributes DistributedDataParallel wraps under torchrun
+#   preview(batch)              optional: (input, output) mels for a PNG every --preview-every steps
+#   lr_factor(step, epoch_steps)   optional: the stage's own schedule, used instead of warm-up + cosine
+#   checkpoint_params()         optional: the parameters the inference checkpoint holds (for the count)
+# ===================================================================================================
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to the peak lr over `warmup` steps, then cosine decay to 0 at `total` (Sec. 4, MAE)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=0, world=1):
+    """Train `trainer` from its current step to `steps` on `batches` ((step, batch) pairs), logging,
+    checking the loss and checkpointing as it goes."""
+    out = args.out
+    log = open(os.path.join(out, f"{stage}.log.jsonl"), "a") if rank == 0 else None
+    schedule = getattr(trainer, "lr_factor", None)          # e.g. HiFiGAN's x 0.999 per epoch
+    for opt in trainer.optimizers:
+        for g in opt.param_groups:
+            g.setdefault("peak_lr", g["lr"])                 # restored with the optimiser on --resume
+    losses, clock = [], Clock(trainer.start_step)
+    for step, batch in batches:
+        if step >= steps:
+            break
+        factor = schedule(step, epoch_steps) if schedule else lr_factor(step, warmup, steps)
+        for opt in trainer.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["peak_lr"] * factor
+        metrics = trainer.step(batch, step)
+        losses.append((step, {k: v for k, v in metrics.items() if "loss" in k}))
+        done = step + 1
+        if done % args.log_every == 0 or done == steps:
+            stop_unless_finite(stage, losses, out, world)
+            losses = []
+            row = {"step": done, "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                   "sec_per_step": clock.lap(done), **{k: float(v) for k, v in metrics.items()}}
+            if rank == 0:
+                shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "lr", "sec_per_step"))
+                print(f"{stage} step {done}/{steps} | {shown} | lr {row['lr']:.2e} | "
+                      f"{row['sec_per_step'] * 1000:.0f} ms/step | ETA {(steps - done) * row['sec_per_step'] / 60:.1f} min",
+                      flush=True)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+        if hasattr(trainer, "preview") and rank == 0 and done % args.preview_every == 0:
+            from mel import save_png
+            x, y = trainer.preview(batch)
+            save_png(os.path.join(out, f"{stage}_preview_{done:06d}.png"), [x[0], y[0]], vmin=-1, vmax=1)
+        if done % args.ckpt_every == 0 or done == steps:
+            stop_unless_finite(stage, losses, out, world)
+            losses = []
+            save_state(trainer, done, args, stage, rank, world)
+    if rank == 0:
+        log.close()
+        print(f"{stage}: done in {clock.minutes():.1f} min; checkpoint {os.path.join(out, stage + '.pt')}")
+        project_schedule(stage, trainer, clock, steps, epoch_steps, args, world)
+
+
+def run(args) -> None:
+    """Every asked-for stage in order: build its data and Trainer, resume it, train it, then the bundle."""
+    import data
+    device = pick_device(args.device)
+    rank, world, device = setup_distributed(device)
+    amp_dtype = training_dtype(args, device, verbose=rank == 0)
+    torch.manual_seed(args.seed + rank)
+    make_output_folder(args.out)
+    stages = STAGES if args.stage == "all" else [args.stage]
+    if args.clap == "laion":
+        stages = [s for s in stages if s != "clap"]          # LAION-CLAP comes pretrained
+    if args.vocoder_ckpt:                                    # an official HiFiGAN: check it now, train none
+        import hifigan_format
+        hifigan_format.load_vocoder(args.vocoder_ckpt)
+        stages = [s for s in stages if s != "vocoder"]
+    # every stage's config flags are checked before the first stage trains: a typo in --transformer.* is
+    # one sentence now, not a traceback after the VQGAN's hours
+    configs = {stage: stage_config(stage, args) for stage in stages}
+    if args.bundle:                                          # an unwritable or foreign --bundle: now, not after
+        check_bundle_target(args.bundle)
+    n = args.n_clips if args.data == "toy" else None
+    dataset = data.make_dataset(args.data, "train", root=args.root, num_samples=args.num_samples, n=n)
+    if args.clap == "laion" and "transformer" in stages:     # only the transformer's cache needs LAION-CLAP:
+        import clap                                          # a missing package or file fails now, not later
+        clap.load_clap("laion", args.clap_ckpt)
+    if rank == 0:
+        remove_partial_files(args)
+        print(f"data: {args.data}, {len(dataset)} training clips of {args.num_samples} samples; out: {args.out}")
+    for stage in stages:
+        cfg = configs[stage]
+        steps, batch, warmup, lr = stage_hparams(stage, args, world)
+        extra = {}
+        if stage == "clap":
+            import clap
+            extra["vocab"] = clap.build_vocab(training_captions(dataset))
+        if stage == "transformer":                           # the grid and the CLAP width come from the cache
+            cache = build_cache(dataset, args, device, rank)
+            vq_cfg = load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")["config"]
+            cfg = dataclasses.replace(cfg, n_codes=vq_cfg["n_codes"], rows=cache["tokens"].shape[1],
+                                      cols=cache["tokens"].shape[2], cond_dim=cache["cond"].shape[1])
+        trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank, world)
+        wrap_ddp(trainer, device, world)
+        if rank == 0:
+            describe(stage, trainer, args, steps, batch, warmup)
+        if stage == "transformer":
+            batches = cache_batches(cache, trainer.start_step, batch, args.seed, rank, world)
+        else:
+            batches = audio_batches(dataset, trainer.start_step, batch, args.seed, rank, world, args.workers, device)
+        epoch_steps = max(1, len(dataset) // (batch * world))
+        train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank, world)
+        if stage == "vocoder" and rank == 0:
+            vocoder_against_griffin_lim(args, device)
+    if rank == 0 and args.bundle:
+        write_bundle(args)
+    if world > 1:
+        torch.distributed.barrier()                  # every process ends together, after rank 0's last write
+
+
+# ===================================================================================================
+# Data: deterministic batches, so that step s always sees the same clips (resume = same data order).
+# ===================================================================================================
+
+def batch_indices(step: int, batch_size: int, n_items: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The dataset indices of batch `step`: epoch e is a permutation seeded by (seed, e); ranks take
+    disjoint slices of the global batch."""
+    per_epoch = max(1, n_items // (batch_size * world))
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    start = k * batch_size * world + rank * batch_size
+    return perm[start:start + batch_size].tolist()
+
+
+def collate(items: list[dict]) -> dict:
+    return {"wav": torch.stack([it["wav"] for it in items]),
+            "caption": [it["caption"] for it in items],
+            "kind": torch.tensor([it["kind"] for it in items])}
+
+
+def audio_batches(dataset, start_step, batch_size, seed, rank, world, workers, device="cpu"):
+    """Yield (step, batch) from `start_step` on; DataLoader workers read/synthesise clips in parallel.
+
+    The loader gets a generator of its own: its workers' seeds then never draw from the global random
+    stream, which --resume restores exactly (the VQGAN's code re-seeding draws from it). On CUDA the
+    batches go to pinned memory, from which the copy to the GPU runs asynchronously.
+    """
+    class StepSampler(torch.utils.data.Sampler):
+        def __iter__(self):
+            step = start_step
+            while True:
+                yield batch_indices(step, batch_size, len(dataset), seed, rank, world)
+                step += 1
+
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepSampler(), collate_fn=collate,
+                                         num_workers=workers, persistent_workers=workers > 0,
+                                         pin_memory=str(device).startswith("cuda"),
+                                         generator=torch.Generator().manual_seed(seed))
+    return enumerate(loader, start=start_step)
+
+
+def cache_batches(cache: dict, start_step, batch_size, seed, rank, world):
+    """The transformer stage reads only the cache of token grids and CLAP embeddings."""
+    step = start_step
+    while True:
+        idx = torch.tensor(batch_indices(step, batch_size, len(cache["tokens"]), seed, rank, world))
+        yield step, {"tokens": cache["tokens"][idx].long(), "cond": cache["cond"][idx].float()}
+        step += 1
+
+
+# ===================================================================================================
+# Checkpoints, resume, and a loss that stops being finite.
+# ===================================================================================================
+
+def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank=0, world=1):
+    """Build the stage's Trainer and, with --resume, load its last state: step, weights, optimisers and
+    the random streams, so that the resumed run continues exactly as the uninterrupted one would."""
+    kwargs = dict(device=device, amp_dtype=amp_dtype, **extra)
+    if lr is not None:
+        kwargs["lr"] = lr
+    trainer = stage_module(stage).Trainer(cfg, **kwargs)
+    trainer.start_step = 0
+    path_state = os.path.join(args.out, f"{stage}.state.pt")
+    if not args.resume:
+        return trainer
+    if not os.path.exists(path_state):
+        if rank == 0:                                        # --stage all --resume: later stages start afresh
+            print(f"{stage}: nothing to resume ({path_state} does not exist); starting at step 0")
+        return trainer
+    state = load_checkpoint(path_state, stage)
+    if state.get("preset") != args.preset:
+        raise UserError(f"{path_state} was trained with --preset {state.get('preset')}, not {args.preset}.")
+    check_config(cfg, state["config"], f"{stage} run in {path_state}")
+    trainer.load_state_dict(state["trainer"])
+    trainer.start_step = state["step"]
+    rng = state.get("rng", [])
+    if len(rng) == world:
+        set_rng_state(rng[rank])
+    elif rank == 0:
+        print(f"{stage}: the state holds no random streams for {world} process(es): the resumed run's dropout "
+              f"and code re-seeding draw other numbers than the original would have")
+    if rank == 0:
+        print(f"{stage}: resuming at step {state['step']} from {path_state}")
+    return trainer
+
+
+def rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_state(trainer, step, args, stage, rank=0, world=1) -> None:
+    """Write `<stage>.pt` (inference) and `<stage>.state.pt` (resume), each atomically, on rank 0.
+
+    Weights that hold a NaN or an infinity are never written: the last finite checkpoint stays.
+    """
+    rng = [rng_state()]
+    if world > 1:                                            # every process's random stream, for --resume
+        rng = [None] * world
+        torch.distributed.all_gather_object(rng, rng_state())
+    if rank != 0:
+        return
+    wrapped = {n: getattr(trainer, n) for n in trainer.ddp_modules}
+    for n, m in wrapped.items():                             # checkpoints are the same with one GPU or eight
+        setattr(trainer, n, getattr(m, "module", m))
+    try:
+        ckpt, state = trainer.checkpoint(), trainer.state_dict()
+        bad = non_finite_entry(ckpt) or non_finite_entry(state)
+        if bad:
+            raise UserError(f"{stage}: '{bad}' is no longer finite at step {step}; {last_checkpoint(args.out, stage)}")
+        save_checkpoint(ckpt, os.path.join(args.out, f"{stage}.pt"))
+        save_checkpoint({"stage": stage, "step": step, "trainer": state, "seed": args.seed, "rng": rng,
+                         "preset": args.preset, "config": dataclasses.asdict(trainer.cfg)},
+                        os.path.join(args.out, f"{stage}.state.pt"))
+    finally:
+        for n, m in wrapped.items():
+            setattr(trainer, n, m)
+
+
+def stop_unless_finite(stage, losses, out, world=1) -> None:
+    """Stop the run with one sentence naming the first step whose loss is NaN or infinite.
+
+    `losses` are the steps since the last check; reading them here (every --log-every steps and before
+    every checkpoint) keeps the device from waiting on the host every step. Under torchrun every process
+    stops together: one that went on alone would wait forever for the others' gradients.
+    """
+    bad = next(((s, k, float(v)) for s, d in losses for k, v in d.items() if not math.isfinite(float(v))), None)
+    if world > 1:
+        flag = torch.tensor([bad is not None], dtype=torch.float32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and bad is None:
+            bad = (losses[-1][0] if losses else 0, "loss", "on another process: nan")
+    if bad:
+        s, k, v = bad
+        raise UserError(f"{stage}: the loss stopped being finite at step {s + 1} ({k} {v}); {last_checkpoint(out, stage)}")
+
+
+def last_checkpoint(out, stage) -> str:
+    """The end of the divergence sentence: what is kept on disk, and what to try."""
+    path = os.path.join(out, f"{stage}.state.pt")
+    kept = (f"the last finite checkpoint ({path}, step {load_checkpoint(path, stage)['step']}) is kept"
+            if os.path.exists(path) else "no checkpoint was written")
+    return f"{kept} and no bundle is written; try a lower --lr."
+
+
+def remove_partial_files(args) -> None:
+    """Remove what a killed run of ours left half-written in --out and beside --bundle: only regular files
+    named `<one of our checkpoints>.partial-<pid>` (runtime.partial_path) whose process has ended."""
+    ours = [f"{s}{x}" for s in STAGES for x in (".pt", ".state.pt")] + ["transformer_cache.pt"]
+    candidates = [(args.out, re.compile(rf"({'|'.join(map(re.escape, ours))}|\w+_preview_\d+\.png)\.partial-(\d+)"))]
+    if args.bundle:
+        folder, name = os.path.split(os.path.abspath(args.bundle))
+        candidates.append((folder, re.compile(rf"({re.escape(name)})\.partial-(\d+)")))
+    for folder, pattern in candidates:
+        for name in os.listdir(folder):
+            m = pattern.fullmatch(name)
+            path = os.path.join(folder, name)
+            if m and os.path.isfile(path) and not os.path.islink(path) and not process_alive(int(m.group(2))):
+                os.remove(path)
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False                                          # our own is from an earlier, killed process of that id
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ===================================================================================================
+# The transformer's cache: tokens + CLAP audio embeddings, computed once per dataset.
+# ===================================================================================================
+
+def training_captions(dataset) -> list[str]:
+    """The captions TinyCLAP's vocabulary is read from (no audio is loaded for this)."""
+    import toyworld
+    if isinstance(dataset, toyworld.ToyDataset):
+        return toyworld.toy_caption_phrases()
+    return [caption for _, caption, _ in dataset.items]
+
+
+def load_conditioner(args, device):
+    import clap
+    if args.clap == "laion":
+        return clap.load_clap("laion", args.clap_ckpt, device=device)
+    return clap.load_clap("tiny", os.path.join(args.out, "clap.pt"), device=device)
+
+
+@torch.inference_mode()
+def build_cache(dataset, args, device, rank=0):
+    """Tokenise every training clip with the trained VQGAN and embed it with CLAP's audio tower.
+
+    This is what makes the transformer stage fast: the VQGAN encoder and CLAP run once per clip instead
+    of once per step, and training reads two small tensors. The cache is keyed by the VQGAN checkpoint's
+    file time (to the nanosecond: a VQGAN retrained within a second must not reuse it), the dataset size,
+    the conditioner and the clip length, so retraining a stage rebuilds it.
+    """
+    import mel
+    import vqgan
+    path_vq = os.path.join(args.out, "vqgan.pt")
+    if not os.path.exists(path_vq):
+        raise UserError(f"{path_vq} does not exist: the transformer learns the VQGAN's tokens, so train "
+                        f"--stage vqgan (and clap) into this --out first, or run --stage all.")
+    key = f"{os.stat(path_vq).st_mtime_ns}-{len(dataset)}-{args.clap}-{args.num_samples}"
+    path = os.path.join(args.out, "transformer_cache.pt")
+    if os.path.exists(path):
+        cache = load_checkpoint(path, "cache")
+        if cache.get("key") == key:
+            print(f"transformer: reading the token cache {path} ({len(cache['tokens'])} clips)")
+            return cache
+    vq = vqgan.from_checkpoint(load_checkpoint(path_vq, "vqgan")).to(device).eval()
+    conditioner = load_conditioner(args, device)
+    tokens, conds, t0 = [], [], time.time()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate, num_workers=args.workers)
+    for i, batch in enumerate(loader):
+        wav = batch["wav"].to(device)
+        tokens.append(vq.encode(mel.normalize(mel.mel_spectrogram(wav))).to(torch.int16).cpu())  # (B, 5, F/16)
+        conds.append(conditioner.embed_audio(wav).float().cpu())                                # (B, 512)
+        if i % 10 == 0:
+            print(f"transformer: caching tokens and CLAP embeddings {min((i + 1) * 32, len(dataset))}/{len(dataset)}"
+                  f" ({time.time() - t0:.0f} s)", flush=True)
+    cache = {"stage": "cache", "key": key, "tokens": torch.cat(tokens), "cond": torch.cat(conds)}
+    if rank == 0:
+        save_checkpoint(cache, path)
+    return cache
+
+
+# ===================================================================================================
+# After the vocoder stage: does the vocoder beat Griffin-Lim? Only one that does goes into the bundle.
+# ===================================================================================================
+
+HELDOUT_CLIPS = 16
+
+
+@torch.inference_mode()
+def vocoder_against_griffin_lim(args, device) -> dict | None:
+    """Mel L1 of the re-analysed output on held-out clips, for the trained vocoder and for Griffin-Lim.
+
+    The measure is HiFiGAN's own loss (Eq. 3: L1 between log-mels of the target and of the output), on
+    its full-band loss mel (0-11,025 Hz, `fmax_for_loss: null` in the official configs), on the first
+    HELDOUT_CLIPS clips of the validation split. Both reconstruct from the 0-8 kHz input mel; Griffin-Lim
+    runs with mel.griffin_lim's default iterations, as in sample.py. The verdict is stored in vocoder.pt,
+    so write_bundle can leave out a vocoder that would make sample.py sound worse than having none (a
+    HiFiGAN needs days of training; minutes on a CPU give one that knows the spectral envelope but not
+    yet the phase).
+    """
+    import data
+    import hifigan_format
+    import mel
+    import vocoder
+    measure = vocoder.loss_mel                       # HiFiGAN's loss mel, 0-11 kHz: (N, T) -> (N, 80, F)
+    n = HELDOUT_CLIPS if args.data == "toy" else None
+    try:
+        heldout = data.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n)
+    except UserError as e:                           # e.g. an AudioCaps folder without val.csv: keep the vocoder
+        print(f"vocoder: not compared with Griffin-Lim, there are no held-out clips ({e})")
+        return None
+    wav = torch.stack([heldout[i]["wav"] for i in range(min(HELDOUT_CLIPS, len(heldout)))])  # (N, T)
+    source = mel.mel_spectrogram(wav)                                                        # (N, 80, F) input mel
+    target = measure(wav)
+    path = os.path.join(args.out, "vocoder.pt")
+    ckpt = load_checkpoint(path, "vocoder")
+    generator = hifigan_format.load_vocoder(ckpt).to(device)
+    outputs = {"vocoder": generator.vocode(source.to(device)).cpu(), "griffin_lim": mel.griffin_lim(source)}
+    result = {name: (measure(out[:, :wav.shape[1]]) - target).abs().mean().item() for name, out in outputs.items()}
+    result["clips"] = len(wav)
+    ckpt["heldout_mel_l1"] = result
+    save_checkpoint(ckpt, path)
+    print(f"vocoder: mel L1 on {len(wav)} held-out clips {result['vocoder']:.3f}, Griffin-Lim's "
+          f"{result['griffin_lim']:.3f} ({'better' if result['vocoder'] < result['griffin_lim'] else 'worse'})")
+    return result
+
+
+# ===================================================================================================
+# The bundle: every stage's inference checkpoint in one file, what sample.py loads by default.
+# ===================================================================================================
+
+def check_bundle_target(path) -> None:
+    """--bundle must be a place we can write, and what is there already must be one of our bundles."""
+    make_output_folder(os.path.dirname(os.path.abspath(path)))
+    if os.path.lexists(path):
+        if not os.path.isfile(path):
+            raise UserError(f"--bundle {path} exists and is not a file; give another path.")
+        load_checkpoint(path, "bundle")
+
+
+def write_bundle(args) -> None:
+    """Write --bundle from this run's checkpoints, keeping what an existing bundle there has and this run
+    lacks: a one-stage run never turns a working bundle into a partial one.
+
+    The VQGAN, the conditioner and the transformer belong together (the transformer learnt that VQGAN's
+    token ids and that conditioner's embeddings), so they are kept from the existing bundle only when
+    this run trained none of them; the vocoder depends on nothing else and is kept on its own.
+    """
+    old = load_checkpoint(args.bundle, "bundle") if os.path.exists(args.bundle) else {}
+    bundle = {"stage": "bundle", "num_samples": args.num_samples, "data": args.data}
+    for stage in STAGES:
+        path = os.path.join(args.out, f"{stage}.pt")
+        if os.path.exists(path):
+            bundle[stage] = load_checkpoint(path, stage)
+    heldout = bundle.get("vocoder", {}).get("heldout_mel_l1")
+    if heldout and heldout["vocoder"] >= heldout["griffin_lim"]:      # measured after its stage (above)
+        del bundle["vocoder"]
+        print(f"bundle: the vocoder is left out, Griffin-Lim reconstructs the mels better (mel L1 "
+              f"{heldout['griffin_lim']:.3f} against {heldout['vocoder']:.3f}); --vocoder-ckpt "
+              f"{os.path.join(args.out, 'vocoder.pt')} still uses it")
+    trained = {"vqgan", "clap", "transformer"} & set(bundle)         # stages that must come from one run
+    kept = [s for s in STAGES if s in old and s not in bundle and (s == "vocoder" or not trained)]
+    if "transformer" in old and trained and "transformer" not in bundle:
+        raise UserError(f"{args.bundle}'s transformer learnt the tokens of its own VQGAN and conditioner, not of "
+                        f"this run's {' and '.join(s for s in ('vqgan', 'clap') if s in bundle)}; train --stage "
+                        f"transformer into {args.out} too, or write the bundle to a new path.")
+    if set(kept) - {"vocoder"} and old.get("num_samples") != args.num_samples:
+        raise UserError(f"{args.bundle} holds clips of {old.get('num_samples')} samples, this run {args.num_samples}; "
+                        f"write the bundle to a new path.")
+    for stage in kept:
+        bundle[stage] = old[stage]
+    if kept:
+        print(f"bundle: kept {', '.join(kept)} from the existing {args.bundle}")
+    # A stage retrained alone with another config (--stage vqgan --vqgan.n_codes 64, or another --num-samples)
+    # leaves the old transformer.pt beside it; sample.py would draw token ids the VQGAN does not have.
+    if "vqgan" in bundle and "transformer" in bundle:
+        vq, tr = bundle["vqgan"]["config"], bundle["transformer"]["config"]
+        grid = (vq["n_codes"], vq["n_mels"] // 16, args.num_samples // 4096)
+        if (tr["n_codes"], tr["rows"], tr["cols"]) != grid:
+            raise UserError(f"{os.path.join(args.out, 'transformer.pt')} was trained on other tokens ({tr['n_codes']} "
+                            f"codes, a {tr['rows']} x {tr['cols']} grid) than this vqgan.pt and --num-samples give "
+                            f"({grid[0]} codes, {grid[1]} x {grid[2]}); retrain it with --stage transformer.")
+    missing = [s for s in ("vqgan", "transformer") if s not in bundle]
+    save_checkpoint(bundle, args.bundle)
+    print(f"bundle: {args.bundle} ({os.path.getsize(args.bundle) / 1e6:.1f} MB)"
+          + (f"; sample.py needs {' and '.join(missing)} too" if missing else ""))
+
+
+# ===================================================================================================
+# Distributed training: torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; nothing else changes.
+# ===================================================================================================
+
+def setup_distributed(device: str):
+    """Returns (rank, world_size, device). With torchrun, one process per GPU joins a NCCL group (gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+    rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return rank, world, device
+
+
+def wrap_ddp(trainer, device: str, world: int) -> None:
+    """Wrap each module named in `trainer.ddp_modules` in DistributedDataParallel: it broadcasts rank 0's
+    weights at the start and averages the gradients of all processes in backward; calls pass through
+    unchanged. save_state unwraps them, so checkpoints are the same with one process or many."""
+    if world == 1:
+        return
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [torch.device(device).index] if device.startswith("cuda") else None
+    for name in trainer.ddp_modules:
+        setattr(trainer, name, DDP(getattr(trainer, name), device_ids=ids))
+
+
+# ===================================================================================================
+# Progress: what a stage is, and what its schedule costs on this machine.
+# ===================================================================================================
+
+class Clock:
+    """Wall time per step between log lines (the device is waited for there, when the metrics are read)."""
+
+    def __init__(self, step: int):
+        self.t0 = self.t = time.perf_counter()
+        self.step0 = self.step = step
+        self.laps = []                                      # (steps, seconds) per log interval
+
+    def lap(self, step: int) -> float:
+        now = time.perf_counter()
+        self.laps.append((step - self.step, now - self.t))
+        self.step, self.t = step, now
+        return self.laps[-1][1] / max(1, self.laps[-1][0])
+
+    def minutes(self) -> float:
+        return (time.perf_counter() - self.t0) / 60
+
+    def sec_per_step(self) -> float | None:
+        """The rate after the first interval (which pays for warm-up allocations), or over all if that is all."""
+        laps = self.laps[1:] or self.laps
+        n = sum(s for s, _ in laps)
+        return sum(t for _, t in laps) / n if n else None
+
+
+def describe(stage, trainer, args, steps, batch, warmup) -> None:
+    n_params = sum(p.numel() for p in trainer.checkpoint_params()) if hasattr(trainer, "checkpoint_params") else None
+    schedule = "its own lr schedule" if hasattr(trainer, "lr_factor") else f"warm-up {warmup}"
+    print(f"{stage}: {args.preset} preset, {steps} steps, batch {batch}, peak lr "
+          f"{trainer.optimizers[0].param_groups[0]['lr']:.2e}, {schedule}"
+          + (f", {n_params / 1e6:.2f} M parameters" if n_params else ""))
+
+
+def project_schedule(stage, trainer, clock, steps, epoch_steps, args, world) -> None:
+    """From the measured time per step, how long one epoch and the full schedule take on this device:
+    with `--preset full --steps 2` this is the dry run that prices a real AudioCaps run before it starts."""
+    sec = clock.sec_per_step()
+    if sec is None:
+        return
+    device = str(next(iter(trainer.optimizers[0].param_groups[0]["params"])).device)
+    print(f"{stage}: {sec:.3f} s/step on {device}: one epoch ({epoch_steps} steps) takes "
+          f"{epoch_steps * sec / 3600:.2f} h and the schedule's {steps} steps {steps * sec / 3600:.1f} h here")
+    if args.data == "audiocaps":                             # a stand-in folder is smaller than the real thing
+        from data import AUDIOCAPS_TRAIN_ROWS
+        real = max(1, AUDIOCAPS_TRAIN_ROWS // (stage_hparams(stage, args, world)[1] * world))
+        print(f"{stage}: a real AudioCaps epoch ({AUDIOCAPS_TRAIN_ROWS:,} clips, {real:,} steps) would take "
+              f"{real * sec / 3600:.2f} h at this rate")
+
+
+# ===================================================================================================
+# The command line. Model flags are generated from each Config dataclass, one flag per field, named
+# --<stage>.<field>, so the command line can never drift from the configs; every value is checked here,
+# before anything trains.
+# ===================================================================================================
 
 def stage_module(stage: str):
     """The model file of a stage (imported lazily: `python train.py --stage clap` needs no vqgan code)."""
@@ -56,6 +635,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                help=f"{stage_module(stage).__name__}.Config.{f.name}")
 
 
+MAX_WORKERS = 4 * (os.cpu_count() or 1)     # more loader processes than 4 per core only add memory
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(description="Train SpecMaskGIT stage by stage.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -65,9 +647,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default=None, choices=["tiny", "full"],
                    help="model sizes; default tiny for the toy world, full otherwise")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
-    p.add_argument("--resume", action="store_true", help="continue each stage from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each stage from its last checkpoint (a stage with none starts at step 0)")
     p.add_argument("--steps", type=int, default=None, help="steps per stage (default: per stage, see STAGE_DEFAULTS)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate; transformer default = 1e-3 x batch / 256 (Sec. 4)")
     p.add_argument("--warmup", type=int, default=None, help="linear warm-up steps")
@@ -83,9 +666,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--preview-every", type=int, default=500, help="vqgan: PNG of input vs reconstruction")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--workers", type=int, default=0, help=f"DataLoader worker processes (at most {MAX_WORKERS} here)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bundle", default=None, help="after the last stage, also write the one-file bundle here")
+    p.add_argument("--bundle", default=None,
+                   help="after the last stage, also write the one-file bundle here (merged with one already there)")
     add_config_flags(p)
     args = p.parse_args(argv)
     if args.preset is None:
@@ -101,11 +685,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         v = getattr(args, name)
         if v is not None and v < (0 if name == "warmup" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, not {v}.")
-    if args.workers < 0:
-        raise UserError(f"--workers must be 0 or more, not {args.workers}.")
-    # batch_indices seeds every epoch with seed * 1_000_003 + epoch, and torch's generators take seeds below
-    # 2**64: a larger --seed passed this parser and crashed in the first batch with an overflow traceback.
-    if not 0 <= args.seed < 2 ** 32:
+    if not 0 <= args.workers <= MAX_WORKERS:
+        raise UserError(f"--workers must be from 0 to {MAX_WORKERS} (4 per CPU core), not {args.workers}.")
+    if not 0 <= args.seed < 2 ** 32:                 # batch_indices seeds torch generators with seed * 1_000_003 + epoch
         raise UserError(f"--seed must be a whole number from 0 to 2**32 - 1, not {args.seed}.")
     if args.lr is not None and not (0 < args.lr < 1):
         raise UserError(f"--lr must be between 0 and 1, not {args.lr}.")
@@ -140,241 +722,36 @@ def stage_config(stage: str, args):
             raise UserError(f"--{stage}.{f.name} expects a {type(default).__name__} like {default!r}, not {raw!r}.") from None
         changes[f.name] = value
     cfg = dataclasses.replace(cfg, **changes)
-    check_config_values(stage, cfg)
+    # The model files check only what they must; a zero size, a NaN or heads that do not divide the width
+    # would otherwise end in a traceback at the first step, and a misspelt mask_schedule or resblock, read
+    # only when sampling or building the generator, would pass training unnoticed.
+    check_config_values(cfg, f"--{stage}.{{}}")
+    if stage == "transformer":
+        mod.mask_schedule(0, 1, 1, cfg.mask_schedule)        # its own sentence for an unknown schedule
+    if stage == "vocoder" and cfg.resblock not in ("1", "2"):
+        raise UserError(f"--vocoder.resblock must be 1 or 2 (HiFiGAN's ResBlock1 or ResBlock2), not {cfg.resblock!r}.")
     return cfg
 
 
-# Whole-number config fields where 0 means something ("never re-seed", "the discriminator from the first
-# step", "a bag of words"); every other whole number in a config is a size or a count and must be >= 1.
-ZERO_ALLOWED = {"dead_code_steps", "disc_start", "text_layers"}
-
-
-def check_config_values(stage: str, cfg) -> None:
-    """One sentence for a config value the stage's model cannot be built, trained or sampled with.
-
-    Why here: stage_config types each --<stage>.<field> flag like its preset value, but the model files
-    check only what they must (vqgan's widths and n_mels, the vocoder's hop). A zero size, a NaN, a dropout
-    of 2 or heads that do not divide the width ended in a traceback deep inside a layer at the first step,
-    and a misspelt mask_schedule or resblock, read only when sampling or building the generator's blocks,
-    passed training unnoticed: the schedule then failed in sample.py after the whole run.
-    """
-    def numbers(v):                                           # every number in a field, tuples of tuples included
-        return [y for x in v for y in numbers(x)] if isinstance(v, tuple) else [v]
-
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        for x in numbers(value):
-            if isinstance(x, bool) or not isinstance(x, (int, float)):
-                continue
-            low = 0 if isinstance(x, float) or f.name in ZERO_ALLOWED else 1
-            if not (math.isfinite(x) and x >= low) or (f.name.endswith("dropout") and x > 1):
-                rule = "between 0 and 1" if f.name.endswith("dropout") else f"{low} or more"
-                raise UserError(f"--{stage}.{f.name} must be {rule}, not {value!r}.")
-    for width, heads in (("width", "n_heads"), ("text_width", "text_heads")):   # attention splits the width
-        if hasattr(cfg, heads) and getattr(cfg, width) % getattr(cfg, heads):
-            raise UserError(f"--{stage}.{width} ({getattr(cfg, width)}) must be divisible by "
-                            f"--{stage}.{heads} ({getattr(cfg, heads)}).")
-    if stage == "transformer":
-        stage_module(stage).mask_schedule(0, 1, 1, cfg.mask_schedule)   # its own sentence for an unknown schedule
-    if stage == "vocoder" and cfg.resblock not in ("1", "2"):
-        raise UserError(f"--vocoder.resblock must be 1 or 2 (HiFiGAN's ResBlock1 or ResBlock2), not {cfg.resblock!r}.")
-
-
-# Per-stage defaults for the toy world (tiny preset, 2 CPU cores; learning rates measured there; step counts
-# chosen so that --stage all takes at most 45 minutes on the slowest 2-core machine seen, README) and for
-# the full preset. The transformer's full-size numbers are the paper's (Sec. 4: batch 48, 250k steps,
-# 5k warm-up); lr None = the stage's own default (the transformer's: 1e-3 x batch / 256).
-STAGE_DEFAULTS = {
-    ("vqgan", "tiny"): dict(steps=1600, batch_size=8, warmup=50, lr=1e-3),
-    ("vocoder", "tiny"): dict(steps=250, batch_size=8, warmup=50, lr=2e-3),
-    ("clap", "tiny"): dict(steps=750, batch_size=32, warmup=25, lr=1e-3),
-    ("transformer", "tiny"): dict(steps=1600, batch_size=32, warmup=100, lr=1e-3),
-    ("vqgan", "full"): dict(steps=100_000, batch_size=8, warmup=1000, lr=None),
-    ("vocoder", "full"): dict(steps=500_000, batch_size=16, warmup=1000, lr=None),
-    ("clap", "full"): dict(steps=20_000, batch_size=128, warmup=500, lr=None),
-    ("transformer", "full"): dict(steps=250_000, batch_size=48, warmup=5000, lr=None),
-}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Distributed training: torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; nothing else changes.
-# ---------------------------------------------------------------------------------------------------
-
-def setup_distributed(device: str):
-    """Returns (rank, world_size, device). With torchrun, one process per GPU joins a NCCL group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    import torch.distributed as dist
-    rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    backend = "nccl" if device == "cuda" else "gloo"
-    dist.init_process_group(backend)
-    if device == "cuda":
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    return rank, world, device
-
-
-def wrap_ddp(trainer, device: str, world: int) -> None:
-    """Wrap each trained module of the Trainer in DistributedDataParallel (gradients all-reduced in backward).
-
-    Trainers list their trained modules in `trainer.modules` (a dict name -> nn.Module, attribute names
-    of the Trainer); DDP's wrapper forwards calls unchanged, and checkpoints save `.module` (see below).
-    """
-    if world == 1:
-        return
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    ids = [torch.device(device).index] if device.startswith("cuda") else None
-    for name in trainer.ddp_modules:
-        setattr(trainer, name, DDP(getattr(trainer, name), device_ids=ids))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Data: deterministic batches, so that step s always sees the same clips (resume = same data order).
-# ---------------------------------------------------------------------------------------------------
-
-def batch_indices(step: int, batch_size: int, n_items: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
-    """The dataset indices of batch `step`: epoch e is a permutation seeded by (seed, e); ranks take
-    disjoint slices of the global batch."""
-    per_epoch = max(1, n_items // (batch_size * world))
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    start = k * batch_size * world + rank * batch_size
-    return perm[start:start + batch_size].tolist()
-
-
-def collate(items: list[dict]) -> dict:
-    return {"wav": torch.stack([it["wav"] for it in items]),
-            "caption": [it["caption"] for it in items],
-            "kind": torch.tensor([it["kind"] for it in items])}
-
-
-def audio_batches(dataset, start_step, batch_size, seed, rank, world, workers):
-    """Yield (step, batch) from `start_step` on; DataLoader workers read/synthesise clips in parallel."""
-    class StepSampler(torch.utils.data.Sampler):
-        def __iter__(self):
-            step = start_step
-            while True:
-                yield batch_indices(step, batch_size, len(dataset), seed, rank, world)
-                step += 1
-
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepSampler(), collate_fn=collate,
-                                         num_workers=workers, persistent_workers=workers > 0)
-    return enumerate(loader, start=start_step)
-
-
-def cache_batches(cache: dict, start_step, batch_size, seed, rank, world):
-    """The transformer stage reads only the cache of token grids and CLAP embeddings."""
-    step = start_step
-    while True:
-        idx = torch.tensor(batch_indices(step, batch_size, len(cache["tokens"]), seed, rank, world))
-        yield step, {"tokens": cache["tokens"][idx].long(), "cond": cache["cond"][idx].float()}
-        step += 1
-
-
-# ---------------------------------------------------------------------------------------------------
-# The learning-rate schedule (Sec. 4: linear warm-up, then cosine decay).
-# ---------------------------------------------------------------------------------------------------
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ---------------------------------------------------------------------------------------------------
-# One generic loop for every stage.
-# ---------------------------------------------------------------------------------------------------
-
-def unwrap(trainer):
-    """Strip DDP wrappers before saving (so checkpoints are the same with one GPU or eight)."""
-    for name in getattr(trainer, "ddp_modules", []):
-        m = getattr(trainer, name)
-        if hasattr(m, "module"):
-            setattr(trainer, name, m.module)
-
-
-def save_state(path_state, path_ckpt, trainer, step, args, stage, rank):
-    if rank != 0:
-        return
-    wrapped = {n: getattr(trainer, n) for n in getattr(trainer, "ddp_modules", [])}
-    unwrap(trainer)
-    try:
-        save_checkpoint(trainer.checkpoint(), path_ckpt)
-        save_checkpoint({"stage": stage, "step": step, "trainer": trainer.state_dict(), "seed": args.seed,
-                         "preset": args.preset, "config": dataclasses.asdict(trainer.cfg)}, path_state)
-    finally:
-        for n, m in wrapped.items():
-            setattr(trainer, n, m)
-
-
-def train_stage(stage, trainer, batches, args, steps, warmup, rank=0, epoch_steps=None,
-                audiocaps_epoch_steps=None):
-    """Run `trainer` from its current step to `steps`, logging and checkpointing as it goes.
-
-    At the end it projects, from the measured time per step, how long one epoch (`epoch_steps`) and the
-    full schedule take on this device: with `--preset full --steps 2` that is the dry run that tells
-    you what a real AudioCaps run costs before you start one."""
-    out = args.out
-    path_ckpt, path_state = os.path.join(out, f"{stage}.pt"), os.path.join(out, f"{stage}.state.pt")
-    log = open(os.path.join(out, f"{stage}.log.jsonl"), "a") if rank == 0 else None
-    for opt in trainer.optimizers:
-        for g in opt.param_groups:
-            g.setdefault("peak_lr", g["lr"])
-    t_start, window, wall, all_wall = time.time(), [], [], []
-    t_last = time.time()
-    step = trainer.start_step
-    for step, batch in batches:
-        if step >= steps:
-            break
-        factor = lr_factor(step, warmup, steps)
-        for opt in trainer.optimizers:
-            for g in opt.param_groups:
-                g["lr"] = g["peak_lr"] * factor
-        t0 = time.time()
-        metrics = trainer.step(batch, step)
-        window.append(time.time() - t0)                  # the optimisation step alone
-        wall.append(time.time() - t_last)                # plus loading / synthesising the batch
-        all_wall.append(wall[-1])
-        t_last = time.time()
-        if (step + 1) % args.log_every == 0 or step + 1 == steps:
-            sec = sum(window) / len(window)
-            eta = (steps - step - 1) * sum(wall) / len(wall)
-            lr_now = trainer.optimizers[0].param_groups[0]["lr"]
-            shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            if rank == 0:
-                print(f"{stage} step {step + 1}/{steps} | {shown} | lr {lr_now:.2e} | {sec * 1000:.0f} ms/step "
-                      f"| ETA {eta / 60:.1f} min", flush=True)
-                log.write(json.dumps({"step": step + 1, "lr": lr_now, "sec_per_step": sec, **metrics}) + "\n")
-                log.flush()
-            window, wall = [], []
-        if stage == "vqgan" and rank == 0 and (step + 1) % args.preview_every == 0:
-            from mel import save_png
-            x, y = trainer.preview(batch)
-            save_png(os.path.join(out, f"vqgan_preview_{step + 1:06d}.png"), [x[0], y[0]], vmin=-1, vmax=1)
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == steps:
-            save_state(path_state, path_ckpt, trainer, step + 1, args, stage, rank)
-    if rank == 0:
-        print(f"{stage}: done in {(time.time() - t_start) / 60:.1f} min; checkpoint {path_ckpt}")
-        log.close()
-        if all_wall and epoch_steps:
-            # the first step pays for warm-up allocations; the median of the rest is the honest rate
-            sec = sorted(all_wall[1:] or all_wall)[len(all_wall[1:] or all_wall) // 2]
-            device = str(next(iter(trainer.optimizers[0].param_groups[0]["params"])).device)
-            print(f"{stage}: {sec:.3f} s/step on {device}: one epoch ({epoch_steps} steps) takes "
-                  f"{epoch_steps * sec / 3600:.2f} h and the schedule's {steps} steps {steps * sec / 3600:.1f} h here")
-            if audiocaps_epoch_steps:                                         # a stand-in folder is smaller than the real thing
-                from data import AUDIOCAPS_TRAIN_ROWS
-                print(f"{stage}: a real AudioCaps epoch ({AUDIOCAPS_TRAIN_ROWS:,} clips, {audiocaps_epoch_steps:,} "
-                      f"steps) would take {audiocaps_epoch_steps * sec / 3600:.2f} h at this rate")
+def stage_hparams(stage, args, world=1):
+    """(steps, batch per process, warm-up, peak lr) of a stage: the flags, else STAGE_DEFAULTS."""
+    d = STAGE_DEFAULTS[(stage, args.preset)]
+    steps = args.steps or d["steps"]
+    batch = args.batch_size or d["batch_size"]
+    warmup = d["warmup"] if args.warmup is None else args.warmup
+    lr = args.lr or d["lr"]                          # None = the rule of the stage's paper:
+    if stage == "transformer" and lr is None:
+        lr = 1e-3 * batch * world / 256              # Sec. 4: base lr 1e-3 x global batch / 256 (MAE convention)
+    if stage == "vqgan" and lr is None:
+        lr = 4.5e-6 * batch * world                  # Taming's base_learning_rate x global batch (SpecVQGAN's configs)
+    return steps, batch, min(warmup, steps), lr
 
 
 def training_dtype(args, device: str, verbose: bool = True) -> torch.dtype:
     """The autocast dtype. fp16 is refused: its small range makes gradients underflow to zero unless the
     loss is scaled (a GradScaler), which this loop does not do; bf16 has fp32's range and needs none.
     The tiny preset trains in fp32 on every machine unless --dtype says otherwise, so that the toy recipe
-    writes the same model on every CPU kind (bf16 rounding changes what 1600 steps learn)."""
+    writes the same model on every CPU kind (bf16 rounding changes what its steps learn)."""
     if args.dtype == "fp16":
         raise UserError("--dtype fp16 cannot train here: without loss scaling its gradients underflow; use bf16 or fp32.")
     if args.preset == "tiny" and args.dtype in (None, "auto"):
@@ -384,237 +761,15 @@ def training_dtype(args, device: str, verbose: bool = True) -> torch.dtype:
     return pick_dtype(device.split(":")[0], args.dtype, verbose)
 
 
-def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra=None):
-    """Build the stage's Trainer and, with --resume, load its last state (step, models, optimisers)."""
-    mod = stage_module(stage)
-    kwargs = dict(device=device, amp_dtype=amp_dtype)
-    if lr is not None:
-        kwargs["lr"] = lr
-    trainer = mod.Trainer(cfg, **kwargs, **(extra or {}))
-    trainer.start_step = 0
-    path_state = os.path.join(args.out, f"{stage}.state.pt")
-    if args.resume and os.path.exists(path_state):
-        state = load_checkpoint(path_state, stage)
-        if state.get("preset") != args.preset:
-            raise UserError(f"{path_state} was trained with --preset {state.get('preset')}, not {args.preset}.")
-        check_config(cfg, state["config"], f"{stage} run in {path_state}")
-        trainer.load_state_dict(state["trainer"])
-        trainer.start_step = state["step"]
-        print(f"{stage}: resuming at step {state['step']} from {path_state}")
-    return trainer
-
-
-def stage_hparams(stage, args):
-    d = STAGE_DEFAULTS[(stage, args.preset)]
-    steps = args.steps or d["steps"]
-    batch = args.batch_size or d["batch_size"]
-    warmup = d["warmup"] if args.warmup is None else args.warmup
-    lr = args.lr or d["lr"]                         # None = the Trainer's own default (the paper's)
-    if stage == "transformer" and lr is None:
-        lr = 1e-3 * batch / 256                     # Sec. 4: base lr 1e-3 scaled by batch / 256 (MAE convention)
-    return steps, batch, min(warmup, steps), lr
-
-
-# ---------------------------------------------------------------------------------------------------
-# The transformer's cache: tokens + CLAP audio embeddings, computed once per dataset.
-# ---------------------------------------------------------------------------------------------------
-
-def training_captions(dataset) -> list[str]:
-    """The captions TinyCLAP's vocabulary is read from (no audio is loaded for this)."""
-    import data
-    if isinstance(dataset, data.ToyDataset):
-        return data.toy_caption_phrases()
-    return [caption for _, caption, _ in dataset.items]
-
-
-def load_conditioner(args, device):
-    import clap
-    if args.clap == "laion":
-        return clap.load_clap("laion", args.clap_ckpt, device=device)
-    return clap.load_clap("tiny", os.path.join(args.out, "clap.pt"), device=device)
-
-
-@torch.inference_mode()
-def build_cache(dataset, args, device, rank=0):
-    """Tokenise every training clip with the trained VQGAN and embed it with CLAP's audio tower.
-
-    This is what makes the transformer stage fast: the VQGAN encoder and CLAP run once per clip instead
-    of once per step, and training reads two small tensors. The cache is keyed by the checkpoints' file
-    times and the dataset size, so retraining a stage rebuilds it.
-    """
-    import mel
-    import vqgan
-    path_vq = os.path.join(args.out, "vqgan.pt")
-    if not os.path.exists(path_vq):                  # the cache key reads its file time: a traceback otherwise
-        raise UserError(f"{path_vq} does not exist: the transformer learns the VQGAN's tokens, so train "
-                        f"--stage vqgan (and clap) into this --out first, or run --stage all.")
-    # the file time to the nanosecond: rounded to whole seconds, a VQGAN retrained within the same second
-    # (a tiny run, a script) kept the old cache, and the transformer learnt the previous codebook's ids
-    key = f"{os.stat(path_vq).st_mtime_ns}-{len(dataset)}-{args.clap}-{args.num_samples}"
-    path = os.path.join(args.out, "transformer_cache.pt")
-    if os.path.exists(path):
-        cache = load_checkpoint(path, "cache")
-        if cache.get("key") == key:
-            print(f"transformer: reading the token cache {path} ({len(cache['tokens'])} clips)")
-            return cache
-    vq = vqgan.from_checkpoint(load_checkpoint(path_vq, "vqgan")).to(device).eval()
-    conditioner = load_conditioner(args, device)
-    tokens, conds, t0 = [], [], time.time()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate, num_workers=args.workers)
-    for i, batch in enumerate(loader):
-        wav = batch["wav"].to(device)
-        tokens.append(vq.encode(mel.normalize(mel.mel_spectrogram(wav))).to(torch.int16).cpu())
-        conds.append(conditioner.embed_audio(wav).float().cpu())
-        if i % 10 == 0:
-            print(f"transformer: caching tokens and CLAP embeddings {min((i + 1) * 32, len(dataset))}/{len(dataset)}"
-                  f" ({time.time() - t0:.0f} s)", flush=True)
-    cache = {"stage": "cache", "key": key, "tokens": torch.cat(tokens), "cond": torch.cat(conds)}
-    if rank == 0:
-        save_checkpoint(cache, path)
-    return cache
-
-
-# ---------------------------------------------------------------------------------------------------
-# After the vocoder stage: does the vocoder beat Griffin-Lim? Only one that does goes into the bundle.
-# ---------------------------------------------------------------------------------------------------
-
-HELDOUT_CLIPS = 16
-
-
-@torch.inference_mode()
-def vocoder_against_griffin_lim(args, device) -> dict | None:
-    """Mel L1 of the re-analysed output on held-out clips, for the trained vocoder and for Griffin-Lim.
-
-    The measure is HiFiGAN's own (Eq. 3: L1 between log-mels of the target and of the output), on the
-    first HELDOUT_CLIPS clips of the validation split. Griffin-Lim runs with mel.griffin_lim's default
-    iterations, as in sample.py. The verdict is stored in vocoder.pt, so write_bundle can leave out a vocoder that would make
-    sample.py sound worse than having none (a HiFiGAN needs days of training; a few minutes on a CPU
-    give a vocoder that knows the spectral envelope but not yet the phase).
-    """
-    import data
-    import mel
-    import vocoder
-    n = HELDOUT_CLIPS if args.data == "toy" else None
-    try:
-        heldout = data.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n)
-    except UserError as e:                           # e.g. an AudioCaps folder without val.csv: keep the vocoder
-        print(f"vocoder: not compared with Griffin-Lim, there are no held-out clips ({e})")
-        return None
-    wav = torch.stack([heldout[i]["wav"] for i in range(min(HELDOUT_CLIPS, len(heldout)))])  # (N, T)
-    target = mel.mel_spectrogram(wav)                                                        # (N, 80, F)
-    path = os.path.join(args.out, "vocoder.pt")
-    ckpt = load_checkpoint(path, "vocoder")
-    generator = vocoder.load_vocoder(ckpt).to(device)
-    outputs = {"vocoder": generator.vocode(target.to(device)).cpu(), "griffin_lim": mel.griffin_lim(target)}
-    result = {name: (mel.mel_spectrogram(out[:, :wav.shape[1]]) - target).abs().mean().item()
-              for name, out in outputs.items()}
-    result["clips"] = len(wav)
-    ckpt["heldout_mel_l1"] = result
-    save_checkpoint(ckpt, path)
-    print(f"vocoder: mel L1 on {len(wav)} held-out clips {result['vocoder']:.3f}, Griffin-Lim's "
-          f"{result['griffin_lim']:.3f} ({'better' if result['vocoder'] < result['griffin_lim'] else 'worse'})")
-    return result
-
-
-# ---------------------------------------------------------------------------------------------------
-# main
-# ---------------------------------------------------------------------------------------------------
-
-def run(args) -> None:
-    import data
-    device = pick_device(args.device)
-    rank, world, device = setup_distributed(device)
-    amp_dtype = training_dtype(args, device, verbose=rank == 0)
-    torch.manual_seed(args.seed + rank)
-    make_output_folder(args.out)
-    if rank == 0:                                    # a run killed mid-save leaves its temporary file behind
-        for name in os.listdir(args.out):
-            if name.startswith(".tmp-"):
-                os.remove(os.path.join(args.out, name))
-    stages = STAGES if args.stage == "all" else [args.stage]
-    if args.clap == "laion":
-        import clap
-        clap.load_clap("laion", args.clap_ckpt)      # fail now, in one sentence, not after hours of training
-        stages = [s for s in stages if s != "clap"]  # LAION-CLAP comes pretrained
-    if args.vocoder_ckpt:
-        import vocoder
-        vocoder.load_vocoder(args.vocoder_ckpt)      # the same: a wrong path or file is refused now, not ignored
-        stages = [s for s in stages if s != "vocoder"]
-    if args.bundle:                                  # and an unwritable --bundle before the training, not after it
-        make_output_folder(os.path.dirname(os.path.abspath(args.bundle)))
-    n = args.n_clips if args.data == "toy" else None
-    dataset = data.make_dataset(args.data, "train", root=args.root, num_samples=args.num_samples, n=n)
-    if rank == 0:
-        print(f"data: {args.data}, {len(dataset)} training clips of {args.num_samples} samples; out: {args.out}")
-    # every stage's config flags are checked before the first stage trains: a typo in --transformer.* is
-    # one sentence now, not a traceback after the VQGAN's hours
-    configs = {stage: stage_config(stage, args) for stage in stages}
-    for stage in stages:
-        cfg = configs[stage]
-        steps, batch, warmup, lr = stage_hparams(stage, args)
-        extra = {}
-        if stage == "clap":
-            import clap
-            extra["vocab"] = clap.build_vocab(training_captions(dataset))
-        if stage == "transformer":
-            cache = build_cache(dataset, args, device, rank)
-            vq_cfg = load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")["config"]
-            grid = tuple(cache["tokens"].shape[1:])
-            cfg = dataclasses.replace(cfg, n_codes=vq_cfg["n_codes"], rows=grid[0], cols=grid[1],
-                                      cond_dim=cache["cond"].shape[1])
-        trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, extra)
-        wrap_ddp(trainer, device, world)
-        if rank == 0:
-            n_params = sum(p.numel() for p in trainer.checkpoint_params()) if hasattr(trainer, "checkpoint_params") else None
-            print(f"{stage}: {args.preset} preset, {steps} steps, batch {batch}, peak lr "
-                  f"{trainer.optimizers[0].param_groups[0]['lr']:.2e}, warm-up {warmup}"
-                  + (f", {n_params / 1e6:.2f} M parameters" if n_params else ""))
-        if stage == "transformer":
-            batches = cache_batches(cache, trainer.start_step, batch, args.seed, rank, world)
-        else:
-            batches = audio_batches(dataset, trainer.start_step, batch, args.seed, rank, world, args.workers)
-        epoch_steps = max(1, len(dataset) // (batch * world))
-        audiocaps_epoch_steps = max(1, data.AUDIOCAPS_TRAIN_ROWS // (batch * world)) if args.data == "audiocaps" else None
-        train_stage(stage, trainer, batches, args, steps, warmup, rank, epoch_steps, audiocaps_epoch_steps)
-        if stage == "vocoder" and rank == 0:
-            vocoder_against_griffin_lim(args, device)
-    if rank == 0 and args.bundle:
-        write_bundle(args)
-
-
-def write_bundle(args) -> None:
-    """One file with every stage's inference checkpoint: what sample.py loads by default."""
-    bundle = {"stage": "bundle", "num_samples": args.num_samples, "data": args.data}
-    for stage in STAGES:
-        path = os.path.join(args.out, f"{stage}.pt")
-        if os.path.exists(path):
-            bundle[stage] = load_checkpoint(path, stage)
-    heldout = bundle.get("vocoder", {}).get("heldout_mel_l1")
-    if heldout and heldout["vocoder"] >= heldout["griffin_lim"]:      # measured after its stage (above)
-        del bundle["vocoder"]
-        print(f"bundle: the vocoder is left out, Griffin-Lim reconstructs the mels better (mel L1 "
-              f"{heldout['griffin_lim']:.3f} against {heldout['vocoder']:.3f}); sample.py falls back to it, and "
-              f"--vocoder-ckpt {os.path.join(args.out, 'vocoder.pt')} still uses the vocoder")
-    # A stage retrained alone with another config (--stage vqgan --vqgan.n_codes 64, or another --num-samples)
-    # leaves the old transformer.pt beside it; bundled together, sample.py drew token ids the VQGAN does not
-    # have (an IndexError traceback) or grids of the wrong width. Refuse to write such a bundle.
-    if "vqgan" in bundle and "transformer" in bundle:
-        vq, tr = bundle["vqgan"]["config"], bundle["transformer"]["config"]
-        grid = (vq["n_codes"], vq["n_mels"] // 16, args.num_samples // 4096)
-        if (tr["n_codes"], tr["rows"], tr["cols"]) != grid:
-            raise UserError(f"{os.path.join(args.out, 'transformer.pt')} was trained on other tokens ({tr['n_codes']} "
-                            f"codes, a {tr['rows']} x {tr['cols']} grid) than this vqgan.pt and --num-samples give "
-                            f"({grid[0]} codes, {grid[1]} x {grid[2]}); retrain it with --stage transformer.")
-    save_checkpoint(bundle, args.bundle)
-    print(f"bundle: {args.bundle} ({os.path.getsize(args.bundle) / 1e6:.1f} MB)")
-
-
 def main(argv=None) -> int:
     try:
         return run_command(lambda: run(parse_args(argv)))
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact (use --resume)", file=sys.stderr)
         return 130
+    finally:                                         # torchrun: leave the process group before exiting, or
+        if torch.distributed.is_available() and torch.distributed.is_initialized():   # its threads abort it
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

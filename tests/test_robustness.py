@@ -23,8 +23,9 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
-import data
+import toyworld
 import mel
 import sample
 import train
@@ -65,7 +66,8 @@ def refused(capsys, main, argv, words=(), folder=None) -> str:
 def nothing_written(folder) -> None:
     """No output and no temporary file in `folder` (which may not exist at all)."""
     if os.path.isdir(folder):
-        left = [n for n in os.listdir(folder) if n.endswith((".wav", ".png", ".pt")) or n.startswith(".tmp")]
+        left = [n for n in os.listdir(folder) if n.endswith((".wav", ".png", ".pt")) or n.startswith(".tmp")
+                or ".partial-" in n]
         assert not left, left
 
 
@@ -164,6 +166,7 @@ TRAIN_BAD = [
     (["--ckpt-every", "0"], ["--ckpt-every"]),
     (["--preview-every", "0"], ["--preview-every"]),
     (["--workers", "some"], ["--workers"]),
+    (["--workers", "10000"], ["--workers", "10000", "per CPU core"]),
     (["--seed", "lucky"], ["--seed"]),
     (["--seed", str(2 ** 40)], ["--seed"]),
     (["--bundle", "{file}/bundle.pt"], ["{file}"]),
@@ -326,7 +329,7 @@ def test_train_refuses_to_bundle_a_transformer_trained_on_another_vqgan(toy_run,
     refused(capsys, train.main, TOY + ["--stage", "vqgan", "--steps", "1", "--vqgan.n_codes", "16", "--out", str(out),
                                        "--bundle", str(bundle_path)],
             ["transformer.pt", "16 codes", "--stage transformer"])
-    assert not bundle_path.exists() and not [n for n in os.listdir(out) if n.startswith(".tmp")]
+    assert not bundle_path.exists() and not [n for n in os.listdir(out) if ".partial-" in n]
     # the way out the sentence names: retrain the transformer on the new tokens, then the bundle is written;
     # the token cache is rebuilt even when the new vqgan.pt is younger than the old one by a microsecond
     old_ns = os.stat(toy_run / "vqgan.pt").st_mtime_ns
@@ -370,11 +373,12 @@ def test_train_resume_refuses_a_state_of_another_stage_or_a_damaged_one(toy_run,
 # Unwritable outputs
 # ---------------------------------------------------------------------------------------------------
 
-def test_sample_output_name_taken_by_a_folder_leaves_no_temporary_file(bundle, capsys, tmp_path):
+def test_sample_output_name_taken_by_a_folder_is_left_alone_and_the_take_goes_elsewhere(bundle, capsys, tmp_path):
     (tmp_path / "rain_on_a_roof.wav").mkdir()
-    refused(capsys, sample.main, ["rain on a roof", "--ckpt", bundle, "--steps", "2", "--out", str(tmp_path)],
-            ["rain_on_a_roof.wav"])
-    assert os.listdir(tmp_path) == ["rain_on_a_roof.wav"] and not os.listdir(tmp_path / "rain_on_a_roof.wav")
+    assert sample.main(["rain on a roof", "--ckpt", bundle, "--steps", "2", "--out", str(tmp_path)]) == 0
+    assert "writing rain_on_a_roof-2.wav instead" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["rain_on_a_roof-2.wav", "rain_on_a_roof.wav"]
+    assert not os.listdir(tmp_path / "rain_on_a_roof.wav")
 
 
 @pytest.mark.parametrize("script", ["sample", "train"])
@@ -410,7 +414,7 @@ def test_a_read_only_output_folder_is_one_sentence(bundle, capsys, tmp_path, scr
 @pytest.mark.parametrize("prompt", ["雨が屋根に降る", "дождь", "!!!"])
 def test_a_prompt_with_no_latin_word_is_one_sentence_listing_the_kinds(bundle, capsys, tmp_path, prompt):
     err = refused(capsys, sample.main, [prompt, "--ckpt", bundle, "--steps", "2", "--out", str(tmp_path)],
-                  ["no word", prompt, data.KINDS[0]], tmp_path)
+                  ["no word", prompt, toyworld.KINDS[0]], tmp_path)
     assert os.listdir(tmp_path) == []
 
 
@@ -514,7 +518,7 @@ def resume_to_the_end(flags, out, s, steps, warmup, capsys):
     assert [r["step"] for r in rows] == list(range(s + 1, steps + 1))
     for r in rows:
         assert r["lr"] == pytest.approx(1e-3 * train.lr_factor(r["step"] - 1, warmup, steps), rel=1e-9)
-    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(out) if ".partial-" in n]
 
 
 def test_sigkill_between_checkpoints_then_resume_runs_to_the_end(toy_run, tmp_path, capsys):
@@ -536,10 +540,198 @@ def test_sigkill_while_a_checkpoint_is_written_then_resume_runs_to_the_end(toy_r
     flags = TOY + ["--stage", "transformer", "--steps", "8", "--ckpt-every", "2", "--log-every", "1",
                    "--lr", "1e-3", "--warmup", "2", "--out", out]
     run_until_killed("slow-save:4", flags, sentinel.exists, sentinel)
-    temporary = [n for n in os.listdir(out) if n.startswith(".tmp-")]
-    assert len(temporary) == 1                                                 # step 4's state, cut in half
+    temporary = [n for n in os.listdir(out) if ".partial-" in n]
+    assert len(temporary) == 1 and temporary[0].startswith("transformer.state.pt.partial-")   # step 4's, cut in half
     with pytest.raises(UserError):
         load_checkpoint(os.path.join(out, temporary[0]))
     assert load_checkpoint(os.path.join(out, "transformer.state.pt"), "transformer")["step"] == 2   # intact
     assert load_checkpoint(os.path.join(out, "transformer.pt"), "transformer")["stage"] == "transformer"
     resume_to_the_end(flags, out, 2, 8, 2, capsys)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What train.py must never lose, and must never write: users' files in --out, the last good checkpoint
+# of a diverging run, a complete bundle, a checkpoint on a full disk. The data-loss tests compare bytes.
+# ---------------------------------------------------------------------------------------------------
+
+CLAP_RUN = TOY + ["--stage", "clap", "--log-every", "1"]           # the fastest stage that needs nothing else
+
+
+def test_start_up_removes_only_the_partial_files_of_its_own_killed_runs(tmp_path):
+    """A user's `.tmp-*` files and folders, and anything not named like our checkpoints, are left alone."""
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                                     # a process id that has ended
+    users = {".tmp-notes.txt": b"my notes", ".tmp-data.pt": b"not ours", "clap.pt.partial-draft": b"mine too",
+             f"notes.txt.partial-{dead.pid}": b"a name like ours, but not a checkpoint"}
+    for name, data in users.items():
+        (out / name).write_bytes(data)
+    (out / ".tmp-folder").mkdir()
+    (out / ".tmp-folder" / "inside").write_bytes(b"kept")
+    ours = [f"clap.state.pt.partial-{dead.pid}", f"vqgan.pt.partial-{dead.pid}"]
+    for name in ours:
+        (out / name).write_bytes(b"half a checkpoint")
+    assert train.main(CLAP_RUN + ["--steps", "1", "--out", str(out)]) == 0
+    for name, data in users.items():
+        assert (out / name).read_bytes() == data
+    assert (out / ".tmp-folder" / "inside").read_bytes() == b"kept"
+    assert not any((out / name).exists() for name in ours)
+
+
+def poison_after(stage_step):
+    """A Trainer.step that, after its real step `stage_step`, sets one weight to NaN: a run diverging there."""
+    import clap
+    real = clap.Trainer.step
+
+    def step(self, batch, s):
+        metrics = real(self, batch, s)
+        if s == stage_step:
+            with torch.no_grad():
+                next(iter(self.model.parameters())).fill_(float("nan"))
+        return metrics
+    return step
+
+
+@pytest.mark.parametrize("ckpt_every, words", [
+    ("2", ["loss stopped being finite at step 4", "step 2) is kept", "no bundle", "--lr"]),   # the loss shows it first
+    ("1", ["no longer finite at step 3", "step 2) is kept", "no bundle"])])                 # the weights, before saving
+def test_a_diverging_run_stops_keeps_the_last_finite_checkpoint_and_writes_no_bundle(
+        tmp_path, capsys, monkeypatch, ckpt_every, words):
+    import clap
+    out, bundle_path = tmp_path / "run", tmp_path / "bundle.pt"
+    assert train.main(CLAP_RUN + ["--steps", "2", "--out", str(out)]) == 0        # a good checkpoint at step 2
+    before = {n: (out / n).read_bytes() for n in ("clap.pt", "clap.state.pt")}
+    monkeypatch.setattr(clap.Trainer, "step", poison_after(2))
+    capsys.readouterr()
+    refused(capsys, train.main, CLAP_RUN + ["--steps", "6", "--ckpt-every", ckpt_every, "--resume",
+                                            "--out", str(out), "--bundle", str(bundle_path)], words)
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert not bundle_path.exists() and not [n for n in os.listdir(out) if ".partial-" in n]
+
+
+def test_a_huge_lr_is_refused_or_caught_and_nan_weights_never_load(tmp_path, capsys):
+    """--lr at its bound trains (finite here, or stopped by the check above); a file with NaN weights is
+    refused in one sentence naming the file and the weight, by the resume and by every loader."""
+    out = tmp_path / "run"
+    rc = train.main(CLAP_RUN + ["--steps", "3", "--lr", "0.99", "--warmup", "0", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0 or (rc == 2 and "stopped being finite" in err)
+    state = load_checkpoint(str(out / "clap.state.pt"), "clap")
+    assert all(torch.isfinite(t).all() for t in state["trainer"]["model"].values() if t.is_floating_point())
+    name = next(k for k, t in state["trainer"]["model"].items() if t.is_floating_point())
+    state["trainer"]["model"][name] = torch.full_like(state["trainer"]["model"][name], float("nan"))
+    save_checkpoint(state, str(out / "clap.state.pt"))
+    refused(capsys, train.main, CLAP_RUN + ["--steps", "4", "--resume", "--out", str(out)],
+            ["clap.state.pt", f"trainer.model.{name}", "NaN"])
+
+
+def test_a_full_disk_while_saving_is_one_sentence_and_the_old_checkpoint_stays(tmp_path, capsys, monkeypatch):
+    import runtime
+    out = tmp_path / "run"
+    assert train.main(CLAP_RUN + ["--steps", "1", "--out", str(out)]) == 0
+    before = {n: (out / n).read_bytes() for n in ("clap.pt", "clap.state.pt")}
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise OSError(28, "No space left on device")               # written, then the disk was full at the flush
+
+    monkeypatch.setattr(runtime.torch, "save", full_disk)
+    capsys.readouterr()
+    refused(capsys, train.main, CLAP_RUN + ["--steps", "2", "--resume", "--out", str(out)],
+            ["clap.pt", "No space left on device", "unchanged"])
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert not [n for n in os.listdir(out) if ".partial-" in n]
+
+
+def test_a_bundle_is_never_made_worse_by_a_one_stage_run(toy_run, tmp_path, capsys):
+    """An existing bundle's other stages are kept; a transformer that would not fit the new tokens is a
+    refusal that leaves the bundle's bytes as they were; a file that is not a bundle is never overwritten."""
+    bundle_path = tmp_path / "model.pt"
+    shutil.copy(toy_run / "vqgan_only.pt", tmp_path / "vqgan_only.pt")
+    # a complete bundle: the toy run's vqgan, clap and transformer
+    full = tmp_path / "full_run"
+    shutil.copytree(toy_run, full)
+    assert train.main(TOY + ["--stage", "transformer", "--steps", "1", "--out", str(full), "--resume",
+                             "--bundle", str(bundle_path)]) == 0
+    assert sorted(s for s in train.STAGES if s in load_checkpoint(str(bundle_path), "bundle")) == ["clap", "transformer", "vqgan"]
+    # a vocoder trained alone into a fresh folder joins the bundle; nothing is lost
+    assert train.main(TOY + ["--stage", "vocoder", "--steps", "1", "--out", str(tmp_path / "voc"),
+                             "--bundle", str(bundle_path)]) == 0
+    merged = load_checkpoint(str(bundle_path), "bundle")
+    assert all(s in merged for s in ("vqgan", "clap", "transformer"))
+    sample.load_pipeline(str(bundle_path), verbose=False)
+    # a VQGAN retrained alone: the bundle's transformer learnt other tokens, so no bundle, and its bytes stay
+    before = bundle_path.read_bytes()
+    refused(capsys, train.main, TOY + ["--stage", "vqgan", "--steps", "1", "--out", str(tmp_path / "vq"),
+                                       "--bundle", str(bundle_path)], ["transformer", "vqgan", "new path"])
+    assert bundle_path.read_bytes() == before
+    # a file that is not one of our bundles is refused before any training
+    (tmp_path / "essay.txt").write_text("my essay")
+    refused(capsys, train.main, CLAP_RUN + ["--steps", "1", "--out", str(tmp_path / "c"),
+                                            "--bundle", str(tmp_path / "essay.txt")], ["essay.txt"], tmp_path / "c")
+    assert (tmp_path / "essay.txt").read_text() == "my essay"
+
+
+def test_a_vqgan_run_never_asks_for_laion_clap_and_data_is_checked_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "laion_clap", None)            # as on a machine without it
+    assert train.main(TOY + ["--stage", "vqgan", "--clap", "laion", "--steps", "1", "--out", str(tmp_path / "a")]) == 0
+    refused(capsys, train.main, ["--data", "audiocaps", "--root", "/no/such/root", "--clap", "laion",
+                                 "--out", str(tmp_path / "b")], ["/no/such/root"])
+
+
+# Bundles that load but hold nonsense: one sentence naming the file and the entry, before any model is built.
+def _damage(b, how):
+    if how == "no config":
+        del b["vqgan"]["config"]
+    elif how == "no weights":
+        del b["transformer"]["model"]
+    elif how == "a list for a stage":
+        b["clap"] = [1, 2, 3]
+    elif how == "a list for a config":
+        b["vqgan"]["config"] = [1, 2]
+    elif how == "a string for a weight":
+        b["transformer"]["model"]["head.weight"] = "weights"
+    elif how == "a string for a number":
+        b["transformer"]["config"]["n_layers"] = "two"
+    elif how == "a negative layer count":
+        b["transformer"]["config"]["n_layers"] = -1
+    elif how == "a terabyte width":
+        b["transformer"]["config"]["width"] = 2 ** 40
+    elif how == "NaN weights":
+        b["vqgan"]["model"]["quantizer.codebook.weight"][0, 0] = float("nan")
+    elif how == "a NaN in a config":
+        b["vqgan"]["config"]["beta"] = float("nan")
+
+
+@pytest.mark.parametrize("how, words", [
+    ("no config", ["vqgan.config", "missing"]),
+    ("no weights", ["transformer.model", "missing"]),
+    ("a list for a stage", ["'clap'", "list"]),
+    ("a list for a config", ["vqgan.config", "list"]),
+    ("a string for a weight", ["transformer.model.head.weight", "str"]),
+    ("a string for a number", ["n_layers", "'two'"]),
+    ("a negative layer count", ["n_layers", "-1"]),
+    ("a terabyte width", ["width", str(2 ** 40)]),
+    ("NaN weights", ["vqgan.model.quantizer.codebook.weight", "NaN"]),
+    ("a NaN in a config", ["vqgan.config.beta", "nan"]),
+])
+def test_a_bundle_holding_nonsense_is_one_sentence_naming_the_file_and_entry(bundle, tmp_path, capsys, how, words):
+    b = load_checkpoint(bundle, "bundle")
+    _damage(b, how)
+    path = tmp_path / "damaged.pt"
+    save_checkpoint(b, str(path))
+    err = refused(capsys, sample.main, ["rain on a roof", "--ckpt", str(path), "--steps", "2",
+                                        "--out", str(tmp_path / "out")], words, tmp_path / "out")
+    if how != "a string for a number":                              # config_from_dict does not know the path
+        assert "damaged.pt" in err
+
+
+def test_a_weight_of_the_wrong_shape_is_one_sentence():
+    import runtime
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(UserError, match=r"'weight' is \(2, 4\), where its config needs \(2, 3\)"):
+        runtime.load_weights(model, {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}, "test checkpoint")
+    with pytest.raises(UserError, match="lacks weight 'bias'"):
+        runtime.load_weights(model, {"weight": torch.zeros(2, 3)}, "test checkpoint")

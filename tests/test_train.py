@@ -5,6 +5,7 @@ Every run here uses models a few thousand parameters large, 16384-sample clips a
 what is checked is the machinery (files, logs, schedules, data order, errors), not what is learnt.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -84,13 +85,15 @@ def test_stage_all_writes_every_checkpoint_and_a_bundle_sample_py_loads(toy_run)
 
 
 def test_the_vocoder_is_measured_against_griffin_lim_on_held_out_clips(toy_run):
+    """Both reconstruct from the 0-8 kHz input mel; the L1 is measured on HiFiGAN's loss mel (vocoder.loss_mel)."""
     import data
     import mel
+    import vocoder
     heldout = load_checkpoint(str(toy_run / "vocoder.pt"), "vocoder")["heldout_mel_l1"]
     val = data.make_dataset("toy", "val", num_samples=16384, n=train.HELDOUT_CLIPS)
     wav = torch.stack([val[i]["wav"] for i in range(train.HELDOUT_CLIPS)])
-    target = mel.mel_spectrogram(wav)
-    gl = (mel.mel_spectrogram(mel.griffin_lim(target, n_iter=32)[:, :16384]) - target).abs().mean().item()
+    measure = vocoder.loss_mel
+    gl = (measure(mel.griffin_lim(mel.mel_spectrogram(wav))[:, :16384]) - measure(wav)).abs().mean().item()
     assert heldout["clips"] == 16 and heldout["griffin_lim"] == pytest.approx(gl, rel=1e-5)
     assert heldout["vocoder"] > heldout["griffin_lim"]                    # two steps of training: a loser
 
@@ -197,14 +200,14 @@ def test_a_killed_run_leaves_a_loadable_checkpoint_and_resumes_from_it(toy_run, 
     assert train.main(flags + ["--resume", "--steps", str(s + 2)]) == 0
     assert f"resuming at step {s}" in capsys.readouterr().out
     assert [r["step"] for r in log_rows(out, "transformer")][-2:] == [s + 1, s + 2]
-    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]      # a save cut short is cleaned up
+    assert not [n for n in os.listdir(out) if ".partial-" in n]           # a save cut short is cleaned up
 
 
 @pytest.mark.parametrize("error, expected", [(OSError(28, "No space left on device"), UserError),
                                              (RuntimeError("killed while pickling"), RuntimeError)])
 def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch, error, expected):
     path = str(tmp_path / "vqgan.pt")
-    save_checkpoint({"stage": "vqgan", "step": 1}, path)
+    save_checkpoint({"stage": "vqgan", "config": {}, "model": {}, "step": 1}, path)
     real_save = torch.save
 
     def failing_save(obj, f):
@@ -213,7 +216,7 @@ def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(tmp_path, mon
 
     monkeypatch.setattr(runtime.torch, "save", failing_save)
     with pytest.raises(expected):
-        save_checkpoint({"stage": "vqgan", "step": 2}, path)
+        save_checkpoint({"stage": "vqgan", "config": {}, "model": {}, "step": 2}, path)
     monkeypatch.setattr(runtime.torch, "save", real_save)
     assert load_checkpoint(path, "vqgan")["step"] == 1
     assert os.listdir(tmp_path) == ["vqgan.pt"]                             # no temporary file left behind
@@ -298,3 +301,74 @@ def test_resuming_with_another_config_or_preset_names_the_mismatch(toy_run, tmp_
     assert "width" in err and "48" in err and "32" in err
     err = error_of(capsys, flags + ["--preset", "full"])
     assert "tiny" in err and "full" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop itself, with a Trainer of one weight: what it reads, when, and which schedule it follows
+# ---------------------------------------------------------------------------------------------------
+
+class OneWeightTrainer:
+    """The Trainer protocol (train.py) at its smallest; its metrics are read-counting stand-ins for tensors
+    on a device, each noting how many steps had run when the loop read it back."""
+
+    @dataclasses.dataclass
+    class Config:
+        size: int = 3
+
+    def __init__(self, own_schedule=False):
+        self.cfg, self.ddp_modules, self.start_step = self.Config(), [], 0
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.optimizers = [torch.optim.SGD([self.w], lr=0.1)]
+        self.lrs, self.reads = [], []
+        if own_schedule:
+            self.lr_factor = lambda step, epoch_steps: 0.5 ** (step // epoch_steps)
+
+    def step(self, batch, step):
+        self.lrs.append(self.optimizers[0].param_groups[0]["lr"])
+        loss = (self.w ** 2).sum()
+        self.optimizers[0].zero_grad()
+        loss.backward()
+        self.optimizers[0].step()
+        trainer = self
+
+        class Lazy:
+            def __float__(self):
+                trainer.reads.append(len(trainer.lrs))
+                return loss.item()
+        return {"loss": Lazy()}
+
+    def state_dict(self):
+        return {"w": self.w.detach().clone(), "optimizer": self.optimizers[0].state_dict()}
+
+    def checkpoint(self):
+        return {"stage": "toy", "config": dataclasses.asdict(self.cfg), "model": {"w": self.w.detach().clone()}}
+
+
+def run_loop(trainer, tmp_path, steps=4, warmup=2, log_every=2):
+    os.makedirs(tmp_path, exist_ok=True)
+    args = train.parse_args(["--out", str(tmp_path), "--log-every", str(log_every), "--ckpt-every", "100"])
+    train.train_stage("toy", trainer, ((s, None) for s in range(steps + 1)), args, steps, warmup, epoch_steps=2)
+    return log_rows(tmp_path, "toy")
+
+
+def test_the_loop_reads_metrics_back_only_every_log_every_steps(tmp_path):
+    trainer = OneWeightTrainer()
+    rows = run_loop(trainer, tmp_path, steps=4, log_every=2)
+    assert trainer.reads and set(trainer.reads) == {2, 4}                  # never between two log lines
+    assert [r["step"] for r in rows] == [2, 4] and all(isinstance(r["loss"], float) for r in rows)
+
+
+def test_the_loop_follows_a_trainers_own_schedule_instead_of_warm_up_and_cosine(tmp_path):
+    plain, own = OneWeightTrainer(), OneWeightTrainer(own_schedule=True)
+    run_loop(plain, tmp_path / "plain", steps=4, warmup=2)
+    run_loop(own, tmp_path / "own", steps=4, warmup=2)
+    assert plain.lrs == pytest.approx([0.1 * train.lr_factor(s, 2, 4) for s in range(4)])
+    assert own.lrs == pytest.approx([0.1, 0.1, 0.05, 0.05])               # x 0.5 per epoch of 2 steps
+
+
+def test_the_full_presets_learning_rates_follow_their_papers():
+    full = train.parse_args(["--data", "audiocaps", "--preset", "full"])
+    assert train.stage_hparams("vqgan", full)[3] == pytest.approx(4.5e-6 * 8)          # Taming x batch 8
+    assert train.stage_hparams("transformer", full)[3] == pytest.approx(1e-3 * 48 / 256)   # MAE, Sec. 4
+    assert train.stage_hparams("transformer", full, world=4)[3] == pytest.approx(1e-3 * 4 * 48 / 256)
+    assert train.stage_hparams("vqgan", train.parse_args(["--preset", "tiny"]))[3] == 1e-3   # measured on the toy

@@ -1,0 +1,118 @@
+"""Two processes under torchrun (gloo, on the CPU), on the transformer stage of a tiny toy run:
+
+- the two ranks train on disjoint clips (batch_indices gives each its slice of the global batch);
+- after the first step, both hold the same gradient, and it equals the gradient a single process computes
+  for the whole global batch (the mean of the two ranks' losses, each with its rank's masks), clipped the
+  same way: DistributedDataParallel's all-reduce is exactly that average;
+- only rank 0 writes files (rank 1 would fail if it opened anything in --out for writing).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import specmaskgit
+import train
+from runtime import load_checkpoint
+from test_train import TOY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# train.py under torchrun, with a record of the first step (batch indices, weights before, gradient
+# after) per rank, and a rank 1 that may not write anything into --out.
+SHIM = r"""
+import builtins, os, sys
+import torch
+import runtime, specmaskgit, train
+dump, argv = sys.argv[1], sys.argv[2:]
+rank = int(os.environ["RANK"])
+out = os.path.abspath(argv[argv.index("--out") + 1])
+record = {"indices": {}}
+real_indices = train.batch_indices
+def batch_indices(step, batch_size, n_items, seed, rank_=0, world=1):
+    idx = real_indices(step, batch_size, n_items, seed, rank_, world)
+    record["indices"].setdefault(step, idx)
+    return idx
+train.batch_indices = batch_indices
+real_step = specmaskgit.Trainer.step
+def step(self, batch, s):
+    if s == 0:
+        record["before"] = {k: v.clone() for k, v in self.model.module.state_dict().items()}
+        record["batch"] = batch
+    metrics = real_step(self, batch, s)
+    if s == 0:
+        record["grad"] = {n: p.grad.clone() for n, p in self.model.module.named_parameters() if p.grad is not None}
+        torch.save(record, os.path.join(dump, f"rank{rank}.pt"))
+    return metrics
+specmaskgit.Trainer.step = step
+if rank != 0:
+    real_open = builtins.open
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and os.path.abspath(str(file)).startswith(out):
+            raise RuntimeError(f"rank {rank} wrote {file}")
+        return real_open(file, mode, *args, **kwargs)
+    builtins.open = guarded_open
+    def refuse(obj, path):
+        raise RuntimeError(f"rank {rank} saved {path}")
+    runtime.save_checkpoint = train.save_checkpoint = refuse
+sys.exit(train.main(argv))
+"""
+
+
+@pytest.fixture(scope="module")
+def prerequisites(tmp_path_factory):
+    """A VQGAN, a TinyCLAP and the token cache for the transformer stage."""
+    out = tmp_path_factory.mktemp("ddp_prerequisites")
+    for stage in ("vqgan", "clap", "transformer"):
+        assert train.main(TOY + ["--stage", stage, "--steps", "1", "--out", str(out)]) == 0
+    for name in ("transformer.pt", "transformer.state.pt", "transformer.log.jsonl"):
+        os.remove(out / name)
+    return out
+
+
+def test_two_processes_see_disjoint_data_share_the_whole_batch_gradient_and_only_rank_0_writes(prerequisites, tmp_path):
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    shutil.copytree(prerequisites, out)
+    dump.mkdir()
+    (tmp_path / "shim.py").write_text(SHIM)
+    flags = TOY + ["--stage", "transformer", "--steps", "2", "--ckpt-every", "1", "--log-every", "1", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "shim.py"), str(dump), *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(dump / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+
+    # disjoint clips, together the global batch of 2 x 2
+    i0, i1 = r0["indices"][0], r1["indices"][0]
+    assert len(i0) == len(i1) == 2 and not set(i0) & set(i1)
+    assert sorted(i0 + i1) == sorted(train.batch_indices(0, 4, 8, seed=0))
+
+    # the same weights before, the same gradient after, and it is the whole batch's
+    for k in r0["before"]:
+        assert torch.equal(r0["before"][k], r1["before"][k])
+    assert r0["grad"].keys() == r1["grad"].keys()
+    for k in r0["grad"]:
+        torch.testing.assert_close(r0["grad"][k], r1["grad"][k], rtol=0, atol=0)
+    cfg = specmaskgit.Config(**{**load_checkpoint(str(out / "transformer.pt"), "transformer")["config"]})
+    model = specmaskgit.SpecMaskGIT(cfg)
+    model.load_state_dict(r0["before"])
+    model.train()
+    losses = [specmaskgit.masked_loss(model, r["batch"]["tokens"], r["batch"]["cond"],
+                                      generator=torch.Generator().manual_seed(rank))[0]   # step 0: seed = rank
+              for rank, r in enumerate((r0, r1))]
+    (sum(losses) / 2).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == r0["grad"].keys()
+    for k in grads:
+        torch.testing.assert_close(r0["grad"][k], grads[k], rtol=1e-4, atol=1e-6)
+
+    # rank 0 wrote the run's files; the state holds both processes' random streams
+    state = load_checkpoint(str(out / "transformer.state.pt"), "transformer")
+    assert state["step"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])
