@@ -10,11 +10,14 @@ Paper: "SpecMaskGIT" (ISMIR 2024).
                 for them: they are just sampling with some tokens given.
 
 In:  prompts, or an audio file (any length, rate, channel count) for --inpaint / --bwe
-Out: one 22050 Hz wav per prompt and take; with --png a picture of its mel and of the MaskGIT
-     decoding order (the step at which each token was committed)
+Out: one 22050 Hz wav per prompt and take; with --png a labelled picture of its mel and of the MaskGIT
+     decoding order (the step at which each token was committed); with --html a self-contained page
+     that plays the sampling steps (decoding_page.py)
 
   python sample.py "rain on a roof"                       # the bundled toy model, a few seconds on a CPU
   python sample.py "a dog barking" "a siren" --n 4 --png
+  python sample.py "a church bell" --html                 # samples/a_church_bell.html: the 16 steps
+  python sample.py "rain on a roof" --out rain.wav        # exactly that file
   python sample.py --inpaint clip.wav --start 1.0 --end 2.0 "birds chirping"
   python sample.py --bwe band_limited.wav --lfr
   python sample.py --benchmark full                       # speed, plain path to fast path (benchmark.py)
@@ -29,12 +32,19 @@ import time
 
 import torch
 
+import fast
 import mel
 from runtime import (ArgumentParser, UserError, load_checkpoint, make_output_folder, pick_device, pick_inference_dtype,
                      run_command)
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
 BWE_CUTOFF_HZ = 4300.0    # ~ mel bin 63's top edge (= bin 64's centre, 4327 Hz); top token row = bins 64-79 (Table 7)
+MAX_TAKES = 64            # prompts x --n in one call: they run as one batch
+MAX_CFG = 100.0           # guidance scales beyond this only saturate the softmax (the paper uses 3)
+MAX_TEMPERATURE = 100.0   # Gumbel temperatures beyond this make the order random already (the paper uses 1.5)
+MAX_SECONDS = 86400.0     # --start / --end: a day of audio
+MAX_CLIP_SAMPLES = 64 * mel.CLIP_SAMPLES   # a bundle's clip length beyond this is a broken file, not a model
+PREVIEW_GL_ITERATIONS = 8  # the page's per-step sounds without a vocoder: a quarter of the cost of the final take's
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -53,42 +63,73 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
                   verbose=True) -> Pipeline:
     """dtype: "fp32" | "bf16" | "fp16" | "int8" | "auto" (runtime.pick_inference_dtype: the machine's fast one)."""
     import clap
+    import hifigan_format
     import specmaskgit
-    import vocoder
     import vqgan
     bundle = load_checkpoint(ckpt, "bundle")
     for stage in ("vqgan", "transformer"):
         if stage not in bundle:
             raise UserError(f"{ckpt} holds no {stage} checkpoint; train it with train.py --stage {stage}.")
-    vq = vqgan.from_checkpoint(bundle["vqgan"]).to(device).eval()
-    transformer = specmaskgit.from_checkpoint(bundle["transformer"]).to(device).eval()
+    for stage in ("vqgan", "transformer", "clap", "vocoder"):
+        if stage in bundle and not isinstance(bundle[stage], dict):
+            raise UserError(f"{ckpt}'s {stage} entry is a {type(bundle[stage]).__name__}, not a checkpoint; "
+                            f"re-bundle it with train.py --bundle.")
+    num_samples = bundle.get("num_samples", mel.CLIP_SAMPLES)
+    if (not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 0 < num_samples <= MAX_CLIP_SAMPLES
+            or num_samples % (16 * mel.HOP)):
+        raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of token "
+                        f"columns (a multiple of {16 * mel.HOP} samples) up to {MAX_CLIP_SAMPLES}.")
+    vq = rebuild(ckpt, "vqgan", vqgan.from_checkpoint, bundle["vqgan"]).to(device).eval()
+    transformer = rebuild(ckpt, "transformer", specmaskgit.from_checkpoint, bundle["transformer"]).to(device).eval()
     # Stages of two runs in one file (a transformer trained on another codebook or clip length, bundled by
     # hand or by an older train.py): the sampler drew ids the VQGAN does not have, an IndexError in decode.
-    grid = (vq.cfg.n_codes, vq.cfg.n_mels // 16, bundle.get("num_samples", mel.CLIP_SAMPLES) // (16 * mel.HOP))
+    grid = (vq.cfg.n_codes, vq.cfg.n_mels // 16, num_samples // (16 * mel.HOP))
     if (transformer.cfg.n_codes, transformer.cfg.rows, transformer.cfg.cols) != grid:
         raise UserError(f"{ckpt}'s transformer ({transformer.cfg.n_codes} codes, {transformer.cfg.rows} x "
                         f"{transformer.cfg.cols} tokens) does not fit its VQGAN and clip ({grid[0]} codes, "
                         f"{grid[1]} x {grid[2]}); retrain it with train.py --stage transformer.")
     dtype = pick_inference_dtype(device, dtype, transformer.cfg.width, verbose)
     if dtype == torch.qint8:                                   # int8 linears in the transformer, fp32 elsewhere
-        transformer, dtype = specmaskgit.quantize_int8(transformer), torch.float32
+        transformer, dtype = fast.quantize_int8(transformer), torch.float32
+    if device == "cuda":                                       # the 24 blocks replayed as one CUDA graph per shape
+        transformer = fast.GraphedTransformer(transformer)
     if clap_ckpt:
         conditioner = clap.load_clap("laion", clap_ckpt, device=device)
     elif "clap" in bundle:
-        conditioner = clap.from_checkpoint(bundle["clap"]).to(device).eval()
+        conditioner = rebuild(ckpt, "clap", clap.from_checkpoint, bundle["clap"]).to(device).eval()
     else:
         raise UserError(f"{ckpt} holds no CLAP model; pass --clap-ckpt 630k-audioset-best.pt.")
     if vocoder_ckpt:
-        voc = vocoder.load_vocoder(vocoder_ckpt)
+        voc = rebuild(vocoder_ckpt, "vocoder", hifigan_format.load_vocoder, vocoder_ckpt)
     elif "vocoder" in bundle:
-        voc = vocoder.load_vocoder(bundle["vocoder"])
+        voc = rebuild(ckpt, "vocoder", hifigan_format.load_vocoder, bundle["vocoder"])
     else:
         voc = None
         if verbose:
             print("vocoder: none given, using Griffin-Lim (pass --vocoder-ckpt for a HiFiGAN)")
     if voc is not None:
         voc = voc.to(device).eval()
-    return Pipeline(vq, transformer, conditioner, voc, bundle.get("num_samples", mel.CLIP_SAMPLES), device, dtype)
+    return Pipeline(vq, transformer, conditioner, voc, num_samples, device, dtype)
+
+
+def rebuild(ckpt: str, stage: str, build, entry):
+    """build(entry), with a hand-edited or truncated checkpoint as one sentence naming what is wrong.
+
+    The model files check what they know to check (runtime.config_from_dict); what slips past them (a
+    missing entry, a string where a number belongs, a weight of the wrong shape) surfaces here as the
+    Python error it causes, and is named instead of shown as a traceback.
+    """
+    try:
+        return build(entry)
+    except UserError as e:
+        raise (e if ckpt in str(e) else UserError(f"{ckpt}: {e}")) from None
+    except KeyError as e:
+        raise UserError(f"{ckpt}'s {stage} checkpoint has no entry {e.args[0]!r}; re-bundle it with train.py "
+                        f"--bundle.") from None
+    except (TypeError, ValueError, AttributeError, IndexError, RuntimeError, MemoryError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{ckpt}'s {stage} checkpoint cannot be rebuilt ({type(e).__name__}: {first}); its "
+                        f"config or weights were edited or cut short.") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -96,13 +137,33 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
 # ---------------------------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor):
-    """(B, rows, cols) token ids -> log-mels (B, 80, 16 cols) -> waveforms (B, 256 x frames)."""
+def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | None = None):
+    """(B, rows, cols) token ids -> log-mels (B, 80, 16 cols) -> waveforms (B, 256 x frames).
+    gl_iterations: Griffin-Lim's iterations when there is no vocoder (None = mel.griffin_lim's default)."""
     with torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
         log_mel = mel.denormalize(pipe.vq.decode(tokens).float())                     # (B, 80, F)
     if pipe.vocoder is None:
-        return log_mel, mel.griffin_lim(log_mel.cpu())                                  # (B, 256 F), 32 iterations
-    return log_mel, pipe.vocoder.vocode(log_mel, pipe.dtype).cpu()                     # (B, 256 F)
+        iterations = {} if gl_iterations is None else {"n_iter": gl_iterations}
+        return log_mel, mel.griffin_lim(log_mel.cpu(), **iterations)                    # (B, 256 F)
+    return log_mel, fast.vocode_chunked(pipe.vocoder, log_mel, pipe.dtype).cpu()       # (B, 256 F)
+
+
+def peak_normalised(wav: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    """`wav` scaled down to a peak of 1 if it would clip (telling the user when `name` is given).
+
+    A 16-bit file holds [-1, 1]; clipping a louder waveform flattens its peaks into a harsh distortion,
+    while one gain for the whole take keeps its shape. NaN or infinite samples (broken weights) are refused.
+    """
+    peak = float(wav.abs().max()) if wav.numel() else 0.0
+    if not math.isfinite(peak):
+        raise UserError(f"the audio for {name or 'this take'} holds NaN or infinite samples, so nothing was written "
+                        f"for it; the model's weights are probably broken.")
+    if peak <= 1.0:
+        return wav
+    if name is not None:
+        print(f"{os.path.basename(name)}: the peak is {peak:.2f} x full scale; scaled down by "
+              f"{20 * math.log10(peak):.1f} dB instead of clipping")
+    return wav / peak
 
 
 @torch.inference_mode()
@@ -113,24 +174,26 @@ def audio_to_tokens(pipe: Pipeline, wav: torch.Tensor) -> torch.Tensor:
 def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
     """CLAP text embeddings (B, 512). The toy model knows only its world's words: say which were ignored."""
     import clap
-    import data
+    import toyworld
     for p in prompts:
         if not p.strip():
             raise UserError("the prompt is empty; describe a sound, e.g. \"rain on a roof\".")
         if not isinstance(pipe.clap, clap.TinyCLAP):
             continue                                           # LAION-CLAP's tokenizer reads any text
+        # every word unknown, or no word at all (a script whose words the tokenizer does not split out)
         words, unknown = clap.words_of(p), pipe.clap.unknown_words(p)
-        if len(unknown) == len(set(words)):
+        if not set(words) - set(unknown):
             raise UserError(f"no word of {p[:60]!r} is known to this CLAP model; the demo model only knows the "
-                            f"toy sounds: {', '.join(data.KINDS)}.")
+                            f"toy sounds, in the English words of their captions: {', '.join(toyworld.KINDS)}.")
         if unknown:
             print(f"ignored words the model does not know: {', '.join(unknown[:10])}")
     return pipe.clap.embed_text(prompts).to(pipe.device)
 
 
 def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, known_mask=None, verbose=True,
-                  cfg_ramp=True):
-    """Run the MaskGIT sampler (specmaskgit.generate), printing one progress line per step."""
+                  cfg_ramp=True, record=None):
+    """Run the MaskGIT sampler (specmaskgit.generate), printing one progress line per step.
+    `record`: a list that receives generate's per-step record (for the decoding page), or None."""
     import specmaskgit
     t0 = time.time()
 
@@ -141,36 +204,44 @@ def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, 
     with torch.inference_mode(), torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
         return specmaskgit.generate(pipe.transformer, cond, steps=steps, cfg=cfg, temperature=temperature,
                                     known_tokens=known_tokens, known_mask=known_mask, seed=seed,
-                                    on_step=progress, record_order=True, cfg_ramp=cfg_ramp)
+                                    on_step=progress, record_order=True, cfg_ramp=cfg_ramp,
+                                    **({} if record is None else {"record": record}))
 
 
 # ---------------------------------------------------------------------------------------------------
 # The three tasks.
 # ---------------------------------------------------------------------------------------------------
 
-def text_to_audio(pipe, prompts, n=1, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True, cfg_ramp=True):
-    """Every prompt n times, in one batch: returns waveforms (P*n, T), log-mels, decoding orders."""
+def text_to_audio(pipe, prompts, n=1, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True, cfg_ramp=True,
+                  record=None):
+    """Every prompt n times, in one batch: returns waveforms (P*n, T), log-mels, decoding orders, tokens."""
     cond = embed_prompts(pipe, prompts).repeat_interleave(n, dim=0)                   # (P n, 512)
-    tokens, order = sample_tokens(pipe, cond, steps, cfg, temperature, seed, verbose=verbose, cfg_ramp=cfg_ramp)
+    tokens, order = sample_tokens(pipe, cond, steps, cfg, temperature, seed, verbose=verbose, cfg_ramp=cfg_ramp,
+                                  record=record)
     log_mel, wav = tokens_to_audio(pipe, tokens)
     return wav, log_mel, order, tokens
 
 
 def clip_window(length: int, clip: int, start: int, end: int) -> int:
     """Where the model's clip-long window goes in a longer input: centred on [start, end), inside the
-    input, on a token-column boundary (16 frames x 256 samples = 4096 samples)."""
+    input, on a token-column boundary (16 frames x 256 samples = 4096 samples). Near the input's end
+    the boundary below could cut the gap off; then the window starts on the boundary above and its
+    last few thousand samples are the zero padding after the input."""
     col = 16 * mel.HOP
     offset = (start + end) // 2 - clip // 2
     offset = max(0, min(offset, length - clip))
-    return offset // col * col
+    offset = offset // col * col
+    return offset + col if end - offset > clip else offset
 
 
-def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True):
+def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True,
+            record=None):
     """Regenerate the token columns that cover [start_s, end_s] seconds; keep every other token.
 
     The model sees a clip of pipe.num_samples samples: a shorter input is zero-padded (and the output
     cropped back), a longer one is processed in the clip-long window around the gap and the rest of the
-    input is kept as it was. Returns (output waveform as long as the input, tokens before, tokens after).
+    input is kept as it was, sample for sample: a window that would exceed full scale is scaled down
+    before it is put back. Returns (output as long as the input, tokens before, tokens after, mel, order).
     """
     clip, length = pipe.num_samples, wav.shape[-1]
     start, end = int(start_s * mel.SR), int(end_s * mel.SR)
@@ -192,8 +263,9 @@ def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, cfg=3.0, temperatu
               f"{last * 4096 / mel.SR + offset / mel.SR:.2f} s) of {before.shape[-1]}")
     cond = embed_prompts(pipe, [prompt]) if prompt else None
     after, order = sample_tokens(pipe, cond, steps, cfg if cond is not None else 0.0, temperature, seed,
-                                 known_tokens=before, known_mask=known, verbose=verbose)
+                                 known_tokens=before, known_mask=known, verbose=verbose, record=record)
     log_mel, out = tokens_to_audio(pipe, after)
+    out = peak_normalised(out, "the inpainted window" if verbose else None)     # the input around it stays as it is
     result = wav.clone()
     n = min(clip, length - offset)
     result[offset:offset + n] = out[0, :n]
@@ -208,19 +280,27 @@ def low_frequency_replacement(generated: torch.Tensor, original: torch.Tensor, c
     return torch.fft.irfft(torch.where(hz < cutoff_hz, o, g), n=n)
 
 
-def bandwidth_extension(pipe, wav, prompt=None, lfr=False, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True):
-    """Keep the low token rows, regenerate the top row (mel bins 64-79, above ~4.3 kHz)."""
+def bandwidth_extension(pipe, wav, prompt=None, lfr=False, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True,
+                        record=None):
+    """Keep the low token rows, regenerate the top row (mel bins 64-79, above ~4.3 kHz).
+    A long input goes clip by clip; the tokens, mel, order and `record` returned are the last clip's."""
     clip, length = pipe.num_samples, wav.shape[-1]
     out = wav.clone()
     before = after = log_mel = order = None
-    for offset in range(0, length, clip):                                              # clip by clip
+    n_clips = -(-length // clip)
+    for i, offset in enumerate(range(0, length, clip)):                                # clip by clip
+        if verbose and n_clips > 1:
+            print(f"clip {i + 1} of {n_clips} ({offset / mel.SR:.1f}-{min(length, offset + clip) / mel.SR:.1f} s "
+                  f"of {length / mel.SR:.1f} s)", flush=True)
+        if record is not None:
+            record.clear()
         segment = torch.nn.functional.pad(wav[offset:offset + clip], (0, max(0, offset + clip - length)))
         before = audio_to_tokens(pipe, segment[None])
         known = torch.ones_like(before, dtype=torch.bool)
         known[:, -1, :] = False                                                         # the top row: bins 64-79
         cond = embed_prompts(pipe, [prompt]) if prompt else None
         after, order = sample_tokens(pipe, cond, steps, cfg if cond is not None else 0.0, temperature, seed,
-                                     known_tokens=before, known_mask=known, verbose=verbose)
+                                     known_tokens=before, known_mask=known, verbose=verbose, record=record)
         log_mel, gen = tokens_to_audio(pipe, after)
         n = min(clip, length - offset)
         piece = gen[0, :n]
@@ -255,8 +335,12 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=1, help="takes per prompt (batched)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--dtype", default="auto", help="auto (what pays on this machine, printed) | fp32 | bf16 | fp16 | int8")
-    p.add_argument("--out", default="samples", help="output folder")
-    p.add_argument("--png", action="store_true", help="also write the mel and the decoding order as a PNG")
+    p.add_argument("--out", default="samples",
+                   help="output folder (a name already there is not overwritten: the new take gets -2, -3, ...); "
+                        "or, for a single take, the .wav file itself")
+    p.add_argument("--png", action="store_true", help="also write the mel and the decoding order as a labelled PNG")
+    p.add_argument("--html", action="store_true",
+                   help="also write a self-contained page that plays the sampling steps (decoding_page.py)")
     p.add_argument("--inpaint", metavar="FILE", help="regenerate [--start, --end] seconds of FILE")
     p.add_argument("--start", type=float, default=None)
     p.add_argument("--end", type=float, default=None)
@@ -270,21 +354,27 @@ def parse_args(argv=None):
         raise UserError(f"--steps must be between 1 and 256, not {args.steps}.")
     # written so that NaN fails too (every comparison with NaN is False); an infinite scale or temperature
     # made NaN logits (a traceback in torch.multinomial) or NaN confidences (a silent run in no order)
-    if not 0 <= args.cfg < math.inf:
-        raise UserError(f"--cfg must be a finite number, 0 or more (0 = no guidance), not {args.cfg}.")
-    if not 0 <= args.temperature < math.inf:
-        raise UserError(f"--temperature must be a finite number, 0 or more, not {args.temperature}.")
+    if not 0 <= args.cfg <= MAX_CFG:
+        raise UserError(f"--cfg must be between 0 (no guidance) and {MAX_CFG:g} (the paper uses 3), not {args.cfg}.")
+    if not 0 <= args.temperature <= MAX_TEMPERATURE:
+        raise UserError(f"--temperature must be between 0 and {MAX_TEMPERATURE:g} (the paper uses 1.5), "
+                        f"not {args.temperature}.")
     if not 0 <= args.seed < 2 ** 63:                            # torch.Generator.manual_seed's range
         raise UserError(f"--seed must be a whole number from 0 to 2**63 - 1, not {args.seed}.")
-    if not 1 <= args.n <= 64:
-        raise UserError(f"--n must be between 1 and 64, not {args.n}.")
+    if not 1 <= args.n <= MAX_TAKES:
+        raise UserError(f"--n must be between 1 and {MAX_TAKES}, not {args.n}.")
+    if len(args.prompts) * args.n > MAX_TAKES:
+        raise UserError(f"{len(args.prompts)} prompts x --n {args.n} make {len(args.prompts) * args.n} takes; at most "
+                        f"{MAX_TAKES} run in one call (one batch), so split them over several calls.")
     if args.inpaint and args.bwe:
         raise UserError("choose one of --inpaint and --bwe.")
     if args.inpaint:
         if args.start is None or args.end is None:
             raise UserError("--inpaint needs --start and --end (seconds).")
-        if not 0 <= args.start < args.end < math.inf:          # an infinite --end overflowed int() in inpaint
+        if not 0 <= args.start < args.end:
             raise UserError(f"--start must be >= 0 and below --end, got {args.start} and {args.end}.")
+        if not args.end <= MAX_SECONDS:                         # also NaN and inf; int() of them raises
+            raise UserError(f"--start and --end must be at most {MAX_SECONDS:g} s (a day of audio), not {args.end}.")
         if len(args.prompts) > 1:
             raise UserError("--inpaint takes at most one prompt.")
     elif args.start is not None or args.end is not None:
@@ -302,12 +392,85 @@ def parse_args(argv=None):
     return args
 
 
+OUTPUT_EXTS = (".wav", ".png", ".html")   # what one take may write; they share one name
+
+
+def output_stems(out: str, stems: list[str]) -> list[str]:
+    """Where each take goes: a path without extension, shared by its .wav, .png and .html.
+
+    An --out ending in .wav names one file: exactly that one, for exactly one take (replaced if it
+    exists, and said). Otherwise --out is a folder, and no take overwrites another one or a file already
+    there: a taken name (by an earlier take of this call, as "rain on a roof" and "RAIN on a roof!!"
+    share one, or by a file on disk) gets the first free "-2", "-3", ... and the user is told.
+    """
+    if out.lower().endswith(".wav") and not os.path.isdir(out):
+        if len(stems) != 1:
+            raise UserError(f"--out {out} names one file, but this call makes {len(stems)} takes; give a folder.")
+        make_output_folder(os.path.dirname(os.path.abspath(out)))
+        if os.path.exists(out):
+            print(f"{out} exists and is replaced (--out names it)")
+        return [os.path.splitext(out)[0]]
+    make_output_folder(out)
+    taken, paths = set(), []
+    for stem in stems:
+        name, k = stem, 1
+        while name in taken or any(os.path.exists(os.path.join(out, name + ext)) for ext in OUTPUT_EXTS):
+            k += 1
+            name = f"{stem}-{k}"
+        if name != stem:
+            why = "an earlier take of this call" if stem in taken else f"a file in {out}"
+            print(f"{why} already has the name {stem}: writing {name}.wav instead (nothing is overwritten)")
+        taken.add(name)
+        paths.append(os.path.join(out, name))
+    return paths
+
+
 def save_outputs(path_wav, wav, log_mel=None, order=None, png=False):
-    mel.save_wav(path_wav, wav)
+    """The take's wav (peak-normalised if it would clip) and, with png, its labelled mel and decoding order."""
+    import decoding_page
+    mel.save_wav(path_wav, peak_normalised(wav, path_wav))
     if png and log_mel is not None:
-        panels = [log_mel.float()] + ([order.float()] if order is not None else [])
-        mel.save_png(os.path.splitext(path_wav)[0] + ".png", panels)
+        decoding_page.save_figure(os.path.splitext(path_wav)[0] + ".png", log_mel, order)
     print(f"wrote {path_wav}" + (" (+ .png)" if png else ""))
+
+
+@torch.inference_mode()
+def save_page(path_html, pipe, record, b, final_wav, settings) -> None:
+    """The decoding page of take `b`: each step's belief (record[s]["belief"]) decoded by the SpecVQGAN
+    into a mel and by the vocoder into sound (a preview: Griffin-Lim with few iterations when the
+    bundle has no vocoder), then laid out by decoding_page."""
+    import decoding_page
+    rows = pipe.vq.cfg.n_mels // 16
+    beliefs = torch.stack([r["belief"][b] for r in record]).view(len(record), rows, -1)    # (S, rows, cols)
+    mels, wavs = [], []
+    for chunk in beliefs.split(4):                                                        # bounded memory
+        log_mel, wav = tokens_to_audio(pipe, chunk.to(pipe.device), gl_iterations=PREVIEW_GL_ITERATIONS)
+        mels.append(log_mel.float().cpu())
+        wavs.append(wav.float().cpu())
+    small = mel.resample(torch.cat(wavs), mel.SR, decoding_page.PAGE_SR)                  # (S, T / 2)
+    small = small / small.abs().amax(-1, keepdim=True).clamp_min(1.0)                     # no clipping
+    title = settings["prompt"] if settings["task"] == "text to audio" else settings["task"]
+    page = decoding_page.page_html(record, b, rows, beliefs.shape[-1], torch.cat(mels), final_wav, settings, small,
+                                   title)
+    decoding_page.write_page(path_html, page)
+    print(f"wrote {path_html} ({len(page) / 1e6:.1f} MB)")
+
+
+def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
+    """What made a take, for the page: the prompt, every sampling setting and the model file."""
+    ckpt = os.path.abspath(args.ckpt)
+    rows = pipe.vq.cfg.n_mels // 16
+    return {"prompt": prompt if prompt else "(none: unconditional)", "task": task, **more,
+            "steps (--steps)": args.steps,
+            "final guidance scale (--cfg, ramped from 0)": args.cfg if prompt else "0 (no prompt)",
+            "initial Gumbel temperature (--temperature, annealed to 0)": args.temperature, "seed (--seed)": args.seed,
+            "model": f"{ckpt} ({os.path.getsize(ckpt) / 1e6:.1f} MB, "
+                     f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(ckpt)))})",
+            "conditioner": type(pipe.clap).__name__ + (f" ({args.clap_ckpt})" if args.clap_ckpt else ""),
+            "vocoder": (args.vocoder_ckpt or "the bundle's HiFiGAN") if pipe.vocoder is not None else
+                       f"Griffin-Lim (the steps' sounds: {PREVIEW_GL_ITERATIONS} iterations)",
+            "clip": f"{pipe.num_samples / mel.SR:.2f} s = {rows} x {pipe.num_samples // (16 * mel.HOP)} tokens",
+            "device, dtype": f"{pipe.device}, {str(pipe.dtype).replace('torch.', '')}"}
 
 
 def run(args) -> None:
@@ -318,26 +481,39 @@ def run(args) -> None:
         return
     torch.manual_seed(args.seed)
     pipe = load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, args.dtype)
-    make_output_folder(args.out)
     common = dict(steps=args.steps, cfg=args.cfg, temperature=args.temperature, seed=args.seed)
+    record = [] if args.html else None                   # generate's per-step record, for the page
     if args.inpaint or args.bwe:
         path = args.inpaint or args.bwe
+        base = os.path.splitext(os.path.basename(path))[0]
+        suffix = "_inpainted" if args.inpaint else "_bwe" + ("_lfr" if args.lfr else "")
+        stem, = output_stems(args.out, [base + suffix])
         wav = mel.load_audio(path, report=True)
         prompt = args.prompts[0] if args.prompts else None
+        clip, length = pipe.num_samples, wav.shape[-1]
         if args.inpaint:
-            out, _, _, log_mel, order = inpaint(pipe, wav, args.start, args.end, prompt, **common)
-            name = f"{os.path.splitext(os.path.basename(path))[0]}_inpainted.wav"
+            out, _, _, log_mel, order = inpaint(pipe, wav, args.start, args.end, prompt, record=record, **common)
+            offset = clip_window(length, clip, int(args.start * mel.SR), int(args.end * mel.SR))
+            task = f"inpainting {args.start:g}-{args.end:g} s of {os.path.basename(path)}"
         else:
-            out, _, _, log_mel, order = bandwidth_extension(pipe, wav, prompt, args.lfr, **common)
-            name = f"{os.path.splitext(os.path.basename(path))[0]}_bwe{'_lfr' if args.lfr else ''}.wav"
-        save_outputs(os.path.join(args.out, name), out, log_mel[0], order[0], args.png)
+            out, _, _, log_mel, order = bandwidth_extension(pipe, wav, prompt, args.lfr, record=record, **common)
+            offset = (length - 1) // clip * clip                                       # the last clip's window
+            task = f"bandwidth extension{' + LFR' if args.lfr else ''} of {os.path.basename(path)}"
+        save_outputs(stem + ".wav", out, log_mel[0], order[0], args.png)
+        if record is not None:
+            window = peak_normalised(out)[offset:offset + clip]
+            shown = f"{offset / mel.SR:.2f}-{min(length, offset + clip) / mel.SR:.2f} s of {length / mel.SR:.2f} s"
+            save_page(stem + ".html", pipe, record, 0, window,
+                      page_settings(args, pipe, task, prompt, **{"window shown": shown}))
         return
-    wav, log_mel, order, _ = text_to_audio(pipe, args.prompts, args.n, **common)
-    for i, prompt in enumerate(args.prompts):
-        for k in range(args.n):
-            j = i * args.n + k
-            name = slug(prompt) + (f"_{k + 1}" if args.n > 1 else "") + ".wav"
-            save_outputs(os.path.join(args.out, name), wav[j], log_mel[j], order[j], args.png)
+    takes = [(p, k) for p in args.prompts for k in range(args.n)]
+    stems = output_stems(args.out, [slug(p) + (f"_{k + 1}" if args.n > 1 else "") for p, k in takes])
+    wav, log_mel, order, _ = text_to_audio(pipe, args.prompts, args.n, record=record, **common)
+    for j, ((prompt, k), stem) in enumerate(zip(takes, stems)):
+        save_outputs(stem + ".wav", wav[j], log_mel[j], order[j], args.png)
+        if record is not None:
+            save_page(stem + ".html", pipe, record, j, peak_normalised(wav[j]),
+                      page_settings(args, pipe, "text to audio", prompt, **{"take": f"{k + 1} of {args.n}"}))
 
 
 def main(argv=None) -> int:

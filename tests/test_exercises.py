@@ -1,4 +1,4 @@
-"""The README's seven exercises, each run from the README's own command at its smallest setting.
+"""The README's eight exercises, each run from the README's own command at its smallest setting.
 
 The commands are read out of the README's "## Exercises" section (every `python ...` span of an
 exercise), so a command that rots there fails here. Only settings that make a run small are added: a
@@ -9,17 +9,20 @@ bandwidth extension may change, that --cfg 0 ignores the prompt, that a trained 
 ablated config and that the sampler follows it.
 """
 
+import base64
 import os
 import re
 import shlex
 import shutil
 import struct
+import zlib
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+import decoding_page
 import evaluate
 import mel
 import sample
@@ -134,8 +137,9 @@ def test_exercise_1_the_png_shows_the_mel_and_the_step_each_token_was_committed(
     _, log_mel, order = saved[stem + ".wav"]
     rows, cols = order.shape
     assert (rows, cols) == (5, 16) and log_mel.shape == (80, 256)
-    # the PNG: the 80 x 256 mel on top, a 4-pixel gap, the 5 x 16 order map stretched to 80 x 256
-    assert png_size(tmp_path / (stem + ".png")) == (256, 80 + 4 + 80)
+    # the PNG: the 80 x 256 mel above the 5 x 16 order map, with axes and legends, at least 800 px wide
+    width, height = png_size(tmp_path / (stem + ".png"))
+    assert width >= 800 and (height, width) == decoding_page.figure(log_mel, order).shape[:2]
     # the order map: every token committed once, at 0..15, as many per step as the cosine schedule says
     assert order.min() == 0 and order.max() == 15
     commits = committed_per_step(order, 16)
@@ -354,3 +358,57 @@ def test_exercise_7_the_sampler_follows_the_trained_mask_schedule(runs, monkeypa
         temperatures, fad = table_row(out, "FAD vs Gumbel temperature", "Gumbel temperature")   # exercise 2's
         assert temperatures == list(evaluate.TEMPERATURES) and {0, 9} <= set(temperatures)
         assert len(fad) == len(temperatures) and all(np.isfinite(fad)) and min(fad) >= 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exercise 8: the decoding page of the bundled demo model
+# ---------------------------------------------------------------------------------------------------
+
+def page_frames(path) -> list[str]:
+    """The page's frames (one <section class="frame"> per sampling step), as HTML text."""
+    text = open(path, encoding="utf-8").read()
+    return [f.split("</section>", 1)[0] for f in text.split('<section class="frame"')[1:]]
+
+
+def belief_db(frame: str) -> np.ndarray:
+    """(80, F) dB of a frame's belief mel, read back from its palette PNG (decoding_page.db_index)."""
+    data = base64.b64decode(re.search(r'<img class="mel"[^>]*src="data:image/png;base64,([^"]+)"', frame).group(1))
+    w, h = struct.unpack(">II", data[16:24])
+    pos, idat = 8, b""
+    while pos < len(data):                                            # PNG chunks: length, kind, data, crc
+        n, kind = struct.unpack(">I", data[pos:pos + 4])[0], data[pos + 4:pos + 8]
+        idat += data[pos + 8:pos + 8 + n] if kind == b"IDAT" else b""
+        pos += 12 + n
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, w + 1)[:, 1:]   # filter byte 0 each row
+    return mel.DB_MIN + rows[::-1].astype(np.float64) / 255 * (mel.DB_MAX - mel.DB_MIN)
+
+
+def test_exercise_8_the_page_shows_the_belief_settle_step_by_step(tmp_path):
+    steps = 6
+    argv = command(8, "sample.py") + ["--steps", str(steps)]
+    assert "--html" in argv
+    named = [s for s in spans(8) if s.endswith(".html")]              # "writes `samples/a_church_bell.html`"
+    stem = sample.slug(argv[0])
+    assert named and os.path.basename(named[0]) == stem + ".html"
+    cold_flag = span_flag(8, "--temperature")
+    assert cold_flag == ["--temperature", "0"]
+    frames = {}
+    for name, a in (("hot", argv), ("cold", argv + cold_flag)):
+        run_sample(a + ["--out", str(tmp_path / name)])
+        assert sorted(os.listdir(tmp_path / name)) == [stem + ".html", stem + ".wav"]
+        frames[name] = page_frames(tmp_path / name / (stem + ".html"))
+        assert len(frames[name]) == steps                               # one frame per step
+    # the belief settles: step 1 (guidance 0, everything drawn) is farther from the final sound than the
+    # middle step, and the last step's belief is the final grid
+    db = [belief_db(f) for f in frames["hot"]]
+    far = [float(np.abs(d - db[-1]).mean()) for d in db]
+    assert far[0] > far[steps // 2] > 0 and far[-1] == 0
+    # each frame shows Eq. 3's temperature: annealed from 1.5, or 0 throughout with --temperature 0
+    shown = {k: [float(re.search(r"Gumbel temperature.*?<b>([\d.]+)</b>", f).group(1)) for f in v]
+             for k, v in frames.items()}
+    assert shown["hot"] == [round(1.5 * (1 - (s + 1) / steps), 3) for s in range(steps)]
+    assert shown["cold"] == [0.0] * steps
+    # and another order: the cells committed at each step differ between the two
+    def now(f):
+        return re.findall(r'<td class="n" data-c="(\d+)"', f)
+    assert [now(f) for f in frames["hot"]] != [now(f) for f in frames["cold"]]

@@ -6,6 +6,7 @@ output is, which files are written, reproducibility and the errors.
 """
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -14,7 +15,7 @@ import soundfile as sf
 import torch
 
 import clap
-import data
+import toyworld
 import mel
 import sample
 import specmaskgit
@@ -38,7 +39,7 @@ def bundle(tmp_path_factory):
     b = {"stage": "bundle", "num_samples": CLIP, "data": "toy",
          "vqgan": vqgan.Trainer(vq_cfg).checkpoint(),
          "vocoder": vocoder.Trainer(voc_cfg).checkpoint(),
-         "clap": clap.Trainer(clap_cfg, vocab=clap.build_vocab(data.toy_caption_phrases())).checkpoint(),
+         "clap": clap.Trainer(clap_cfg, vocab=clap.build_vocab(toyworld.toy_caption_phrases())).checkpoint(),
          "transformer": specmaskgit.Trainer(tr_cfg).checkpoint()}
     path = tmp_path_factory.mktemp("bundle") / "tiny.pt"
     save_checkpoint(b, str(path))
@@ -201,3 +202,132 @@ def test_a_checkpoint_of_another_stage_is_refused(bundle, capsys, tmp_path):
     save_checkpoint(load_checkpoint(bundle, "bundle")["vqgan"], str(tmp_path / "vqgan.pt"))
     err = error_of(capsys, ["rain on a roof", "--ckpt", str(tmp_path / "vqgan.pt"), "--out", str(tmp_path / "o")])
     assert "vqgan" in err and "bundle" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs a user can trust: --out FILE, no take overwrites another, nothing clips, big numbers refused
+# ---------------------------------------------------------------------------------------------------
+
+def test_out_naming_a_wav_writes_exactly_that_file(bundle, tmp_path):
+    run_ok(["rain on a roof", "--png", "--ckpt", bundle, "--steps", STEPS, "--out", str(tmp_path / "rain.wav")])
+    assert sorted(os.listdir(tmp_path)) == ["rain.png", "rain.wav"]             # a file, not a folder
+    x, sr = sf.read(tmp_path / "rain.wav")
+    assert sr == mel.SR and x.shape == (CLIP,)
+
+
+def test_out_naming_a_wav_with_several_takes_is_refused_before_anything_is_written(bundle, capsys, tmp_path):
+    err = error_of(capsys, ["rain on a roof", "--n", "2", "--ckpt", bundle, "--steps", STEPS,
+                            "--out", str(tmp_path / "rain.wav")])
+    assert "rain.wav" in err and "2 takes" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_prompts_with_one_name_get_one_file_each_and_nothing_is_overwritten(bundle, tmp_path, capsys):
+    long_a, long_b = "rain on a roof " * 5 + "loud", "rain on a roof " * 5 + "soft"   # equal in 60 characters
+    assert sample.slug(long_a) == sample.slug(long_b)
+    run_ok(["rain on a roof", "RAIN on a roof!!", long_a, long_b, "--ckpt", bundle, "--steps", STEPS,
+            "--out", str(tmp_path)])
+    first = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+    stem = sample.slug(long_a)
+    assert sorted(first) == sorted(["rain_on_a_roof.wav", "rain_on_a_roof-2.wav", stem + ".wav", stem + "-2.wav"])
+    assert len(set(first.values())) == 4                                          # four different takes
+    assert "rain_on_a_roof-2.wav instead" in capsys.readouterr().out              # and the user is told
+    run_ok(["rain on a roof", "--ckpt", bundle, "--steps", STEPS, "--seed", "5", "--out", str(tmp_path)])
+    assert "rain_on_a_roof-3.wav" in os.listdir(tmp_path)                         # a second call: the next number
+    assert all((tmp_path / n).read_bytes() == b for n, b in first.items())       # the first call's files unchanged
+
+
+def test_audio_beyond_full_scale_is_scaled_down_not_clipped(tmp_path, capsys):
+    t = torch.arange(4000) / mel.SR
+    wav = 3.0 * torch.sin(2 * math.pi * 440 * t)                                  # peak 3: would clip
+    sample.save_outputs(str(tmp_path / "loud.wav"), wav)
+    y, _ = sf.read(tmp_path / "loud.wav", dtype="float32")
+    assert abs(np.abs(y).max() - 1.0) < 1e-4                                      # full scale, not beyond
+    assert np.allclose(y, wav.numpy() / 3.0, atol=1e-4)                          # one gain: the shape is kept
+    assert "scaled down by 9.5 dB" in capsys.readouterr().out
+    quiet = 0.5 * torch.sin(2 * math.pi * 440 * t)
+    sample.save_outputs(str(tmp_path / "quiet.wav"), quiet)
+    assert np.allclose(sf.read(tmp_path / "quiet.wav", dtype="float32")[0], quiet.numpy(), atol=1e-4)   # untouched
+
+
+def test_audio_with_nan_is_refused_in_one_sentence(tmp_path):
+    with pytest.raises(sample.UserError, match="NaN"):
+        sample.save_outputs(str(tmp_path / "nan.wav"), torch.tensor([0.1, float("nan"), 0.2]))
+    assert not os.path.exists(tmp_path / "nan.wav")
+
+
+@pytest.mark.parametrize("prompt", ["lluvia sobre el techo", "下雨的声音", "صوت المطر على السطح", "café olé"])
+def test_a_prompt_in_words_the_toy_model_does_not_know_lists_what_it_knows(bundle, capsys, tmp_path, prompt):
+    err = error_of(capsys, [prompt, "--ckpt", bundle, "--out", str(tmp_path)])
+    assert "no word" in err and all(kind in err for kind in toyworld.KINDS)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["rain", "--cfg", "1e38"], "--cfg"),
+    (["rain", "--cfg", "nan"], "--cfg"),
+    (["rain", "--temperature", "1e300"], "--temperature"),
+    (["--inpaint", "x.wav", "--start", "1e308", "--end", "inf"], "--end"),
+    (["--inpaint", "x.wav", "--start", "0", "--end", "1e308"], "--end"),
+    (["a", "b", "c", "--n", "30"], "90 takes"),
+])
+def test_large_finite_numbers_are_refused_in_one_sentence(capsys, flags, words):
+    assert words in error_of(capsys, flags)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A hand-edited or truncated bundle: one sentence naming the entry
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda b: b.update(num_samples="abc"), "num_samples"),
+    (lambda b: b.update(num_samples=-4096), "num_samples"),
+    (lambda b: b.update(vqgan=[1, 2]), "vqgan"),
+    (lambda b: b["transformer"].pop("config"), "transformer"),
+    (lambda b: b["transformer"]["config"].update(width="wide"), "transformer"),
+    (lambda b: b["vqgan"]["model"].popitem(), "vqgan"),
+])
+def test_an_edited_bundle_is_one_sentence_naming_the_entry(bundle, capsys, tmp_path, edit, words):
+    b = load_checkpoint(bundle, "bundle")
+    edit(b)
+    save_checkpoint(b, str(tmp_path / "edited.pt"))
+    err = error_of(capsys, ["rain on a roof", "--ckpt", str(tmp_path / "edited.pt"), "--out", str(tmp_path / "o")])
+    assert words in err and "edited.pt" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Long inputs: the last half second can be inpainted; --bwe says where it is
+# ---------------------------------------------------------------------------------------------------
+
+def test_inpainting_reaches_the_last_half_second_of_a_file(pipe):
+    length = 100000                                                               # not a whole number of columns
+    wav = 0.1 * torch.randn(length, generator=torch.Generator().manual_seed(4))
+    start_s, end_s = length / mel.SR - 0.5, length / mel.SR
+    out, before, after, _, _ = sample.inpaint(pipe, wav, start_s, end_s, "rain", steps=2, verbose=False)
+    assert out.shape == wav.shape
+    offset = sample.clip_window(length, CLIP, int(start_s * mel.SR), length)
+    assert offset % 4096 == 0 and offset <= int(start_s * mel.SR) and length - offset <= CLIP   # the gap is inside
+    assert torch.equal(out[:offset], wav[:offset])                               # before the window: the input
+    changed = (after != before).any(1)[0]                                         # (cols,) token columns changed
+    first_gap_col = (int(start_s * mel.SR) - offset) // 4096
+    assert not changed[:first_gap_col].any()                                      # nothing before the gap
+
+
+def test_bwe_of_a_long_file_prints_clip_i_of_n(pipe, capsys):
+    wav = 0.1 * torch.randn(3 * CLIP - 100, generator=torch.Generator().manual_seed(5))
+    sample.bandwidth_extension(pipe, wav, steps=1)
+    out = capsys.readouterr().out
+    assert [line.split(" (")[0] for line in out.splitlines() if line.startswith("clip ")] == \
+        ["clip 1 of 3", "clip 2 of 3", "clip 3 of 3"]
+
+
+def test_a_loud_inpainted_window_is_scaled_and_the_input_around_it_kept_sample_for_sample(pipe, monkeypatch):
+    real = sample.tokens_to_audio
+    monkeypatch.setattr(sample, "tokens_to_audio", lambda p, t, **kw: (lambda m, w: (m, 50 * w))(*real(p, t, **kw)))
+    length = 3 * CLIP
+    wav = 0.1 * torch.randn(length, generator=torch.Generator().manual_seed(6))
+    out, _, _, _, _ = sample.inpaint(pipe, wav, 2.0, 2.3, "rain", steps=2, verbose=False)
+    offset = sample.clip_window(length, CLIP, int(2.0 * mel.SR), int(2.3 * mel.SR))
+    assert 0 < offset and offset + CLIP < length
+    assert torch.equal(out[:offset], wav[:offset]) and torch.equal(out[offset + CLIP:], wav[offset + CLIP:])
+    assert abs(float(out[offset:offset + CLIP].abs().max()) - 1.0) < 1e-6        # full scale, not 50 x
