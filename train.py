@@ -666,7 +666,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--preview-every", type=int, default=500, help="vqgan: PNG of input vs reconstruction")
-    p.add_argument("--workers", type=int, default=0, help=f"DataLoader worker processes (at most {MAX_WORKERS} here)")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"DataLoader worker processes (at most {MAX_WORKERS} here; default: 8 on a GPU, else 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bundle", default=None,
                    help="after the last stage, also write the one-file bundle here (merged with one already there)")
@@ -685,6 +686,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         v = getattr(args, name)
         if v is not None and v < (0 if name == "warmup" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, not {v}.")
+    if args.workers is None:                         # on a GPU, loading clips one by one in the main process
+        cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())   # starves the chip
+        args.workers = min(8, MAX_WORKERS) if cuda and args.data != "toy" else 0
     if not 0 <= args.workers <= MAX_WORKERS:
         raise UserError(f"--workers must be from 0 to {MAX_WORKERS} (4 per CPU core), not {args.workers}.")
     if not 0 <= args.seed < 2 ** 32:                 # batch_indices seeds torch generators with seed * 1_000_003 + epoch

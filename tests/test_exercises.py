@@ -97,8 +97,12 @@ def committed_per_step(order: torch.Tensor, steps: int) -> list[int]:
 
 
 def schedule_commits(n_tokens: int, steps: int, kind: str) -> list[int]:
-    """How many tokens step s commits: what stays masked before it minus what stays masked after it."""
-    left = [n_tokens] + [specmaskgit.mask_schedule(s, steps, n_tokens, kind) for s in range(steps)]
+    """How many tokens step s commits: what stays masked before it minus what stays masked after it,
+    with MaskGIT's clamp (every step but the last commits at least one and keeps at least one masked)."""
+    left = [n_tokens]
+    for s in range(steps):
+        target = 0 if s == steps - 1 else specmaskgit.mask_schedule(s, steps, n_tokens, kind)
+        left.append(0 if s == steps - 1 or left[-1] <= 1 else min(left[-1] - 1, max(1, target)))
     return [a - b for a, b in zip(left, left[1:])]
 
 
