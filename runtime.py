@@ -93,7 +93,8 @@ def load_checkpoint(path: str, stage: str | None = None) -> dict:
     dict and a dict of weight tensors, and no tensor may hold NaN or infinity (a diverged run's weights).
     """
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist" + (" (it is a folder)." if os.path.isdir(path) else "."))
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file." if os.path.isdir(path)
+                        else f"checkpoint {path} does not exist.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say so in one sentence

@@ -636,6 +636,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 MAX_WORKERS = 4 * (os.cpu_count() or 1)     # more loader processes than 4 per core only add memory
+MAX_BATCH = 1024                             # clips per step and process: far above any GPU's memory at the full preset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -689,6 +690,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.workers is None:                         # on a GPU, loading clips one by one in the main process
         cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())   # starves the chip
         args.workers = min(8, MAX_WORKERS) if cuda and args.data != "toy" else 0
+    if args.batch_size is not None and args.batch_size > MAX_BATCH:
+        raise UserError(f"--batch-size must be at most {MAX_BATCH} (the paper's is 48 per GPU), not {args.batch_size}.")
     if not 0 <= args.workers <= MAX_WORKERS:
         raise UserError(f"--workers must be from 0 to {MAX_WORKERS} (4 per CPU core), not {args.workers}.")
     if not 0 <= args.seed < 2 ** 32:                 # batch_indices seeds torch generators with seed * 1_000_003 + epoch

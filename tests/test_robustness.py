@@ -104,7 +104,7 @@ SAMPLE_BAD = [
     (["rain", "--clap", "laion"], ["--clap-ckpt"]),
     (["rain", "--clap-ckpt", "{missing}"], ["laion-clap"]),
     (["rain", "--ckpt", "{text}"], ["{text}", "not a readable"]),
-    (["rain", "--ckpt", os.path.join(ROOT, "tests")], ["tests"]),
+    (["rain", "--ckpt", os.path.join(ROOT, "tests")], ["tests", "is a folder, not a checkpoint file"]),
     (["rain", "--vocoder-ckpt", "{missing}"], ["{missing}", "does not exist"]),
     (["rain", "--vocoder-ckpt", "{bundle}"], ["bundle", "not a vocoder"]),
     (["--inpaint", "{clip}", "--start", "0.1"], ["--end"]),
@@ -167,6 +167,7 @@ TRAIN_BAD = [
     (["--preview-every", "0"], ["--preview-every"]),
     (["--workers", "some"], ["--workers"]),
     (["--workers", "10000"], ["--workers", "10000", "per CPU core"]),
+    (["--batch-size", "100000"], ["--batch-size", "at most"]),                 # a batch that asked for all memory
     (["--seed", "lucky"], ["--seed"]),
     (["--seed", str(2 ** 40)], ["--seed"]),
     (["--bundle", "{file}/bundle.pt"], ["{file}"]),

@@ -372,3 +372,13 @@ def test_the_full_presets_learning_rates_follow_their_papers():
     assert train.stage_hparams("transformer", full)[3] == pytest.approx(1e-3 * 48 / 256)   # MAE, Sec. 4
     assert train.stage_hparams("transformer", full, world=4)[3] == pytest.approx(1e-3 * 4 * 48 / 256)
     assert train.stage_hparams("vqgan", train.parse_args(["--preset", "tiny"]))[3] == 1e-3   # measured on the toy
+
+
+def test_clips_load_in_worker_processes_by_default_only_on_a_gpu(tmp_path):
+    """On a GPU, clips read one by one in the main process starve it; on a CPU, workers compete with the
+    training for the same cores; the toy world's clips are cached in memory."""
+    (tmp_path / "a.wav").write_bytes(b"")                               # parse_args only needs a folder
+    assert train.parse_args(["--data", str(tmp_path), "--device", "cuda"]).workers == min(8, train.MAX_WORKERS)
+    assert train.parse_args(["--data", str(tmp_path), "--device", "cpu"]).workers == 0
+    assert train.parse_args(["--data", "toy", "--device", "cuda"]).workers == 0
+    assert train.parse_args(["--data", str(tmp_path), "--device", "cuda", "--workers", "1"]).workers == 1
