@@ -12,12 +12,12 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 import torch
 
 import specmaskgit
 import train
 from runtime import load_checkpoint
+from test_resume import prerequisites  # noqa: F401  (a VQGAN, a TinyCLAP and the token cache)
 from test_train import TOY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,17 +61,6 @@ if rank != 0:
     runtime.save_checkpoint = train.save_checkpoint = refuse
 sys.exit(train.main(argv))
 """
-
-
-@pytest.fixture(scope="module")
-def prerequisites(tmp_path_factory):
-    """A VQGAN, a TinyCLAP and the token cache for the transformer stage."""
-    out = tmp_path_factory.mktemp("ddp_prerequisites")
-    for stage in ("vqgan", "clap", "transformer"):
-        assert train.main(TOY + ["--stage", stage, "--steps", "1", "--out", str(out)]) == 0
-    for name in ("transformer.pt", "transformer.state.pt", "transformer.log.jsonl"):
-        os.remove(out / name)
-    return out
 
 
 def test_two_processes_see_disjoint_data_share_the_whole_batch_gradient_and_only_rank_0_writes(prerequisites, tmp_path):
