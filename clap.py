@@ -22,7 +22,7 @@ Two models, one interface (every method returns float32 rows of unit length, on 
              asked for): resamples our 22050 Hz audio to the 48 kHz CLAP was trained on, batches,
              L2-normalises.
 
-The modality gap (DESIGN.md, "A pitfall worth knowing"): contrastive training leaves the audio and the
+The modality gap (Liang et al., "Mind the Gap", NeurIPS 2022): contrastive training leaves the audio and the
 text embeddings in two separate cones, so a text embedding is never quite where the audio embeddings
 that SpecMaskGIT trained on are. TinyCLAP removes each modality's mean before normalising ("centering",
 see `TinyCLAP.embed_audio`); `modality_gap` measures it; `noise_augment` is the other classic remedy.

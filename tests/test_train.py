@@ -382,3 +382,19 @@ def test_clips_load_in_worker_processes_by_default_only_on_a_gpu(tmp_path):
     assert train.parse_args(["--data", str(tmp_path), "--device", "cpu"]).workers == 0
     assert train.parse_args(["--data", "toy", "--device", "cuda"]).workers == 0
     assert train.parse_args(["--data", str(tmp_path), "--device", "cuda", "--workers", "1"]).workers == 1
+
+
+def test_fp16_training_is_refused_in_one_sentence_before_anything_trains(tmp_path, capsys):
+    """fp16 gradients underflow without loss scaling, which this loop does not do: refuse, write nothing."""
+    assert train.main(TOY + ["--dtype", "fp16", "--stage", "vqgan", "--steps", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "fp16" in err and "loss scaling" in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "r" / "vqgan.pt")
+
+
+def test_the_tiny_preset_trains_in_fp32_unless_asked_otherwise():
+    """The toy recipe gives the same model on every CPU kind: bf16 is never picked for it by itself."""
+    args = train.parse_args(["--data", "toy", "--device", "cpu"])
+    assert train.training_dtype(args, "cpu", verbose=False) == torch.float32
+    args = train.parse_args(["--data", "toy", "--device", "cpu", "--dtype", "bf16"])
+    assert train.training_dtype(args, "cpu", verbose=False) == torch.bfloat16
