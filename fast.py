@@ -339,7 +339,7 @@ def vocoder_forward_chunked(generator, log_mel: torch.Tensor, chunk: int = 128) 
 
 
 @torch.inference_mode()
-def vocode_chunked(generator, log_mel: torch.Tensor, dtype: torch.dtype | None = None, chunk: int = 128) -> torch.Tensor:
+def vocode_chunked(generator, log_mel: torch.Tensor, dtype: torch.dtype, chunk: int = 128) -> torch.Tensor:
     """generator.vocode(log_mel, dtype), with the network run `chunk` frames at a time on a CPU.
 
     Same arguments and result: log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32.
@@ -351,9 +351,6 @@ def vocode_chunked(generator, log_mel: torch.Tensor, dtype: torch.dtype | None =
         generator.remove_weight_norm()
     squeeze = log_mel.dim() == 2
     x = (log_mel[None] if squeeze else log_mel).to(generator.conv_pre.weight.dtype)   # (B, 80, F)
-    if dtype is None:
-        from runtime import pick_dtype
-        dtype = pick_dtype("cpu", None, verbose=False)                      # what this CPU runs natively
     with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
         wav = vocoder_forward_chunked(generator, x, chunk)                  # (B, 1, 256 F)
     wav = wav[:, 0].float()                                                 # (B, 256 F)
