@@ -282,7 +282,7 @@ class VectorQuantizer(nn.Module):
         q = flat + (e - flat).detach()                                 # straight-through: value e, gradient of z
         q = q.view(B, R, C, D).permute(0, 3, 1, 2)                     # (B, D, R, C)
 
-        counts = torch.bincount(ids, minlength=self.n_codes).float()   # (K,) how often each code was picked
+        counts = torch.zeros(self.n_codes, device=ids.device).index_add_(0, ids, torch.ones(ids.shape, device=ids.device))  # (K,) picks per code
         p = counts / counts.sum()
         info = {"perplexity": torch.exp(-(p * torch.log(p.clamp(min=1e-10))).sum()),  # effective number of codes
                 "used": (counts > 0).float().mean()}                   # fraction of the codebook in this batch
@@ -311,29 +311,30 @@ class VectorQuantizer(nn.Module):
         self.recent = torch.cat([keep, old])[: self.n_codes]           # the newest n_codes encoder outputs
 
     @torch.no_grad()
-    def reseed_dead_codes(self) -> int:
-        """Call once per optimisation step (after optimizer.step). Returns how many codes were re-seeded."""
+    def reseed_dead_codes(self) -> torch.Tensor:
+        """Call once per optimisation step (after optimizer.step). Returns how many codes were re-seeded (0-d).
+
+        Every code draws a candidate and only the dead ones take it: a fixed amount of work that never
+        asks the device how many codes died, so a GPU step does not wait for the host here."""
         distributed = dist.is_available() and dist.is_initialized()
         if distributed:
             dist.all_reduce(self.chosen)                               # torchrun: count the picks of every process
         self.steps_unused.add_(1).masked_fill_(self.chosen > 0, 0)     # in place: DDP keeps references to buffers
         self.chosen.zero_()
         if self.dead_code_steps <= 0 or self.recent is None:
-            return 0
-        dead = (self.steps_unused >= self.dead_code_steps).nonzero().flatten()   # same on every process
-        if len(dead) == 0:
-            return 0
+            return torch.zeros((), dtype=torch.long)
+        dead = self.steps_unused >= self.dead_code_steps               # (K,) bool, the same on every process
         w = self.codebook.weight
-        pick = torch.randint(len(self.recent), (len(dead),), device=w.device)
-        noise = 0.01 * self.recent.std() * torch.randn(len(dead), self.code_dim, device=w.device)
-        w[dead] = (self.recent[pick] + noise).to(w.dtype)              # two picks of one vector drift apart
+        pick = torch.randint(len(self.recent), (self.n_codes,), device=w.device)
+        noise = 0.01 * self.recent.std() * torch.randn(self.n_codes, self.code_dim, device=w.device)
+        w.copy_(torch.where(dead[:, None], (self.recent[pick] + noise).to(w.dtype), w))   # two picks of one vector drift apart
         if distributed:
             dist.broadcast(w.data, src=0)                              # process 0's new codes, so every copy stays equal
-        return len(dead)
+        return dead.sum()
 
-    def alive_fraction(self) -> float:
-        """Fraction of codes chosen at least once within the last `dead_code_steps` training steps."""
-        return (self.steps_unused < max(self.dead_code_steps, 1)).float().mean().item()
+    def alive_fraction(self) -> torch.Tensor:
+        """Fraction of codes chosen at least once within the last `dead_code_steps` training steps (0-d)."""
+        return (self.steps_unused < max(self.dead_code_steps, 1)).float().mean()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -528,7 +529,7 @@ class Trainer:
                                   self.cfg.min_adapt_weight, self.cfg.max_adapt_weight)
             loss = loss + lam * g_loss
             disc.requires_grad_(True)
-            metrics.update(g_loss=g_loss.item(), d_weight=lam.item())
+            metrics.update(g_loss=g_loss.detach(), d_weight=lam)
         self.opt_ae.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_ae.step()
@@ -541,12 +542,11 @@ class Trainer:
             self.opt_disc.zero_grad(set_to_none=True)
             d_loss.float().backward()
             self.opt_disc.step()
-            metrics["d_loss"] = d_loss.item()
+            metrics["d_loss"] = d_loss.detach()
 
-        metrics.update(loss=loss.item(), l1=rec_loss.item(), vq=vq_loss.item(),
-                       ppl=info["perplexity"].item(), used=info["used"].item(),
-                       alive=model.quantizer.alive_fraction(), reseeded=float(reseeded))
-        return metrics
+        metrics.update(loss=loss.detach(), l1=rec_loss.detach(), vq=vq_loss.detach(), ppl=info["perplexity"],
+                       used=info["used"], alive=model.quantizer.alive_fraction(), reseeded=reseeded)
+        return metrics                                                  # 0-d tensors: train.py reads them at log time
 
     @torch.no_grad()
     def preview(self, batch: dict):
