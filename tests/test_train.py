@@ -398,3 +398,18 @@ def test_the_tiny_preset_trains_in_fp32_unless_asked_otherwise():
     assert train.training_dtype(args, "cpu", verbose=False) == torch.float32
     args = train.parse_args(["--data", "toy", "--device", "cpu", "--dtype", "bf16"])
     assert train.training_dtype(args, "cpu", verbose=False) == torch.bfloat16
+
+
+def test_the_transformer_and_vqgan_steps_hand_back_tensors_not_host_numbers():
+    """A .item() per metric per step makes a GPU wait for the host every step; train.py reads the
+    metrics as tensors at each log line instead."""
+    import vqgan
+    g = torch.Generator().manual_seed(0)
+    vq_cfg = dataclasses.replace(vqgan.PRESETS["tiny"], disc_start=0)                 # the GAN path too
+    vq_metrics = vqgan.Trainer(vq_cfg).step({"wav": 0.1 * torch.randn(2, 16384, generator=g)}, step=0)
+    tr_cfg = dataclasses.replace(specmaskgit.PRESETS["tiny"], n_layers=1, width=32, n_heads=2, mlp=64)
+    batch = {"tokens": torch.randint(0, 256, (2, 5, 16), generator=g), "cond": torch.randn(2, 512, generator=g)}
+    tr_metrics = specmaskgit.Trainer(tr_cfg).step(batch, step=0)
+    for metrics in (vq_metrics, tr_metrics):
+        assert {"loss"} <= set(metrics)
+        assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values()), metrics
