@@ -20,14 +20,13 @@ import base64
 import html
 import io
 import math
-import struct
-import zlib
 
 import numpy as np
 import soundfile as sf
 import torch
 
 import mel
+from runtime import write_atomically
 
 DB_PER_NEPER = 20.0 / math.log(10.0)           # natural-log mel -> dB
 PAGE_SR = 11025                                # each step's belief as sound: 11025 Hz, 8 bit (size, not quality)
@@ -49,21 +48,6 @@ def db_index(log_mel) -> np.ndarray:
     db = np.asarray(torch.as_tensor(log_mel).detach().float().cpu(), dtype=np.float64) * DB_PER_NEPER
     t = np.clip((db - mel.DB_MIN) / (mel.DB_MAX - mel.DB_MIN), 0.0, 1.0)
     return (t[::-1] * 255).round().astype(np.uint8)
-
-
-def png_bytes(pixels: np.ndarray, colours: np.ndarray | None = None) -> bytes:
-    """A PNG file as bytes: (H, W, 3) uint8 RGB, or (H, W) uint8 indices into `colours` (<= 256 x 3,
-    a palette image: one byte per pixel, about a third of RGB's size before compression)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    h, w = pixels.shape[:2]
-    colour_type = 3 if colours is not None else 2
-    raw = b"".join(b"\x00" + np.ascontiguousarray(pixels[y]).tobytes() for y in range(h))
-    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))
-    if colours is not None:
-        out += chunk(b"PLTE", np.asarray(colours, dtype=np.uint8).tobytes())
-    return out + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
 def mel_bin_position(hz: float) -> float:
@@ -220,7 +204,7 @@ def figure(log_mel: torch.Tensor, order: torch.Tensor | None = None, min_width: 
 
 
 def save_figure(path: str, log_mel: torch.Tensor, order: torch.Tensor | None = None) -> None:
-    write_bytes(path, png_bytes(figure(log_mel.float(), order)))
+    write_bytes(path, mel.png_bytes(figure(log_mel.float(), order)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -347,7 +331,7 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
         belief = rec["belief"][b].view(rows, cols)
         grid = grid_html(committed, masked, known, belief, order_so_far)
         order_so_far[committed] = s
-        img = data_uri("image/png", png_bytes(db_index(belief_log_mels[s]), pal))
+        img = data_uri("image/png", mel.png_bytes(db_index(belief_log_mels[s]), pal))
         n_now = int(committed.sum())
         nums = (f'<table class="nums"><tr><td>tokens committed at this step: <b class="ncommitted">{n_now}</b></td>'
                 f'<td>still masked after it: <b>{int(rec["n_masked"][b])}</b> of {int((~known).sum())} '
@@ -402,11 +386,8 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Atomically (mel's temporary file, then rename): a crash never leaves half a page or picture."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-    mel._atomic_write(path, write)
+    """Atomically (a temporary file, then rename): a crash never leaves half a page or picture."""
+    write_atomically(path, lambda f: f.write(data))
 
 
 def write_page(path: str, page: str) -> None:

@@ -21,7 +21,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import zlib
 
 import numpy as np
@@ -29,7 +28,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from runtime import UMASK, UserError
+from runtime import UserError, write_atomically
 
 SR = 22050             # sampling rate of the whole project (Sec. 4)
 N_FFT = 1024           # HiFiGAN's FFT size
@@ -294,35 +293,6 @@ def load_audio(path: str, sr: int = SR, num_samples: int | None = None, report: 
     return wav.contiguous()
 
 
-def _atomic_write(path: str, write) -> None:
-    """Call write(tmp_path), then rename onto `path`: a crash or a full disk never leaves a half-written
-    file, and whatever was at `path` before stays as it was until the new file is complete."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise UserError(f"cannot write to {folder}: {e.strerror or e}.") from None
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)                     # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"could not write {path}: {e.strerror or e}.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    """Write and flush to the disk: a full disk raises OSError here, not later or silently."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def save_wav(path: str, wav: torch.Tensor, sr: int = SR) -> None:
     """Write a mono waveform (T,) as 16-bit PCM, clipped to [-1, 1].
 
@@ -332,7 +302,7 @@ def save_wav(path: str, wav: torch.Tensor, sr: int = SR) -> None:
     x = wav.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy()
     buffer = io.BytesIO()
     sf.write(buffer, x, sr, subtype="PCM_16", format="WAV")
-    _atomic_write(path, lambda tmp: _write_bytes(tmp, buffer.getvalue()))
+    write_atomically(path, lambda f: f.write(buffer.getvalue()))          # temporary file, then rename
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -379,21 +349,22 @@ def save_png(path: str, panels, vmin=None, vmax=None, min_height: int = 80) -> N
             rgb = np.pad(rgb, ((0, 0), (0, width - rgb.shape[1]), (0, 0)), constant_values=255)
         rows += [rgb, np.full((4, width, 3), 255, np.uint8)]
     image = np.concatenate(rows[:-1], axis=0)                                        # (H, W, 3)
-    _atomic_write(path, lambda tmp: _write_png(tmp, image))
+    write_atomically(path, lambda f: f.write(png_bytes(image)))
 
 
-def _write_png(path: str, rgb: np.ndarray) -> None:
-    """The PNG format: signature, IHDR (size, 8-bit RGB), IDAT (zlib of rows, each prefixed by filter 0), IEND."""
+def png_bytes(pixels: np.ndarray, colours: np.ndarray | None = None) -> bytes:
+    """A PNG file as bytes: (H, W, 3) uint8 RGB, or (H, W) uint8 indices into `colours` (<= 256 x 3,
+    a palette image: one byte per pixel, about a third of RGB's size before compression)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n")
-        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
-        f.write(chunk(b"IDAT", zlib.compress(raw, 9)))
-        f.write(chunk(b"IEND", b""))
+    h, w = pixels.shape[:2]
+    colour_type = 3 if colours is not None else 2
+    raw = b"".join(b"\x00" + np.ascontiguousarray(pixels[y]).tobytes() for y in range(h))
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))
+    if colours is not None:
+        out += chunk(b"PLTE", np.asarray(colours, dtype=np.uint8).tobytes())
+    return out + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,6 @@ import sys
 
 import torch
 
-UMASK = os.umask(0o022)
-os.umask(UMASK)                                    # read the process's umask (mel.py's writer uses it)
-
 
 class UserError(Exception):
     """Something the user can fix (a path, a flag, a file). Printed as one sentence, exit code 2."""

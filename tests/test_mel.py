@@ -265,7 +265,7 @@ def test_a_full_disk_is_one_sentence_and_the_old_file_stays(tmp_path):
     old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         resource.setrlimit(resource.RLIMIT_FSIZE, (20000, old_limit[1]))
-        with pytest.raises(UserError, match=f"could not write {path}") as e:
+        with pytest.raises(UserError, match=f"could not save {path}") as e:
             mel.save_wav(str(path), tone(440, 22050, 2.0))                            # 88 kB > 20 kB
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
@@ -280,11 +280,10 @@ def test_enospc_while_writing_a_png_is_one_sentence(tmp_path, monkeypatch):
     mel.save_png(str(path), np.eye(3), min_height=3)
     before = path.read_bytes()
 
-    def full_disk(tmp, rgb):
-        open(tmp, "wb").write(b"\x89PNG")
+    def full_disk(rgb):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mel, "_write_png", full_disk)
+    monkeypatch.setattr(mel, "png_bytes", full_disk)
     with pytest.raises(UserError, match="No space left on device"):
         mel.save_png(str(path), np.eye(4), min_height=3)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
