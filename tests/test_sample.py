@@ -141,10 +141,14 @@ def test_bwe_keeps_the_low_token_rows(pipe):
 def test_bwe_adds_energy_above_the_cutoff_of_a_real_band_limited_clip(pipe, band_limited_clips):
     wav = mel.load_audio(band_limited_clips[0])
     assert wav.shape[-1] == 217088                                # longer than the tiny model's clip: 7 windows
-    out, _, _, _, _ = sample.bandwidth_extension(pipe, wav, steps=2, verbose=False)
+    out, before, after, _, order = sample.bandwidth_extension(pipe, wav, steps=2, verbose=False)
     assert out.shape == wav.shape
     x, y = wav.numpy(), out.numpy()
     assert band_energy(y, sample.BWE_CUTOFF_HZ, mel.SR / 2) > 10 * band_energy(x, sample.BWE_CUTOFF_HZ, mel.SR / 2)
+    # what made that energy (Table 7's zero-shot BWE): only the top token row (mel bins 64-79) is
+    # regenerated; the four rows below are the input's own tokens, given to the sampler and never re-drawn
+    assert torch.equal(after[:, :-1], before[:, :-1]) and bool((order[:, :-1] == -1).all())
+    assert bool((order[:, -1] >= 0).all()) and not torch.equal(after[:, -1], before[:, -1])
 
 
 def test_bwe_with_lfr_keeps_the_inputs_low_band(bundle, band_limited_clips, tmp_path):
