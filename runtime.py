@@ -304,8 +304,8 @@ def pick_device(name: str | None = None) -> str:
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has AMX or AVX-512 BF16 instructions.
 
-    Without them PyTorch emulates bf16 matmuls and they run ~300x slower than fp32 (measured on an
-    AMD EPYC Zen 3: 0.3 vs 97 GFLOP/s), so bf16 is only ever chosen where this returns True.
+    Without them PyTorch emulates bf16 matmuls, many times slower than fp32 (the README's speed section
+    has the figures), so training's autocast picks bf16 on a CPU only where this returns True.
     """
     try:
         with open("/proc/cpuinfo") as f:
