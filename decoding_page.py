@@ -12,7 +12,7 @@ In:  the per-step record of specmaskgit.generate(record=[...]), the mels and sou
 Out: one .html file (no network, nothing outside itself: images and sounds are data: URIs, the
      script and style are inline) and one .png (>= 800 px wide, axes in seconds and Hz, colour legends)
 
-Not the method: HTML, a bitmap font and a PNG encoder. Its own file so that sample.py stays the
+Not the method: HTML and a bitmap font (the PNG encoder is mel.png_bytes). Its own file so that sample.py stays the
 sampler's command line. sample.py --html and --png call it.
 """
 
@@ -28,13 +28,12 @@ import torch
 import mel
 from runtime import write_atomically
 
-DB_PER_NEPER = 20.0 / math.log(10.0)           # natural-log mel -> dB
 PAGE_SR = 11025                                # each step's belief as sound: 11025 Hz, 8 bit (size, not quality)
 HZ_TICKS = (250, 500, 1000, 2000, 4000, 7000)  # marked on the mel-scale frequency axis
 
 
 # ---------------------------------------------------------------------------------------------------
-# Colours, scales and a PNG encoder shared by the page and the figure.
+# Colours and scales shared by the page and the figure.
 # ---------------------------------------------------------------------------------------------------
 
 def palette() -> np.ndarray:
@@ -45,7 +44,7 @@ def palette() -> np.ndarray:
 def db_index(log_mel) -> np.ndarray:
     """(80, F) natural-log mel -> (80, F) uint8 palette indices over the tokenizer's range [-80, 20] dB,
     low frequencies at the bottom. One fixed range, so that steps and takes compare by colour."""
-    db = np.asarray(torch.as_tensor(log_mel).detach().float().cpu(), dtype=np.float64) * DB_PER_NEPER
+    db = np.asarray(torch.as_tensor(log_mel).detach().float().cpu(), dtype=np.float64) * mel.DB_PER_NEPER
     t = np.clip((db - mel.DB_MIN) / (mel.DB_MAX - mel.DB_MIN), 0.0, 1.0)
     return (t[::-1] * 255).round().astype(np.uint8)
 

@@ -101,19 +101,19 @@ def mel_spectrogram(wav: torch.Tensor) -> torch.Tensor:
 
 
 # The mel is of magnitudes, so in decibels it is 20 * log10(mel) = 20 / ln(10) * ln(mel).
-_DB_PER_NEPER = 20.0 / math.log(10.0)
+DB_PER_NEPER = 20.0 / math.log(10.0)
 
 
 def normalize(log_mel: torch.Tensor) -> torch.Tensor:
     """Natural-log mel -> dB clipped to [-80, 20] -> linearly onto [-1, 1] (Sec. 3.1), for the VQGAN."""
-    db = (log_mel * _DB_PER_NEPER).clamp(DB_MIN, DB_MAX)
+    db = (log_mel * DB_PER_NEPER).clamp(DB_MIN, DB_MAX)
     return (db - DB_MIN) / (DB_MAX - DB_MIN) * 2 - 1
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
     """The exact inverse of normalize inside the clip range: [-1, 1] -> dB -> natural-log mel."""
     db = (x.clamp(-1, 1) + 1) / 2 * (DB_MAX - DB_MIN) + DB_MIN
-    return db / _DB_PER_NEPER
+    return db / DB_PER_NEPER
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -425,13 +425,16 @@ def output_stems(out: str, stems: list[str]) -> list[str]:
     return paths
 
 
-def save_outputs(path_wav, wav, log_mel=None, order=None, png=False):
-    """The take's wav (peak-normalised if it would clip) and, with png, its labelled mel and decoding order."""
+def save_outputs(path_wav, wav, log_mel=None, order=None, png=False) -> torch.Tensor:
+    """The take's wav (peak-normalised if it would clip) and, with png, its labelled mel and decoding order.
+    Returns the waveform as written."""
     import decoding_page
-    mel.save_wav(path_wav, peak_normalised(wav, path_wav))
+    wav = peak_normalised(wav, path_wav)
+    mel.save_wav(path_wav, wav)
     if png and log_mel is not None:
         decoding_page.save_figure(os.path.splitext(path_wav)[0] + ".png", log_mel, order)
     print(f"wrote {path_wav}" + (" (+ .png)" if png else ""))
+    return wav
 
 
 @torch.inference_mode()
@@ -499,9 +502,9 @@ def run(args) -> None:
             out, _, _, log_mel, order = bandwidth_extension(pipe, wav, prompt, args.lfr, record=record, **common)
             offset = (length - 1) // clip * clip                                       # the last clip's window
             task = f"bandwidth extension{' + LFR' if args.lfr else ''} of {os.path.basename(path)}"
-        save_outputs(stem + ".wav", out, log_mel[0], order[0], args.png)
+        written = save_outputs(stem + ".wav", out, log_mel[0], order[0], args.png)
         if record is not None:
-            window = peak_normalised(out)[offset:offset + clip]
+            window = written[offset:offset + clip]
             shown = f"{offset / mel.SR:.2f}-{min(length, offset + clip) / mel.SR:.2f} s of {length / mel.SR:.2f} s"
             save_page(stem + ".html", pipe, record, 0, window,
                       page_settings(args, pipe, task, prompt, **{"window shown": shown}))
@@ -510,9 +513,9 @@ def run(args) -> None:
     stems = output_stems(args.out, [slug(p) + (f"_{k + 1}" if args.n > 1 else "") for p, k in takes])
     wav, log_mel, order, _ = text_to_audio(pipe, args.prompts, args.n, record=record, **common)
     for j, ((prompt, k), stem) in enumerate(zip(takes, stems)):
-        save_outputs(stem + ".wav", wav[j], log_mel[j], order[j], args.png)
+        written = save_outputs(stem + ".wav", wav[j], log_mel[j], order[j], args.png)
         if record is not None:
-            save_page(stem + ".html", pipe, record, j, peak_normalised(wav[j]),
+            save_page(stem + ".html", pipe, record, j, written,
                       page_settings(args, pipe, "text to audio", prompt, **{"take": f"{k + 1} of {args.n}"}))
 
 

@@ -82,7 +82,7 @@ def saved(monkeypatch):
 
     def spy(path_wav, wav, log_mel=None, order=None, png=False):
         calls[os.path.basename(path_wav)] = (wav.clone(), log_mel, None if order is None else order.clone())
-        real(path_wav, wav, log_mel, order, png)
+        return real(path_wav, wav, log_mel, order, png)
 
     monkeypatch.setattr(sample, "save_outputs", spy)
     return calls

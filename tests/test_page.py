@@ -78,7 +78,7 @@ def orders(monkeypatch):
 
     def spy(path_wav, wav, log_mel=None, order=None, png=False):
         got[os.path.basename(path_wav)] = order.clone()
-        real(path_wav, wav, log_mel, order, png)
+        return real(path_wav, wav, log_mel, order, png)
 
     monkeypatch.setattr(sample, "save_outputs", spy)
     return got
