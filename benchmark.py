@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 import fast
+import hifigan_format
 import mel
 import specmaskgit
 import vocoder
@@ -113,7 +114,7 @@ class Models:
         # module shares its parametrisation class, and folding the copy would break the original).
         self.folded = vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval()
         self.folded.load_state_dict(self.vocoder.state_dict())
-        self.folded.remove_weight_norm()
+        hifigan_format.remove_weight_norm(self.folded)
         self.int8 = fast.quantize_int8(copy.deepcopy(self.transformer)) if int8 else None
         self.device = device
 
@@ -206,7 +207,7 @@ def time_end_to_end(preset: str, device: str, dtype: torch.dtype, runs: int, bat
     if device == "cuda":
         transformer = fast.GraphedTransformer(transformer)
     vq = vqgan.VQGAN(vqgan.PRESETS[preset]).to(device).eval()
-    gen = vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval().remove_weight_norm()
+    gen = hifigan_format.remove_weight_norm(vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval())
     amp = float_dtype(Tricks(dtype=dtype))
     cond = torch.randn(batch, transformer.cfg.cond_dim, device=device)
 

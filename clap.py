@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mel
-from runtime import UserError, check_config, config_from_dict, load_weights
+from runtime import UserError, check_config, config_from_dict, count_parameters, load_weights
 
 EMBED_DIM = 512          # the width of LAION-CLAP's joint space; SpecMaskGIT projects it 512 -> 768 (Sec. 3.3)
 LAION_SR = 48000         # LAION-CLAP's audio tower (HTSAT) was trained on 48 kHz audio
@@ -428,10 +428,6 @@ class Trainer:
         """The inference checkpoint: config, vocabulary (a list of str), weights and the modality means."""
         return {"stage": "clap", "config": dataclasses.asdict(self.cfg), "vocab": list(self.model.vocab),
                 "model": self.model.state_dict()}
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ===================================================================================================

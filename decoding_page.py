@@ -8,7 +8,7 @@ Paper: "SpecMaskGIT" (ISMIR 2024).
             confidence cools down (Eq. 3). The page shows each step: which tokens were committed, what
             the whole grid would sound like if decoding stopped there, and the step's numbers.
 
-In:  the per-step record of specmaskgit.generate(record=[...]), the mels and sounds of its beliefs
+In:  step_record(info) of each step of specmaskgit.generate(on_step=...), the mels and sounds of its beliefs
 Out: one .html file (no network, nothing outside itself: images and sounds are data: URIs, the
      script and style are inline) and one .png (>= 800 px wide, axes in seconds and Hz, colour legends)
 
@@ -30,6 +30,22 @@ from runtime import write_atomically
 
 PAGE_SR = 11025                                # each step's belief as sound: 11025 Hz, 8 bit (size, not quality)
 HZ_TICKS = (250, 500, 1000, 2000, 4000, 7000)  # marked on the mel-scale frequency axis
+
+
+def step_record(info: dict) -> dict:
+    """What one step of specmaskgit.generate did (its on_step info), as CPU copies for the page.
+
+    Over the n = rows x cols positions of the grid: committed (B, n) bool: committed at this step;
+    masked (B, n) bool: still masked after it; known (B, n) bool: given by the caller; belief (B, n) long:
+    the tokens now, with the drawn prediction at every still-masked position; n_masked (B,) long;
+    cfg_scale: t of Eq. 2; temperature: t_g of Eq. 3; confidence (B,): mean p(drawn token) over the
+    positions committed at this step (nan if none).
+    """
+    committed, masked = info["committed"], info["masked"]
+    confidence = (info["logp_drawn"].exp() * committed).sum(1) / committed.sum(1)   # (B,) nan if none committed
+    return {"step": info["step"], "committed": committed.cpu(), "masked": masked.cpu(), "known": info["known"].cpu(),
+            "belief": info["belief"].cpu(), "n_masked": masked.sum(1).cpu(), "cfg_scale": float(info["cfg_scale"]),
+            "temperature": float(info["temperature"]), "confidence": confidence.float().cpu()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,7 +325,7 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
               title: str | None = None) -> str:
     """The whole page as a string.
 
-    record: specmaskgit.generate's per-step dicts; b: which item of the batch;
+    record: step_record of every step of specmaskgit.generate; b: which item of the batch;
     belief_log_mels (S, 80, F): the SpecVQGAN's decoding of each step's belief; belief_wavs (S, T) or None;
     final_wav (T,): the take's sound; settings: what made it (prompt, flags, model file), shown as a table;
     title: the page's heading (default: the prompt).

@@ -340,15 +340,16 @@ def vocoder_forward_chunked(generator, log_mel: torch.Tensor, chunk: int = 128) 
 
 @torch.inference_mode()
 def vocode_chunked(generator, log_mel: torch.Tensor, dtype: torch.dtype, chunk: int = 128) -> torch.Tensor:
-    """generator.vocode(log_mel, dtype), with the network run `chunk` frames at a time on a CPU.
+    """hifigan_format.vocode(generator, log_mel, dtype), with the network run `chunk` frames at a time on a CPU.
 
     Same arguments and result: log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32.
-    On other devices (whose caches are not the bottleneck), or with chunk=0, it is generator.vocode.
+    On other devices (whose caches are not the bottleneck), or with chunk=0, it is hifigan_format.vocode.
     """
+    import hifigan_format                                                   # the plain path and the weight-norm fold
     if not chunk or log_mel.device.type != "cpu":
-        return generator.vocode(log_mel, dtype)
-    if generator.has_weight_norm():
-        generator.remove_weight_norm()
+        return hifigan_format.vocode(generator, log_mel, dtype)
+    if hifigan_format.has_weight_norm(generator):
+        hifigan_format.remove_weight_norm(generator)
     squeeze = log_mel.dim() == 2
     x = (log_mel[None] if squeeze else log_mel).to(generator.conv_pre.weight.dtype)   # (B, 80, F)
     with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):

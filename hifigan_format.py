@@ -1,5 +1,6 @@
 """
-hifigan_format.py — loading HiFiGAN generators: our checkpoints and the official released ones.
+hifigan_format.py — HiFiGAN generators for inference: our checkpoints and the official released ones,
+loaded, with weight norm folded, and run (vocode).
 
 The official implementation (github.com/jik876/hifi-gan, models.py) saves its generators
 (generator_v1, _v2, _v3) as {"generator": state_dict}, with the module names that vocoder.py keeps
@@ -9,12 +10,15 @@ checks a config the caller asks for, and builds a ready-to-run vocoder.Generator
 official V1 weights unchanged (Sec. 3.1), which is why its mel is HiFiGAN's own recipe (mel.py).
 
 In:  a path or checkpoint dict: ours ({"stage": "vocoder", "config", "model"}) or the official one
-Out: vocoder.Generator in eval mode with weight norm folded (load_vocoder)
+Out: vocoder.Generator in eval mode with weight norm folded (load_vocoder); its waveform (vocode)
 """
 
 from dataclasses import dataclass
 
-from runtime import UserError, check_config, config_from_dict, load_checkpoint
+import torch
+from torch.nn.utils import parametrize
+
+from runtime import UserError, check_config, config_from_dict, load_checkpoint, pick_dtype
 from vocoder import PRESETS, Config, Generator
 
 # The generator fields: what a checkpoint's tensor shapes (and the official config files) determine.
@@ -124,13 +128,13 @@ def from_checkpoint(ckpt: dict) -> Generator:
 def _build(cfg: Config, state: dict, what: str) -> Generator:
     model = Generator(cfg)
     if not any(".parametrizations." in k for k in state):
-        model.remove_weight_norm()            # a state_dict saved after remove_weight_norm: plain weights
+        remove_weight_norm(model)             # a state_dict saved after remove_weight_norm: plain weights
     try:
         model.load_state_dict(state)
     except RuntimeError as e:                 # missing/unexpected keys or shape mismatches
         first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
         raise UserError(f"the {what} does not fit a HiFiGAN generator of its config ({first[:200]}).") from None
-    return model.remove_weight_norm().eval()
+    return remove_weight_norm(model).eval()
 
 
 def load_vocoder(path_or_dict, config=None) -> Generator:
@@ -179,3 +183,45 @@ class _GeneratorFields:
 
 def _generator_view(cfg: Config) -> _GeneratorFields:
     return _GeneratorFields(**{k: getattr(cfg, k) for k in GENERATOR_FIELDS})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inference: weight norm folded, then the generator under autocast.
+# ---------------------------------------------------------------------------------------------------
+
+def remove_weight_norm(generator: Generator) -> Generator:
+    """Fold every g * v / ||v|| into one plain weight (for inference: no recomputation per call).
+
+    The folded weight is exactly the tensor the weight-normed forward computes, so outputs do not change.
+    Afterwards the module has plain `weight` parameters and cannot be trained as HiFiGAN is.
+    """
+    for m in generator.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return generator
+
+
+def has_weight_norm(generator: Generator) -> bool:
+    return parametrize.is_parametrized(generator.conv_pre, "weight")
+
+
+@torch.inference_mode()
+def vocode(generator: Generator, log_mel: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32.
+
+    Weight norm is folded first if still present. `dtype` None picks what the device runs natively
+    (runtime.pick_dtype): bf16 on CUDA and on CPUs with AMX/AVX-512 BF16, fp32 elsewhere, where emulated
+    bf16 convolutions are far slower. Weights stay fp32; a lower `dtype` is applied with autocast.
+    fast.vocode_chunked is the same with the network run over short stretches of time.
+    """
+    if has_weight_norm(generator):
+        remove_weight_norm(generator)
+    squeeze = log_mel.dim() == 2
+    x = log_mel[None] if squeeze else log_mel                            # (B, 80, F)
+    device = x.device.type
+    if dtype is None:
+        dtype = pick_dtype(device, None, verbose=False)
+    with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+        wav = generator(x.to(generator.conv_pre.weight.dtype))           # (B, 1, 256 F)
+    wav = wav[:, 0].float()                                              # (B, 256 F)
+    return wav[0] if squeeze else wav

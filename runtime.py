@@ -209,6 +209,9 @@ def _same_kind(v, default) -> bool:
 # Whole-number config fields where 0 means something ("never re-seed", "the discriminator from the first
 # step", "a bag of words"); every other whole number in a config is a size or a count and must be >= 1.
 ZERO_ALLOWED = {"dead_code_steps", "disc_start", "text_layers"}
+MEL_BINS = 80          # mel.N_MELS (runtime comes before mel in the import order)
+# String config fields and the values their model knows (specmaskgit.MASK_SCHEDULES, vocoder's ResBlock1/2).
+CHOICES = {"mask_schedule": ("cosine", "linear", "sqrt"), "resblock": ("1", "2")}
 STEP_COUNTS = {"dead_code_steps", "disc_start"}       # numbers of training steps: they allocate nothing
 MAX_SIZE = 2 ** 16     # no width, count or kernel of ours comes near it; a 2**16 x 2**16 matrix is 17 GB
 
@@ -217,6 +220,8 @@ def value_rule(name: str, value) -> str | None:
     """The rule a config value breaks ("1 or more", ...), or None. Tuples and lists are checked element-wise."""
     if isinstance(value, (tuple, list)):
         return next((r for r in (value_rule(name, x) for x in value) if r), None)
+    if name in CHOICES and value not in CHOICES[name]:
+        return "one of " + ", ".join(CHOICES[name])
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     low = 0 if isinstance(value, float) or name in ZERO_ALLOWED else 1
@@ -241,6 +246,16 @@ def check_config_values(cfg, label: str = "--{}") -> None:
         if hasattr(cfg, heads) and getattr(cfg, width) % getattr(cfg, heads):
             raise UserError(f"{label.format(width)} ({getattr(cfg, width)}) must be divisible by "
                             f"{label.format(heads)} ({getattr(cfg, heads)}).")
+    if hasattr(cfg, "channel_mult"):            # the VQGAN: four 2x downsamplings, GroupNorm over every width
+        if len(cfg.channel_mult) != 5:
+            raise UserError(f"{label.format('channel_mult')} needs 5 levels (four 2x downsamplings = 16x), "
+                            f"not {len(cfg.channel_mult)}.")
+        widths = [cfg.base_channels * m for m in cfg.channel_mult] + [cfg.z_channels]
+        if any(w % cfg.norm_groups for w in widths):
+            raise UserError(f"every width ({widths}) must be divisible by {label.format('norm_groups')} ({cfg.norm_groups}).")
+    if hasattr(cfg, "n_mels") and cfg.n_mels != MEL_BINS:
+        raise UserError(f"{label.format('n_mels')} must be {MEL_BINS}, the bins of the mel every stage reads, "
+                        f"not {cfg.n_mels}.")
 
 
 def load_weights(module: torch.nn.Module, state: dict, what: str) -> None:
@@ -256,6 +271,46 @@ def load_weights(module: torch.nn.Module, state: dict, what: str) -> None:
             got = tuple(state[name].shape) if isinstance(state[name], torch.Tensor) else type(state[name]).__name__
             raise UserError(f"the {what}'s weight '{name}' is {got}, where its config needs {tuple(t.shape)}.")
     module.load_state_dict(state)
+
+
+def build_model(model_class, config_class, ckpt: dict, stage: str):
+    """The model of an inference checkpoint ({"stage", "config", "model"}), in eval mode.
+
+    The config is checked entry by entry before anything is built (config_from_dict), then every weight
+    by name and shape (load_weights): a checkpoint of another stage, size or shape is one sentence.
+    """
+    if ckpt.get("stage") != stage:
+        raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a {stage} one.")
+    model = model_class(config_from_dict(config_class, ckpt["config"], f"{stage} checkpoint"))
+    load_weights(model, ckpt["model"], f"{stage} checkpoint")
+    return model.eval()
+
+
+def load_into(model: torch.nn.Module, ckpt: dict, stage: str) -> None:
+    """Load an inference checkpoint into a model that already exists (model.cfg is its config); a checkpoint
+    made with another config is one sentence naming the fields that differ. A field the checkpoint does not
+    store takes the model's value."""
+    if ckpt.get("stage") != stage:
+        raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a {stage} one.")
+    check_config(model.cfg, {**dataclasses.asdict(model.cfg), **ckpt["config"]}, f"{stage} checkpoint")
+    load_weights(model, ckpt["model"], f"{stage} checkpoint")
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper (train.py's DDP), or the module itself."""
+    return getattr(module, "module", module)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, number of processes) under torchrun; (0, 1) in a plain run."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def make_output_folder(path: str) -> None:

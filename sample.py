@@ -34,8 +34,8 @@ import torch
 
 import fast
 import mel
-from runtime import (ArgumentParser, UserError, load_checkpoint, make_output_folder, pick_device, pick_inference_dtype,
-                     run_command)
+from runtime import (ArgumentParser, UserError, build_model, load_checkpoint, make_output_folder, pick_device,
+                     pick_inference_dtype, run_command)
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
 BWE_CUTOFF_HZ = 4300.0    # ~ mel bin 63's top edge (= bin 64's centre, 4327 Hz); top token row = bins 64-79 (Table 7)
@@ -80,7 +80,8 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
         raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of token "
                         f"columns (a multiple of {16 * mel.HOP} samples) up to {MAX_CLIP_SAMPLES}.")
     vq = rebuild(ckpt, "vqgan", vqgan.from_checkpoint, bundle["vqgan"]).to(device).eval()
-    transformer = rebuild(ckpt, "transformer", specmaskgit.from_checkpoint, bundle["transformer"]).to(device).eval()
+    transformer = rebuild(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config, e,
+                                                                     "transformer"), bundle["transformer"]).to(device)
     # Stages of two runs in one file (a transformer trained on another codebook or clip length, bundled by
     # hand or by an older train.py): the sampler drew ids the VQGAN does not have, an IndexError in decode.
     grid = (vq.cfg.n_codes, vq.cfg.n_mels // 16, num_samples // (16 * mel.HOP))
@@ -193,19 +194,22 @@ def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
 def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, known_mask=None, verbose=True,
                   cfg_ramp=True, record=None):
     """Run the MaskGIT sampler (specmaskgit.generate), printing one progress line per step.
-    `record`: a list that receives generate's per-step record (for the decoding page), or None."""
+    `record`: a list that receives decoding_page.step_record of every step (for the page), or None."""
+    import decoding_page
     import specmaskgit
     t0 = time.time()
 
-    def progress(step, total, n_masked):
+    def on_step(info):
         if verbose:
-            print(f"  step {step + 1:2d}/{total}: {n_masked:4d} tokens still masked ({time.time() - t0:.1f} s)", flush=True)
+            print(f"  step {info['step'] + 1:2d}/{info['steps']}: {info['left']:4d} tokens still masked "
+                  f"({time.time() - t0:.1f} s)", flush=True)
+        if record is not None:
+            record.append(decoding_page.step_record(info))
 
     with torch.inference_mode(), torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
         return specmaskgit.generate(pipe.transformer, cond, steps=steps, cfg=cfg, temperature=temperature,
                                     known_tokens=known_tokens, known_mask=known_mask, seed=seed,
-                                    on_step=progress, record_order=True, cfg_ramp=cfg_ramp,
-                                    **({} if record is None else {"record": record}))
+                                    on_step=on_step, record_order=True, cfg_ramp=cfg_ramp)
 
 
 # ---------------------------------------------------------------------------------------------------

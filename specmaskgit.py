@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from runtime import UserError, check_config, config_from_dict, load_weights
+from runtime import count_parameters, load_into, rank_and_world, unwrap
 
 
 @dataclass
@@ -99,28 +99,18 @@ class SpecMaskGIT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.n_codes)
-        self.apply(self._init_weights)
+        # MAE / MAGE's initialisation: Xavier-uniform linears, zero biases, every embedding N(0, 0.02). With
+        # PyTorch's N(0, 1) token embeddings, [M], the positions and the CLAP fill would start 50x quieter.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
         for p in (self.tok_emb.weight, self.mask_emb, self.row_emb, self.col_emb, self.cond_pos):
             nn.init.normal_(p, std=0.02)
 
-    @staticmethod
-    def _init_weights(m):
-        """MAE / MAGE's initialisation: Xavier-uniform linears with zero bias; every embedding N(0, 0.02).
-
-        With PyTorch's defaults a token embedding is N(0, 1), norm ~sqrt(width), against ~0.02 sqrt(width)
-        for [M], the positions and the CLAP fill: the model would first have to learn to hear anything
-        but the visible tokens. With one scale for all of them every input starts on an equal footing.
-        """
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-
     def embed(self, tokens, cond, mask, drop_cond=None):
-        """The transformer's input sequence (B, R C + 1, W): token embeddings, masked positions filled,
-        2-D positions added, the CLAP token appended.
-
-        cond None = unconditional for every sample; drop_cond (B,) bool = unconditional for some (CFG).
-        """
+        """The input sequence (B, R C + 1, W): token embeddings, masked positions filled, 2-D positions added,
+        the CLAP token appended. cond None: unconditional; drop_cond (B,) bool: unconditional for some (CFG)."""
         cfg = self.cfg
         B, R, C = tokens.shape
         x = self.tok_emb(tokens).view(B, R * C, cfg.width)                      # (B, 265, W)
@@ -167,7 +157,7 @@ def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> to
 
 def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None):
     """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy)."""
-    cfg = getattr(model, "module", model).cfg                                  # the model itself, also under DDP
+    cfg = unwrap(model).cfg
     B, R, C = tokens.shape
     if mask is None:
         mask = sample_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
@@ -185,32 +175,22 @@ def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None):
 # Sampling (Sec. 3.4, Eq. 2-3).
 # ---------------------------------------------------------------------------------------------------
 
-def mask_schedule(step: int, steps: int, n_tokens: int, kind: str = "cosine") -> int:
-    """How many tokens stay masked after `step` of `steps` (MaskGIT; cosine in Sec. 3.4).
+MASK_SCHEDULES = {                       # share of the unknown tokens still masked after a share r of the steps
+    "cosine": lambda r: math.cos(math.pi / 2 * r),   # MaskGIT's and Sec. 3.4's: stays high longest
+    "linear": lambda r: 1 - r,
+    "sqrt": lambda r: 1 - math.sqrt(r),
+}
 
-    Early steps re-mask most of the grid (the first guesses are poor); late steps keep almost
-    everything. Each curve falls from 1 to 0 as r goes from 0 to 1; cosine stays high longest.
-    """
-    r = (step + 1) / steps                                   # fraction of the schedule done
-    if kind == "cosine":
-        frac = math.cos(math.pi / 2 * r)
-    elif kind == "linear":
-        frac = 1 - r
-    elif kind == "sqrt":
-        frac = 1 - math.sqrt(r)
-    else:
-        raise UserError(f"mask_schedule must be cosine, linear or sqrt, not {kind!r}.")
-    return math.floor(n_tokens * frac)
+
+def mask_schedule(step: int, steps: int, n_tokens: int, kind: str = "cosine") -> int:
+    """How many tokens stay masked after `step` of `steps` (MaskGIT; cosine in Sec. 3.4). Early steps
+    re-mask most of the grid (the first guesses are poor); late steps keep almost everything."""
+    return math.floor(n_tokens * MASK_SCHEDULES[kind]((step + 1) / steps))
 
 
 def guided_logits(model, tokens, cond, masked, t):
     """Eq. 2: l_u + t (l_c - l_u), from the model's logits with the prompt (l_c) and without it (l_u).
-
-    Two speed-ups that change nothing in the result (benchmark.py times each):
-    - at t = 0 (the ramp's first step, or --cfg 0) Eq. 2 is l_u alone, so the conditional pass is skipped;
-    - otherwise both passes go through the model as one batch of 2B: one weight read per layer
-      instead of two, and larger matrix products, which run closer to the CPU's or GPU's peak.
-    """
+    Both passes run as one batch of 2B (one weight read per layer); at t = 0 Eq. 2 is l_u alone."""
     B, n = tokens.shape
     grid = tokens.view(B, model.cfg.rows, model.cfg.cols)
     mask = masked.view_as(grid)
@@ -223,12 +203,9 @@ def guided_logits(model, tokens, cond, masked, t):
 
 
 def masked_counts(n_unknown: list, steps: int, kind: str = "cosine") -> list:
-    """[B][steps]: how many of each sample's n_unknown positions stay masked after each step.
-
-    The mask_schedule, clamped as in MaskGIT's decoder: every step but the last keeps at least one
-    token masked and commits at least one (where both cannot hold, fewer unknown tokens than steps,
-    committing wins, so no step is spent on nothing); the last step commits everything.
-    """
+    """[B][steps]: how many of each sample's n_unknown positions stay masked after each step: the
+    mask_schedule, clamped as in MaskGIT's decoder. Every step but the last keeps at least one token masked
+    and commits at least one (with fewer unknown tokens than steps, committing wins); the last commits all."""
     counts = []
     for u in n_unknown:
         left, row = u, []
@@ -248,23 +225,23 @@ def gumbel(shape, generator, device) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None, known_mask=None, seed=None,
-             on_step=None, record_order=False, batch_size=None, cfg_ramp=True, record=None):
+             batch_size=None, cfg_ramp=True, record_order=False, on_step=None):
     """MaskGIT sampling of (B, rows, cols) token grids.
 
     Start with every unknown position masked. At step s of S:
-      1. one forward pass predicts logits at every position, for the conditional and the unconditional
-         input together (one batch of 2B); the guided logits are l_u + t (l_c - l_u), with t ramped
-         linearly from 0 to `cfg` (Eq. 2: early steps explore, late steps follow the prompt);
+      1. one forward pass predicts logits at every position, with and without the prompt; the guided
+         logits are l_u + t (l_c - l_u), t ramped linearly from 0 to `cfg` (Eq. 2: early steps explore,
+         late steps follow the prompt);
       2. every masked position draws a token from softmax(guided logits);
       3. confidence = log p(drawn token) + t_g * Gumbel noise, t_g annealed linearly from `temperature`
          to 0 (Eq. 3: randomness in *which* tokens are kept, large early, none at the end);
       4. the masked_counts(s) least confident newly drawn tokens are masked again; the rest are kept.
     Known positions (inpainting, bandwidth extension) are never masked and never re-drawn.
     cfg_ramp=False keeps the scale at `cfg` from the first step (Table 1's "w/o CFG linear scheduler").
-    The loop stays on the model's device, random numbers included: on a GPU, every tensor the host reads
-    back waits for all queued work, so a copy per step would leave the chip idle between forward passes.
-    record: a list that gets one dict per step (step_record; copies to the CPU, so off by default).
-    Returns tokens, and with record_order also the step at which each position was committed (-1 = known).
+    The loop stays on the model's device, random numbers included, so a GPU never waits for the host.
+    on_step(info): called after every step with that step's tensors (on the device; the decoding page
+    copies them). Returns tokens, and with record_order also the step at which each position was
+    committed (-1 = known).
     """
     c = model.cfg
     n = c.rows * c.cols
@@ -277,9 +254,6 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
     else:
         tokens = known_tokens.reshape(B, n).to(device)
         known = (known_mask.reshape(B, n).to(device) if known_mask is not None else torch.ones_like(tokens, dtype=torch.bool))
-        given = tokens[known]
-        if given.numel() and not (0 <= int(given.min()) and int(given.max()) < c.n_codes):
-            raise UserError(f"known tokens must be codebook ids 0..{c.n_codes - 1}, not {int(given.min())}..{int(given.max())}.")
         tokens = torch.where(known, tokens, 0)                                  # what masked positions hold is never read
     masked = ~known                                                             # (B, n)
     n_unknown = masked.sum(1).tolist()                                          # differs per sample only by the caller
@@ -299,34 +273,19 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
         logp_drawn = logp.gather(-1, drawn[..., None])[..., 0]                  # (B, n) log p(drawn token)
         confidence = logp_drawn + t_g * gumbel((B, n), g, device)               # 3. Eq. 3
         confidence = confidence.masked_fill(~masked, float("inf"))             # kept tokens are never re-masked
-        # argsort gives the positions in order of confidence; argsort of that gives each position its place in that order
+        # a position's rank = how many positions are less confident: argsort lists positions from least to
+        # most confident, and argsort of that list gives each position its place in it
         rank = confidence.argsort(dim=1).argsort(dim=1)                         # (B, n): 0 = least confident
         remask = rank < keep[:, s, None]                                        # 4. the least confident stay masked
         newly = masked & ~remask
         order.masked_fill_(newly, s)
         tokens = drawn
         masked = remask & masked
-        if record is not None:
-            record.append(step_record(s, newly, masked, known, tokens, logp_drawn, t, t_g))
         if on_step is not None:
-            on_step(s, steps, left[s])
+            on_step(dict(step=s, steps=steps, left=left[s], committed=newly, masked=masked, known=known,
+                         belief=tokens, logp_drawn=logp_drawn, cfg_scale=t, temperature=t_g))
     tokens = tokens.view(B, c.rows, c.cols)
     return (tokens, order.view(B, c.rows, c.cols).cpu()) if record_order else tokens
-
-
-def step_record(s, committed, masked, known, belief, logp_drawn, t, t_g) -> dict:
-    """What step s did, for the decoding page: CPU copies over the n = rows x cols positions of tokens.view(B, n).
-
-    committed (B, n) bool: committed at this step; masked (B, n) bool: still masked after it; known (B, n)
-    bool: given by the caller; belief (B, n) long: the tokens now, with the drawn prediction at every
-    still-masked position; n_masked (B,) long; cfg_scale: t of Eq. 2; temperature: t_g of Eq. 3;
-    confidence (B,): mean p(drawn token) over the positions committed at this step (nan if none).
-    """
-    n_new = committed.sum(1)
-    confidence = (logp_drawn.exp() * committed).sum(1) / n_new                 # (B,) mean p(drawn); nan if none
-    return {"step": s, "committed": committed.cpu(), "masked": masked.cpu(), "known": known.cpu(),
-            "belief": belief.cpu(), "n_masked": masked.sum(1).cpu(), "cfg_scale": float(t),
-            "temperature": float(t_g), "confidence": confidence.float().cpu()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,7 +294,7 @@ def step_record(s, committed, masked, known, belief, logp_drawn, t, t_g) -> dict
 
 class Trainer:
     """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: the MAE / MAGE recipe the paper follows)
-    and one optimisation step with gradient clipping at 1.0."""
+    and one optimisation step with gradient clipping at 1.0 (train.py runs the loop)."""
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,
                  amp_dtype: torch.dtype = torch.float32):
@@ -350,10 +309,8 @@ class Trainer:
 
     def step(self, batch: dict, step: int) -> dict:
         self.model.train()
-        tokens = batch["tokens"].to(self.device)
-        cond = batch["cond"].to(self.device)
-        dist = torch.distributed
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        tokens, cond = batch["tokens"].to(self.device), batch["cond"].to(self.device)
+        rank, world = rank_and_world()
         g = torch.Generator().manual_seed(step * world + rank)                  # masks replay on --resume; GPUs differ
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
             loss, acc = masked_loss(self.model, tokens, cond, generator=g)
@@ -364,39 +321,16 @@ class Trainer:
         opt.step()
         return {"loss": loss.detach(), "acc": acc.detach(), "grad_norm": grad_norm.detach()}   # read at log time
 
+    def checkpoint(self) -> dict:
+        return {"stage": "transformer", "config": dataclasses.asdict(self.cfg), "model": unwrap(self.model).state_dict()}
+
     def state_dict(self) -> dict:
         return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
-        load_into(getattr(self.model, "module", self.model), d)
+        load_into(unwrap(self.model), d, "transformer")
         self.optimizers[0].load_state_dict(d["optimizer"])
 
-    def checkpoint(self) -> dict:
-        model = getattr(self.model, "module", self.model)
-        return {"stage": "transformer", "config": dataclasses.asdict(self.cfg), "model": model.state_dict()}
-
-    def checkpoint_params(self):
-        return list(self.model.parameters())
-
-
-# ---------------------------------------------------------------------------------------------------
-# Checkpoints and the command line.
-# ---------------------------------------------------------------------------------------------------
-
-def from_checkpoint(ckpt: dict) -> SpecMaskGIT:
-    model = SpecMaskGIT(config_from_dict(Config, ckpt["config"], "transformer checkpoint"))
-    load_weights(model, ckpt["model"], "transformer checkpoint")
-    return model
-
-
-def load_into(model: SpecMaskGIT, ckpt: dict) -> None:
-    """Load a checkpoint into an existing model; another config is a one-sentence UserError."""
-    check_config(model.cfg, ckpt["config"], "transformer checkpoint")
-    load_weights(model, ckpt["model"], "transformer checkpoint")
-
-
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 if __name__ == "__main__":

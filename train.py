@@ -72,7 +72,6 @@ STAGE_DEFAULTS = {
 #   ddp_modules                 names of the attributes DistributedDataParallel wraps under torchrun
 #   preview(batch)              optional: (input, output) mels for a PNG every --preview-every steps
 #   lr_factor(step, epoch_steps)   optional: the stage's own schedule, used instead of warm-up + cosine
-#   checkpoint_params()         optional: the parameters the inference checkpoint holds (for the count)
 # ===================================================================================================
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -462,7 +461,7 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     path = os.path.join(args.out, "vocoder.pt")
     ckpt = load_checkpoint(path, "vocoder")
     generator = hifigan_format.load_vocoder(ckpt).to(device)
-    outputs = {"vocoder": generator.vocode(source.to(device)).cpu(), "griffin_lim": mel.griffin_lim(source)}
+    outputs = {"vocoder": hifigan_format.vocode(generator, source.to(device)).cpu(), "griffin_lim": mel.griffin_lim(source)}
     result = {name: (measure(out[:, :wav.shape[1]]) - target).abs().mean().item() for name, out in outputs.items()}
     result["clips"] = len(wav)
     ckpt["heldout_mel_l1"] = result
@@ -592,7 +591,8 @@ class Clock:
 
 
 def describe(stage, trainer, args, steps, batch, warmup) -> None:
-    n_params = sum(p.numel() for p in trainer.checkpoint_params()) if hasattr(trainer, "checkpoint_params") else None
+    weights = trainer.checkpoint()["model"].values()                 # what inference loads, buffers of counts aside
+    n_params = sum(w.numel() for w in weights if w.is_floating_point())
     schedule = "its own lr schedule" if hasattr(trainer, "lr_factor") else f"warm-up {warmup}"
     print(f"{stage}: {args.preset} preset, {steps} steps, batch {batch}, peak lr "
           f"{trainer.optimizers[0].param_groups[0]['lr']:.2e}, {schedule}"
@@ -729,14 +729,16 @@ def stage_config(stage: str, args):
             raise UserError(f"--{stage}.{f.name} expects a {type(default).__name__} like {default!r}, not {raw!r}.") from None
         changes[f.name] = value
     cfg = dataclasses.replace(cfg, **changes)
-    # The model files check only what they must; a zero size, a NaN or heads that do not divide the width
-    # would otherwise end in a traceback at the first step, and a misspelt mask_schedule or resblock, read
-    # only when sampling or building the generator, would pass training unnoticed.
+    # The model files check nothing: a zero size, a NaN, heads that do not divide the width or a misspelt
+    # mask_schedule would otherwise end in a traceback at the first step, or only when sampling.
     check_config_values(cfg, f"--{stage}.{{}}")
-    if stage == "transformer":
-        mod.mask_schedule(0, 1, 1, cfg.mask_schedule)        # its own sentence for an unknown schedule
-    if stage == "vocoder" and cfg.resblock not in ("1", "2"):
-        raise UserError(f"--vocoder.resblock must be 1 or 2 (HiFiGAN's ResBlock1 or ResBlock2), not {cfg.resblock!r}.")
+    if stage == "vocoder":                           # HiFiGAN works in whole mel frames of mel.HOP samples
+        import mel
+        if cfg.segment_size % mel.HOP:
+            raise UserError(f"--vocoder.segment_size must be a multiple of {mel.HOP} samples, not {cfg.segment_size}.")
+        if math.prod(cfg.upsample_rates) != mel.HOP:
+            raise UserError(f"--vocoder.upsample_rates {cfg.upsample_rates} multiply to "
+                            f"{math.prod(cfg.upsample_rates)}, not the hop size {mel.HOP}.")
     return cfg
 
 

@@ -17,8 +17,8 @@ Speech Synthesis" (NeurIPS 2020), arXiv:2010.05646. Section numbers below marked
                     random 8192-sample segments
 The file follows the official implementation (github.com/jik876/hifi-gan, models.py): its order
 (generator, discriminators, losses) and its parameter names (conv_pre, ups.N, resblocks.N.convs1.M /
-convs2.M or convs.M, conv_post), so the released generators load unchanged (hifigan_format.py reads
-them; fast.py has a faster, chunked inference path).
+convs2.M or convs.M, conv_post), so the released generators load unchanged. hifigan_format.py loads
+them and runs inference (vocode: weight norm folded, autocast); fast.py has a chunked, faster path.
 
 In:  natural-log mel (B, 80, frames) from mel.mel_spectrogram (or mel.denormalize of the VQGAN output)
 Out: waveform (B, frames * 256) at 22050 Hz in [-1, 1]
@@ -26,18 +26,16 @@ Run alone: python vocoder.py [v1|v2|v3|tiny]   # parameter counts, and one 848-f
 """
 
 import dataclasses
-import math
 import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 import mel
-from runtime import UserError, check_config, pick_dtype
+from runtime import check_config, count_parameters
 
 LRELU_SLOPE = 0.1      # slope of every leaky ReLU in HiFiGAN, except one (see Generator.post)
 LR_DECAY = 0.999       # HiFiGAN Sec. 4: the learning rate is multiplied by 0.999 after every epoch
@@ -72,10 +70,9 @@ PRESETS = {
                  resblock_dilation_sizes=((1, 2), (2, 6), (3, 12))),     # 1.46 M: three upsamplings, ResBlock2
 }
 PRESETS["full"] = PRESETS["v1"]   # SpecMaskGIT uses the official V1 (Sec. 3.1)
-# The toy world (toyworld.py) on 2 CPU cores: V3's layout at half width (~0.4 M parameters, a ~1.5 MB file
-# for the demo bundle, still 8 x 8 x 4 = 256x upsampling), with discriminators ~1/8 as wide. The toy recipe
-# (train.py, 250 steps) spends 200 on the mel loss alone, which is what helps within minutes; its last 50 add
-# the adversary, ~6x dearer per step on a CPU, to show every loss at work: it pays off only over days.
+# The toy world (toyworld.py): V3's layout at half width (~0.4 M parameters, still 8 x 8 x 4 = 256x), with
+# discriminators ~1/8 as wide. The toy recipe (train.py, 250 steps) trains the mel loss alone for 200 steps,
+# what helps on a CPU within minutes; the last 50 add the adversary to show every loss at work.
 PRESETS["tiny"] = dataclasses.replace(PRESETS["v3"], upsample_initial_channel=128, mpd_width=4, msd_width=16,
                                       disc_start=200)
 
@@ -154,9 +151,8 @@ class Generator(nn.Module):
             for kr, dr in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
                 self.resblocks.append(block(ch, kr, dr))
         self.conv_post = weight_norm(nn.Conv1d(ch, 1, 7, padding=3))
-        # The official code calls normal_(0, 0.01) on these weights *after* weight_norm; the weight-norm
-        # hook recomputes the weight from g and v on every forward, so that call has no lasting effect and
-        # the released models were trained from PyTorch's default initialisation. We keep the default too.
+        # PyTorch's default initialisation, as the released models had: the official normal_(0, 0.01) comes
+        # after weight_norm, whose hook recomputes the weight from g and v on every forward, undoing it.
 
     def upsample_level(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Level i: transposed conv (time x u_i, channels / 2), then the MRF block (HiFiGAN Fig. 1)."""
@@ -178,46 +174,6 @@ class Generator(nn.Module):
         for i in range(len(self.ups)):
             x = self.upsample_level(i, x)                                   # ... -> (B, h_u / 2^(i+1), F u_0 ... u_i)
         return self.post(x)                                                 # (B, 1, 256 F)
-
-    def remove_weight_norm(self) -> "Generator":
-        """Fold every g * v / ||v|| into one plain weight (for inference: no recomputation per call).
-
-        The folded weight is exactly the tensor the weight-normed forward computes, so outputs do not
-        change. Afterwards the module has plain `weight` parameters and cannot be trained as HiFiGAN is.
-        """
-        for m in self.modules():
-            if parametrize.is_parametrized(m, "weight"):
-                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-        return self
-
-    def has_weight_norm(self) -> bool:
-        return parametrize.is_parametrized(self.conv_pre, "weight")
-
-    @torch.inference_mode()
-    def vocode(self, log_mel: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Inference: log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32.
-
-        inference_mode (no autograd bookkeeping) and weight norm folded (hifigan_format.load_vocoder does
-        it; done here if still present). `dtype` None picks what the device runs natively
-        (runtime.pick_dtype): bf16 on CUDA and on CPUs with AMX/AVX-512 BF16, fp32 elsewhere, where
-        emulated bf16 convolutions are far slower. Weights stay fp32; a lower `dtype` is applied with
-        autocast. fast.vocode_chunked is the same with the network run over short stretches of time.
-        """
-        if self.has_weight_norm():
-            self.remove_weight_norm()
-        squeeze = log_mel.dim() == 2
-        x = log_mel[None] if squeeze else log_mel                            # (B, 80, F)
-        device = x.device.type
-        if dtype is None:
-            dtype = pick_dtype(device, None, verbose=False)
-        with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
-            wav = self(x.to(self.conv_pre.weight.dtype))                     # (B, 1, 256 F)
-        wav = wav[:, 0].float()                                              # (B, 256 F)
-        return wav[0] if squeeze else wav
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,10 +250,8 @@ class MultiPeriodDiscriminator(nn.Module):
 
 
 class MultiScaleDiscriminator(nn.Module):
-    """MSD: the same sub-discriminator shape on the waveform, x2 and x4 average-pooled (smoother views).
-
-    The first, on raw audio, uses spectral norm (it stabilised training in HiFiGAN Sec. 2.2), the others weight norm.
-    """
+    """MSD: one sub-discriminator shape on the waveform, x2 and x4 average-pooled (smoother views). The
+    first, on raw audio, uses spectral norm (it stabilised training, HiFiGAN Sec. 2.2), the others weight norm."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -337,9 +291,8 @@ def feature_matching_loss(real_fmaps, fake_fmaps) -> torch.Tensor:
     return sum(torch.mean(torch.abs(r.detach() - g)) for rs, gs in zip(real_fmaps, fake_fmaps) for r, g in zip(rs, gs))
 
 
-# The mel of the L1 loss (Eq. 3) is mel.py's recipe over the whole band, 0 to sr/2 = 11025 Hz (the official
-# configs set fmax_for_loss: null), while the generator's input mel stops at 8 kHz: so the loss, not only
-# the discriminators, also judges what the generator puts between 8 and 11 kHz.
+# The mel of the L1 loss (Eq. 3) is mel.py's recipe over the whole band, 0 to 11025 Hz (the official configs'
+# fmax_for_loss: null); the input mel stops at 8 kHz, so the loss also judges what the generator puts above.
 LOSS_FILTERBANK = mel.mel_filterbank(fmax=mel.SR / 2)                    # (80, 513)
 
 
@@ -369,11 +322,6 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 2e-4, amp_dtype: torch.dtype = torch.float32):
-        if cfg.segment_size % mel.HOP:
-            raise UserError(f"vocoder segment_size must be a multiple of {mel.HOP} samples, not {cfg.segment_size}.")
-        if math.prod(cfg.upsample_rates) != mel.HOP:
-            raise UserError(f"the vocoder's upsample_rates {cfg.upsample_rates} multiply to "
-                            f"{math.prod(cfg.upsample_rates)}, not the hop size {mel.HOP}.")
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         self.generator = Generator(cfg).to(device).train()
         self.mpd = MultiPeriodDiscriminator(cfg).to(device).train()
@@ -388,8 +336,7 @@ class Trainer:
     def lr_factor(self, step: int, epoch_steps: int) -> float:
         """HiFiGAN's schedule (Sec. 4): lr x 0.999 ** epoch, no warm-up (ExponentialLR stepped per epoch).
 
-        train.py multiplies each optimiser's peak lr by this instead of its warm-up + cosine. With
-        LJSpeech's ~13k training clips at batch 16 an epoch is about 800 steps.
+        train.py uses it instead of warm-up + cosine. LJSpeech's ~13k clips at batch 16: ~800 steps an epoch.
         """
         return LR_DECAY ** (step // max(1, epoch_steps))
 
@@ -463,18 +410,13 @@ class Trainer:
 
     def load_state_dict(self, d: dict) -> None:
         check_config(self.cfg, d["config"], "vocoder training state")
-        self.generator.load_state_dict(d["generator"])
-        self.mpd.load_state_dict(d["mpd"])
-        self.msd.load_state_dict(d["msd"])
-        self.opt_g.load_state_dict(d["opt_g"])
-        self.opt_d.load_state_dict(d["opt_d"])
+        for name in ("generator", "mpd", "msd", "opt_g", "opt_d"):
+            getattr(self, name).load_state_dict(d[name])
 
     def checkpoint(self) -> dict:
-        """The inference checkpoint: config + generator weights (weight-normed; hifigan_format.load_vocoder folds them)."""
+        """The inference checkpoint: config + weight-normed generator weights (hifigan_format.load_vocoder folds them)."""
         return {"stage": "vocoder", "config": dataclasses.asdict(self.cfg), "model": self.generator.state_dict()}
 
-    def checkpoint_params(self):
-        return list(self.generator.parameters())
 
 
 if __name__ == "__main__":
@@ -486,4 +428,5 @@ if __name__ == "__main__":
         g = Generator(cfg)
         print(f"{name}: generator {count_parameters(g) / 1e6:.2f} M, MPD {count_parameters(MultiPeriodDiscriminator(cfg)) / 1e6:.2f} M, "
               f"MSD {count_parameters(MultiScaleDiscriminator(cfg)) / 1e6:.2f} M")
-        print(f"  848 frames -> waveform {tuple(g.vocode(torch.randn(1, 80, 848) - 5).shape)}")
+        with torch.no_grad():
+            print(f"  848 frames -> waveform {tuple(g(torch.randn(1, 80, 848) - 5)[:, 0].shape)}")

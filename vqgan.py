@@ -3,9 +3,8 @@ vqgan.py — SpecVQGAN, the spectrogram tokenizer: 16 x 16 mel patches <-> ids o
 
 Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms for Efficient Audio Synthesis
 and Beyond" (ISMIR 2024).
-  Sec. 3.1  a modified SpecVQGAN turns each non-overlapping 16-by-16 (mel x time) patch of the
-            normalised mel into one token and decodes the tokens back (Fig. 3); the mel is clipped to
-            [-80, 20] dB and mapped to [-1, 1] first (mel.normalize)
+  Sec. 3.1  a modified SpecVQGAN turns each non-overlapping 16-by-16 (mel x time) patch of the mel,
+            clipped to [-80, 20] dB and mapped to [-1, 1] (mel.normalize), into one token and back (Fig. 3)
   Sec. 4    the "VGGSound" codebook configuration of the SpecVQGAN repository, without the LPAPS loss;
             about 75 M parameters; 1024 codes of 256 dimensions; 80 x 848 mel -> 5 x 53 = 265 tokens
 
@@ -13,13 +12,10 @@ SpecVQGAN (Iashin & Rahtu, BMVC 2021) is the VQGAN of Esser et al. ("Taming Tran
 applied to a spectrogram seen as a 1-channel image. Its three ideas, in the order of this file:
   1. a convolutional encoder that shrinks the image 16x on both axes, and a mirror-image decoder;
   2. a vector quantiser between them (van den Oord et al., "VQ-VAE", 2017): every encoder vector is
-     replaced by its nearest codebook entry, so the image becomes a grid of integers (the tokens the
-     transformer of specmaskgit.py learns to generate);
+     replaced by its nearest codebook entry, so the image becomes a grid of integers, the tokens
+     specmaskgit.py learns to generate (plus our addition: unused codes are re-seeded);
   3. besides the L1 reconstruction loss, a patch discriminator (pix2pix's PatchGAN) whose adversarial
      loss makes the decoder draw sharp, plausible detail instead of the blurry average L1 alone favours.
-
-One addition that the original does not have (after the quantiser below): codes that the encoder
-has not picked for a while are re-seeded from recent encoder outputs, so the codebook stays in use.
 
 In:  normalised mels (B, 80, frames) in [-1, 1], frames a multiple of 16
 Out: tokens (B, 5, frames / 16) long in [0, n_codes); reconstructed normalised mels (B, 80, frames)
@@ -36,19 +32,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mel
-from runtime import UserError, check_config, config_from_dict, load_weights
+from runtime import UserError, build_model, check_config, count_parameters, unwrap
 
 
 @dataclass
 class Config:
     # the input: a normalised log-mel is a 1-channel image of n_mels x frames (Sec. 3.1)
-    n_mels: int = 80                  # mel bins (Sec. 4); must be a multiple of 16 (five token rows for 80)
+    n_mels: int = 80                  # mel bins (Sec. 4); a multiple of 16 (five token rows for 80)
     in_channels: int = 1
     # encoder / decoder ("VGGSound" codebook config of SpecVQGAN, Sec. 4)
     base_channels: int = 128          # width of the first level
     channel_mult: tuple = (1, 1, 2, 2, 4)   # width per level = base x mult; a 2x downsampling between levels
     n_res_blocks: int = 2             # ResNet blocks per encoder level
-    dec_res_blocks: int = 3           # ResNet blocks per decoder level (Taming's decoder uses one more than the encoder)
+    dec_res_blocks: int = 3           # per decoder level (Taming's decoder has one more than the encoder)
     attn_lowest: bool = True          # self-attention after each ResNet block of the lowest-resolution level
     norm_groups: int = 32             # GroupNorm groups (every width must be divisible by it)
     z_channels: int = 256             # channels of the encoder's output
@@ -69,19 +65,16 @@ class Config:
 
 
 PRESETS = {
-    # 72.1 M parameters in encoder + quantiser + decoder, 74.9 M with the discriminator: the paper's
-    # "around 75M" (Sec. 4) matches the count with the discriminator (`python vqgan.py` prints both).
+    # 72.1 M parameters without the discriminator, 74.9 M with it: the paper's "around 75M" (Sec. 4)
     "full": Config(),
-    # The toy world (toyworld.py): 256-frame clips -> 5 x 16 tokens. 0.94 M parameters that train on 2 CPU
-    # cores in minutes: the full-resolution levels are only 8 and 16 channels wide (on a CPU most of the
-    # time goes there), the lowest one 64. 256 codes of 64 dims: enough for the toy world's 12 kinds of
-    # sound, few enough that all of them see use. The discriminator joins halfway through the toy recipe
-    # (800 of train.py's 1600 steps): without it the decoder draws the blurred average of a click or a trill.
+    # The toy world (toyworld.py): 256-frame clips -> 5 x 16 tokens, 0.94 M parameters. The full-resolution
+    # levels, where a CPU spends most of its time, are only 8 and 16 channels wide. 256 codes of 64 dims:
+    # enough for the 12 kinds of sound, few enough that all see use. The discriminator joins halfway (800 of
+    # train.py's 1600 steps): without it the decoder draws the blurred average of a click or a trill.
     "tiny": Config(base_channels=8, channel_mult=(1, 2, 4, 8, 8), n_res_blocks=1, dec_res_blocks=1,
                    norm_groups=4, z_channels=64, n_codes=256, code_dim=64, dead_code_steps=50,
                    disc_start=800, disc_channels=16, disc_layers=2,
-                   # Taming's unclamped adaptive weight: the toy recipe's 800 adversarial steps were tuned with it
-                   min_adapt_weight=0.0, max_adapt_weight=1e4),
+                   min_adapt_weight=0.0, max_adapt_weight=1e4),   # Taming's unclamped weight, as the toy recipe was tuned
 }
 
 DOWNSAMPLE = 16   # four 2x downsamplings: one token per 16 x 16 patch (Sec. 3.1, Fig. 3)
@@ -93,9 +86,7 @@ DOWNSAMPLE = 16   # four 2x downsamplings: one token per 16 x 16 patch (Sec. 3.1
 
 class ResnetBlock(nn.Module):
     """GroupNorm -> SiLU -> 3x3 conv, twice, plus the input (through a 1x1 conv when the width changes).
-
-    The residual path lets a deep stack train: at initialisation each block is close to the identity.
-    """
+    The residual path lets a deep stack train: at initialisation each block is close to the identity."""
 
     def __init__(self, c_in: int, c_out: int, groups: int, dropout: float):
         super().__init__()
@@ -113,11 +104,9 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all H x W positions of a feature map, with a residual.
-
-    Used only where the map is small (5 x 53 = 265 positions for a 10 s clip): a convolution sees a
-    3 x 3 neighbourhood, attention lets every patch look at the whole clip (e.g. a repeating sound).
-    """
+    """Single-head self-attention over all H x W positions of a feature map, with a residual. Only where
+    the map is small (5 x 53 = 265 positions for a 10 s clip): a convolution sees a 3 x 3 neighbourhood,
+    attention lets every patch look at the whole clip (e.g. a repeating sound)."""
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
@@ -135,8 +124,7 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W with a stride-2 3x3 conv. Padding one row/column at the end (not both sides)
-    makes an even size halve exactly: 80 -> 40, 848 -> 424."""
+    """Halve H and W: a stride-2 3x3 conv after padding one row/column at the end (80 -> 40, 848 -> 424)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -190,8 +178,8 @@ class Middle(nn.Module):
 
 
 class Encoder(nn.Module):
-    """(B, 1, 80, F) -> (B, z_channels, 5, F/16): widths 128,128,256,256,512 with a 2x downsampling
-    after every level but the last (for the full preset)."""
+    """(B, 1, 80, F) -> (B, z_channels, 5, F/16): widths 128, 128, 256, 256, 512 (full preset), a 2x
+    downsampling after every level but the last."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -244,13 +232,11 @@ class Decoder(nn.Module):
 class VectorQuantizer(nn.Module):
     """Replace every vector z (code_dim) by its nearest codebook entry e_k; k is the token.
 
-    Training it (VQ-VAE, van den Oord et al. 2017, Eq. 3):
-      - argmin has no gradient, so the decoder's gradient is copied straight through to the encoder:
-        z_q = z + (e_k - z).detach() has the value e_k and the gradient of z (straight-through estimator);
-      - the codebook loss ||sg[z] - e_k||^2 pulls the chosen codes towards the encoder outputs;
-      - the commitment loss beta ||z - sg[e_k]||^2 keeps the encoder close to the codes it chose.
-    Taming's quantiser (VectorQuantizer2 with its default legacy=True), and so SpecVQGAN's, computes
-    ||z - sg[e_k]||^2 + beta ||sg[z] - e_k||^2: beta on the codebook term. We keep the VQ-VAE paper's form.
+    Training it (VQ-VAE, van den Oord et al. 2017, Eq. 3): argmin has no gradient, so the decoder's
+    gradient is copied straight through to the encoder (z_q = z + (e_k - z).detach() has the value e_k
+    and the gradient of z); the codebook loss ||sg[z] - e_k||^2 pulls the chosen codes towards the
+    encoder outputs; the commitment loss beta ||z - sg[e_k]||^2 keeps the encoder near its codes.
+    Taming's (and so SpecVQGAN's) legacy quantiser puts beta on the codebook term; we keep VQ-VAE's form.
     """
 
     def __init__(self, cfg: Config):
@@ -259,23 +245,19 @@ class VectorQuantizer(nn.Module):
         self.dead_code_steps = cfg.dead_code_steps
         self.codebook = nn.Embedding(cfg.n_codes, cfg.code_dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / cfg.n_codes, 1.0 / cfg.n_codes)   # Taming's init
-        # bookkeeping for re-seeding (see below): saved with the model so a resumed run continues the same counts
+        # re-seeding's bookkeeping (below): steps_unused is saved, so a resumed run continues the same counts;
+        # chosen (picks since the last step) and recent (<= n_codes newest encoder outputs) are not
         self.register_buffer("steps_unused", torch.full((cfg.n_codes,), cfg.dead_code_steps, dtype=torch.long))
-        # filled by forward() in training mode, consumed by reseed_dead_codes(); not saved
-        self.register_buffer("chosen", torch.zeros(cfg.n_codes), persistent=False)   # picks since the last step
-        self.recent = None          # (<= n_codes, D) the newest encoder outputs: a plain tensor, never saved
-
-    def nearest(self, z):                                              # (N, D)
-        """Index of the nearest code for each row: argmin_k ||z - e_k||^2 = ||z||^2 - 2 z.e_k + ||e_k||^2."""
-        e = self.codebook.weight                                       # (K, D)
-        d = z.pow(2).sum(1, keepdim=True) - 2 * z @ e.t() + e.pow(2).sum(1)[None]   # (N, K)
-        return d.argmin(1)                                             # (N,)
+        self.register_buffer("chosen", torch.zeros(cfg.n_codes), persistent=False)
+        self.recent = None
 
     def forward(self, z):                                              # (B, D, R, C)
         B, D, R, C = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, D)                    # (B*R*C, D)
-        ids = self.nearest(flat.detach().to(self.codebook.weight.dtype))   # (B*R*C,) in the codebook's precision
-        e = self.codebook(ids).to(flat.dtype)                          # (B*R*C, D)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, D)                    # (N = B*R*C, D)
+        x, w = flat.detach().to(self.codebook.weight.dtype), self.codebook.weight   # in the codebook's precision; (K, D)
+        d = x.pow(2).sum(1, keepdim=True) - 2 * x @ w.t() + w.pow(2).sum(1)[None]   # ||z||^2 - 2 z.e_k + ||e_k||^2, (N, K)
+        ids = d.argmin(1)                                              # (N,) argmin_k ||z - e_k||^2: the tokens
+        e = self.codebook(ids).to(flat.dtype)                          # (N, D)
         codebook_loss = F.mse_loss(e, flat.detach())                   # ||sg[z] - e||^2
         commit_loss = F.mse_loss(flat, e.detach())                     # ||z - sg[e]||^2
         vq_loss = codebook_loss + self.beta * commit_loss              # VQ-VAE Eq. 3
@@ -290,17 +272,10 @@ class VectorQuantizer(nn.Module):
             self.remember(flat, counts)
         return q, vq_loss, ids.view(B, R, C), info
 
-    # --- keeping the codebook alive (our addition; not in VQ-VAE, Taming or SpecVQGAN) ---
-    #
-    # Only chosen codes get a gradient, so a code that starts far from every encoder output is never
-    # chosen and never moves ("dead code"). Left alone, a 1024-code book often ends up using a few dozen
-    # codes, and the transformer then has little to say. We count, per code, the training steps since it
-    # was last chosen and, after `dead_code_steps` steps without use, move it onto a random recent
-    # encoder output (plus a little noise): the "codebook restart" of Jukebox (Dhariwal et al. 2020) and
-    # of many VQ tokenizers since. A re-seeded code lies where the encoder actually puts vectors, so it is
-    # usually chosen at once; one that is still not chosen is moved again at the next step. A fresh
-    # codebook counts as unused, so the first training step already seeds every code it did not choose
-    # from the encoder's outputs (a data-dependent initialisation, instead of waiting in collapse).
+    # --- keeping the codebook alive (our addition, the "codebook restart" of Jukebox, Dhariwal et al. 2020) ---
+    # Only chosen codes get a gradient, so a code far from every encoder output never moves ("dead code").
+    # One unchosen for `dead_code_steps` steps moves onto a random recent encoder output plus a little noise.
+    # A fresh codebook counts as unused: the first step seeds every code it did not choose (a data-driven init).
 
     @torch.no_grad()
     def remember(self, flat, counts):
@@ -312,10 +287,8 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def reseed_dead_codes(self) -> torch.Tensor:
-        """Call once per optimisation step (after optimizer.step). Returns how many codes were re-seeded (0-d).
-
-        Every code draws a candidate and only the dead ones take it: a fixed amount of work that never
-        asks the device how many codes died, so a GPU step does not wait for the host here."""
+        """After each optimizer.step: re-seed the dead codes, return how many (0-d). Every code draws a
+        candidate and only the dead ones take it: a fixed amount of work, no wait for the host."""
         distributed = dist.is_available() and dist.is_initialized()
         if distributed:
             dist.all_reduce(self.chosen)                               # torchrun: count the picks of every process
@@ -342,17 +315,10 @@ class VectorQuantizer(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 class VQGAN(nn.Module):
-    """SpecVQGAN (Fig. 3). Normalised mel (B, 80, F) <-> tokens (B, 5, F/16)."""
+    """SpecVQGAN (Fig. 3). Normalised mel (B, 80, F) <-> tokens (B, 5, F/16); F a multiple of 16."""
 
     def __init__(self, cfg: Config):
         super().__init__()
-        widths = [cfg.base_channels * m for m in cfg.channel_mult]
-        if 2 ** (len(cfg.channel_mult) - 1) != DOWNSAMPLE:
-            raise UserError(f"channel_mult needs 5 levels (four 2x downsamplings = 16x), not {len(cfg.channel_mult)}.")
-        if any(w % cfg.norm_groups for w in widths + [cfg.z_channels]):
-            raise UserError(f"every width ({widths}) must be divisible by norm_groups={cfg.norm_groups}.")
-        if cfg.n_mels % DOWNSAMPLE:
-            raise UserError(f"n_mels={cfg.n_mels} must be a multiple of {DOWNSAMPLE}.")
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.code_dim, 1)        # encoder output -> code space
@@ -360,17 +326,8 @@ class VQGAN(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.code_dim, cfg.z_channels, 1)   # code space -> decoder input
         self.decoder = Decoder(cfg)
 
-    def _check(self, mel):
-        if mel.dim() != 3 or mel.shape[1] != self.cfg.n_mels:
-            raise UserError(f"the VQGAN takes normalised mels of shape (batch, {self.cfg.n_mels}, frames), "
-                            f"not {tuple(mel.shape)}.")
-        if mel.shape[2] % DOWNSAMPLE or mel.shape[2] == 0:
-            raise UserError(f"frames must be a multiple of {DOWNSAMPLE} (one token per 16 frames), got "
-                            f"{mel.shape[2]}; crop or pad the mel (e.g. to {mel.shape[2] // DOWNSAMPLE * DOWNSAMPLE}).")
-
     def quantize(self, mel):
         """mel (B, 80, F) -> quantised latent (B, code_dim, 5, F/16), vq loss, tokens (B, 5, F/16), info."""
-        self._check(mel)
         z = self.quant_conv(self.encoder(mel[:, None]))                # (B, 1, 80, F) -> (B, code_dim, 5, F/16)
         return self.quantizer(z)
 
@@ -383,9 +340,7 @@ class VQGAN(nn.Module):
         return self.decoder(self.post_quant_conv(q))[:, 0]            # (B, code_dim, 5, F/16) -> (B, 80, F)
 
     def decode(self, tokens):
-        """Tokens (B, 5, F/16) -> normalised mel (B, 80, F). Values are not clipped (mel.denormalize clips)."""
-        if tokens.dim() != 3 or tokens.dtype != torch.long:
-            raise UserError(f"decode takes a long tensor of token ids (batch, rows, cols), not {tokens.dtype} {tuple(tokens.shape)}.")
+        """Tokens (B, 5, F/16) long -> normalised mel (B, 80, F). Not clipped (mel.denormalize clips)."""
         q = self.quantizer.codebook(tokens).permute(0, 3, 1, 2)        # (B, 5, C, D) -> (B, D, 5, C)
         return self.decode_latent(q)
 
@@ -395,22 +350,10 @@ class VQGAN(nn.Module):
         info["tokens"] = tokens
         return self.decode_latent(q), vq_loss, info
 
-    def load_checkpoint(self, ckpt: dict) -> None:
-        """Load weights from a checkpoint dict; a checkpoint made with another config is a UserError naming the fields."""
-        if ckpt.get("stage") != "vqgan":
-            raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a vqgan one.")
-        saved = {**dataclasses.asdict(self.cfg), **ckpt["config"]}     # a field it does not store takes ours
-        check_config(self.cfg, saved, "vqgan checkpoint")
-        load_weights(self, ckpt["model"], "vqgan checkpoint")
-
 
 def from_checkpoint(ckpt: dict) -> VQGAN:
-    """Rebuild the model from a checkpoint dict (its stored config), in eval mode."""
-    if ckpt.get("stage") != "vqgan":
-        raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a vqgan one.")
-    model = VQGAN(config_from_dict(Config, ckpt["config"], "vqgan checkpoint"))
-    model.load_checkpoint(ckpt)
-    return model.eval()
+    """The tokenizer of an inference checkpoint (its stored config), in eval mode."""
+    return build_model(VQGAN, Config, ckpt, "vqgan")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -418,12 +361,9 @@ def from_checkpoint(ckpt: dict) -> VQGAN:
 # ---------------------------------------------------------------------------------------------------
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN (Isola et al., pix2pix, 2017), as in Taming Transformers and SpecVQGAN.
-
-    Instead of one real/fake verdict per spectrogram it outputs a grid of verdicts, each looking at a
-    patch (70 x 70 pixels for 3 layers). It judges local texture — exactly what L1 blurs away — and
-    leaves the global layout to the reconstruction loss. Widths 64, 128, 256, 512, then 1 channel.
-    """
+    """PatchGAN (Isola et al., pix2pix, 2017), as in Taming Transformers and SpecVQGAN: a grid of real/fake
+    verdicts, each on a 70 x 70 patch (3 layers). It judges local texture, exactly what L1 blurs away, and
+    leaves the global layout to the reconstruction loss. Widths 64, 128, 256, 512, then 1 channel."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -456,9 +396,8 @@ def adaptive_weight(rec_loss, g_loss, last_layer: torch.Tensor, disc_weight: flo
     """lambda = clamp(||grad_L(rec_loss)|| / (||grad_L(g_loss)|| + 1e-4), min, max) * disc_weight, L = the decoder's last layer.
 
     Taming Transformers, Eq. 7: the adversarial gradient is scaled to the size of the reconstruction
-    gradient where both enter the decoder, so neither drowns the other whatever their raw scales are.
-    Taming clamps to [0, 1e4]; SpecVQGAN's VGGSound config clamps to [1, 1], i.e. lambda = disc_weight.
-    Both gradients are taken without touching .grad (autograd.grad), and lambda is a constant (detached).
+    gradient where both enter the decoder, so neither drowns the other. Taming clamps to [0, 1e4];
+    SpecVQGAN's VGGSound config to [1, 1], i.e. lambda = disc_weight. lambda is a constant (detached).
     """
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
@@ -471,18 +410,15 @@ def adaptive_weight(rec_loss, g_loss, last_layer: torch.Tensor, disc_weight: flo
 # ---------------------------------------------------------------------------------------------------
 
 class Trainer:
-    """The VQGAN and its discriminator, their two optimisers, and one step of Taming's two-player training.
+    """The VQGAN, its discriminator, their two optimisers, and one step of Taming's two-player training.
 
-    Generator step: L = L1(x, x_hat) + codebook_weight * L_vq + lambda * disc_factor * (-D(x_hat)),
-    with disc_factor 0 before `disc_start` (the autoencoder first learns to reconstruct; an adversary
-    against a decoder that draws noise only destabilises it). Discriminator step (from `disc_start` on):
-    hinge loss on real mels vs the detached reconstructions. train.py owns data, the learning-rate
-    schedule, logging and checkpoint files.
+    Generator: L = L1(x, x_hat) + codebook_weight * L_vq + lambda * disc_factor * (-D(x_hat)), disc_factor
+    0 before `disc_start` (an adversary against a decoder that still draws noise only destabilises it).
+    Discriminator (from `disc_start` on): hinge loss on real mels vs the detached reconstructions.
     """
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 3.6e-5, amp_dtype: torch.dtype = torch.float32):
-        # lr: Taming's rule (SpecVQGAN's too) is base_learning_rate 4.5e-6 x batch x GPUs, 3.6e-5 for the full
-        # preset's batch 8 on one GPU (train.py); the tiny preset's 1e-3 is set in train.py. Adam betas (0.5, 0.9).
+        # lr: Taming's (and SpecVQGAN's) 4.5e-6 x batch x GPUs, 3.6e-5 for batch 8 on one GPU (train.py sets it)
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         self.model = VQGAN(cfg).to(device).train()
         self.disc = PatchDiscriminator(cfg).to(device).train()
@@ -491,11 +427,6 @@ class Trainer:
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
         self.optimizers = [self.opt_ae, self.opt_disc]
         self.ddp_modules = ["model", "disc"]                            # train.py may wrap these in DistributedDataParallel
-
-    @staticmethod
-    def _raw(module: nn.Module) -> nn.Module:
-        """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-        return getattr(module, "module", module)
 
     def mels(self, wav: torch.Tensor) -> torch.Tensor:
         """Audio (B, T) -> the tokenizer's input: HiFiGAN log-mel -> [-1, 1] (Sec. 3.1), (B, 80, F), F a multiple of 16."""
@@ -512,8 +443,7 @@ class Trainer:
     def step(self, batch: dict, step: int) -> dict:
         x = self.mels(batch["wav"])                                     # audio (B, T) -> normalised mel (B, 80, F)
         disc_on = step >= self.cfg.disc_start
-
-        model, disc = self._raw(self.model), self._raw(self.disc)
+        model, disc = unwrap(self.model), unwrap(self.disc)
 
         # --- generator (encoder, quantiser, decoder) ---
         with self._autocast():
@@ -552,30 +482,25 @@ class Trainer:
     def preview(self, batch: dict):
         """(input, reconstruction) of the batch's first clip, normalised mels (1, 80, F) each, for the PNG."""
         x = self.mels(batch["wav"][:1])                                 # (1, 80, F)
-        model = self._raw(self.model).eval()
+        model = unwrap(self.model).eval()
         recon = model(x)[0].float().clamp(-1, 1)                        # (1, 80, F)
         model.train()
         return x.cpu(), recon.cpu()
 
     def state_dict(self) -> dict:
-        return {"config": dataclasses.asdict(self.cfg), "model": self._raw(self.model).state_dict(),
-                "disc": self._raw(self.disc).state_dict(),
-                "opt_ae": self.opt_ae.state_dict(), "opt_disc": self.opt_disc.state_dict()}
+        return {"config": dataclasses.asdict(self.cfg), "model": unwrap(self.model).state_dict(),
+                "disc": unwrap(self.disc).state_dict(), "opt_ae": self.opt_ae.state_dict(), "opt_disc": self.opt_disc.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
         check_config(self.cfg, d["config"], "vqgan training state")
-        self._raw(self.model).load_state_dict(d["model"])
-        self._raw(self.disc).load_state_dict(d["disc"])
+        unwrap(self.model).load_state_dict(d["model"])
+        unwrap(self.disc).load_state_dict(d["disc"])
         self.opt_ae.load_state_dict(d["opt_ae"])
         self.opt_disc.load_state_dict(d["opt_disc"])
 
     def checkpoint(self) -> dict:
         """The inference checkpoint: config + tokenizer weights (the discriminator is only for training)."""
-        return {"stage": "vqgan", "config": dataclasses.asdict(self.cfg), "model": self._raw(self.model).state_dict()}
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+        return {"stage": "vqgan", "config": dataclasses.asdict(self.cfg), "model": unwrap(self.model).state_dict()}
 
 
 if __name__ == "__main__":
@@ -584,14 +509,6 @@ if __name__ == "__main__":
         sys.exit(f"usage: python vqgan.py [{'|'.join(PRESETS)}]")
     cfg = PRESETS[name]
     model, disc = VQGAN(cfg), PatchDiscriminator(cfg)
-    enc = count_parameters(model.encoder) + count_parameters(model.quant_conv)
-    dec = count_parameters(model.decoder) + count_parameters(model.post_quant_conv)
-    vq = count_parameters(model.quantizer)
-    print(f"{name}: encoder {enc / 1e6:.2f} M, quantiser {vq / 1e6:.2f} M ({cfg.n_codes} x {cfg.code_dim}), "
-          f"decoder {dec / 1e6:.2f} M")
-    print(f"tokenizer (encoder + quantiser + decoder): {count_parameters(model) / 1e6:.2f} M; "
-          f"discriminator {count_parameters(disc) / 1e6:.2f} M; with it {(count_parameters(model) + count_parameters(disc)) / 1e6:.2f} M")
-    frames = 848 if name == "full" else 256
-    with torch.no_grad():
-        tokens = model.encode(torch.rand(1, cfg.n_mels, frames) * 2 - 1)
-        print(f"(1, {cfg.n_mels}, {frames}) mel -> tokens {tuple(tokens.shape)} -> mel {tuple(model.decode(tokens).shape)}")
+    parts = ", ".join(f"{p} {count_parameters(getattr(model, p)) / 1e6:.2f} M" for p in ("encoder", "quantizer", "decoder"))
+    print(f"{name}: {parts}; tokenizer {count_parameters(model) / 1e6:.2f} M, with the discriminator "
+          f"{(count_parameters(model) + count_parameters(disc)) / 1e6:.2f} M (the paper's ~75 M, Sec. 4)")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import clap
 import mel
+import runtime
 from runtime import UserError, save_checkpoint
 
 VOCAB = clap.build_vocab(["a dog barking", "rain on a roof", "a high whistle", "a low rumble"])
@@ -44,7 +45,7 @@ def test_embeddings_are_unit_rows_of_512():
 
 
 def test_tiny_config_fits_the_demo_bundle():
-    n = clap.count_parameters(clap.TinyCLAP(clap.PRESETS["tiny"], [f"w{i}" for i in range(300)]))
+    n = runtime.count_parameters(clap.TinyCLAP(clap.PRESETS["tiny"], [f"w{i}" for i in range(300)]))
     assert n < 700_000                                             # < 2.8 MB in fp32
     assert clap.PRESETS["full"].embed_dim == clap.PRESETS["tiny"].embed_dim == 512
 

@@ -111,7 +111,9 @@ def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypat
         return kinds.float()[:, None].repeat(1, num_samples), kinds
 
     monkeypatch.setattr(evaluate, "generate_clips", generate)
-    monkeypatch.setattr(evaluate, "codec_round_trip", lambda pipe, wavs: wavs)   # a perfect codec
+    monkeypatch.setattr(evaluate, "codec_round_trip", lambda pipe, wavs: wavs)   # a perfect codec, ...
+    monkeypatch.setattr(evaluate, "vocoder_round_trip", lambda pipe, wavs: wavs)   # ... vocoder ...
+    monkeypatch.setattr(evaluate, "one_step_fill", lambda pipe, wavs, prompts, **kw: wavs)   # ... and transformer
     monkeypatch.setattr(evaluate, "single_kind_clips", real_clips)
     monkeypatch.setattr(evaluate, "train_judge", lambda **kwargs: StubJudge())
     monkeypatch.setattr(evaluate, "mel_features", lambda wav: wav[:, :1])
@@ -124,7 +126,8 @@ def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypat
         right, total, overall = r["generated"][judge]
         assert right == expected_right and total == [3] * len(toyworld.KINDS)
         assert abs(overall - 11 / 12) < 1e-9
-        assert r["real"][judge] == r["real via codec"][judge] == ([3] * len(toyworld.KINDS), [3] * len(toyworld.KINDS), 1.0)
+        for name in ("real", "vocoder", "codec", "one-step fill"):
+            assert r[name][judge] == ([3] * len(toyworld.KINDS), [3] * len(toyworld.KINDS), 1.0)
     assert abs(r["generated"]["clap_score"] - 11 / 12) < 1e-6         # one-hot cosines: 1 when right, 0 when wrong
     assert abs(r["real"]["clap_score"] - 1) < 1e-6
 
@@ -187,3 +190,20 @@ def test_judge_tells_the_toy_kinds_apart_on_held_out_clips(tmp_path):
 def test_judge_features_ignore_loudness():
     wav = toyworld.toy_clip(0, 1)[0]
     assert torch.allclose(evaluate.mel_features(wav), evaluate.mel_features(0.5 * wav), atol=0.05)
+
+
+def test_one_step_fill_keeps_the_visible_tokens_and_fills_the_hidden_ones_with_the_guided_argmax(monkeypatch):
+    pipe = sample.load_pipeline(sample.DEFAULT_CKPT, verbose=False)
+    wavs = torch.stack([toyworld.ToyDataset("test", n=2, num_samples=pipe.num_samples)[i]["wav"] for i in range(2)])
+    decoded = []
+    monkeypatch.setattr(sample, "tokens_to_audio", lambda pipe, tokens: decoded.append(tokens) or (None, wavs))
+    real = sample.audio_to_tokens(pipe, wavs)                                    # (2, 5, 16)
+    evaluate.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=0.0)
+    assert torch.equal(decoded[-1], real)                                        # nothing hidden: the codec's tokens
+    evaluate.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=1.0, cfg=2.0)
+    cond = pipe.clap.embed_text(["rain on a roof", "a dog barking"])
+    everything = torch.ones(2, real[0].numel(), dtype=torch.bool)
+    with torch.no_grad():                                                        # Eq. 2 by hand, then the argmax
+        l_c = pipe.transformer(real, cond, everything.view_as(real))
+        l_u = pipe.transformer(real, None, everything.view_as(real))
+    assert torch.equal(decoded[-1].flatten(1), (l_u + 2.0 * (l_c - l_u)).argmax(-1))

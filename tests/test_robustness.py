@@ -142,8 +142,8 @@ def test_sample_flag_with_a_bad_value_is_one_sentence(bundle, files, capsys, mon
 # ---------------------------------------------------------------------------------------------------
 
 TRAIN_BAD = [
-    (["--data", "README.md", "--clap", "tiny"], ["README.md", "not a folder"]),
-    (["--data", "audiocaps", "--root", "/no/such/audiocaps", "--clap", "tiny"], ["/no/such/audiocaps"]),
+    (["--data", "README.md", "--clap", "tiny", "--preset", "tiny"], ["README.md", "not a folder"]),
+    (["--data", "audiocaps", "--root", "/no/such/audiocaps", "--clap", "tiny", "--preset", "tiny"], ["/no/such/audiocaps"]),
     (["--stage", "everything"], ["--stage"]),
     (["--preset", "huge"], ["--preset"]),
     (["--steps", "-3"], ["--steps"]),
@@ -185,7 +185,7 @@ TRAIN_BAD = [
     (["--clap.text_heads", "5"], ["--clap.text_heads"]),
     (["--clap.audio_channels", "4,x"], ["--clap.audio_channels"]),
     (["--vocoder.resblock", "3"], ["--vocoder.resblock"]),
-    (["--vocoder.upsample_rates", "8,8,2", "--stage", "vocoder"], ["upsample_rates"]),   # vocoder.py checks it
+    (["--vocoder.upsample_rates", "8,8,2", "--stage", "vocoder"], ["upsample_rates"]),   # train.py checks it
 ]
 
 

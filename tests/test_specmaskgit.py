@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import specmaskgit as smg
+from decoding_page import step_record
+from runtime import count_parameters
 
 SMALL = smg.Config(n_layers=2, width=64, n_heads=4, mlp=128, n_codes=32, rows=5, cols=8, cond_dim=16)
 
@@ -18,7 +20,7 @@ def small_model(seed=0, **changes):
 
 def test_full_preset_size_and_logits_shape():
     model = smg.SpecMaskGIT(smg.PRESETS["full"])
-    n = smg.count_parameters(model)
+    n = count_parameters(model)
     assert 160e6 <= n <= 180e6, n
     with torch.no_grad():
         logits = model(torch.randint(0, 1024, (2, 5, 53)), torch.randn(2, 512), torch.rand(2, 5, 53) < 0.5)
@@ -293,11 +295,11 @@ def test_eq2_guided_logits_and_the_ramp_recorded_per_step():
         expected = l_u + t * (l_c - l_u)                                         # Eq. 2
         torch.testing.assert_close(smg.guided_logits(stub, tokens, cond, masked, t), expected.expand(2, -1, -1))
     record = []
-    smg.generate(stub, cond, steps=5, cfg=3.0, temperature=1.5, record=record)
+    smg.generate(stub, cond, steps=5, cfg=3.0, temperature=1.5, on_step=lambda i: record.append(step_record(i)))
     assert [r["cfg_scale"] for r in record] == pytest.approx([3.0 * s / 4 for s in range(5)])
     assert [r["temperature"] for r in record] == pytest.approx([1.5 * (1 - (s + 1) / 5) for s in range(5)])
     record = []
-    smg.generate(stub, cond, steps=5, cfg=3.0, cfg_ramp=False, record=record)
+    smg.generate(stub, cond, steps=5, cfg=3.0, cfg_ramp=False, on_step=lambda i: record.append(step_record(i)))
     assert [r["cfg_scale"] for r in record] == [3.0] * 5
 
 
@@ -306,7 +308,7 @@ def test_eq3_at_temperature_zero_the_least_probable_drawn_tokens_stay_masked():
     logits = torch.randn(40, 8, generator=g) * 3
     stub = Stub(logits, rows=5)
     record = []
-    smg.generate(stub, None, steps=4, temperature=0.0, seed=5, batch_size=3, record=record)
+    smg.generate(stub, None, steps=4, temperature=0.0, seed=5, batch_size=3, on_step=lambda i: record.append(step_record(i)))
     logp = logits.log_softmax(-1)
     first = record[0]
     p = logp.gather(1, first["belief"].T).T.exp()                               # (3, 40) p(drawn token)
@@ -333,7 +335,7 @@ def test_eq3_gumbel_temperature_is_annealed_before_it_is_used(monkeypatch):
     monkeypatch.setattr(smg, "gumbel", noise)
     for temperature, first in ((0.36, 0), (0.5, 3)):                             # t_g 0.27 vs 0.375
         record = []
-        smg.generate(stub, None, steps=4, temperature=temperature, record=record)
+        smg.generate(stub, None, steps=4, temperature=temperature, on_step=lambda i: record.append(step_record(i)))
         assert record[0]["committed"][0].nonzero().flatten().tolist() == [first], temperature
 
 
@@ -354,7 +356,7 @@ def test_maskgit_clamp_commits_one_token_per_step_with_16_unknown_in_16_steps():
     known_mask[0, 3, :] = False                                                  # ... and 16 in the first sample
     record = []
     smg.generate(model, torch.randn(2, 16), steps=16, known_tokens=torch.randint(0, 32, (2, 5, 8)),
-                 known_mask=known_mask, seed=0, record=record)
+                 known_mask=known_mask, seed=0, on_step=lambda i: record.append(step_record(i)))
     per_step = torch.stack([r["committed"].sum(1) for r in record])             # (steps run, 2)
     assert per_step[:, 0].tolist() == [1] * 16                                   # exactly one per step
     assert per_step[:8, 1].tolist() == [1] * 8 and per_step[8:, 1].sum() == 0   # each sample its own count
@@ -373,7 +375,7 @@ def test_the_record_of_each_step_follows_its_contract():
     known_mask[:, :, :2] = True
     record = []
     out = smg.generate(model, torch.randn(2, 16), steps=6, known_tokens=known_tokens, known_mask=known_mask,
-                       seed=0, record=record)
+                       seed=0, on_step=lambda i: record.append(step_record(i)))
     assert [r["step"] for r in record] == list(range(6))
     was_masked = ~known_mask.view(2, 40)
     for r in record:
@@ -414,9 +416,10 @@ def test_token_ids_outside_the_codebook_are_an_error():
     bad[0, 0, 0] = 32
     with pytest.raises(IndexError):
         model(bad, None, torch.zeros(1, 5, 8, dtype=torch.bool))                # no silent clamp in embed
-    from runtime import UserError
-    with pytest.raises(UserError, match="codebook ids 0..31"):
-        smg.generate(model, None, steps=2, known_tokens=bad, known_mask=torch.ones(1, 5, 8, dtype=torch.bool))
+    some_known = torch.ones(1, 5, 8, dtype=torch.bool)
+    some_known[0, 4, 7] = False
+    with pytest.raises(IndexError):                                             # nor in generate's known tokens
+        smg.generate(model, None, steps=2, known_tokens=bad, known_mask=some_known)
     bad[0, 0, 0] = -1                                                            # an unknown position may hold anything
     mask = torch.ones(1, 5, 8, dtype=torch.bool)
     mask[0, 0, 0] = False

@@ -263,7 +263,7 @@ def test_audiocaps_runs_every_stage_on_a_stand_in_folder(audiocaps_root, tmp_pat
 def test_audiocaps_with_laion_clap_missing_says_to_install_it(audiocaps_root, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "laion_clap", None)                   # as on a machine without it
     err = error_of(capsys, ["--data", "audiocaps", "--root", str(audiocaps_root), "--clap", "laion",
-                            "--out", str(tmp_path / "run")] + TINY)
+                            "--preset", "tiny", "--out", str(tmp_path / "run")] + TINY)
     assert "laion-clap" in err
     assert not os.path.exists(tmp_path / "run" / "vqgan.pt")              # failed before any training
 

@@ -1,5 +1,5 @@
 """vocoder.py: HiFiGAN sizes and shapes, discriminators, losses and training; hifigan_format.py: the
-official checkpoint format; fast.py's chunked inference."""
+official checkpoint format, weight-norm folding and vocode; fast.py's chunked inference."""
 
 import copy
 import dataclasses
@@ -15,7 +15,7 @@ import fast
 import hifigan_format
 import mel
 import vocoder
-from runtime import UserError
+from runtime import UserError, count_parameters
 
 TINY = vocoder.PRESETS["tiny"]
 
@@ -47,14 +47,14 @@ def log_mel(frames: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
 
 
 def folded_parameters(name: str) -> int:
-    return vocoder.count_parameters(vocoder.Generator(vocoder.PRESETS[name]).remove_weight_norm())
+    return count_parameters(hifigan_format.remove_weight_norm(vocoder.Generator(vocoder.PRESETS[name])))
 
 
 # --- sizes and shapes (HiFiGAN Table 5; SpecMaskGIT Sec. 4) ---
 
 def test_v1_has_13_9_to_14_0_million_parameters():
     assert 13.9e6 <= folded_parameters("v1") <= 14.0e6                      # the paper's 13.92 M
-    assert 13.9e6 <= vocoder.count_parameters(vocoder.Generator(vocoder.PRESETS["v1"])) <= 14.0e6   # + the gains g
+    assert 13.9e6 <= count_parameters(vocoder.Generator(vocoder.PRESETS["v1"])) <= 14.0e6           # + the gains g
 
 
 def test_v3_has_about_1_46_million_and_tiny_fits_the_demo_bundle():
@@ -75,7 +75,7 @@ def test_every_preset_upsamples_by_the_hop_size(name):
 
 def test_848_frames_give_217088_samples():
     g = fresh("tiny")                                                      # same 8 x 8 x 4 upsampling as V3
-    wav = g.vocode(log_mel(848)[0], torch.float32)
+    wav = hifigan_format.vocode(g, log_mel(848)[0], torch.float32)
     assert wav.shape == (mel.CLIP_SAMPLES,) == (217088,)
     assert wav.dtype == torch.float32 and wav.abs().max() <= 1.0           # tanh output
     with torch.no_grad():
@@ -90,7 +90,7 @@ def official_twin(g: vocoder.Generator) -> nn.Module:
     Its state_dict therefore has the official names (`weight_g`, `weight_v`) and shapes, produced by
     PyTorch itself rather than by our renaming, and its forward recomputes g * v / ||v|| with the old hook.
     """
-    twin = vocoder.Generator(g.cfg).remove_weight_norm()
+    twin = hifigan_format.remove_weight_norm(vocoder.Generator(g.cfg))
     params = dict(g.named_parameters())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)                     # the old API is deprecated, not gone
@@ -122,7 +122,7 @@ def test_official_checkpoint_loads_with_inferred_config_and_bit_identical_output
 
     loaded = hifigan_format.load_vocoder(str(path))                               # config inferred from the shapes
     assert loaded.cfg == vocoder.PRESETS[name]
-    assert not loaded.has_weight_norm() and not loaded.training
+    assert not hifigan_format.has_weight_norm(loaded) and not loaded.training
     x = log_mel(4)
     with torch.no_grad():
         expected = g(x)                                                    # the original, weight norm on
@@ -192,7 +192,7 @@ def test_config_inference_picks_the_right_version_from_shapes(name):
     state = vocoder.Generator(vocoder.PRESETS[name]).state_dict()
     assert hifigan_format.infer_config(state)[0] == name
     assert hifigan_format.infer_config(hifigan_format.to_official_names(state))[0] == name
-    plain = vocoder.Generator(vocoder.PRESETS[name]).remove_weight_norm().state_dict()   # weight norm already folded
+    plain = hifigan_format.remove_weight_norm(vocoder.Generator(vocoder.PRESETS[name])).state_dict()   # already folded
     assert hifigan_format.infer_config(plain)[0] == name
 
 
@@ -234,13 +234,13 @@ def test_removing_weight_norm_keeps_the_output():
     x = log_mel(10)
     with torch.no_grad():
         before = g(x)
-        after = g.remove_weight_norm()(x)
-    assert not g.has_weight_norm()
+        after = hifigan_format.remove_weight_norm(g)(x)
+    assert not hifigan_format.has_weight_norm(g)
     assert torch.allclose(before, after, atol=1e-6)
 
 
 def test_chunked_inference_equals_the_plain_forward():
-    g = fresh("v3").remove_weight_norm()
+    g = hifigan_format.remove_weight_norm(fresh("v3"))
     x = log_mel(70, batch=2)
     with torch.no_grad():
         full = g(x)[:, 0]                                                   # (2, 17920)
@@ -250,7 +250,7 @@ def test_chunked_inference_equals_the_plain_forward():
 
 def test_one_input_frame_reaches_no_further_than_the_margins():
     # the chunked path is exact only if vocoder_margins covers the true receptive field: measure it
-    g = fresh("v1").remove_weight_norm()
+    g = hifigan_format.remove_weight_norm(fresh("v1"))
     frames, f = 32, 16
     x = log_mel(frames)
     y = x.clone()
@@ -404,7 +404,7 @@ def test_trainer_steps_resumes_and_writes_a_loadable_checkpoint():
     assert a["d_loss"] == b["d_loss"] and a["mel_l1"] == b["mel_l1"]     # computed before this step's updates
     with pytest.raises(UserError, match="mpd_width"):
         vocoder.Trainer(dataclasses.replace(cfg, mpd_width=8)).load_state_dict(t.state_dict())
-    assert hifigan_format.load_vocoder(t.checkpoint()).vocode(log_mel(4)[0], torch.float32).shape == (1024,)
+    assert hifigan_format.vocode(hifigan_format.load_vocoder(t.checkpoint()), log_mel(4)[0], torch.float32).shape == (1024,)
 
 
 def test_hifigan_optimiser_and_lr_decay():

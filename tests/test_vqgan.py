@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import mel
+import runtime
 import vqgan
-from runtime import UserError, load_checkpoint, save_checkpoint
+from runtime import UserError, load_checkpoint, load_into, save_checkpoint
 
 TINY = vqgan.PRESETS["tiny"]
 
@@ -32,13 +33,15 @@ def test_full_preset_has_paper_size_and_turns_80x848_into_5x53_tokens_and_back()
         assert model.decode(tokens).shape == (1, 80, 848)
 
 
-def test_frames_must_be_a_multiple_of_16():
-    model = vqgan.VQGAN(TINY)
-    with pytest.raises(UserError, match="multiple of 16"):
-        model.encode(torch.zeros(1, 80, 100))
-    with pytest.raises(UserError, match="multiple of 16"):
-        model(torch.zeros(1, 80, 8))
-    assert model.encode(torch.zeros(1, 80, 112)).shape == (1, 5, 7)     # any multiple of 16 works
+def test_frames_are_whole_token_columns_and_a_clip_shorter_than_one_is_refused_where_it_enters():
+    trainer = vqgan.Trainer(TINY)                                       # the training edge: audio -> mel
+    assert trainer.mels(torch.zeros(1, 100 * mel.HOP)).shape == (1, 80, 96)   # 100 frames -> 6 whole columns
+    with pytest.raises(UserError, match="shorter than one token column"):
+        trainer.mels(torch.zeros(1, 8 * mel.HOP))
+    with pytest.raises(UserError, match="n_mels must be 80"):                   # refused where configs enter
+        runtime.check_config_values(dataclasses.replace(TINY, n_mels=96))
+    assert runtime.MEL_BINS == mel.N_MELS
+    assert vqgan.VQGAN(TINY).encode(torch.zeros(1, 80, 112)).shape == (1, 5, 7)   # any multiple of 16 works
 
 
 def test_quantiser_outputs_codebook_entries_and_passes_gradients_straight_through():
@@ -220,7 +223,7 @@ def test_checkpoint_round_trip_and_a_load_into_another_config_names_the_mismatch
         assert torch.allclose(again(x)[0], model(x)[0])
     other = vqgan.VQGAN(dataclasses.replace(TINY, n_codes=128))
     with pytest.raises(UserError, match="n_codes=256"):
-        other.load_checkpoint(ckpt)
+        load_into(other, ckpt, "vqgan")
 
 
 def test_trainer_switches_the_discriminator_on_at_disc_start_and_resumes_exactly():
