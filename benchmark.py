@@ -19,7 +19,7 @@ sample.py makes: generate, decode, vocode), again in a fresh process, with its p
 throughput of batches of clips (--batches).
 
   python sample.py --benchmark tiny              # the toy demo's sizes: seconds
-  python sample.py --benchmark full              # the paper's sizes: ~12 min on 2 AVX2 cores (3 runs per row)
+  python sample.py --benchmark full              # the paper's sizes (3 runs per row; minutes on a CPU)
   python benchmark.py full --device cuda --batches 16,64   # the same, with batched throughput
   python benchmark.py full --train --batch 4     # training throughput of the transformer stage
 """

@@ -332,7 +332,6 @@ class Trainer:
         self.optimizers[0].load_state_dict(d["optimizer"])
 
 
-
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "full"
     model = SpecMaskGIT(PRESETS[name])

@@ -418,7 +418,6 @@ class Trainer:
         return {"stage": "vocoder", "config": dataclasses.asdict(self.cfg), "model": self.generator.state_dict()}
 
 
-
 if __name__ == "__main__":
     names = sys.argv[1:] or ["v1", "v2", "v3", "tiny"]
     for name in names:
