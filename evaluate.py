@@ -327,12 +327,17 @@ def run_judges(pipe, per_kind: int, seed: int, steps=16, cfg=3.0, temperature=1.
             ("generated", generated, kinds))
     for name, wavs, truth in sets:
         audio_emb = pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()   # (K n, D)
-        results[name] = {
-            "CLAP zero-shot": accuracy_by_kind(zero_shot_kinds(audio_emb, kind_emb), truth, len(toyworld.KINDS)),
-            "mel-statistics judge": accuracy_by_kind(judge.predict(mel_features(wavs)), truth, len(toyworld.KINDS)),
-        }
+        heard = {"CLAP zero-shot": zero_shot_kinds(audio_emb, kind_emb), "mel-statistics judge": judge.predict(mel_features(wavs))}
+        results[name] = {j: accuracy_by_kind(p, truth, len(toyworld.KINDS)) for j, p in heard.items()}
         results[name]["clap_score"] = clap_score(kind_emb[truth], audio_emb)
+        results.setdefault("heard as", {})[name] = {j: (p, truth) for j, p in heard.items()}
     return results
+
+
+def usual_mistake(predicted: torch.Tensor, truth: torch.Tensor, kind: int) -> str:
+    """The kind most often heard instead of `kind` ("-" when it was never mistaken)."""
+    wrong = predicted[(truth == kind) & (predicted != kind)]
+    return toyworld.KINDS[int(wrong.mode().values)] if len(wrong) else "-"
 
 
 def print_judges(results: dict, per_kind: int) -> None:
@@ -342,11 +347,12 @@ def print_judges(results: dict, per_kind: int) -> None:
     for name in sets:
         print(f"- **{name}**: {JUDGED_SETS[name]}")
     for j in judges:
+        heard = results["heard as"]["generated"][j]
         rows = [[kind] + [f"{results[what][j][0][k]}/{results[what][j][1][k]}" for what in sets]
-                for k, kind in enumerate(toyworld.KINDS)]
-        rows.append(["**overall**"] + [f"**{results[what][j][2]:.0%}**" for what in sets])
+                + [usual_mistake(*heard, k)] for k, kind in enumerate(toyworld.KINDS)]
+        rows.append(["**overall**"] + [f"**{results[what][j][2]:.0%}**" for what in sets] + [""])
         print(f"\n{j}:\n")
-        print(markdown_table(["kind"] + sets, rows))
+        print(markdown_table(["kind"] + sets + ["generated, most often heard as"], rows))
     print("\nCLAP score (mean cosine of the kind name's and the clip's CLAP embeddings): "
           + ", ".join(f"{what} {results[what]['clap_score']:.3f}" for what in sets)
           + f"; {results['seconds_per_clip']:.2f} s per generated clip.")

@@ -1,6 +1,8 @@
 """evaluate.py: the Fréchet audio distance against independent computations, the CLAP score, and the
 judges' bookkeeping (which clip was asked to be which kind, and how the right answers are counted)."""
 
+import re
+
 import numpy as np
 import torch
 
@@ -96,7 +98,7 @@ class StubJudge:
         return features[:, 0].round().long()
 
 
-def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypatch):
+def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypatch, capsys):
     # A stub generator that gets every kind right except "a siren", which always comes out as footsteps.
     siren, footsteps = toyworld.KINDS.index("a siren"), toyworld.KINDS.index("footsteps")
     asked = []
@@ -130,6 +132,9 @@ def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypat
             assert r[name][judge] == ([3] * len(toyworld.KINDS), [3] * len(toyworld.KINDS), 1.0)
     assert abs(r["generated"]["clap_score"] - 11 / 12) < 1e-6         # one-hot cosines: 1 when right, 0 when wrong
     assert abs(r["real"]["clap_score"] - 1) < 1e-6
+    evaluate.print_judges(r, 3)
+    table = capsys.readouterr().out
+    assert re.search(r"^\| a siren \| 3/3 \| 3/3 \| 3/3 \| 3/3 \| 0/3 \| footsteps \|$", table, re.M)   # heard as footsteps
 
 
 def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
@@ -207,3 +212,11 @@ def test_one_step_fill_keeps_the_visible_tokens_and_fills_the_hidden_ones_with_t
         l_c = pipe.transformer(real, cond, everything.view_as(real))
         l_u = pipe.transformer(real, None, everything.view_as(real))
     assert torch.equal(decoded[-1].flatten(1), (l_u + 2.0 * (l_c - l_u)).argmax(-1))
+
+
+def test_usual_mistake_names_the_kind_most_often_heard_instead():
+    dog, siren, bell = (toyworld.KINDS.index(k) for k in ("a dog barking", "a siren", "a church bell"))
+    truth = torch.tensor([dog, dog, dog, dog, siren])
+    heard = torch.tensor([dog, bell, siren, bell, siren])
+    assert evaluate.usual_mistake(heard, truth, dog) == "a church bell"        # twice, against the siren's once
+    assert evaluate.usual_mistake(heard, truth, siren) == "-"                   # never mistaken
