@@ -309,17 +309,17 @@ JUDGED_SETS = {
 }
 
 
-def run_judges(pipe, per_kind: int, seed: int, steps=16, cfg=3.0, temperature=1.5) -> dict:
+def run_judges(pipe, per_kind: int, seed: int, steps=16, cfg=3.0, temperature=1.5, cfg_ramp=True) -> dict:
     """Both judges on `per_kind` clips of every kind in each of JUDGED_SETS."""
     kinds = torch.arange(len(toyworld.KINDS)).repeat_interleave(per_kind)        # (K n,) the asked-for kind
     prompts = [toyworld.KINDS[k] for k in kinds]
     t0 = time.time()
-    generated = generate_clips(pipe, prompts, steps, cfg, temperature, seed)  # (K n, T)
+    generated = generate_clips(pipe, prompts, steps, cfg, temperature, seed, cfg_ramp=cfg_ramp)  # (K n, T)
     t_gen = time.time() - t0
     real, real_kinds = single_kind_clips("test", per_kind, num_samples=generated.shape[-1], seed=0)
     kind_emb = pipe.clap.embed_text(toyworld.KINDS).float().cpu()                 # (K, D)
     judge = train_judge(per_kind=40, num_samples=generated.shape[-1])
-    results = {"seconds_per_clip": t_gen / len(prompts)}
+    results = {"seconds_per_clip": t_gen / len(prompts), "cfg_ramp": cfg_ramp}
     real_prompts = [toyworld.KINDS[k] for k in real_kinds]
     sets = (("real", real, real_kinds), ("vocoder", vocoder_round_trip(pipe, real), real_kinds),
             ("codec", codec_round_trip(pipe, real), real_kinds),
@@ -345,7 +345,8 @@ def print_judges(results: dict, per_kind: int) -> None:
     sets = list(JUDGED_SETS)
     print(f"\n### The two judges, {per_kind} clips of every kind in each set\n")
     for name in sets:
-        print(f"- **{name}**: {JUDGED_SETS[name]}")
+        constant = name == "generated" and not results.get("cfg_ramp", True)
+        print(f"- **{name}**: {JUDGED_SETS[name]}" + (", the CFG scale 3 from the first step (no ramp)" if constant else ""))
     for j in judges:
         heard = results["heard as"]["generated"][j]
         rows = [[kind] + [f"{results[what][j][0][k]}/{results[what][j][1][k]}" for what in sets]
@@ -497,6 +498,8 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=None, help="clips per FAD set (default 48, --quick 16)")
     p.add_argument("--per-kind", type=int, default=None, help="generated clips per kind for the judges (default 8, --quick 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--constant-cfg", action="store_true", help="the judges' clips with the CFG scale at 3 from the "
+                   "first step (Table 1's 'w/o CFG linear scheduler') instead of the paper's ramp")
     p.add_argument("--fad-clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt to embed audio for FAD "
                                                         "instead of the bundle's TinyCLAP")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
@@ -523,7 +526,7 @@ def run(args) -> None:
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:
-        print_judges(run_judges(pipe, args.per_kind, args.seed), args.per_kind)
+        print_judges(run_judges(pipe, args.per_kind, args.seed, cfg_ramp=not args.constant_cfg), args.per_kind)
     if args.ablations:
         embed, embed_name = make_embedder(pipe, args.fad_clap_ckpt)
         print_ablations(run_ablations(pipe, embed, args.n, args.seed, args.quick), embed_name)
