@@ -50,7 +50,7 @@ STAGE_DEFAULTS = {
     ("vqgan", "tiny"): dict(steps=1600, batch_size=8, warmup=50, lr=1e-3),
     ("vocoder", "tiny"): dict(steps=250, batch_size=8, warmup=50, lr=2e-3),
     ("clap", "tiny"): dict(steps=750, batch_size=32, warmup=25, lr=1e-3),
-    ("transformer", "tiny"): dict(steps=1600, batch_size=32, warmup=100, lr=1e-3),
+    ("transformer", "tiny"): dict(steps=2400, batch_size=32, warmup=100, lr=1e-3),
     ("vqgan", "full"): dict(steps=100_000, batch_size=8, warmup=1000, lr=None),
     ("vocoder", "full"): dict(steps=500_000, batch_size=16, warmup=1000, lr=None),
     ("clap", "full"): dict(steps=20_000, batch_size=128, warmup=500, lr=None),
@@ -157,7 +157,8 @@ def run(args) -> None:
         remove_partial_files(args)
         print(f"data: {args.data}, {len(dataset)} training clips of {args.num_samples} samples; out: {args.out}")
     for stage in stages:
-        cfg = configs[stage]
+        torch.manual_seed(args.seed + rank)                  # each stage from the same seed: alone or in --stage all,
+        cfg = configs[stage]                                 # a stage trained on the same inputs is the same model
         steps, batch, warmup, lr = stage_hparams(stage, args, world)
         extra = {}
         if stage == "clap":
