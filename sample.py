@@ -334,6 +334,9 @@ def parse_args(argv=None):
     p.add_argument("--clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt instead of the bundled CLAP")
     p.add_argument("--steps", type=int, default=16, help="MaskGIT iterations (Sec. 3.4)")
     p.add_argument("--cfg", type=float, default=3.0, help="final classifier-free guidance scale (Eq. 2)")
+    p.add_argument("--no-cfg-ramp", action="store_true", help="text to audio with the guidance scale at --cfg from "
+                   "the first step instead of the paper's ramp from 0 (Table 1's 'w/o CFG linear scheduler'; "
+                   "the toy model's judges prefer it)")
     p.add_argument("--temperature", type=float, default=1.5, help="initial Gumbel temperature (Eq. 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=1, help="takes per prompt (batched)")
@@ -358,6 +361,8 @@ def parse_args(argv=None):
         raise UserError(f"--steps must be between 1 and 256, not {args.steps}.")
     # written so that NaN fails too (every comparison with NaN is False); an infinite scale or temperature
     # made NaN logits (a traceback in torch.multinomial) or NaN confidences (a silent run in no order)
+    if args.no_cfg_ramp and (args.inpaint or args.bwe):
+        raise UserError("--no-cfg-ramp is for text to audio; inpainting and bandwidth extension use the ramp.")
     if not 0 <= args.cfg <= MAX_CFG:
         raise UserError(f"--cfg must be between 0 (no guidance) and {MAX_CFG:g} (the paper uses 3), not {args.cfg}.")
     if not 0 <= args.temperature <= MAX_TEMPERATURE:
@@ -469,7 +474,8 @@ def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
     rows = pipe.vq.cfg.n_mels // 16
     return {"prompt": prompt if prompt else "(none: unconditional)", "task": task, **more,
             "steps (--steps)": args.steps,
-            "final guidance scale (--cfg, ramped from 0)": args.cfg if prompt else "0 (no prompt)",
+            f"final guidance scale (--cfg, {'constant' if args.no_cfg_ramp else 'ramped from 0'})":
+                args.cfg if prompt else "0 (no prompt)",
             "initial Gumbel temperature (--temperature, annealed to 0)": args.temperature, "seed (--seed)": args.seed,
             "model": f"{ckpt} ({os.path.getsize(ckpt) / 1e6:.1f} MB, "
                      f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(ckpt)))})",
@@ -515,7 +521,8 @@ def run(args) -> None:
         return
     takes = [(p, k) for p in args.prompts for k in range(args.n)]
     stems = output_stems(args.out, [slug(p) + (f"_{k + 1}" if args.n > 1 else "") for p, k in takes])
-    wav, log_mel, order, _ = text_to_audio(pipe, args.prompts, args.n, record=record, **common)
+    wav, log_mel, order, _ = text_to_audio(pipe, args.prompts, args.n, record=record, cfg_ramp=not args.no_cfg_ramp,
+                                           **common)
     for j, ((prompt, k), stem) in enumerate(zip(takes, stems)):
         written = save_outputs(stem + ".wav", wav[j], log_mel[j], order[j], args.png)
         if record is not None:

@@ -80,6 +80,23 @@ def test_the_same_seed_writes_the_same_bytes(bundle, tmp_path):
     assert a == b
 
 
+def test_no_cfg_ramp_holds_the_guidance_scale_from_the_first_step(bundle, tmp_path, monkeypatch, capsys):
+    scales = {}
+    real = specmaskgit.guided_logits
+
+    def spy(model, tokens, cond, masked, t):
+        scales.setdefault(flag, []).append(t)
+        return real(model, tokens, cond, masked, t)
+    monkeypatch.setattr(specmaskgit, "guided_logits", spy)
+    for flag in ([], ["--no-cfg-ramp"]):
+        flag = tuple(flag)
+        run_ok(["rain on a roof", "--ckpt", bundle, "--steps", "4", "--cfg", "2", "--out", str(tmp_path / str(len(flag)))] + list(flag))
+    assert scales[()] == pytest.approx([0, 2 / 3, 4 / 3, 2])                   # Eq. 2's ramp, the paper's default
+    assert scales[("--no-cfg-ramp",)] == [2.0] * 4                             # Table 1's ablation
+    assert "--no-cfg-ramp" in error_of(capsys, ["--inpaint", str(tmp_path / "1" / "rain_on_a_roof.wav"),
+                                                "--no-cfg-ramp", "--ckpt", bundle])
+
+
 def test_n_takes_are_four_different_wavs_of_the_clip_length(bundle, tmp_path):
     run_ok(["a dog barking", "--n", "4", "--ckpt", bundle, "--steps", STEPS, "--out", str(tmp_path)])
     names = sorted(os.listdir(tmp_path))
