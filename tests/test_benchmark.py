@@ -102,8 +102,10 @@ def test_int8_transformer_logits_stay_close_to_fp32_on_the_trained_demo_model():
         a, b = fp32(tokens, cond, mask), int8(tokens, cond, mask)
     rel = ((a - b).norm() / a.norm()).item()
     assert 0 < rel < 0.1                                                     # changed, but by little
-    agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
-    assert agree > 0.9
+    same = a.argmax(-1) == b.argmax(-1)                                      # (4, 80)
+    assert same.float().mean() > 0.85                                        # the rest: near-ties between codes ...
+    confident = a.softmax(-1).amax(-1) > 0.2                                 # ... where fp32 itself hesitates
+    assert confident.any() and same[confident].float().mean() > 0.95
 
 
 def test_auto_dtype_is_measured_on_a_cpu_for_large_models_only(monkeypatch):
