@@ -34,7 +34,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-import fast
 import mel
 import sample
 import toyworld
@@ -138,10 +137,7 @@ def vocoder_round_trip(pipe, wavs: torch.Tensor) -> torch.Tensor:
     """The clips' own mel (clipped to the tokenizer's [-80, 20] dB) back to sound by the pipeline's vocoder
     (Griffin-Lim without one): what the last stage alone costs, no token involved."""
     log_mel = mel.denormalize(mel.normalize(mel.mel_spectrogram(wavs)))     # (N, 80, F)
-    if pipe.vocoder is None:
-        return mel.griffin_lim(log_mel)[:, :wavs.shape[-1]]
-    return torch.cat([fast.vocode_chunked(pipe.vocoder, log_mel[i:i + 16], pipe.dtype).cpu()
-                      for i in range(0, len(log_mel), 16)])[:, :wavs.shape[-1]]
+    return sample.mel_to_audio(pipe, log_mel.to(pipe.device))[:, :wavs.shape[-1]]
 
 
 def one_step_fill(pipe, wavs: torch.Tensor, prompts: list[str], share: float = 0.5, cfg: float = 3.0,

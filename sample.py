@@ -143,10 +143,15 @@ def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | N
     gl_iterations: Griffin-Lim's iterations when there is no vocoder (None = mel.griffin_lim's default)."""
     with torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
         log_mel = mel.denormalize(pipe.vq.decode(tokens).float())                     # (B, 80, F)
+    return log_mel, mel_to_audio(pipe, log_mel, gl_iterations)
+
+
+def mel_to_audio(pipe: Pipeline, log_mel: torch.Tensor, gl_iterations: int | None = None) -> torch.Tensor:
+    """Log-mels (B, 80, F) -> waveforms (B, 256 F) on the CPU: the pipeline's vocoder, or Griffin-Lim."""
     if pipe.vocoder is None:
         iterations = {} if gl_iterations is None else {"n_iter": gl_iterations}
-        return log_mel, mel.griffin_lim(log_mel.cpu(), **iterations)                    # (B, 256 F)
-    return log_mel, fast.vocode_chunked(pipe.vocoder, log_mel, pipe.dtype).cpu()       # (B, 256 F)
+        return mel.griffin_lim(log_mel.cpu(), **iterations)
+    return fast.vocode_chunked(pipe.vocoder, log_mel, pipe.dtype).cpu()
 
 
 def peak_normalised(wav: torch.Tensor, name: str | None = None) -> torch.Tensor:

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 import evaluate
+import mel
 import sample
 import toyworld
 
@@ -220,3 +221,15 @@ def test_usual_mistake_names_the_kind_most_often_heard_instead():
     heard = torch.tensor([dog, bell, siren, bell, siren])
     assert evaluate.usual_mistake(heard, truth, dog) == "a church bell"        # twice, against the siren's once
     assert evaluate.usual_mistake(heard, truth, siren) == "-"                   # never mistaken
+
+
+def test_vocoder_round_trip_rebuilds_the_clips_own_clipped_mel_at_their_length():
+    pipe = sample.load_pipeline(sample.DEFAULT_CKPT, verbose=False)            # no vocoder: Griffin-Lim
+    wavs = torch.stack([toyworld.ToyDataset("test", n=2, num_samples=pipe.num_samples)[i]["wav"] for i in range(2)])
+    out = evaluate.vocoder_round_trip(pipe, wavs)
+    assert out.shape == wavs.shape
+    clipped = mel.mel_spectrogram(wavs).clamp(min=mel.DB_MIN / mel.DB_PER_NEPER,
+                                              max=mel.DB_MAX / mel.DB_PER_NEPER)   # [-80, 20] dB, in nepers
+    to_clipped = (out - mel.griffin_lim(clipped)[:, :wavs.shape[-1]]).abs().max()      # float32 dB round trip
+    to_unclipped = (out - mel.griffin_lim(mel.mel_spectrogram(wavs))[:, :wavs.shape[-1]]).abs().max()
+    assert to_clipped < 1e-3 and to_clipped < to_unclipped / 4                  # the clipped mel, not the raw one
