@@ -72,10 +72,16 @@ def sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
 
 
 def trace_sqrt_product(s_a: torch.Tensor, s_b: torch.Tensor) -> torch.Tensor:
-    """Tr((S_a S_b)^(1/2)) through the symmetric M = S_a^(1/2) S_b S_a^(1/2) (see above)."""
-    root_a = sqrtm_psd(s_a)
-    m = root_a @ s_b @ root_a
-    return torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    """Tr((S_a S_b)^(1/2)) through the symmetric M = S_a^(1/2) S_b S_a^(1/2) (see above).
+
+    S_b^(1/2) S_a S_b^(1/2) has the same eigenvalues, but round-off differs between the two orders; their
+    mean is the same number whichever set comes first, so FAD(a, b) == FAD(b, a) to the last bit.
+    """
+    def one_order(x, y):
+        root = sqrtm_psd(x)
+        m = root @ y @ root
+        return torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    return (one_order(s_a, s_b) + one_order(s_b, s_a)) / 2
 
 
 def frechet_distance(emb_a: torch.Tensor, emb_b: torch.Tensor) -> float:
@@ -85,7 +91,7 @@ def frechet_distance(emb_a: torch.Tensor, emb_b: torch.Tensor) -> float:
     a, b = emb_a.detach().cpu().double(), emb_b.detach().cpu().double()
     mu_a, mu_b = a.mean(0), b.mean(0)                                         # (D,)
     s_a, s_b = covariance(a), covariance(b)                                   # (D, D)
-    fad = (mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * trace_sqrt_product(s_a, s_b)
+    fad = (mu_a - mu_b).square().sum() + (s_a.trace() + s_b.trace()) - 2 * trace_sqrt_product(s_a, s_b)   # sums symmetric in a, b
     return max(0.0, fad.item())                                               # round-off can give -1e-15
 
 

@@ -55,7 +55,7 @@ def test_fad_is_symmetric_and_a_shift_of_the_mean_adds_its_squared_length():
     a = torch.randn(40, 32, generator=g, dtype=torch.float64)
     b = torch.randn(30, 32, generator=g, dtype=torch.float64) * 1.5
     ab, ba = evaluate.frechet_distance(a, b), evaluate.frechet_distance(b, a)
-    assert abs(ab - ba) < 1e-9 * ab
+    assert ab == ba                                               # symmetric by construction, on every CPU
     shift = torch.randn(32, generator=g, dtype=torch.float64)
     assert abs(evaluate.frechet_distance(a, a + shift) - shift.square().sum().item()) < 1e-7
 
