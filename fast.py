@@ -42,11 +42,24 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     and the judges score the demo's clips the same (README, "Speed"). The embeddings, LayerNorms,
     attention softmax and the small CLAP projection stay fp32. Inference only: the int8 weights have no
     gradients. Changes `model` in place and returns it (a copy would hold 170 M fp32 weights twice in
-    memory); quantise a copy.deepcopy(model) to keep the fp32 one.
+    memory); quantise a copy.deepcopy(model) to keep the fp32 one. A PyTorch without the (deprecated)
+    quantisation API gets the model back unchanged, in fp32, with one line saying so.
     """
+    if not int8_available():
+        print("int8 unavailable: this PyTorch has no torch.ao.quantization; the transformer stays fp32")
+        return model
     quantize_linears(model, {"blocks", "head"})
     gc.collect()                      # the replaced fp32 layers sit in reference cycles: free their 0.5 GB now
     return model
+
+
+def int8_available() -> bool:
+    """Whether this PyTorch still has the dynamic quantisation API (deprecated in favour of torchao)."""
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def quantize_linears(model: nn.Module, which: set) -> nn.Module:
@@ -232,6 +245,9 @@ def measure_cpu_dtype(width: int, timer=time_candidate, cache=CACHE, verbose=Tru
     Timed once with `timer(name, width) -> GFLOP/s` and cached in `cache` (JSON, written atomically; a
     corrupt file is ignored and rewritten). Prints the choice and the figures.
     """
+    candidates = CANDIDATES if int8_available() else tuple(c for c in CANDIDATES if c != "int8")
+    if verbose and "int8" not in candidates:
+        print("int8 unavailable: this PyTorch has no torch.ao.quantization; choosing between fp32 and bf16")
     key = f"{cpu_name()} | torch {torch.__version__} | width {width} | {torch.get_num_threads()} threads"
     try:
         with open(cache) as f:
@@ -241,12 +257,12 @@ def measure_cpu_dtype(width: int, timer=time_candidate, cache=CACHE, verbose=Tru
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         table, where = None, "measured now"
         rates = {}
-        for name in CANDIDATES:
+        for name in candidates:
             try:
                 rates[name] = timer(name, width)
             except (RuntimeError, NotImplementedError):                 # e.g. no int8 engine in this build
                 rates[name] = 0.0
-    choice = max(CANDIDATES, key=lambda name: rates.get(name, 0.0))
+    choice = max(candidates, key=lambda name: rates.get(name, 0.0))
     if table is None:
         save_cache(cache, key, rates)
     if verbose:
