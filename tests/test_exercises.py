@@ -201,9 +201,36 @@ def test_exercise_3_cfg_0_ignores_the_prompt_and_cfg_3_does_not(tmp_path):
         assert f"def {name}(" in f.read()
 
 
-def test_exercise_4_inpainting_changes_only_the_gaps_columns(full_band_clips, tmp_path, saved, monkeypatch):
+def in_repository(path: str) -> bool:
+    return os.path.isfile(path) and os.path.abspath(path).startswith(os.path.join(ROOT, ""))
+
+
+def with_repository_input(argv: list[str], flag: str, substitute: str) -> list[str]:
+    """argv with the file after `flag` kept if the clone holds it, else replaced by `substitute` (a real
+    recording from tests/data) and any --start/--end scaled from the README's file to the substitute's length."""
+    path = argv[argv.index(flag) + 1]
+    if in_repository(path):
+        return argv
+    argv = replaced(argv, flag, substitute)
+    readme_seconds = 9.845                                            # the README's example clips (Sec. 4 length)
+    scale = sf.info(substitute).duration / readme_seconds
+    for f in ("--start", "--end"):
+        if f in argv:
+            argv = replaced(argv, f, f"{float(argv[argv.index(f) + 1]) * scale:.2f}")
+    return argv
+
+
+@pytest.fixture
+def full_band_wav(full_band_clips, tmp_path):
+    """The longest recording as the 22050 Hz 16-bit wav sample.py writes, so samples compare one to one."""
+    path = str(tmp_path / "alarm-clock.wav")
+    sf.write(path, mel.load_audio(full_band_clips[0]).numpy(), mel.SR, subtype="PCM_16")
+    return path
+
+
+def test_exercise_4_inpainting_changes_only_the_gaps_columns(full_band_wav, tmp_path, saved, monkeypatch):
     monkeypatch.chdir(ROOT)                                           # the README's path is relative to the clone
-    argv = command(4, "sample.py") + ["--steps", "2"]
+    argv = with_repository_input(command(4, "sample.py") + ["--steps", "2"], "--inpaint", full_band_wav)
     path = argv[argv.index("--inpaint") + 1]
     start, end = float(argv[argv.index("--start") + 1]), float(argv[argv.index("--end") + 1])
     prompt = [a for i, a in enumerate(argv) if not a.startswith("--") and not argv[i - 1].startswith("--")]
@@ -238,7 +265,7 @@ def test_exercise_4_inpainting_changes_only_the_gaps_columns(full_band_clips, tm
 def test_exercise_5_bwe_fills_the_top_band_and_lfr_keeps_the_low_band(band_limited_clips, tmp_path, saved,
                                                                       monkeypatch):
     monkeypatch.chdir(ROOT)
-    argv = command(5, "sample.py") + ["--steps", "2"]
+    argv = with_repository_input(command(5, "sample.py") + ["--steps", "2"], "--bwe", band_limited_clips[0])
     path = argv[argv.index("--bwe") + 1]
     lfr = argv + span_flag(5, "--lfr")
     run_sample(argv + ["--out", str(tmp_path)])

@@ -71,9 +71,12 @@ def test_normalize_is_db_clipped_and_denormalize_inverts_it():
     torch.testing.assert_close(mel.denormalize(mel.normalize(inside)), inside, atol=1e-5, rtol=0)
 
 
-def test_real_clips_load_as_848_frames(full_band_clips):
-    for path in full_band_clips:
-        assert mel.mel_spectrogram(mel.load_audio(path)).shape == (80, 848)
+def test_real_recordings_load_at_22050_hz_mono_as_whole_frames(full_band_clips):
+    for path in full_band_clips:                                   # 48 kHz stereo, 96 kHz stereo, 48 kHz mono
+        info = sf.info(path)
+        wav = mel.load_audio(path)
+        assert wav.dim() == 1 and len(wav) == math.ceil(info.frames * mel.SR / info.samplerate)
+        assert mel.mel_spectrogram(wav).shape == (80, len(wav) // mel.HOP)
 
 
 def test_band_limited_clips_have_no_energy_in_the_top_16_bins(full_band_clips, band_limited_clips):
@@ -82,8 +85,8 @@ def test_band_limited_clips_have_no_energy_in_the_top_16_bins(full_band_clips, b
         return (m[64:].exp().mean() / m[:64].exp().mean()).log10().item() * 20       # top vs rest, in dB
 
     for full, limited in zip(full_band_clips, band_limited_clips):
-        assert top_band_db(limited) < top_band_db(full) - 20
-        assert top_band_db(limited) < -50
+        assert top_band_db(limited) < top_band_db(full) - 25
+        assert top_band_db(limited) < -40                            # what is left is the STFT window's leakage
 
 
 @pytest.mark.parametrize("sr", [16000, 48000])

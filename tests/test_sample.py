@@ -157,7 +157,7 @@ def test_bwe_keeps_the_low_token_rows(pipe):
 
 def test_bwe_adds_energy_above_the_cutoff_of_a_real_band_limited_clip(pipe, band_limited_clips):
     wav = mel.load_audio(band_limited_clips[0])
-    assert wav.shape[-1] == 217088                                # longer than the tiny model's clip: 7 windows
+    assert wav.shape[-1] > 2 * CLIP                               # longer than the tiny model's clip: 3 windows
     out, before, after, _, order = sample.bandwidth_extension(pipe, wav, steps=2, verbose=False)
     assert out.shape == wav.shape
     x, y = wav.numpy(), out.numpy()
