@@ -257,3 +257,16 @@ def test_scale_discriminators_see_the_waveform_then_x2_then_x4_average_pooled():
     assert torch.equal(seen[0], x)
     torch.testing.assert_close(seen[1], pool_by_hand(x))
     torch.testing.assert_close(seen[2], pool_by_hand(pool_by_hand(x)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decoding page's axis: token row r covers mel bins 16 r ... 16 r + 15.
+# ---------------------------------------------------------------------------------------------------
+
+def test_the_pages_token_row_band_runs_from_the_centre_of_bin_16r_to_that_of_bin_16r_plus_15():
+    import decoding_page
+    fb = mel.mel_filterbank()                                                   # (80, 513)
+    peak_hz = fb.argmax(1).double() * mel.SR / mel.N_FFT                         # each filter's peak, to one FFT bin
+    for r in range(5):
+        lo, hi = decoding_page.row_band_hz(r)
+        assert abs(lo - peak_hz[16 * r]) <= mel.SR / mel.N_FFT and abs(hi - peak_hz[16 * r + 15]) <= mel.SR / mel.N_FFT, r
