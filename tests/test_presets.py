@@ -14,6 +14,7 @@ import inspect
 
 import pytest
 
+import benchmark
 import clap
 import mel
 import sample
@@ -128,6 +129,7 @@ def test_sampling_defaults_are_the_papers_16_steps_cfg_3_gumbel_1_5():
         assert (p["steps"].default, p["cfg"].default, p["temperature"].default) == (16, 3.0, 1.5), fn.__name__
     args = sample.parse_args(["rain on a roof"])
     assert (args.steps, args.cfg, args.temperature) == (16, 3.0, 1.5)
+    assert (benchmark.STEPS, benchmark.CFG, benchmark.TEMPERATURE) == (16, 3.0, 1.5)   # what the speed table times
 
 
 def test_transformer_training_defaults_are_the_papers():
