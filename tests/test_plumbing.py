@@ -204,3 +204,29 @@ def test_griffin_lim_reaches_the_readmes_mel_l1_on_the_held_out_toy_clips(heldou
     assert abs((mel.mel_spectrogram(y) - m).abs().mean().item() - 0.121) < 0.005
     assert abs((vocoder.loss_mel(y) - vocoder.loss_mel(wav)).abs().mean().item() - 0.476) < 0.005
     assert mel.spectral_convergence(m, y) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints load with weights_only=True: a pickle cannot run code while it is read.
+# ---------------------------------------------------------------------------------------------------
+
+RAN = []
+
+
+def record_that_it_ran():
+    RAN.append(True)
+    return {}
+
+
+class RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return record_that_it_ran, ()
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    from runtime import UserError, load_checkpoint
+    path = tmp_path / "evil.pt"
+    torch.save({"stage": "vqgan", "payload": RunsCodeWhenUnpickled()}, path)
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(str(path), "vqgan")
+    assert RAN == []
