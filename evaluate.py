@@ -478,6 +478,90 @@ def print_ablations(r: dict, embed_name: str) -> None:
     print(markdown_table(["", "BWE", "Time inpaint", "paper BWE", "paper inpaint"], rows))
 
 
+# ---------------------------------------------------------------------------------------------------
+# MAGNeT's ideas on the toy world (magnet.py): each one on or off against SpecMaskGIT's sampler.
+# ---------------------------------------------------------------------------------------------------
+
+# (row name, magnet.generate settings changed from its defaults; None = SpecMaskGIT's sampler at DEFAULT).
+# MAGNeT's own findings (its Sec. 5, on music): span 3 best; guidance annealed 10 -> 1 best; rescoring helps;
+# the hybrid trades latency for quality; fewer steps on the later streams cost little.
+MAGNET_ROWS = [
+    ("SpecMaskGIT sampler (16 steps, CFG ramp 0 -> 3, Gumbel 1.5)", None),
+    ("MAGNeT decoding (guidance 10 -> 1, T 3 -> 0, top-p 0.9, rows 8,4,4,4,4)", {}),
+    ("- guidance rising 0 -> 3 (SpecMaskGIT's direction) instead of 10 -> 1", {"guidance": (0.0, 3.0)}),
+    ("- guidance constant 3", {"guidance": (3.0, 3.0)}),
+    ("- temperature 1 -> 0 instead of 3 -> 0", {"temperature_start": 1.0}),
+    ("- no top-p", {"top_p": 1.0}),
+    ("- all rows together in 16 steps instead of row by row", {"row_steps": (16,)}),
+    ("+ restricted context +-2 columns (model trained without it)", {"context": 2}),
+    ("+ hybrid: the first 4 columns one by one", {"prefix_cols": 4}),
+]
+# with a span-masked model (--magnet-ckpt): its decoding spans and scoring, and rescoring between the two
+SPAN_ROWS = [
+    ("span model, SpecMaskGIT sampler", "span", None),
+    ("span model, MAGNeT decoding, span 3 scored by max", "span", {"scoring": "max"}),
+    ("span model, MAGNeT decoding, span 3 scored by prod", "span", {"scoring": "prod"}),
+    ("span model, MAGNeT decoding, span 1 (per token)", "span", {"span_len": 1}),
+    ("span model rescored by the bundle's (0.7 external)", "span", {"rescorer": "bundle"}),
+    ("bundle's model rescored by the span model (0.7 external)", "bundle", {"rescorer": "span"}),
+]
+
+
+def run_magnet_table(pipe, embed, n: int, per_kind: int, seed: int, span_ckpt: str | None = None) -> list:
+    """FAD and CLAP score (n captions of held-out clips), both judges (per_kind clips of every kind),
+    forward passes and seconds per clip, for every row of MAGNET_ROWS (and SPAN_ROWS with span_ckpt)."""
+    import copy
+    import specmaskgit
+    from runtime import build_model, load_checkpoint
+    reference = toyworld.ToyDataset("test", n=n, num_samples=pipe.num_samples)
+    ref_wavs = torch.stack([reference[i]["wav"] for i in range(n)])
+    captions = [reference[i]["caption"] for i in range(n)]
+    ref_emb, text_emb = embed(ref_wavs), pipe.clap.embed_text(captions).float().cpu()
+    kinds = torch.arange(len(toyworld.KINDS)).repeat_interleave(per_kind)
+    kind_emb = pipe.clap.embed_text(toyworld.KINDS).float().cpu()
+    judge = train_judge(per_kind=40, num_samples=pipe.num_samples)
+    models = {"bundle": pipe.transformer}
+    rows = [(name, "bundle", options) for name, options in MAGNET_ROWS]
+    if span_ckpt:
+        ckpt = load_checkpoint(span_ckpt)
+        entry = ckpt["transformer"] if ckpt.get("stage") == "bundle" else ckpt
+        models["span"] = build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config, entry, "transformer").to(pipe.device)
+        rows += SPAN_ROWS
+    out = []
+    for name, model, options in rows:
+        run_pipe = copy.copy(pipe)
+        run_pipe.transformer = models[model]
+        if options and isinstance(options.get("rescorer"), str):
+            options = {**options, "rescorer": models[options["rescorer"]]}
+        passes, clips, t0 = [], [], time.time()
+        for prompts in (captions, [toyworld.KINDS[k] for k in kinds]):
+            for i in range(0, len(prompts), 16):
+                record = []
+                wav, _, _, _ = sample.text_to_audio(run_pipe, prompts[i:i + 16], seed=seed + i, verbose=False,
+                                                    record=record, magnet_options=options)
+                clips.append(wav.float().cpu())
+                passes.append(len(record))
+        seconds = (time.time() - t0) / (len(captions) + len(kinds))
+        wavs = torch.cat(clips)
+        fad_wavs, judged = wavs[:n], wavs[n:]
+        audio_emb = pipe.clap.embed_audio(fad_wavs.to(pipe.device)).float().cpu()
+        judged_emb = pipe.clap.embed_audio(judged.to(pipe.device)).float().cpu()
+        zero_shot = (zero_shot_kinds(judged_emb, kind_emb) == kinds).float().mean().item()
+        mel_judge = (judge.predict(mel_features(judged)) == kinds).float().mean().item()
+        extra = " + rescorer" if options and options.get("rescorer") is not None else ""
+        out.append([name, f"{max(passes)}{extra}", f"{frechet_distance(embed(fad_wavs), ref_emb):.3f}",
+                    f"{clap_score(text_emb, audio_emb):.3f}", f"{zero_shot:.0%}", f"{mel_judge:.0%}", f"{seconds:.2f}"])
+        print(f"  {name}: FAD {out[-1][2]} ({time.time() - t0:.0f} s)", flush=True)
+    return out
+
+
+def print_magnet_table(rows: list, n: int, per_kind: int, embed_name: str) -> None:
+    print(f"\n### MAGNeT's ideas on the toy world ({embed_name} FAD of {n} clips; judges on {per_kind} clips of "
+          f"each kind; passes = forward passes of the transformer per clip, each with and without the prompt)\n")
+    print(markdown_table(["Sampler", "passes", "FAD", "CLAP score", "CLAP zero-shot", "mel-statistics judge",
+                          "s per clip"], rows))
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
@@ -500,6 +584,9 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=None, help="clips per FAD set (default 48, --quick 16)")
     p.add_argument("--per-kind", type=int, default=None, help="generated clips per kind for the judges (default 8, --quick 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--magnet", action="store_true", help="the MAGNeT table (magnet.py); with --ablations after the FAD tables")
+    p.add_argument("--magnet-ckpt", default=None,
+                   help="with --magnet: a span-masked transformer (train.py --transformer.span_len 3) for its rows")
     p.add_argument("--constant-cfg", action="store_true", help="the judges' clips with the CFG scale at 3 from the "
                    "first step (Table 1's 'w/o CFG linear scheduler') instead of the paper's ramp")
     p.add_argument("--fad-clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt to embed audio for FAD "
@@ -516,7 +603,9 @@ def parse_args(argv=None):
         raise UserError(f"--per-kind must be between 1 and 100, not {args.per_kind}.")
     if not 0 <= args.seed < MAX_SEED:
         raise UserError(f"--seed must be a whole number from 0 to 2**62 - 1, not {args.seed}.")
-    if not (args.judges or args.ablations):
+    if args.magnet_ckpt and not args.magnet:
+        raise UserError("--magnet-ckpt only makes sense with --magnet.")
+    if not (args.judges or args.ablations or args.magnet):
         args.judges = args.ablations = True
     return args
 
@@ -532,6 +621,10 @@ def run(args) -> None:
     if args.ablations:
         embed, embed_name = make_embedder(pipe, args.fad_clap_ckpt)
         print_ablations(run_ablations(pipe, embed, args.n, args.seed, args.quick), embed_name)
+    if args.magnet:
+        embed, embed_name = make_embedder(pipe, args.fad_clap_ckpt)
+        print_magnet_table(run_magnet_table(pipe, embed, args.n, args.per_kind, args.seed, args.magnet_ckpt),
+                           args.n, args.per_kind, embed_name)
     print(f"\n(evaluation took {(time.time() - start) / 60:.1f} min)")
 
 

@@ -197,9 +197,11 @@ def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
 
 
 def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, known_mask=None, verbose=True,
-                  cfg_ramp=True, record=None):
+                  cfg_ramp=True, record=None, magnet_options=None):
     """Run the MaskGIT sampler (specmaskgit.generate), printing one progress line per step.
-    `record`: a list that receives decoding_page.step_record of every step (for the page), or None."""
+    `record`: a list that receives decoding_page.step_record of every step (for the page), or None.
+    magnet_options: a dict of magnet.generate's settings to sample with MAGNeT's decoding instead (then
+    steps, cfg, temperature and cfg_ramp are unused)."""
     import decoding_page
     import specmaskgit
     t0 = time.time()
@@ -212,6 +214,10 @@ def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, 
             record.append(decoding_page.step_record(info))
 
     with torch.inference_mode(), torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
+        if magnet_options is not None:
+            import magnet
+            return magnet.generate(pipe.transformer, cond, known_tokens=known_tokens, known_mask=known_mask, seed=seed,
+                                   on_step=on_step, record_order=True, **magnet_options)
         return specmaskgit.generate(pipe.transformer, cond, steps=steps, cfg=cfg, temperature=temperature,
                                     known_tokens=known_tokens, known_mask=known_mask, seed=seed,
                                     on_step=on_step, record_order=True, cfg_ramp=cfg_ramp)
@@ -222,11 +228,11 @@ def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, 
 # ---------------------------------------------------------------------------------------------------
 
 def text_to_audio(pipe, prompts, n=1, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True, cfg_ramp=True,
-                  record=None):
+                  record=None, magnet_options=None):
     """Every prompt n times, in one batch: returns waveforms (P*n, T), log-mels, decoding orders, tokens."""
     cond = embed_prompts(pipe, prompts).repeat_interleave(n, dim=0)                   # (P n, 512)
     tokens, order = sample_tokens(pipe, cond, steps, cfg, temperature, seed, verbose=verbose, cfg_ramp=cfg_ramp,
-                                  record=record)
+                                  record=record, magnet_options=magnet_options)
     log_mel, wav = tokens_to_audio(pipe, tokens)
     return wav, log_mel, order, tokens
 
@@ -361,7 +367,20 @@ def parse_args(argv=None):
     p.add_argument("--benchmark", metavar="PRESET", choices=["full", "tiny"],
                    help="time the pipeline at the preset's size, plain path to fast path (benchmark.py)")
     p.add_argument("--runs", type=int, default=3, help="with --benchmark: timed runs per measurement")
+    m = p.add_argument_group("MAGNeT's decoding (--sampler magnet, magnet.py; text to audio)")
+    m.add_argument("--sampler", default="specmaskgit", choices=["specmaskgit", "magnet"])
+    m.add_argument("--span-len", type=int, default=None, help="decoding span in token columns (default: the model's span_len)")
+    m.add_argument("--span-scoring", default="max", choices=["max", "prod"], help="a span's confidence (Sec. 3.1)")
+    m.add_argument("--guidance", default="10,1", help="HIGH,LOW: guidance annealed from HIGH to LOW as the mask shrinks (Sec. 3.3)")
+    m.add_argument("--magnet-temperature", type=float, default=3.0, help="softmax temperature at the start, annealed to 0")
+    m.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (1 = off)")
+    m.add_argument("--row-steps", default="8,4,4,4,4", help="steps per token row, low band first; one number = all rows together")
+    m.add_argument("--context", type=int, default=None, help="restricted attention: +-K token columns (Sec. 3.2; default unrestricted)")
+    m.add_argument("--rescore-ckpt", default=None, help="a second transformer (bundle or transformer.pt) that rescores each draw (Sec. 3.4)")
+    m.add_argument("--rescore-weight", type=float, default=0.7, help="the rescorer's weight in the confidence")
+    m.add_argument("--prefix-cols", type=int, default=0, help="hybrid: decode the first K columns one after another (Sec. 3.5)")
     args = p.parse_args(argv)
+    check_magnet_args(args)
     if args.steps < 1 or args.steps > 256:
         raise UserError(f"--steps must be between 1 and 256, not {args.steps}.")
     # written so that NaN fails too (every comparison with NaN is False); an infinite scale or temperature
@@ -404,6 +423,60 @@ def parse_args(argv=None):
     if not (args.inpaint or args.bwe or args.benchmark) and not args.prompts:
         raise UserError("give a prompt, e.g. python sample.py \"rain on a roof\" (or --inpaint / --bwe FILE).")
     return args
+
+
+def check_magnet_args(args) -> None:
+    """--sampler magnet's flags: parsed and range-checked (the grid-dependent ones in magnet_options)."""
+    if args.sampler != "magnet":
+        return
+    if args.inpaint or args.bwe or args.no_cfg_ramp:
+        raise UserError("--sampler magnet is for text to audio (without --no-cfg-ramp).")
+    try:
+        args.guidance = tuple(float(x) for x in args.guidance.split(","))
+        args.row_steps = tuple(int(x) for x in args.row_steps.split(","))
+    except ValueError:
+        raise UserError(f"--guidance takes two numbers and --row-steps whole numbers, separated by commas, "
+                        f"not {args.guidance!r} and {args.row_steps!r}.") from None
+    if len(args.guidance) != 2 or not all(0 <= x <= MAX_CFG for x in args.guidance):
+        raise UserError(f"--guidance must be two scales between 0 and {MAX_CFG:g}, like 10,1.")
+    if not all(1 <= x <= 256 for x in args.row_steps):
+        raise UserError(f"--row-steps must each be between 1 and 256, not {args.row_steps}.")
+    if not 0 <= args.magnet_temperature <= MAX_TEMPERATURE:
+        raise UserError(f"--magnet-temperature must be between 0 and {MAX_TEMPERATURE:g}, not {args.magnet_temperature}.")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be above 0 and at most 1, not {args.top_p}.")
+    if not 0 <= args.rescore_weight <= 1:
+        raise UserError(f"--rescore-weight must be between 0 and 1, not {args.rescore_weight}.")
+    for name in ("span_len", "context", "prefix_cols"):
+        v = getattr(args, name)
+        if v is not None and v < (1 if name == "span_len" else 0):
+            raise UserError(f"--{name.replace('_', '-')} must be {'1' if name == 'span_len' else '0'} or more, not {v}.")
+
+
+def magnet_options(args, pipe) -> dict:
+    """magnet.generate's settings from the flags, checked against the model's grid; loads the rescorer."""
+    import specmaskgit
+    c = pipe.transformer.cfg
+    if len(args.row_steps) not in (1, c.rows):
+        raise UserError(f"--row-steps needs one number or one per token row ({c.rows}), not {len(args.row_steps)}.")
+    for name in ("span_len", "prefix_cols"):
+        if (getattr(args, name) or 0) > c.cols:
+            raise UserError(f"--{name.replace('_', '-')} must be at most the grid's {c.cols} columns.")
+    rescorer = None
+    if args.rescore_ckpt:
+        ckpt = load_checkpoint(args.rescore_ckpt)
+        entry = ckpt.get("transformer") if ckpt.get("stage") == "bundle" else ckpt
+        if not isinstance(entry, dict):
+            raise UserError(f"{args.rescore_ckpt} holds no transformer checkpoint.")
+        rescorer = rebuild(args.rescore_ckpt, "transformer", lambda e: build_model(
+            specmaskgit.SpecMaskGIT, specmaskgit.Config, e, "transformer"), entry).to(pipe.device)
+        r = rescorer.cfg
+        if (r.n_codes, r.rows, r.cols) != (c.n_codes, c.rows, c.cols):
+            raise UserError(f"{args.rescore_ckpt}'s transformer ({r.n_codes} codes, {r.rows} x {r.cols}) does not fit "
+                            f"the sampling model's tokens ({c.n_codes} codes, {c.rows} x {c.cols}).")
+    return dict(row_steps=args.row_steps, guidance=args.guidance, temperature_start=args.magnet_temperature,
+                top_p=args.top_p, span_len=args.span_len, scoring=args.span_scoring, context=args.context,
+                rescorer=rescorer, rescore_weight=args.rescore_weight, prefix_cols=args.prefix_cols)
 
 
 OUTPUT_EXTS = (".wav", ".png", ".html")   # what one take may write; they share one name
@@ -477,6 +550,13 @@ def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
     """What made a take, for the page: the prompt, every sampling setting and the model file."""
     ckpt = os.path.abspath(args.ckpt)
     rows = pipe.vq.cfg.n_mels // 16
+    if getattr(args, "sampler", "specmaskgit") == "magnet":             # --steps, --cfg, --temperature unused
+        more["sampler (--sampler magnet)"] = (
+            f"MAGNeT: span {args.span_len or pipe.transformer.cfg.span_len} ({args.span_scoring}), guidance "
+            f"{args.guidance[0]:g} -> {args.guidance[1]:g}, temperature {args.magnet_temperature:g} -> 0, top-p "
+            f"{args.top_p:g}, row steps {','.join(map(str, args.row_steps))}, context "
+            f"{'all' if args.context is None else args.context}, rescorer {args.rescore_ckpt or 'none'}, "
+            f"prefix {args.prefix_cols} columns")
     return {"prompt": prompt if prompt else "(none: unconditional)", "task": task, **more,
             "steps (--steps)": args.steps,
             f"final guidance scale (--cfg, {'constant' if args.no_cfg_ramp else 'ramped from 0'})":
@@ -526,8 +606,9 @@ def run(args) -> None:
         return
     takes = [(p, k) for p in args.prompts for k in range(args.n)]
     stems = output_stems(args.out, [slug(p) + (f"_{k + 1}" if args.n > 1 else "") for p, k in takes])
+    options = magnet_options(args, pipe) if args.sampler == "magnet" else None
     wav, log_mel, order, _ = text_to_audio(pipe, args.prompts, args.n, record=record, cfg_ramp=not args.no_cfg_ramp,
-                                           **common)
+                                           magnet_options=options, **common)
     for j, ((prompt, k), stem) in enumerate(zip(takes, stems)):
         written = save_outputs(stem + ".wav", wav[j], log_mel[j], order[j], args.png)
         if record is not None:

@@ -40,6 +40,7 @@ class Config:
     cfg_dropout: float = 0.1      # share of training samples trained unconditionally (CFG, Sec. 3.3)
     conditional_mask: bool = True # masked positions show the CLAP embedding instead of [M] (Sec. 3.3)
     mask_schedule: str = "cosine" # how many tokens stay masked after each sampling step (Sec. 3.4)
+    span_len: int = 1             # training masks in spans of this many columns (magnet.py); 1 = per token
 
 
 PRESETS = {
@@ -60,10 +61,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.width)
 
-    def forward(self, x):                                                      # (B, N, C)
+    def forward(self, x, attn_mask=None):                                      # (B, N, C)
+        """attn_mask (N, N) bool, True = may attend: None here (every token sees all); magnet.py restricts it."""
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, C/h)
-        y = F.scaled_dot_product_attention(q, k, v)                            # bidirectional: no causal mask
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)      # bidirectional: no causal mask
         return self.proj(y.transpose(1, 2).reshape(B, N, C))
 
 
@@ -77,8 +79,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.width, cfg.mlp), nn.GELU(), nn.Linear(cfg.mlp, cfg.width))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x):
-        x = x + self.drop(self.attn(self.norm1(x)))
+    def forward(self, x, attn_mask=None):
+        x = x + self.drop(self.attn(self.norm1(x), attn_mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -129,11 +131,12 @@ class SpecMaskGIT(nn.Module):
         x = x + pos
         return torch.cat([x, (c + self.cond_pos)[:, None, :]], dim=1)           # (B, 266, W): CLAP token last
 
-    def forward(self, tokens, cond, mask, drop_cond=None):
-        """tokens (B, R, C) long, cond (B, 512) or None, mask (B, R, C) bool -> logits (B, R C, n_codes)."""
+    def forward(self, tokens, cond, mask, drop_cond=None, attn_mask=None):
+        """tokens (B, R, C) long, cond (B, 512) or None, mask (B, R, C) bool -> logits (B, R C, n_codes).
+        attn_mask (R C + 1, R C + 1) bool or None: who may attend to whom (magnet.context_mask)."""
         x = self.embed(tokens, cond, mask, drop_cond)                           # (B, 266, W)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, attn_mask)
         n = tokens.shape[1] * tokens.shape[2]
         return self.head(self.norm(x[:, :n]))                                   # (B, 265, n_codes)
 
@@ -142,25 +145,31 @@ class SpecMaskGIT(nn.Module):
 # The training loss (Sec. 3.2, Eq. 1).
 # ---------------------------------------------------------------------------------------------------
 
-def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> torch.Tensor:
-    """(B, n) bool training masks: per sample a ratio from N(0.55, 0.25) truncated to (0, 1], then that
-    many random positions (at least one, so every sample has a loss).
+def mask_ratios(B: int, cfg: Config, generator=None) -> torch.Tensor:
+    """(B,) training mask ratios from N(0.55, 0.25) truncated to (0, 1].
     The paper draws the ratio over 0-100 % (Sec. 3.2); MAGE truncates it to [0.5, 1]; we keep the paper's."""
     ratios = torch.empty(0)
     while ratios.numel() < B:                                # rejection sampling = truncation
         r = torch.randn(4 * B, generator=generator) * cfg.mask_std + cfg.mask_mean
         ratios = torch.cat([ratios, r[(r > 0) & (r <= 1)]])
-    n_masked = (ratios[:B] * n).ceil().clamp(1, n).long()                                  # (B,)
+    return ratios[:B]
+
+
+def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> torch.Tensor:
+    """(B, n) bool training masks: per sample a mask_ratios ratio, then that many random positions (at
+    least one, so every sample has a loss). magnet.span_mask draws spans instead, with the same signature."""
+    n_masked = (mask_ratios(B, cfg, generator) * n).ceil().clamp(1, n).long()              # (B,)
     rank = torch.rand(B, n, generator=generator).argsort(dim=1).argsort(dim=1)             # (B, n) a random permutation per row
     return (rank < n_masked[:, None]).to(device)
 
 
-def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None):
-    """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy)."""
+def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None, draw_mask=sample_mask):
+    """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy).
+    draw_mask(B, n, cfg, generator, device) -> (B, n) bool makes the mask when none is given."""
     cfg = unwrap(model).cfg
     B, R, C = tokens.shape
     if mask is None:
-        mask = sample_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
+        mask = draw_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
     if drop_cond is None and cond is not None:
         drop_cond = (torch.rand(B, generator=generator) < cfg.cfg_dropout).to(tokens.device)
     logits = model(tokens, cond, mask, drop_cond)                               # (B, 265, n_codes)
@@ -294,11 +303,14 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
 
 class Trainer:
     """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: the MAE / MAGE recipe the paper follows)
-    and one optimisation step with gradient clipping at 1.0 (train.py runs the loop)."""
+    and one optimisation step with gradient clipping at 1.0 (train.py runs the loop).
+    draw_mask: how training masks are drawn; cfg.span_len > 1 needs MAGNeT's (magnet.span_mask)."""
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,
-                 amp_dtype: torch.dtype = torch.float32):
-        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+                 amp_dtype: torch.dtype = torch.float32, draw_mask=sample_mask):
+        if cfg.span_len > 1 and draw_mask is sample_mask:
+            raise ValueError(f"span_len {cfg.span_len} needs span masks: pass draw_mask=magnet.span_mask.")
+        self.cfg, self.device, self.amp_dtype, self.draw_mask = cfg, device, amp_dtype, draw_mask
         self.model = SpecMaskGIT(cfg).to(device)
         self.ddp_modules = ["model"]
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -313,7 +325,7 @@ class Trainer:
         rank, world = rank_and_world()
         g = torch.Generator().manual_seed(step * world + rank)                  # masks replay on --resume; GPUs differ
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
-            loss, acc = masked_loss(self.model, tokens, cond, generator=g)
+            loss, acc = masked_loss(self.model, tokens, cond, generator=g, draw_mask=self.draw_mask)
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()

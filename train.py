@@ -169,6 +169,8 @@ def run(args) -> None:
             vq_cfg = load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")["config"]
             cfg = dataclasses.replace(cfg, n_codes=vq_cfg["n_codes"], rows=cache["tokens"].shape[1],
                                       cols=cache["tokens"].shape[2], cond_dim=cache["cond"].shape[1])
+            if cfg.span_len > cfg.cols:
+                raise UserError(f"--transformer.span_len must be at most the grid's {cfg.cols} columns, not {cfg.span_len}.")
         trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank, world)
         wrap_ddp(trainer, device, world)
         if rank == 0:
@@ -247,6 +249,9 @@ def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank=0, world=
     kwargs = dict(device=device, amp_dtype=amp_dtype, **extra)
     if lr is not None:
         kwargs["lr"] = lr
+    if stage == "transformer" and cfg.span_len > 1:          # MAGNeT's span masks (magnet.py, Sec. 3.1)
+        import magnet
+        kwargs["draw_mask"] = magnet.span_mask
     trainer = stage_module(stage).Trainer(cfg, **kwargs)
     trainer.start_step = 0
     path_state = os.path.join(args.out, f"{stage}.state.pt")

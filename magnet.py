@@ -1,0 +1,350 @@
+"""
+magnet.py — MAGNeT's training and decoding ideas, as differences from specmaskgit.py.
+
+Paper: "Masked Audio Generation using a Single Non-Autoregressive Transformer" (Ziv et al., ICLR 2024),
+official code: audiocraft's models/lm_magnet.py (MagnetLMModel) and solvers/magnet.py (MagnetSolver).
+MAGNeT is SpecMaskGIT's closest relative: one bidirectional transformer over audio tokens, trained to fill
+masks and sampled by iterative parallel decoding with classifier-free guidance. Its tokens are EnCodec's
+four residual codebook streams at 50 Hz; ours are a 5 x 53 grid of SpecVQGAN tokens, one row per band of
+16 mel bins, one column per 16 mel frames (16 x 256 / 22050 Hz = 186 ms of audio). This file reuses
+specmaskgit.py's transformer, conditioner interface and masked_counts, and holds only what differs:
+  Sec. 3.1  span masking in training: spans of span_len columns inside one row (span_mask)
+  Sec. 3.1  span-level decoding: whole spans re-masked, scored by 'max' or 'prod' (span_confidence)
+  Sec. 3.2  restricted context: a token attends only to tokens within +-k columns (context_mask)
+  Sec. 3.3  guidance annealed from 10 down to 1 as the mask shrinks, softmax temperature 3 -> 0, top-p 0.9,
+            and a step count per token row, decoded one row after another (guidance_scale, temperature, top_p)
+  Sec. 3.4  rescoring: confidence = 0.7 p_external + 0.3 p_self (rescore)
+  Sec. 3.5  the hybrid: the first columns one after another, the rest in parallel (generate, prefix_cols)
+
+In:  a SpecMaskGIT model (specmaskgit.py), a CLAP embedding (B, 512)
+Out: training masks (B, 265) for specmaskgit.masked_loss; tokens (B, 5, 53) from generate()
+Run alone: python magnet.py   # prints the span counts and the guidance/temperature schedules
+"""
+
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import specmaskgit
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sec. 3.1: span masking in training.
+# ---------------------------------------------------------------------------------------------------
+# MAGNeT masks spans of consecutive tokens rather than single tokens: EnCodec's receptive field makes
+# neighbouring tokens share information, so a single masked token is often given away by its neighbours
+# and the model learns to copy instead of to generate. SpecVQGAN's encoder overlaps neighbouring patches
+# too (3 x 3 convolutions at every level and attention at the lowest one). MAGNeT's best span is 3 tokens
+# = 60 ms (Sec. 5, Table 4); here a span of 3 is 3 columns of one row: 48 mel frames = 557 ms of one band
+# of 16 mel bins. A span never crosses from one row into the next (that would join two frequency bands at
+# opposite ends of the clip).
+
+def span_starts_per_column(cols: int, span_len: int) -> torch.Tensor:
+    """(cols,) how many span starts in a row cover each column: a span may start at columns
+    0 .. cols - span_len (it must fit inside the row), and column j is covered by the starts j - L + 1 .. j."""
+    j = torch.arange(cols)
+    return (torch.clamp(j, max=cols - span_len) - torch.clamp(j - span_len + 1, min=0) + 1)
+
+
+def expected_masked_share(rows: int, cols: int, span_len: int) -> torch.Tensor:
+    """(S + 1,) float64: the expected masked share of the grid when u = 0 .. S distinct span starts are
+    drawn uniformly from the S = rows (cols - span_len + 1) places a span fits (MAGNeT appendix C).
+
+    A position covered by n of the S starts stays unmasked only if none of its n starts is drawn:
+    C(S - n, u) / C(S, u) = prod_{i < u} (S - n - i) / (S - i) (the product avoids huge binomials, as in
+    audiocraft's MagnetSolver._calc_mean_maskrate_to_u_LUT). The masked share is one minus its mean.
+    """
+    S = rows * (cols - span_len + 1)
+    n = span_starts_per_column(cols, span_len).double()[:, None]                # (cols, 1)
+    i = torch.arange(S, dtype=torch.float64)[None, :]                           # (1, S)
+    factors = ((S - n - i) / (S - i)).clamp(min=0)                              # (cols, S)
+    unmasked = torch.cat([torch.ones(cols, 1, dtype=torch.float64), factors.cumprod(1)], dim=1)  # (cols, S + 1)
+    return 1 - unmasked.mean(0)                                                 # every row alike
+
+
+def spans_for_ratio(ratios: torch.Tensor, rows: int, cols: int, span_len: int, generator=None) -> torch.Tensor:
+    """(B,) long: how many spans to draw so that the expected masked share equals each ratio.
+
+    The expected share grows in jumps of up to span_len / cols per span (3/16 on the toy grid), so a whole
+    number of spans rarely hits the ratio. MAGNeT's table takes the smallest count whose share reaches it
+    (searchsorted); we draw the count below or the one above, with the probabilities that make the
+    expected share exactly the ratio. At least one span, so every sample has a loss.
+    """
+    share = expected_masked_share(rows, cols, span_len)                         # (S + 1,) rising from 0 to 1
+    r = ratios.double().clamp(0, 1)
+    hi = torch.searchsorted(share, r).clamp(1, len(share) - 1)                  # share[hi - 1] < r <= share[hi]
+    lo = hi - 1
+    p_hi = (r - share[lo]) / (share[hi] - share[lo])                            # linear between the two counts
+    u = lo + (torch.rand(len(r), generator=generator, dtype=torch.float64) < p_hi).long()
+    return u.clamp(min=1)
+
+
+def span_mask(B: int, n: int, cfg: specmaskgit.Config, generator=None, device="cpu") -> torch.Tensor:
+    """(B, n) bool training masks of spans of cfg.span_len columns within one row (MAGNeT Sec. 3.1;
+    audiocraft MagnetSolver._spans_mask). Per sample: a mask ratio as SpecMaskGIT draws it
+    (specmaskgit.mask_ratios), the number of spans whose expected coverage is that ratio
+    (spans_for_ratio), that many distinct start places, and each start masks span_len columns.
+    Spans may overlap or touch, so a masked run is span_len long or longer. Same signature as
+    specmaskgit.sample_mask, so specmaskgit.Trainer(draw_mask=span_mask) trains with it."""
+    R, C, L = cfg.rows, cfg.cols, cfg.span_len
+    assert n == R * C and 1 <= L <= C, "span masks need the grid of the config"
+    u = spans_for_ratio(specmaskgit.mask_ratios(B, cfg, generator), R, C, L, generator)  # (B,)
+    places = R * (C - L + 1)                                                    # where a whole span fits
+    rank = torch.rand(B, places, generator=generator).argsort(dim=1).argsort(dim=1)     # a random order per sample
+    starts = (rank < u[:, None]).view(B, R, C - L + 1)                          # (B, R, C - L + 1)
+    mask = torch.zeros(B, R, C, dtype=torch.bool)
+    for offset in range(L):                                                     # each start covers L columns
+        mask[:, :, offset:offset + C - L + 1] |= starts
+    return mask.view(B, n).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sec. 3.2: restricted context.
+# ---------------------------------------------------------------------------------------------------
+# MAGNeT lets the tokens of codebooks above the first attend only to +-5 time steps (audiocraft's
+# subcodes_context, ~200 ms at 50 Hz): EnCodec's encoder has a bounded receptive field, so a fine code
+# depends on its neighbourhood only. Here every token attends to the tokens of every row within +-k
+# columns (k = 1 is +-186 ms), and to the CLAP token, which carries the prompt (MAGNeT's cross-attention
+# to the text is never restricted either). The CLAP token attends only to itself: were it to read the
+# whole grid, it would carry far tokens into every near one in the next block. Through n blocks a token
+# still hears n k columns away, as in MAGNeT: the limit is per attention layer.
+
+def context_mask(rows: int, cols: int, k: int, device="cpu") -> torch.Tensor:
+    """(rows cols + 1, rows cols + 1) bool, True = may attend: grid tokens within +-k columns and the
+    CLAP token (last); the CLAP token itself only. For specmaskgit.SpecMaskGIT's attn_mask."""
+    col = torch.arange(rows * cols, device=device) % cols                     # (n,) the column of each position
+    near = (col[:, None] - col[None, :]).abs() <= k                           # (n, n)
+    allowed = torch.zeros(rows * cols + 1, rows * cols + 1, dtype=torch.bool, device=device)
+    allowed[:-1, :-1] = near
+    allowed[:, -1] = True                                                     # everyone hears the prompt
+    return allowed
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sec. 3.3: the schedules of MAGNeT's decoding (audiocraft MagnetLMModel._generate_stage).
+# ---------------------------------------------------------------------------------------------------
+
+GUIDANCE = (10.0, 1.0)   # (lambda_0, lambda_1): guidance while everything is masked, and at the end (Table 5 best)
+TEMPERATURE = 3.0        # softmax temperature at the first step, annealed linearly to 0
+TOP_P = 0.9              # nucleus sampling
+ROW_STEPS = (8, 4, 4, 4, 4)   # steps per token row, low band first: MAGNeT gives its first stream 20, the others 10
+RESCORE_WEIGHT = 0.7     # weight of the external model's probability (Sec. 3.4)
+
+
+def masked_share(step: int, steps: int) -> float:
+    """gamma: the share of spans masked entering `step` of `steps`: cos(pi/2 t) at t = 0, 1/(S-1), ..., 1
+    (audiocraft: torch.linspace(0, 1, steps)), so the first step sees everything masked."""
+    return math.cos(math.pi / 2 * (step / (steps - 1) if steps > 1 else 0.0))
+
+
+def spans_masked(step: int, steps: int, n_spans: int) -> int:
+    """How many of n_spans are masked entering `step`: floor(gamma n), at least one (audiocraft's
+    max(int(mask_p * n), 1)); the last step re-draws the one least confident span."""
+    return min(n_spans, max(int(masked_share(step, steps) * n_spans), 1))
+
+
+def guidance_scale(gamma: float, high: float = GUIDANCE[0], low: float = GUIDANCE[1]) -> float:
+    """Sec. 3.3, CFG annealing: lambda = gamma lambda_0 + (1 - gamma) lambda_1, used in Eq. 2 of SpecMaskGIT
+    (l_u + lambda (l_c - l_u)). High while most is masked (follow the prompt while the sketch is drawn),
+    low at the end (fill in what the context already implies). SpecMaskGIT ramps the other way: 0 -> 3.
+    (high, low) = (0, 3) gives a rising ramp like SpecMaskGIT's, (3, 3) a constant scale."""
+    return gamma * high + (1 - gamma) * low
+
+
+def temperature(step: int, steps: int, start: float = TEMPERATURE) -> float:
+    """Softmax temperature of `step`: start (S - 1 - s) / S, from almost `start` down to 0 at the last step
+    (audiocraft: temp * steps_left / timesteps). MAGNeT puts its randomness into the draw; SpecMaskGIT
+    draws at temperature 1 and puts Gumbel noise into the confidence instead (Eq. 3)."""
+    return start * (steps - 1 - step) / steps
+
+
+def top_p_filter(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus sampling's distribution: keep the smallest set of most likely tokens whose mass reaches p,
+    renormalised (Holtzman et al. 2020; audiocraft utils.sample_top_p). p >= 1 keeps everything."""
+    if p >= 1:
+        return probs
+    sorted_p, idx = probs.sort(dim=-1, descending=True)                        # (..., K)
+    before = sorted_p.cumsum(-1) - sorted_p                                    # mass of the more likely tokens
+    sorted_p = sorted_p * (before < p)                                         # the first one always stays
+    kept = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sec. 3.1 and 3.4: span-level confidence, and rescoring with an external model.
+# ---------------------------------------------------------------------------------------------------
+
+def span_ids(rows: int, cols: int, span_len: int, device="cpu") -> torch.Tensor:
+    """(rows cols,) long: the decoding span of each grid position. Each row is cut into non-overlapping
+    spans of span_len columns (audiocraft's span_arrangement 'nonoverlap'); where cols is no multiple of
+    span_len the last span of a row is shorter (audiocraft trims the sequence instead: we keep the clip)."""
+    per_row = -(-cols // span_len)                                            # ceil(cols / span_len)
+    pos = torch.arange(rows * cols, device=device)
+    return (pos // cols) * per_row + (pos % cols) // span_len
+
+
+def rescore(p_self: torch.Tensor, p_external: torch.Tensor, weight: float = RESCORE_WEIGHT) -> torch.Tensor:
+    """Sec. 3.4: a drawn token's confidence is w p_external + (1 - w) p_self: a second model's opinion of
+    the same draw (MAGNeT's is an autoregressive MusicGen/AudioGen; here another transformer checkpoint)."""
+    return weight * p_external + (1 - weight) * p_self
+
+
+def span_confidence(token_conf: torch.Tensor, ids: torch.Tensor, counted: torch.Tensor, n_spans: int,
+                    scoring: str = "max") -> torch.Tensor:
+    """(B, n) per-token confidence -> (B, n_spans): 'max' = the most confident token of the span, 'prod' =
+    the product of its tokens' confidences, kept as a sum of logs (audiocraft: 1 - max p and -sum log p
+    as the scores to re-mask by). Only positions with counted (B, n) True take part."""
+    B = token_conf.shape[0]
+    index = ids.expand(B, -1)
+    out = torch.zeros(B, n_spans, dtype=torch.float32, device=token_conf.device)
+    if scoring == "max":
+        return out.scatter_reduce(1, index, torch.where(counted, token_conf, 0.0).float(), "amax")
+    if scoring == "prod":
+        return out.scatter_reduce(1, index, torch.where(counted, token_conf.clamp_min(1e-30).log(), 0.0).float(), "sum")
+    raise ValueError(f"span scoring must be 'max' or 'prod', not {scoring!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# MAGNeT's decoding, with the hybrid's prefix (Sec. 3.3-3.5).
+# ---------------------------------------------------------------------------------------------------
+
+def logits_with_guidance(model, tokens, cond, masked, scale, attn_mask):
+    """Eq. 2 with a per-sample scale (B,): l_u + scale (l_c - l_u), both halves in one batch of 2B."""
+    B, n = tokens.shape
+    grid, mask = tokens.view(B, model.cfg.rows, model.cfg.cols), masked.view(B, model.cfg.rows, model.cfg.cols)
+    extra = {} if attn_mask is None else {"attn_mask": attn_mask}
+    if cond is None:
+        return model(grid, None, mask, **extra)
+    both = model(torch.cat([grid, grid]), torch.cat([cond, cond]), torch.cat([mask, mask]),
+                 drop_cond=torch.arange(2 * B, device=tokens.device) >= B, **extra)   # (2B, n, K)
+    l_c, l_u = both[:B], both[B:]
+    return l_u + scale[:, None, None] * (l_c - l_u)
+
+
+@torch.no_grad()
+def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_start=TEMPERATURE, top_p=TOP_P,
+             span_len=None, scoring="max", context=None, rescorer=None, rescore_weight=RESCORE_WEIGHT,
+             prefix_cols=0, known_tokens=None, known_mask=None, seed=None, batch_size=None, record_order=False,
+             on_step=None):
+    """MAGNeT's iterative decoding of (B, rows, cols) token grids with a SpecMaskGIT model.
+
+    1. Hybrid (Sec. 3.5), prefix_cols > 0: the first columns one after another, left to right, each in one
+       forward pass with every later column masked, sampled at temperature 1 and top-p. MAGNeT takes this
+       prefix from an autoregressive model (MusicGen), cheap per token thanks to its key/value cache; with
+       our one bidirectional model each prefix column costs a full forward pass over the grid, so the
+       hybrid costs prefix_cols passes more, and buys the prefix's columns one at a time in order.
+    2. Then the rest in parallel, a phase per token row from the low band up, row r in row_steps[r] steps
+       (MAGNeT decodes its codebook streams one after another, [20, 10, 10, 10] steps; here rows are
+       frequency bands and none is a residual of another, but the low bands hold most of the toy's energy
+       and fundamentals, which the higher bands' harmonics follow; so the lowest gets twice the steps).
+       A single number, row_steps=(16,), decodes all rows together, as SpecMaskGIT does. In a phase, at
+       step s of S: spans_masked(s, S) of the phase's spans are masked; one pass gives the logits with
+       guidance_scale(gamma_s) (Eq. 2); every masked position draws a token at temperature(s, S) with
+       top-p; each span is scored by span_confidence of its drawn tokens' probabilities (mixed with the
+       rescorer's by rescore); the least confident spans stay masked, the others are committed for good.
+    Known positions (inpainting) are never masked nor re-drawn; rows of later phases stay masked meanwhile.
+    span_len None: the model's training span (cfg.span_len). context k: restricted attention (Sec. 3.2).
+    on_step gets the same record as specmaskgit.generate's (decoding_page.step_record reads it).
+    """
+    c = model.cfg
+    R, C, n = c.rows, c.cols, c.rows * c.cols
+    L = span_len or c.span_len
+    B = cond.shape[0] if cond is not None else (known_tokens.shape[0] if known_tokens is not None else (batch_size or 1))
+    device = next(model.parameters()).device
+    g = torch.Generator(device).manual_seed(0 if seed is None else seed)
+    row_steps = tuple(row_steps)
+    assert len(row_steps) in (1, R) and min(row_steps) >= 1 and 1 <= L <= C and 0 <= prefix_cols <= C
+    if known_tokens is None:
+        tokens = torch.zeros(B, n, dtype=torch.long, device=device)
+        known = torch.zeros(B, n, dtype=torch.bool, device=device)
+    else:
+        tokens = known_tokens.reshape(B, n).to(device)
+        known = (known_mask.reshape(B, n).to(device) if known_mask is not None else torch.ones_like(tokens, dtype=torch.bool))
+        tokens = torch.where(known, tokens, 0)
+    masked = ~known                                                           # (B, n) not decided yet
+    order = torch.full((B, n), -1, dtype=torch.long, device=device)
+    attn_mask = None if context is None else context_mask(R, C, context, device)
+    ids = span_ids(R, C, L, device)                                           # (n,)
+    n_spans = int(ids.max()) + 1
+    row_of, col_of = torch.arange(n, device=device) // C, torch.arange(n, device=device) % C
+    total = prefix_cols + sum(row_steps)
+    step = 0
+
+    def draw(now, scale, temp):
+        """One forward pass; tokens drawn at the `now` positions (B, n): (drawn, p_drawn, p_token_conf)."""
+        logits = logits_with_guidance(model, tokens, cond, masked, scale, attn_mask).float()       # (B, n, K)
+        probs = torch.softmax(logits / max(temp, 1e-2), dim=-1)               # audiocraft's floor of 0.01
+        kept = top_p_filter(probs, top_p)
+        drawn = (kept.clamp_min(1e-30).log() + specmaskgit.gumbel(kept.shape, g, device)).argmax(-1)  # a draw from kept
+        drawn = torch.where(now, drawn, tokens)                                # (B, n)
+        p_self = probs.gather(-1, drawn[..., None])[..., 0]                   # (B, n) p(drawn) at this temperature
+        conf = p_self
+        if rescorer is not None:                                              # Sec. 3.4: the external model's view
+            grid = tokens.view(B, R, C)
+            ext = rescorer(grid, cond, masked.view(B, R, C)).float().softmax(-1)   # its conditional probabilities
+            conf = rescore(p_self, ext.gather(-1, drawn[..., None])[..., 0], rescore_weight)
+        return drawn, p_self, conf
+
+    def report(committed, p_self, scale, temp):
+        if on_step is not None:
+            on_step(dict(step=step, steps=total, left=int(masked.sum()), committed=committed, masked=masked,
+                         known=known, belief=tokens, logp_drawn=p_self.clamp_min(1e-30).log(),
+                         cfg_scale=float(scale.mean()), temperature=temp))
+
+    # 1. the hybrid's prefix, one column per pass
+    for col in range(prefix_cols):
+        now = masked & (col_of == col)                                        # (B, n)
+        gamma = masked.sum(1).float() / max(1, n)                             # the share still masked: (B,)
+        scale = guidance[0] * gamma + guidance[1] * (1 - gamma)
+        drawn, p_self, _ = draw(now, scale, 1.0)
+        tokens = drawn
+        masked = masked & ~now
+        order.masked_fill_(now, step)
+        report(now, p_self, scale, 1.0)
+        step += 1
+
+    # 2. the rest in parallel: one phase per row (or all rows in one phase)
+    phases = [torch.ones(n, dtype=torch.bool, device=device)] if len(row_steps) == 1 else \
+             [row_of == r for r in range(R)]
+    for in_phase, S in zip(phases, row_steps):
+        todo = masked & in_phase                                              # (B, n) positions of this phase
+        span_todo = torch.zeros(B, n_spans, dtype=torch.bool, device=device).scatter_reduce(
+            1, ids.expand(B, -1), todo, "amax")                               # (B, n_spans) spans with work
+        n_b = span_todo.sum(1).tolist()                                       # spans per sample
+        span_masked = span_todo.clone()
+        for s in range(S):
+            if not span_masked.any():
+                break
+            now = todo & span_masked.gather(1, ids.expand(B, -1))            # (B, n) masked positions of the phase
+            gamma = torch.tensor([masked_share(s, S) for _ in range(B)], device=device)
+            scale = guidance[0] * gamma + guidance[1] * (1 - gamma)           # guidance_scale, per sample
+            temp = temperature(s, S, temperature_start)
+            drawn, p_self, conf = draw(now, scale, temp)
+            score = span_confidence(conf, ids, now, n_spans, scoring)         # (B, n_spans)
+            score = score.masked_fill(~span_masked, float("inf"))             # committed spans stay committed
+            keep = torch.tensor([spans_masked(s + 1, S, u) if s < S - 1 and u else 0 for u in n_b], device=device)
+            rank = score.argsort(dim=1).argsort(dim=1)                        # 0 = least confident span
+            span_masked = span_masked & (rank < keep[:, None])
+            committed = now & ~span_masked.gather(1, ids.expand(B, -1))
+            tokens = torch.where(now, drawn, tokens)                          # beliefs at still-masked positions
+            masked = masked & ~committed
+            todo = todo & ~committed
+            order.masked_fill_(committed, step)
+            report(committed, p_self, scale, temp)
+            step += 1
+    tokens = tokens.view(B, R, C)
+    return (tokens, order.view(B, R, C).cpu()) if record_order else tokens
+
+
+if __name__ == "__main__":
+    R, C = (int(x) for x in sys.argv[1:3]) if len(sys.argv) > 2 else (5, 53)
+    for L in (1, 2, 3, 4):
+        share = expected_masked_share(R, C, L)
+        spans = [int(torch.searchsorted(share, torch.tensor(r, dtype=torch.float64))) for r in (0.25, 0.55, 0.9)]
+        print(f"span_len {L} on a {R} x {C} grid: spans for 25/55/90 % masked: {spans}")
+    S = ROW_STEPS[0]
+    print("step:        " + " ".join(f"{s + 1:5d}" for s in range(S)))
+    print("guidance:    " + " ".join(f"{guidance_scale(masked_share(s, S)):5.2f}" for s in range(S)))
+    print("temperature: " + " ".join(f"{temperature(s, S):5.2f}" for s in range(S)))

@@ -1,0 +1,200 @@
+"""magnet.py: MAGNeT's span masks, schedules, top-p, span scoring, rescoring, restricted context and sampler,
+each against an independent computation (tiny models, fp32)."""
+
+import dataclasses
+import itertools
+import math
+
+import torch
+
+import magnet
+import specmaskgit
+from runtime import config_from_dict
+
+TINY = specmaskgit.PRESETS["tiny"]
+SMALL = dataclasses.replace(TINY, n_layers=2, width=64, n_heads=4, mlp=128, n_codes=32)
+
+
+def runs_per_row(mask_rows):
+    """Lengths of the maximal runs of True in each row of a (R, C) bool tensor."""
+    out = []
+    for row in mask_rows.tolist():
+        out += [len(list(g)) for v, g in itertools.groupby(row) if v]
+    return out
+
+
+def test_span_masks_hit_the_sampled_ratio_on_average():
+    g = torch.Generator().manual_seed(0)
+    for ratio in (0.2, 0.55, 0.85):
+        cfg = dataclasses.replace(TINY, span_len=3, mask_mean=ratio, mask_std=1e-6)   # every ratio ~ `ratio`
+        m = magnet.span_mask(4000, cfg.rows * cfg.cols, cfg, g)
+        assert abs(m.float().mean().item() - ratio) < 0.01
+
+
+def test_expected_masked_share_equals_enumeration_of_all_start_sets():
+    R, C, L = 2, 5, 2
+    places = [(r, j) for r in range(R) for j in range(C - L + 1)]
+    share = magnet.expected_masked_share(R, C, L)
+    for u in range(len(places) + 1):
+        covered = []
+        for starts in itertools.combinations(places, u):
+            grid = torch.zeros(R, C, dtype=torch.bool)
+            for r, j in starts:
+                grid[r, j:j + L] = True
+            covered.append(grid.sum().item() / (R * C))
+        assert abs(share[u].item() - sum(covered) / len(covered)) < 1e-9
+
+
+def test_span_masks_are_runs_of_at_least_span_len_inside_each_row():
+    g = torch.Generator().manual_seed(1)
+    for L in (2, 3, 4):
+        cfg = dataclasses.replace(TINY, span_len=L)
+        m = magnet.span_mask(300, cfg.rows * cfg.cols, cfg, g).view(300, cfg.rows, cfg.cols)
+        assert m.view(300, -1).any(1).all()                                  # every sample has a loss
+        for b in range(300):                                                 # a span crossing into the next row
+            assert min(runs_per_row(m[b])) >= L                              # would leave a shorter run at each end
+
+
+def test_one_span_masks_exactly_span_len_tokens():
+    cfg = dataclasses.replace(TINY, span_len=3, mask_mean=1e-3, mask_std=1e-6)   # ratio ~ 0: one span
+    m = magnet.span_mask(50, cfg.rows * cfg.cols, cfg, torch.Generator().manual_seed(2))
+    assert (m.sum(1) == 3).all()
+
+
+def test_guidance_and_temperature_schedules_step_by_step():
+    S = 3                                                                    # gamma = cos(0), cos(pi/4), cos(pi/2)
+    expected_gamma = [1.0, math.sqrt(0.5), 0.0]
+    for s in range(S):
+        gamma = magnet.masked_share(s, S)
+        assert abs(gamma - expected_gamma[s]) < 1e-12
+        assert abs(magnet.guidance_scale(gamma) - (10 * expected_gamma[s] + 1 * (1 - expected_gamma[s]))) < 1e-12
+    assert [magnet.temperature(s, S) for s in range(S)] == [2.0, 1.0, 0.0]   # 3 (S - 1 - s) / S
+    assert [magnet.spans_masked(s, 5, 10) for s in range(5)] == [10, 9, 7, 3, 1]   # floor(10 cos(pi/8 s)), >= 1
+
+
+def test_sampler_uses_the_annealed_guidance_and_temperature_at_each_step():
+    torch.manual_seed(0)
+    model = specmaskgit.SpecMaskGIT(SMALL).eval()
+    record = []
+    magnet.generate(model, torch.randn(1, 512), row_steps=(6,), span_len=1, seed=0, on_step=record.append)
+    assert len(record) == 6
+    for s, info in enumerate(record):
+        gamma = math.cos(math.pi / 2 * s / 5)
+        assert abs(info["cfg_scale"] - (10 * gamma + (1 - gamma))) < 1e-5
+        assert abs(info["temperature"] - 3 * (5 - s) / 6) < 1e-12
+
+
+def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p():
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3])
+    assert torch.allclose(magnet.top_p_filter(probs, 0.8), torch.tensor([0, 0.625, 0, 0.375]))
+    assert torch.allclose(magnet.top_p_filter(probs, 0.81), torch.tensor([0.15, 0.5, 0, 0.3]) / 0.95)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        p = torch.rand(10, generator=g).softmax(0)
+        target = torch.rand(1, generator=g).item()
+        kept = magnet.top_p_filter(p, target) > 0
+        # brute force: the fewest most likely tokens whose mass reaches target
+        ordered = p.sort(descending=True).values
+        k = next(k for k in range(1, 11) if ordered[:k].sum() >= target - 1e-7)
+        assert kept.sum().item() == k and p[kept].min() >= ordered[k - 1] - 1e-7
+
+
+def test_span_scoring_max_and_prod():
+    ids = magnet.span_ids(1, 7, 3)                                           # spans {0,1,2} {3,4,5} {6}
+    assert ids.tolist() == [0, 0, 0, 1, 1, 1, 2]
+    conf = torch.tensor([[0.9, 0.2, 0.5, 0.4, 0.4, 0.1, 0.7]])
+    counted = torch.tensor([[True, True, True, True, True, False, True]])   # position 5 was not drawn now
+    mx = magnet.span_confidence(conf, ids, counted, 3, "max")
+    prod = magnet.span_confidence(conf, ids, counted, 3, "prod")
+    assert torch.allclose(mx, torch.tensor([[0.9, 0.4, 0.7]]))
+    assert torch.allclose(prod, torch.log(torch.tensor([[0.9 * 0.2 * 0.5, 0.4 * 0.4, 0.7]])))
+
+
+def test_rescoring_mixes_seven_tenths_external():
+    p_self, p_ext = torch.tensor([0.2, 0.9]), torch.tensor([0.6, 0.1])
+    assert torch.allclose(magnet.rescore(p_self, p_ext), torch.tensor([0.7 * 0.6 + 0.3 * 0.2, 0.7 * 0.1 + 0.3 * 0.9]))
+
+
+def restricted_outputs(model, tokens, k):
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    attn = magnet.context_mask(model.cfg.rows, model.cfg.cols, k)
+    cond = torch.randn(1, 512, generator=torch.Generator().manual_seed(4))
+    return model(tokens, cond, mask, attn_mask=attn).view(model.cfg.rows, model.cfg.cols, -1)
+
+
+def test_restricted_attention_reaches_k_columns_per_layer():
+    torch.manual_seed(0)
+    for layers in (1, 2):
+        model = specmaskgit.SpecMaskGIT(dataclasses.replace(SMALL, n_layers=layers)).eval()
+        k, col, reach = 2, 4, 2 * layers
+        tokens = torch.randint(0, SMALL.n_codes, (1, SMALL.rows, SMALL.cols), generator=torch.Generator().manual_seed(5))
+        base = restricted_outputs(model, tokens, k)
+        for other, row in ((col + reach, 3), (col + reach + 1, 3), (col - reach - 1, 0)):
+            changed = tokens.clone()
+            changed[0, row, other] = (changed[0, row, other] + 1) % SMALL.n_codes
+            out = restricted_outputs(model, changed, k)
+            moved = (out[1, col] - base[1, col]).abs().max().item()
+            if abs(other - col) <= reach:
+                assert moved > 1e-4
+            else:
+                assert moved == 0.0
+
+
+def test_no_attention_mask_is_the_unrestricted_model():
+    torch.manual_seed(0)
+    model = specmaskgit.SpecMaskGIT(SMALL).eval()
+    tokens = torch.randint(0, SMALL.n_codes, (2, SMALL.rows, SMALL.cols))
+    mask, cond = torch.rand(2, SMALL.rows, SMALL.cols) < 0.5, torch.randn(2, 512)
+    everyone = torch.ones(SMALL.rows * SMALL.cols + 1, SMALL.rows * SMALL.cols + 1, dtype=torch.bool)
+    assert torch.allclose(model(tokens, cond, mask), model(tokens, cond, mask, attn_mask=everyone), atol=1e-6)
+
+
+def test_sampler_fills_every_position_and_never_changes_known_tokens():
+    torch.manual_seed(0)
+    model = specmaskgit.SpecMaskGIT(SMALL).eval()
+    g = torch.Generator().manual_seed(6)
+    known_tokens = torch.randint(0, SMALL.n_codes, (3, SMALL.rows, SMALL.cols), generator=g)
+    known_mask = torch.rand(3, SMALL.rows, SMALL.cols, generator=g) < 0.3
+    for options in (dict(), dict(row_steps=(16,), scoring="prod"), dict(span_len=1, context=1),
+                    dict(prefix_cols=3, rescorer=specmaskgit.SpecMaskGIT(SMALL).eval())):
+        tokens, order = magnet.generate(model, torch.randn(3, 512), span_len=options.pop("span_len", 3),
+                                        known_tokens=known_tokens, known_mask=known_mask, seed=1,
+                                        record_order=True, **options)
+        assert (tokens[known_mask] == known_tokens[known_mask]).all()
+        assert (order[known_mask] == -1).all() and (order[~known_mask] >= 0).all()
+
+
+def test_spans_are_committed_whole():
+    torch.manual_seed(0)
+    model = specmaskgit.SpecMaskGIT(SMALL).eval()
+    _, order = magnet.generate(model, torch.randn(2, 512), span_len=3, seed=2, record_order=True)
+    spans = order.view(2, SMALL.rows, -1)[..., :15].reshape(2, SMALL.rows, 5, 3)   # the whole spans of each row
+    assert (spans == spans[..., :1]).all()
+
+
+def test_training_with_span_masks_lowers_the_loss_on_a_tiny_batch():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, span_len=3)
+    trainer = specmaskgit.Trainer(cfg, lr=3e-3, draw_mask=magnet.span_mask)
+    tokens = torch.randint(0, cfg.n_codes, (8, cfg.rows, cfg.cols))
+    batch = {"tokens": tokens, "cond": torch.randn(8, 512)}
+    mask = magnet.span_mask(8, cfg.rows * cfg.cols, cfg, torch.Generator().manual_seed(7)).view(8, cfg.rows, cfg.cols)
+
+    def held_loss():
+        with torch.no_grad():
+            return specmaskgit.masked_loss(trainer.model.eval(), tokens, batch["cond"], mask=mask,
+                                           drop_cond=torch.zeros(8, dtype=torch.bool))[0].item()
+    before = held_loss()
+    for step in range(20):
+        trainer.step(batch, step)
+    assert held_loss() < before - 0.1
+
+
+def test_span_len_needs_the_span_mask_and_old_configs_load_with_per_token_masks():
+    try:
+        specmaskgit.Trainer(dataclasses.replace(SMALL, span_len=3))
+        raise AssertionError("a span_len 3 trainer without span masks was built")
+    except ValueError as e:
+        assert "span_mask" in str(e)
+    saved = {k: v for k, v in dataclasses.asdict(TINY).items() if k != "span_len"}   # a checkpoint from before
+    assert config_from_dict(specmaskgit.Config, saved).span_len == 1
