@@ -384,42 +384,7 @@ def pick_dtype(device: str, name: str | None = None, verbose: bool = True) -> to
     elif cpu_has_native_bf16():
         dtype, why = torch.bfloat16, "this CPU has AMX/AVX-512 BF16"
     else:
-        dtype, why = torch.float32, "this CPU has no native bf16 (it would be ~300x slower)"
+        dtype, why = torch.float32, "this CPU has no native bf16; emulated bf16 is several times slower"
     if verbose:
         print(f"compute dtype: {str(dtype).replace('torch.', '')} on {device} ({why})")
     return dtype
-
-
-def pick_inference_dtype(device: str, name: str | None, width: int, verbose: bool = True) -> torch.dtype:
-    """sample.py's choice for a transformer of this `width`; may be torch.qint8 (fast.quantize_int8).
-
-    `name` ("fp32", "bf16", "fp16", "int8") overrides. "auto" (or None) picks what pays on this machine:
-    - CUDA: bf16 (tensor cores);
-    - a small model (width < 512, the toy demo) on a CPU: fp32; its matrices are too small for bf16
-      or int8 to win back their conversions, and the tests stay in fp32 on every CPU;
-    - a larger model on a CPU: the fastest of fp32, bf16 and int8 (int8 weights for the transformer's
-      linear layers, fp32 elsewhere), timed once on this CPU and cached (fast.measure_cpu_dtype).
-    """
-    if name not in (None, "auto", "int8", *DTYPES):
-        raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}, int8, not {name!r}.")
-    if name == "int8":
-        dtype, why = torch.qint8, "asked for with --dtype"
-    elif name not in (None, "auto"):
-        return pick_dtype(device, name, verbose)
-    elif device == "cuda":
-        dtype, why = torch.bfloat16, "tensor cores on CUDA"
-    elif width < 512:
-        dtype, why = torch.float32, "a small model on a CPU: lower precision does not pay"
-    else:
-        dtype, why = _measured_cpu_dtype(width, verbose), "the fastest on this CPU, measured"
-    if device == "cuda" and dtype == torch.qint8:
-        raise UserError("--dtype int8 is for CPUs (PyTorch's dynamic quantisation has no CUDA kernels); use bf16.")
-    if verbose:
-        shown = "int8 (transformer linears; fp32 elsewhere)" if dtype == torch.qint8 else str(dtype).replace("torch.", "")
-        print(f"compute dtype: {shown} on {device} ({why})")
-    return dtype
-
-
-def _measured_cpu_dtype(width: int, verbose: bool) -> torch.dtype:
-    import fast                                        # the speed-up file; imported only when a CPU dtype is measured
-    return {"int8": torch.qint8, **DTYPES}[fast.measure_cpu_dtype(width, verbose=verbose)]
