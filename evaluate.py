@@ -101,8 +101,8 @@ def clap_score(text_emb: torch.Tensor, audio_emb: torch.Tensor) -> float:
 def make_embedder(pipe, laion_ckpt: str | None = None):
     """A function wav (B, T) -> (B, D) on the CPU, and its name for the tables."""
     if laion_ckpt:
-        import clap
-        laion = clap.load_clap("laion", laion_ckpt, device=pipe.device)
+        import clap_format
+        laion = clap_format.load_clap("laion", laion_ckpt, device=pipe.device)
         return (lambda wav: laion.embed_audio(wav).float().cpu()), "LAION-CLAP audio embedding"
     return (lambda wav: pipe.clap.embed_audio(wav.to(pipe.device)).float().cpu()), "TinyCLAP audio embedding"
 

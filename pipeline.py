@@ -49,7 +49,7 @@ class Pipeline:
 def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="cpu", dtype="fp32",
                   verbose=True) -> Pipeline:
     """dtype: "fp32" | "bf16" | "fp16" | "int8" | "auto" (fast.pick_inference_dtype: the machine's fast one)."""
-    import clap
+    import clap_format
     import hifigan_format
     import specmaskgit
     import vqgan
@@ -66,7 +66,7 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
             or num_samples % (16 * mel.HOP)):
         raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of token "
                         f"columns (a multiple of {16 * mel.HOP} samples) up to {MAX_CLIP_SAMPLES}.")
-    vq = rebuild(ckpt, "vqgan", vqgan.from_checkpoint, bundle["vqgan"]).to(device).eval()
+    vq = rebuild(ckpt, "vqgan", lambda e: build_model(vqgan.VQGAN, vqgan.Config, e, "vqgan"), bundle["vqgan"]).to(device)
     transformer = rebuild(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config, e,
                                                                      "transformer"), bundle["transformer"]).to(device)
     # Stages of two runs in one file (a transformer trained on another codebook or clip length, bundled by
@@ -82,9 +82,9 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
     if device == "cuda":                                       # the 24 blocks replayed as one CUDA graph per shape
         transformer = fast.GraphedTransformer(transformer)
     if clap_ckpt:
-        conditioner = clap.load_clap("laion", clap_ckpt, device=device)
+        conditioner = clap_format.load_clap("laion", clap_ckpt, device=device)
     elif "clap" in bundle:
-        conditioner = rebuild(ckpt, "clap", clap.from_checkpoint, bundle["clap"]).to(device).eval()
+        conditioner = rebuild(ckpt, "clap", clap_format.load_tiny, bundle["clap"]).to(device)
     else:
         raise UserError(f"{ckpt} holds no CLAP model; pass --clap-ckpt 630k-audioset-best.pt.")
     if vocoder_ckpt:

@@ -273,15 +273,16 @@ def load_weights(module: torch.nn.Module, state: dict, what: str) -> None:
     module.load_state_dict(state)
 
 
-def build_model(model_class, config_class, ckpt: dict, stage: str):
-    """The model of an inference checkpoint ({"stage", "config", "model"}), in eval mode.
+def build_model(model_class, config_class, ckpt: dict, stage: str, **more):
+    """The model of an inference checkpoint ({"stage", "config", "model"}), in eval mode. `more` goes to the
+    model's constructor beside the config (TinyCLAP's vocabulary).
 
     The config is checked entry by entry before anything is built (config_from_dict), then every weight
     by name and shape (load_weights): a checkpoint of another stage, size or shape is one sentence.
     """
     if ckpt.get("stage") != stage:
         raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a {stage} one.")
-    model = model_class(config_from_dict(config_class, ckpt["config"], f"{stage} checkpoint"))
+    model = model_class(config_from_dict(config_class, ckpt["config"], f"{stage} checkpoint"), **more)
     load_weights(model, ckpt["model"], f"{stage} checkpoint")
     return model.eval()
 

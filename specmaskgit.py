@@ -20,8 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from runtime import count_parameters, load_into, rank_and_world, unwrap
-
 
 @dataclass
 class Config:
@@ -157,7 +155,7 @@ def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> to
 
 def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None):
     """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy)."""
-    cfg = unwrap(model).cfg
+    cfg = model.cfg
     B, R, C = tokens.shape
     if mask is None:
         mask = sample_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
@@ -297,8 +295,9 @@ class Trainer:
     and one optimisation step with gradient clipping at 1.0 (train.py runs the loop)."""
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,
-                 amp_dtype: torch.dtype = torch.float32):
+                 amp_dtype: torch.dtype = torch.float32, rank: int = 0, world: int = 1):
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        self.rank, self.world = rank, world                                     # this process of `world` (torchrun)
         self.model = SpecMaskGIT(cfg).to(device)
         self.ddp_modules = ["model"]
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -310,8 +309,7 @@ class Trainer:
     def step(self, batch: dict, step: int) -> dict:
         self.model.train()
         tokens, cond = batch["tokens"].to(self.device), batch["cond"].to(self.device)
-        rank, world = rank_and_world()
-        g = torch.Generator().manual_seed(step * world + rank)                  # masks replay on --resume; GPUs differ
+        g = torch.Generator().manual_seed(step * self.world + self.rank)        # masks replay on --resume; GPUs differ
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
             loss, acc = masked_loss(self.model, tokens, cond, generator=g)
         opt = self.optimizers[0]
@@ -322,20 +320,20 @@ class Trainer:
         return {"loss": loss.detach(), "acc": acc.detach(), "grad_norm": grad_norm.detach()}   # read at log time
 
     def checkpoint(self) -> dict:
-        return {"stage": "transformer", "config": dataclasses.asdict(self.cfg), "model": unwrap(self.model).state_dict()}
+        return {"stage": "transformer", "config": dataclasses.asdict(self.cfg), "model": self.model.state_dict()}
 
     def state_dict(self) -> dict:
         return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
-        load_into(unwrap(self.model), d, "transformer")
+        self.model.load_state_dict(d["model"])
         self.optimizers[0].load_state_dict(d["optimizer"])
 
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "full"
     model = SpecMaskGIT(PRESETS[name])
-    print(f"{name}: {count_parameters(model) / 1e6:.1f} M parameters")
+    print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
     n = model.cfg.rows * model.cfg.cols
     print("step:   " + " ".join(f"{s + 1:4d}" for s in range(16)))
     print("masked: " + " ".join(f"{mask_schedule(s, 16, n):4d}" for s in range(16)))
