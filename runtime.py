@@ -1,20 +1,32 @@
 """
 runtime.py — the few things every stage shares: user errors, checkpoints, device and dtype.
 
-Why a file of its own: the four model files, train.py and sample.py all save and load checkpoints and
-all pick a device and a compute precision. Writing that once means every stage gets the same crash
-safety (atomic writes, `weights_only=True` loads) and the same one-sentence errors.
+Why a file of its own: every stage saves and loads checkpoints, and every command picks a device and
+a compute precision and turns bad input into one sentence. Writing that once means every stage gets the
+same crash safety (atomic writes, `weights_only=True` loads) and the same errors. It is the ground
+floor: it imports nothing of the project, and the model files do not import it (the edges and the
+commands do the loading and checking for them).
 
-  UserError          bad input from the user; the command lines print its message and exit with 2
-  run_command        the command lines' main(): a UserError becomes that one line and exit code 2
-  save_checkpoint    write a dict of tensors/numbers/strings atomically (<path>.partial-<pid>, then rename)
-  load_checkpoint    read it back with weights_only=True, checking which stage wrote it and what it holds
-  check_config       name the fields where a checkpoint's config differs from the model's
-  config_from_dict   rebuild a Config from a checkpoint, every entry type- and range-checked first
-  load_weights       load_state_dict with a missing or misshapen weight as one sentence
-  pick_device        "cuda" when there is a GPU, else "cpu"
-  make_output_folder create a run/sample folder, or say in one sentence why it cannot be
-  pick_dtype         the fastest precision the device runs natively (never bf16 on a CPU without it)
+  UserError             bad input from the user; the command lines print its message and exit with 2
+  partial_path          where a file is written before its rename: <path>.partial-<pid>
+  write_atomically      write a file through a partial file and a rename; a failure leaves the old one
+  save_checkpoint       a dict of tensors/numbers/strings, written atomically
+  load_checkpoint       read it back with weights_only=True, checking its stage and entries (check_entries)
+  non_finite_entry      the first NaN or infinite tensor in a checkpoint, by name
+  check_config          name the fields where a checkpoint's config differs from the model's
+  config_from_dict      rebuild a Config from a checkpoint, every entry type- and range-checked first
+  check_config_values   one sentence for a config value no model can be built with (value_rule)
+  load_weights          load_state_dict with a missing or misshapen weight as one sentence
+  build_model           the model of an inference checkpoint: config_from_dict, then load_weights
+  load_into             an inference checkpoint into a model that already exists
+  count_parameters      the number of weights of a module
+  make_output_folder    create a run/sample folder, or say in one sentence why it cannot be
+  run_command           the command lines' main(): a UserError becomes one line and exit code 2
+  ArgumentParser        argparse whose rejections are UserErrors
+  pick_device           "cuda" when there is a GPU, else "cpu"
+  cpu_has_native_bf16   AMX or AVX-512 BF16 on this CPU
+  pick_dtype            the precision the device runs natively (never bf16 on a CPU without it);
+                        fast.pick_inference_dtype is sample.py's choice, which may measure
 """
 
 import argparse
@@ -295,19 +307,6 @@ def load_into(model: torch.nn.Module, ckpt: dict, stage: str) -> None:
         raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a {stage} one.")
     check_config(model.cfg, {**dataclasses.asdict(model.cfg), **ckpt["config"]}, f"{stage} checkpoint")
     load_weights(model, ckpt["model"], f"{stage} checkpoint")
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DistributedDataParallel wrapper (train.py's DDP), or the module itself."""
-    return getattr(module, "module", module)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(this process's rank, number of processes) under torchrun; (0, 1) in a plain run."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def count_parameters(module: torch.nn.Module) -> int:
