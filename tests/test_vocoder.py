@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import fast
 import hifigan_format
+import runtime
 import mel
 import vocoder
 from runtime import UserError, count_parameters
@@ -402,8 +403,8 @@ def test_trainer_steps_resumes_and_writes_a_loadable_checkpoint():
     assert torch.equal(u.opt_d.state_dict()["state"][0]["exp_avg_sq"], t.opt_d.state_dict()["state"][0]["exp_avg_sq"])
     a, b = t.step(clips, 2), u.step(clips, 2)
     assert a["d_loss"] == b["d_loss"] and a["mel_l1"] == b["mel_l1"]     # computed before this step's updates
-    with pytest.raises(UserError, match="mpd_width"):
-        vocoder.Trainer(dataclasses.replace(cfg, mpd_width=8)).load_state_dict(t.state_dict())
+    with pytest.raises(UserError, match="mpd_width"):                     # train.py's --resume checks this first
+        runtime.check_config(dataclasses.replace(cfg, mpd_width=8), t.state_dict()["config"], "vocoder run")
     assert hifigan_format.vocode(hifigan_format.load_vocoder(t.checkpoint()), log_mel(4)[0], torch.float32).shape == (1024,)
 
 
