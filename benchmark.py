@@ -18,8 +18,8 @@ transformer's blocks as a CUDA graph (fast.py). The last lines time the fast pat
 sample.py makes: generate, decode, vocode), again in a fresh process, with its peak memory, and the
 throughput of batches of clips (--batches).
 
-  python sample.py --benchmark tiny              # the toy demo's sizes: seconds
-  python sample.py --benchmark full              # the paper's sizes (3 runs per row; minutes on a CPU)
+  python benchmark.py tiny                       # the toy demo's sizes
+  python benchmark.py full                       # the paper's sizes (3 runs per row)
   python benchmark.py full --device cuda --batches 16,64   # the same, with batched throughput
   python benchmark.py full --train --batch 4     # training throughput of the transformer stage
 """
@@ -45,7 +45,8 @@ import mel
 import specmaskgit
 import vocoder
 import vqgan
-from runtime import DTYPES, ArgumentParser, UserError, pick_device, pick_inference_dtype, run_command
+from fast import pick_inference_dtype
+from runtime import DTYPES, ArgumentParser, UserError, pick_device, run_command
 
 STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # Sec. 3.4 / Sec. 4: the paper's sampling settings
 CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}

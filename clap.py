@@ -18,9 +18,8 @@ Two models, one interface (every method returns float32 rows of unit length, on 
   TinyCLAP   written out here (0.52 M parameters in the tiny preset, 2.4 M in "full"): a small CNN over
              our log-mel, a transformer over words, trained in minutes on the toy sound world
              (`train.py --stage clap --data toy`). Config, towers, model, loss, then its Trainer.
-  LaionCLAP  at the end of the file: a thin wrapper around the laion-clap package (imported only when
-             asked for): resamples our 22050 Hz audio to the 48 kHz CLAP was trained on, batches,
-             L2-normalises.
+  LaionCLAP  in clap_format.py (an edge, like hifigan_format.py): a thin wrapper around the laion-clap
+             package; clap_format.load_clap gives either model from its checkpoint.
 
 The modality gap (Liang et al., "Mind the Gap", NeurIPS 2022): contrastive training leaves the audio and the
 text embeddings in two separate cones, so a text embedding is never quite where the audio embeddings
@@ -29,7 +28,7 @@ see `TinyCLAP.embed_audio`); `modality_gap` measures it; `noise_augment` is the 
 
 In:  waveforms (B, T) at 22050 Hz, captions (list of str)
 Out: embeddings (B, 512), L2-normalised
-Run alone: python clap.py [tiny_clap.pt]   # sizes of the presets, or a checkpoint's size and vocabulary
+Run alone: python clap.py   # sizes of the presets
 """
 
 import collections
@@ -46,10 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mel
-from runtime import UserError, check_config, config_from_dict, count_parameters, load_weights
 
 EMBED_DIM = 512          # the width of LAION-CLAP's joint space; SpecMaskGIT projects it 512 -> 768 (Sec. 3.3)
-LAION_SR = 48000         # LAION-CLAP's audio tower (HTSAT) was trained on 48 kHz audio
 
 
 @dataclass
@@ -196,7 +193,7 @@ class TinyCLAP(nn.Module):
     def __init__(self, cfg: Config, vocab: list[str]):
         super().__init__()
         if not vocab:
-            raise UserError("TinyCLAP needs a vocabulary; build it from the training captions with clap.build_vocab.")
+            raise ValueError("TinyCLAP needs a vocabulary; build it from the training captions with clap.build_vocab.")
         self.cfg = cfg
         self.vocab = list(vocab)
         self.index = {w: i + 1 for i, w in enumerate(self.vocab)}        # word -> embedding row (0 = padding)
@@ -264,38 +261,22 @@ class TinyCLAP(nn.Module):
         """Captions -> (B, 512) unit vectors; with return_unknown also each caption's ignored words.
 
         A caption that is empty or has no word in the vocabulary cannot be embedded (it would be the
-        padding's vector, i.e. "anything"): that is a UserError naming the caption.
+        padding's vector, i.e. "anything"): that is a ValueError naming the caption (sample.py says it
+        in one sentence before it gets here).
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
-            raise UserError("no prompt was given.")
+            raise ValueError("no prompt was given.")
         for t in texts:
             if not words_of(t):
-                raise UserError(f"the prompt {t!r} has no words.")
+                raise ValueError(f"the prompt {t!r} has no words.")
             if all(w not in self.index for w in words_of(t)):
                 some = ", ".join(self.vocab[:: max(1, len(self.vocab) // 12)][:12])
-                raise UserError(f"none of the words of {t!r} is in this TinyCLAP's vocabulary of "
+                raise ValueError(f"none of the words of {t!r} is in this TinyCLAP's vocabulary of "
                                 f"{len(self.vocab)} words (for example: {some}).")
         e = self.text_features(self.tokenize(texts))           # (B, D) in the training space
         e = F.normalize(e - self.text_mean, dim=-1) if center else e
         return (e, [self.unknown_words(t) for t in texts]) if return_unknown else e
-
-    # --- checkpoints --------------------------------------------------------------------------------
-    def load_checkpoint(self, ckpt: dict) -> None:
-        """Load a checkpoint dict into this model; another config or vocabulary is a UserError."""
-        check_config(self.cfg, ckpt["config"], "clap checkpoint")
-        if list(ckpt.get("vocab", [])) != self.vocab:
-            raise UserError("the clap checkpoint was trained with another vocabulary than this model's.")
-        load_weights(self, ckpt["model"], "clap checkpoint")
-
-
-def from_checkpoint(ckpt: dict) -> TinyCLAP:
-    """Rebuild a TinyCLAP from its checkpoint dict (config, vocabulary and weights all come from it)."""
-    if "vocab" not in ckpt:
-        raise UserError("this clap checkpoint has no vocabulary: it was not written by clap.Trainer.")
-    model = TinyCLAP(config_from_dict(Config, ckpt["config"], "clap checkpoint"), list(ckpt["vocab"]))
-    model.load_checkpoint(ckpt)
-    return model.eval()
 
 
 @torch.no_grad()
@@ -393,7 +374,7 @@ class Trainer:
 
     def step(self, batch: dict, step: int) -> dict[str, float]:
         opt = self.optimizers[0]
-        model = getattr(self.model, "module", self.model)     # the TinyCLAP itself, also under DDP
+        model = self.model                                     # under torchrun: train.Replicated, which reads like it
         self.model.train()
         wav = batch["wav"].to(self.device, torch.float32)                            # (B, T)
         captions = list(batch["caption"])
@@ -421,7 +402,7 @@ class Trainer:
         return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
-        self.model.load_checkpoint(d)
+        self.model.load_state_dict(d["model"])                  # train.py has checked the config and the vocabulary
         self.optimizers[0].load_state_dict(d["optimizer"])
 
     def checkpoint(self) -> dict:
@@ -430,130 +411,8 @@ class Trainer:
                 "model": self.model.state_dict()}
 
 
-# ===================================================================================================
-# At the edge: LAION-CLAP, the paper's conditioner, wrapped to our interface (needs laion-clap and its
-# 630k-audioset-best.pt checkpoint), and `load_clap`, which scripts use to get either model.
-# ===================================================================================================
-
-def _import_laion_clap():
-    """Import laion-clap only when it is asked for (it is not needed for anything else)."""
-    try:
-        import laion_clap
-    except ImportError as e:
-        if e.name in ("laion_clap", None):
-            raise UserError("--clap laion needs the laion-clap package: pip install laion-clap "
-                            "(it also needs torchvision and transformers).") from None
-        if e.name == "torchvision":
-            raise UserError(f"laion-clap needs torchvision: pip install the torchvision build that matches "
-                            f"torch {torch.__version__}.") from None
-        raise UserError(f"laion-clap could not import {e.name}: pip install {e.name}.") from None
-    except Exception as e:  # e.g. a torchvision built for another torch fails while importing
-        raise UserError(f"laion-clap is installed but does not import ({type(e).__name__}: {str(e)[:120]}); "
-                        f"reinstall torchvision to match torch {torch.__version__}.") from None
-    return laion_clap
-
-
-class LaionCLAP:
-    """LAION-CLAP ("630k-audioset-best.pt": HTSAT-tiny + RoBERTa, non-fusion, Sec. 3.3) with our interface.
-
-    Everything model-specific stays inside laion-clap; this class only converts: our 22050 Hz audio ->
-    48 kHz (mel.resample), batches of `batch_size`, tensors in and out, unit length. The module it wraps
-    may be anything with laion-clap's two calls (`from_module`), which is how the tests check this logic
-    without the 600 MB checkpoint.
-    """
-
-    def __init__(self, ckpt_path: str, device: str = "cpu", batch_size: int = 16):
-        laion_clap = _import_laion_clap()
-        if ckpt_path and os.path.isdir(ckpt_path):
-            raise UserError(f"{ckpt_path} is a folder; --clap-ckpt needs the file 630k-audioset-best.pt itself.")
-        if not ckpt_path or not os.path.isfile(ckpt_path):
-            what = f"the LAION-CLAP checkpoint {ckpt_path} does not exist" if ckpt_path else "--clap laion needs a checkpoint"
-            raise UserError(f"{what}: download 630k-audioset-best.pt (once, needs internet) from "
-                            "https://huggingface.co/lukewys/laion_clap and pass its path with --clap-ckpt.")
-        try:
-            module = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", device=device)
-        except OSError:  # transformers could not find the RoBERTa tokenizer/config offline
-            raise UserError("laion-clap could not load the 'roberta-base' tokenizer and config: run it once "
-                            "with internet access (or set HF_HOME to a Hugging Face cache that has them).") from None
-        try:
-            try:
-                module.load_ckpt(ckpt_path, verbose=False)
-            except TypeError:  # older laion-clap releases have no `verbose`
-                module.load_ckpt(ckpt_path)
-        except RuntimeError as e:
-            if "position_ids" in str(e):  # LAION-AI/CLAP issue #127: transformers >= 4.31 vs. the 2022 checkpoint
-                raise UserError("this laion-clap release cannot load the checkpoint with your transformers "
-                                "(text_branch.embeddings.position_ids): pip install 'transformers<4.31'.") from None
-            raise UserError(f"{ckpt_path} is not a LAION-CLAP HTSAT-tiny non-fusion checkpoint ({str(e)[:120]}).") from None
-        self._setup(module, device, batch_size)
-
-    @classmethod
-    def from_module(cls, module, device: str = "cpu", batch_size: int = 16) -> "LaionCLAP":
-        """Wrap an already built module with laion-clap's `get_audio_embedding_from_data(x, use_tensor=True)`
-        and `get_text_embedding(texts, use_tensor=True)` (used by the tests with a stand-in)."""
-        obj = cls.__new__(cls)
-        obj._setup(module, device, batch_size)
-        return obj
-
-    def _setup(self, module, device: str, batch_size: int) -> None:
-        self.module, self.device, self.batch_size = module, torch.device(device), batch_size
-
-    def unknown_words(self, text: str) -> list[str]:
-        return []   # RoBERTa's byte-level BPE spells out any word
-
-    @torch.no_grad()
-    def embed_audio(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav (B, T) or (T,) at 22050 Hz -> (B, 512) unit vectors.
-
-        A full clip (217088 samples, 9.85 s) becomes 472,573 samples at 48 kHz; laion-clap pads it by
-        repetition to its 10 s input (480,000 samples).
-        """
-        wav = wav[None] if wav.dim() == 1 else wav
-        x = mel.resample(wav.detach().float().cpu(), mel.SR, LAION_SR)               # (B, T * 48000 / 22050)
-        out = []
-        for i in range(0, x.shape[0], self.batch_size):
-            e = self.module.get_audio_embedding_from_data(x[i:i + self.batch_size].to(self.device), use_tensor=True)
-            out.append(torch.as_tensor(e).float().to(self.device))
-        return F.normalize(torch.cat(out), dim=-1)
-
-    @torch.no_grad()
-    def embed_text(self, texts, return_unknown: bool = False):
-        """Captions -> (B, 512) unit vectors from LAION-CLAP's RoBERTa tower."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts or any(not t.strip() for t in texts):
-            raise UserError("the prompt is empty.")
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            chunk = texts[i:i + self.batch_size]
-            # laion-clap's tokenizer squeezes the batch axis of a single caption and RoBERTa then fails
-            # (LAION-AI/CLAP issue #85), so a lone caption goes in twice and we keep one row.
-            e = self.module.get_text_embedding(chunk * 2 if len(chunk) == 1 else chunk, use_tensor=True)
-            out.append(torch.as_tensor(e).float().to(self.device)[: len(chunk)])
-        e = F.normalize(torch.cat(out), dim=-1)
-        return (e, [[] for _ in texts]) if return_unknown else e
-
-
-def load_clap(kind: str, path: str, device: str = "cpu"):
-    """The conditioner train.py and sample.py use: "tiny" (our checkpoint) or "laion" (the paper's)."""
-    if kind == "tiny":
-        from runtime import load_checkpoint
-        return from_checkpoint(load_checkpoint(path, "clap")).to(device)
-    if kind == "laion":
-        return LaionCLAP(path, device=device)
-    raise UserError(f"--clap must be tiny or laion, not {kind!r}.")
-
-
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        from runtime import load_checkpoint
-        try:
-            m = from_checkpoint(load_checkpoint(sys.argv[1], "clap"))
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        print(f"TinyCLAP {count_parameters(m) / 1e6:.2f} M parameters, {len(m.vocab)} words: {' '.join(m.vocab)}")
-    else:
-        demo_vocab = [f"w{i}" for i in range(200)]
-        for name, cfg in PRESETS.items():
-            print(f"TinyCLAP {name}: {count_parameters(TinyCLAP(cfg, demo_vocab)) / 1e6:.2f} M parameters "
-                  f"(with a 200-word vocabulary)")
+    demo_vocab = [f"w{i}" for i in range(200)]
+    for name, cfg in PRESETS.items():
+        n = sum(p.numel() for p in TinyCLAP(cfg, demo_vocab).parameters())
+        print(f"TinyCLAP {name}: {n / 1e6:.2f} M parameters (with a 200-word vocabulary)")

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import mel
-import sample
+import pipeline
 import toyworld
 from runtime import ArgumentParser, UserError, pick_device, run_command
 
@@ -107,8 +107,8 @@ def clap_score(text_emb: torch.Tensor, audio_emb: torch.Tensor) -> float:
 def make_embedder(pipe, laion_ckpt: str | None = None):
     """A function wav (B, T) -> (B, D) on the CPU, and its name for the tables."""
     if laion_ckpt:
-        import clap
-        laion = clap.load_clap("laion", laion_ckpt, device=pipe.device)
+        import clap_format
+        laion = clap_format.load_clap("laion", laion_ckpt, device=pipe.device)
         return (lambda wav: laion.embed_audio(wav).float().cpu()), "LAION-CLAP audio embedding"
     return (lambda wav: pipe.clap.embed_audio(wav.to(pipe.device)).float().cpu()), "TinyCLAP audio embedding"
 
@@ -118,13 +118,13 @@ def make_embedder(pipe, laion_ckpt: str | None = None):
 # ---------------------------------------------------------------------------------------------------
 
 def generate_clips(pipe, prompts, steps=16, cfg=3.0, temperature=1.5, seed=0, batch=16, cfg_ramp=True) -> torch.Tensor:
-    """One clip per prompt with sample.text_to_audio, `batch` prompts at a time: (N, T) on the CPU.
+    """One clip per prompt with pipeline.text_to_audio, `batch` prompts at a time: (N, T) on the CPU.
 
     Batch i is sampled with seed + i, so the clips do not depend on how many other settings ran before.
     """
     out = []
     for i in range(0, len(prompts), batch):
-        wav, _, _, _ = sample.text_to_audio(pipe, prompts[i:i + batch], n=1, steps=steps, cfg=cfg,
+        wav, _, _, _ = pipeline.text_to_audio(pipe, prompts[i:i + batch], n=1, steps=steps, cfg=cfg,
                                             temperature=temperature, seed=seed + i, verbose=False, cfg_ramp=cfg_ramp)
         out.append(wav.float().cpu())
     return torch.cat(out)                                                     # (N, T)
@@ -134,7 +134,7 @@ def codec_round_trip(pipe, wavs: torch.Tensor, batch=16) -> torch.Tensor:
     """Encode to tokens and decode again, changing no token: what the codec + vocoder alone cost (rFAD)."""
     out = []
     for i in range(0, wavs.shape[0], batch):
-        _, wav = sample.tokens_to_audio(pipe, sample.audio_to_tokens(pipe, wavs[i:i + batch]))
+        _, wav = pipeline.tokens_to_audio(pipe, pipeline.audio_to_tokens(pipe, wavs[i:i + batch]))
         out.append(wav.float().cpu()[:, :wavs.shape[-1]])
     return torch.cat(out)
 
@@ -143,7 +143,7 @@ def vocoder_round_trip(pipe, wavs: torch.Tensor) -> torch.Tensor:
     """The clips' own mel (clipped to the tokenizer's [-80, 20] dB) back to sound by the pipeline's vocoder
     (Griffin-Lim without one): what the last stage alone costs, no token involved."""
     log_mel = mel.denormalize(mel.normalize(mel.mel_spectrogram(wavs)))     # (N, 80, F)
-    return sample.mel_to_audio(pipe, log_mel.to(pipe.device))[:, :wavs.shape[-1]]
+    return pipeline.mel_to_audio(pipe, log_mel.to(pipe.device))[:, :wavs.shape[-1]]
 
 
 def one_step_fill(pipe, wavs: torch.Tensor, prompts: list[str], share: float = 0.5, cfg: float = 3.0,
@@ -155,18 +155,18 @@ def one_step_fill(pipe, wavs: torch.Tensor, prompts: list[str], share: float = 0
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, wavs.shape[0], batch):
-        tokens = sample.audio_to_tokens(pipe, wavs[i:i + batch])                  # (b, R, C)
+        tokens = pipeline.audio_to_tokens(pipe, wavs[i:i + batch])                  # (b, R, C)
         flat = tokens.flatten(1)                                                  # (b, R C)
         hidden = (torch.rand(flat.shape, generator=g) < share).to(flat.device)   # (b, R C) bool
         cond = pipe.clap.embed_text(prompts[i:i + batch]).to(pipe.device)
         with torch.inference_mode():
             logits = specmaskgit.guided_logits(pipe.transformer, flat, cond, hidden, cfg)   # (b, R C, K)
         filled = torch.where(hidden, logits.argmax(-1), flat).view_as(tokens)
-        out.append(sample.tokens_to_audio(pipe, filled)[1].float().cpu()[:, :wavs.shape[-1]])
+        out.append(pipeline.tokens_to_audio(pipe, filled)[1].float().cpu()[:, :wavs.shape[-1]])
     return torch.cat(out)
 
 
-def low_pass(wav: torch.Tensor, cutoff_hz: float = sample.BWE_CUTOFF_HZ) -> torch.Tensor:
+def low_pass(wav: torch.Tensor, cutoff_hz: float = pipeline.BWE_CUTOFF_HZ) -> torch.Tensor:
     """Remove everything at and above `cutoff_hz` with an FFT mask: the input of the BWE task (Table 7)."""
     n = wav.shape[-1]
     hz = torch.fft.rfftfreq(n, 1 / mel.SR)                                    # (n//2+1,) bin frequencies
@@ -416,12 +416,12 @@ def run_ablations(pipe, embed, n: int, seed: int, quick: bool) -> dict:
     start_s, end_s = gap_seconds(pipe.num_samples)
     gapped = inputs.clone()
     gapped[:, int(start_s * mel.SR):int(end_s * mel.SR)] = 0                  # the unprocessed input: silence
-    inpainted = torch.stack([sample.inpaint(pipe, w, start_s, end_s, None, seed=seed + i, verbose=False)[0]
+    inpainted = torch.stack([pipeline.inpaint(pipe, w, start_s, end_s, None, seed=seed + i, verbose=False)[0]
                              for i, w in enumerate(inputs)])
     lowpassed = low_pass(inputs)
-    extended = torch.stack([sample.bandwidth_extension(pipe, w, None, lfr=False, seed=seed + i, verbose=False)[0]
+    extended = torch.stack([pipeline.bandwidth_extension(pipe, w, None, lfr=False, seed=seed + i, verbose=False)[0]
                             for i, w in enumerate(lowpassed)])
-    replaced = sample.low_frequency_replacement(extended, lowpassed)          # LFR = lfr=True, same samples
+    replaced = pipeline.low_frequency_replacement(extended, lowpassed)          # LFR = lfr=True, same samples
     r["table7"] = {
         "m": m, "gap": (start_s, end_s),
         "Unprocessed": (frechet_distance(embed(lowpassed), inputs_emb), frechet_distance(embed(gapped), inputs_emb)),
@@ -466,7 +466,7 @@ def print_ablations(r: dict, embed_name: str) -> None:
 
     t7 = r["table7"]
     a, b = t7["gap"]
-    print(f"\nTable 7 in miniature: zero-shot BWE (input low-passed at {sample.BWE_CUTOFF_HZ / 1000:.1f} kHz) and "
+    print(f"\nTable 7 in miniature: zero-shot BWE (input low-passed at {pipeline.BWE_CUTOFF_HZ / 1000:.1f} kHz) and "
           f"time inpainting (gap {a:.2f}-{b:.2f} s, silent in the input); unconditional, 16 iterations, "
           f"T 1.5; FAD against the {t7['m']} clean inputs\n")
     paper = {"Unprocessed": ("2.7", "1.6"), "SpecMaskGIT": ("1.5", "1.2"), "- w/ LFR": ("0.4", "-"),
@@ -537,7 +537,7 @@ def run_magnet_table(pipe, embed, n: int, per_kind: int, seed: int, span_ckpt: s
         for prompts in (captions, [toyworld.KINDS[k] for k in kinds]):
             for i in range(0, len(prompts), 16):
                 record = []
-                wav, _, _, _ = sample.text_to_audio(run_pipe, prompts[i:i + 16], seed=seed + i, verbose=False,
+                wav, _, _, _ = pipeline.text_to_audio(run_pipe, prompts[i:i + 16], seed=seed + i, verbose=False,
                                                     record=record, magnet_options=options)
                 clips.append(wav.float().cpu())
                 passes.append(len(record))
@@ -577,7 +577,7 @@ MAX_SEED = 2 ** 62   # torch's generators take seeds below 2**63; the clip sets 
 def parse_args(argv=None):
     p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the two judges.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", default=sample.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
+    p.add_argument("--ckpt", default=pipeline.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
     p.add_argument("--quick", action="store_true", help="small sets (a few minutes on 2 CPU cores)")
     p.add_argument("--judges", action="store_true", help="run the two judges (default: judges and ablations)")
     p.add_argument("--ablations", action="store_true", help="run the FAD tables (default: judges and ablations)")
@@ -613,7 +613,7 @@ def parse_args(argv=None):
 def run(args) -> None:
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    pipe = sample.load_pipeline(args.ckpt, device=device, dtype=args.dtype)
+    pipe = pipeline.load_pipeline(args.ckpt, device=device, dtype=args.dtype)
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:

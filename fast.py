@@ -9,7 +9,8 @@ here is one trick, with why it pays. benchmark.py times every one of them agains
   int8 linears              quantize_int8: the transformer's nn.Linear layers with int8 weights (CPUs)
   the plain variants        what a first implementation of Eq. 2 does, for benchmark.py's slow rows
   CUDA graphs               GraphedTransformer: the 24 blocks replayed as one graph per batch shape
-  the CPU's dtype           measure_cpu_dtype: fp32, bf16 or int8, chosen by timing them once here
+  the CPU's dtype           measure_cpu_dtype: fp32, bf16 or int8, chosen by timing them once here;
+                            pick_inference_dtype: sample.py's choice, which uses it for large models
   chunked vocoder           HiFiGAN over cache-sized chunks
 """
 
@@ -19,12 +20,13 @@ import gc
 import json
 import os
 import platform
-import tempfile
 import time
 import warnings
 
 import torch
 import torch.nn as nn
+
+from runtime import DTYPES, UserError, pick_dtype, write_atomically
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,8 +273,39 @@ def measure_cpu_dtype(width: int, timer=time_candidate, cache=CACHE, verbose=Tru
     return choice
 
 
+def pick_inference_dtype(device: str, name: str | None, width: int, verbose: bool = True) -> torch.dtype:
+    """sample.py's choice for a transformer of this `width`; may be torch.qint8 (fast.quantize_int8).
+
+    `name` ("fp32", "bf16", "fp16", "int8") overrides. "auto" (or None) picks what pays on this machine:
+    - CUDA: bf16 (tensor cores);
+    - a small model (width < 512, the toy demo) on a CPU: fp32; its matrices are too small for bf16
+      or int8 to win back their conversions, and the tests stay in fp32 on every CPU;
+    - a larger model on a CPU: the fastest of fp32, bf16 and int8 (int8 weights for the transformer's
+      linear layers, fp32 elsewhere), timed once on this CPU and cached (measure_cpu_dtype).
+    """
+    if name not in (None, "auto", "int8", *DTYPES):
+        raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}, int8, not {name!r}.")
+    if name == "int8":
+        dtype, why = torch.qint8, "asked for with --dtype"
+    elif name not in (None, "auto"):
+        return pick_dtype(device, name, verbose)
+    elif device == "cuda":
+        dtype, why = torch.bfloat16, "tensor cores on CUDA"
+    elif width < 512:
+        dtype, why = torch.float32, "a small model on a CPU: lower precision does not pay"
+    else:
+        dtype = {"int8": torch.qint8, **DTYPES}[measure_cpu_dtype(width, verbose=verbose)]
+        why = "the fastest on this CPU, measured"
+    if device == "cuda" and dtype == torch.qint8:
+        raise UserError("--dtype int8 is for CPUs (PyTorch's dynamic quantisation has no CUDA kernels); use bf16.")
+    if verbose:
+        shown = "int8 (transformer linears; fp32 elsewhere)" if dtype == torch.qint8 else str(dtype).replace("torch.", "")
+        print(f"compute dtype: {shown} on {device} ({why})")
+    return dtype
+
+
 def save_cache(cache: str, key: str, rates: dict) -> None:
-    """Add `key` to the JSON file `cache`: a temporary file, then a rename, so no reader sees half a file."""
+    """Add `key` to the JSON file `cache`, written atomically (runtime.write_atomically)."""
     try:
         with open(cache) as f:
             table = json.load(f)
@@ -282,14 +315,9 @@ def save_cache(cache: str, key: str, rates: dict) -> None:
         table = {}
     table[key] = rates
     try:
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(cache))
-        with os.fdopen(fd, "w") as f:
-            json.dump(table, f, indent=1)
-        os.replace(tmp, cache)
-    except OSError:                                       # no cache: measured again next time, nothing lost
-        if "tmp" in locals() and os.path.exists(tmp):
-            os.remove(tmp)
+        write_atomically(cache, lambda f: f.write(json.dumps(table, indent=1).encode()))
+    except UserError:                                     # no cache: measured again next time, nothing lost
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------

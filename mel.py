@@ -79,11 +79,13 @@ def mel_filterbank(sr: int = SR, n_fft: int = N_FFT, n_mels: int = N_MELS, fmin:
 
 
 _FILTERBANK = mel_filterbank()
+_FILTERBANKS = {FMAX: _FILTERBANK}  # by top frequency: the vocoder's loss mel takes the whole band (vocoder.loss_mel)
 _WINDOW = torch.hann_window(WIN)   # periodic Hann, as torch.hann_window gives and HiFiGAN uses
 
 
-def mel_spectrogram(wav: torch.Tensor) -> torch.Tensor:
+def mel_spectrogram(wav: torch.Tensor, fmax: float = FMAX) -> torch.Tensor:
     """Natural-log mel of `wav` (T,) or (B, T): (80, T // 256) or (B, 80, T // 256). Differentiable.
+    `fmax` is the top filter's upper edge: 8 kHz for the model's mel, 11025 Hz for HiFiGAN's loss mel.
 
     The reflect padding of (1024 - 256) / 2 = 384 samples on each side, with no centring, makes the
     frame count exactly T / 256 (217088 samples -> 848 frames).
@@ -95,7 +97,9 @@ def mel_spectrogram(wav: torch.Tensor) -> torch.Tensor:
     spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=WIN, window=_WINDOW.to(x.device, x.dtype),
                       center=False, return_complex=True)                            # (B, 513, T / 256)
     mag = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)                        # the 1e-9 keeps sqrt's gradient finite
-    mel = torch.matmul(_FILTERBANK.to(x.device, mag.dtype), mag)                    # (B, 80, T / 256)
+    if fmax not in _FILTERBANKS:
+        _FILTERBANKS[fmax] = mel_filterbank(fmax=fmax)
+    mel = torch.matmul(_FILTERBANKS[fmax].to(x.device, mag.dtype), mag)             # (B, 80, T / 256)
     log_mel = torch.log(torch.clamp(mel, min=1e-5))                                 # HiFiGAN's floor: -11.5 = -100 dB
     return log_mel[0] if squeeze else log_mel
 

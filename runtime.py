@@ -1,20 +1,32 @@
 """
 runtime.py — the few things every stage shares: user errors, checkpoints, device and dtype.
 
-Why a file of its own: the four model files, train.py and sample.py all save and load checkpoints and
-all pick a device and a compute precision. Writing that once means every stage gets the same crash
-safety (atomic writes, `weights_only=True` loads) and the same one-sentence errors.
+Why a file of its own: every stage saves and loads checkpoints, and every command picks a device and
+a compute precision and turns bad input into one sentence. Writing that once means every stage gets the
+same crash safety (atomic writes, `weights_only=True` loads) and the same errors. It is the ground
+floor: it imports nothing of the project, and the model files do not import it (the edges and the
+commands do the loading and checking for them).
 
-  UserError          bad input from the user; the command lines print its message and exit with 2
-  run_command        the command lines' main(): a UserError becomes that one line and exit code 2
-  save_checkpoint    write a dict of tensors/numbers/strings atomically (<path>.partial-<pid>, then rename)
-  load_checkpoint    read it back with weights_only=True, checking which stage wrote it and what it holds
-  check_config       name the fields where a checkpoint's config differs from the model's
-  config_from_dict   rebuild a Config from a checkpoint, every entry type- and range-checked first
-  load_weights       load_state_dict with a missing or misshapen weight as one sentence
-  pick_device        "cuda" when there is a GPU, else "cpu"
-  make_output_folder create a run/sample folder, or say in one sentence why it cannot be
-  pick_dtype         the fastest precision the device runs natively (never bf16 on a CPU without it)
+  UserError             bad input from the user; the command lines print its message and exit with 2
+  partial_path          where a file is written before its rename: <path>.partial-<pid>
+  write_atomically      write a file through a partial file and a rename; a failure leaves the old one
+  save_checkpoint       a dict of tensors/numbers/strings, written atomically
+  load_checkpoint       read it back with weights_only=True, checking its stage and entries (check_entries)
+  non_finite_entry      the first NaN or infinite tensor in a checkpoint, by name
+  check_config          name the fields where a checkpoint's config differs from the model's
+  config_from_dict      rebuild a Config from a checkpoint, every entry type- and range-checked first
+  check_config_values   one sentence for a config value no model can be built with (value_rule)
+  load_weights          load_state_dict with a missing or misshapen weight as one sentence
+  build_model           the model of an inference checkpoint: config_from_dict, then load_weights
+  load_into             an inference checkpoint into a model that already exists
+  count_parameters      the number of weights of a module
+  make_output_folder    create a run/sample folder, or say in one sentence why it cannot be
+  run_command           the command lines' main(): a UserError becomes one line and exit code 2
+  ArgumentParser        argparse whose rejections are UserErrors
+  pick_device           "cuda" when there is a GPU, else "cpu"
+  cpu_has_native_bf16   AMX or AVX-512 BF16 on this CPU
+  pick_dtype            the precision the device runs natively (never bf16 on a CPU without it);
+                        fast.pick_inference_dtype is sample.py's choice, which may measure
 """
 
 import argparse
@@ -273,15 +285,16 @@ def load_weights(module: torch.nn.Module, state: dict, what: str) -> None:
     module.load_state_dict(state)
 
 
-def build_model(model_class, config_class, ckpt: dict, stage: str):
-    """The model of an inference checkpoint ({"stage", "config", "model"}), in eval mode.
+def build_model(model_class, config_class, ckpt: dict, stage: str, **more):
+    """The model of an inference checkpoint ({"stage", "config", "model"}), in eval mode. `more` goes to the
+    model's constructor beside the config (TinyCLAP's vocabulary).
 
     The config is checked entry by entry before anything is built (config_from_dict), then every weight
     by name and shape (load_weights): a checkpoint of another stage, size or shape is one sentence.
     """
     if ckpt.get("stage") != stage:
         raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a {stage} one.")
-    model = model_class(config_from_dict(config_class, ckpt["config"], f"{stage} checkpoint"))
+    model = model_class(config_from_dict(config_class, ckpt["config"], f"{stage} checkpoint"), **more)
     load_weights(model, ckpt["model"], f"{stage} checkpoint")
     return model.eval()
 
@@ -294,19 +307,6 @@ def load_into(model: torch.nn.Module, ckpt: dict, stage: str) -> None:
         raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a {stage} one.")
     check_config(model.cfg, {**dataclasses.asdict(model.cfg), **ckpt["config"]}, f"{stage} checkpoint")
     load_weights(model, ckpt["model"], f"{stage} checkpoint")
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DistributedDataParallel wrapper (train.py's DDP), or the module itself."""
-    return getattr(module, "module", module)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(this process's rank, number of processes) under torchrun; (0, 1) in a plain run."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -384,42 +384,7 @@ def pick_dtype(device: str, name: str | None = None, verbose: bool = True) -> to
     elif cpu_has_native_bf16():
         dtype, why = torch.bfloat16, "this CPU has AMX/AVX-512 BF16"
     else:
-        dtype, why = torch.float32, "this CPU has no native bf16 (it would be ~300x slower)"
+        dtype, why = torch.float32, "this CPU has no native bf16; emulated bf16 is several times slower"
     if verbose:
         print(f"compute dtype: {str(dtype).replace('torch.', '')} on {device} ({why})")
     return dtype
-
-
-def pick_inference_dtype(device: str, name: str | None, width: int, verbose: bool = True) -> torch.dtype:
-    """sample.py's choice for a transformer of this `width`; may be torch.qint8 (fast.quantize_int8).
-
-    `name` ("fp32", "bf16", "fp16", "int8") overrides. "auto" (or None) picks what pays on this machine:
-    - CUDA: bf16 (tensor cores);
-    - a small model (width < 512, the toy demo) on a CPU: fp32; its matrices are too small for bf16
-      or int8 to win back their conversions, and the tests stay in fp32 on every CPU;
-    - a larger model on a CPU: the fastest of fp32, bf16 and int8 (int8 weights for the transformer's
-      linear layers, fp32 elsewhere), timed once on this CPU and cached (fast.measure_cpu_dtype).
-    """
-    if name not in (None, "auto", "int8", *DTYPES):
-        raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}, int8, not {name!r}.")
-    if name == "int8":
-        dtype, why = torch.qint8, "asked for with --dtype"
-    elif name not in (None, "auto"):
-        return pick_dtype(device, name, verbose)
-    elif device == "cuda":
-        dtype, why = torch.bfloat16, "tensor cores on CUDA"
-    elif width < 512:
-        dtype, why = torch.float32, "a small model on a CPU: lower precision does not pay"
-    else:
-        dtype, why = _measured_cpu_dtype(width, verbose), "the fastest on this CPU, measured"
-    if device == "cuda" and dtype == torch.qint8:
-        raise UserError("--dtype int8 is for CPUs (PyTorch's dynamic quantisation has no CUDA kernels); use bf16.")
-    if verbose:
-        shown = "int8 (transformer linears; fp32 elsewhere)" if dtype == torch.qint8 else str(dtype).replace("torch.", "")
-        print(f"compute dtype: {shown} on {device} ({why})")
-    return dtype
-
-
-def _measured_cpu_dtype(width: int, verbose: bool) -> torch.dtype:
-    import fast                                        # the speed-up file; imported only when a CPU dtype is measured
-    return {"int8": torch.qint8, **DTYPES}[fast.measure_cpu_dtype(width, verbose=verbose)]

@@ -20,8 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from runtime import count_parameters, load_into, rank_and_world, unwrap
-
 
 @dataclass
 class Config:
@@ -166,7 +164,7 @@ def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> to
 def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None, draw_mask=sample_mask):
     """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy).
     draw_mask(B, n, cfg, generator, device) -> (B, n) bool makes the mask when none is given."""
-    cfg = unwrap(model).cfg
+    cfg = model.cfg
     B, R, C = tokens.shape
     if mask is None:
         mask = draw_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
@@ -307,10 +305,11 @@ class Trainer:
     draw_mask: how training masks are drawn; cfg.span_len > 1 needs MAGNeT's (magnet.span_mask)."""
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,
-                 amp_dtype: torch.dtype = torch.float32, draw_mask=sample_mask):
+                 amp_dtype: torch.dtype = torch.float32, rank: int = 0, world: int = 1, draw_mask=sample_mask):
         if cfg.span_len > 1 and draw_mask is sample_mask:
             raise ValueError(f"span_len {cfg.span_len} needs span masks: pass draw_mask=magnet.span_mask.")
         self.cfg, self.device, self.amp_dtype, self.draw_mask = cfg, device, amp_dtype, draw_mask
+        self.rank, self.world = rank, world                                     # this process of `world` (torchrun)
         self.model = SpecMaskGIT(cfg).to(device)
         self.ddp_modules = ["model"]
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -322,8 +321,7 @@ class Trainer:
     def step(self, batch: dict, step: int) -> dict:
         self.model.train()
         tokens, cond = batch["tokens"].to(self.device), batch["cond"].to(self.device)
-        rank, world = rank_and_world()
-        g = torch.Generator().manual_seed(step * world + rank)                  # masks replay on --resume; GPUs differ
+        g = torch.Generator().manual_seed(step * self.world + self.rank)        # masks replay on --resume; GPUs differ
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
             loss, acc = masked_loss(self.model, tokens, cond, generator=g, draw_mask=self.draw_mask)
         opt = self.optimizers[0]
@@ -334,20 +332,20 @@ class Trainer:
         return {"loss": loss.detach(), "acc": acc.detach(), "grad_norm": grad_norm.detach()}   # read at log time
 
     def checkpoint(self) -> dict:
-        return {"stage": "transformer", "config": dataclasses.asdict(self.cfg), "model": unwrap(self.model).state_dict()}
+        return {"stage": "transformer", "config": dataclasses.asdict(self.cfg), "model": self.model.state_dict()}
 
     def state_dict(self) -> dict:
         return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
-        load_into(unwrap(self.model), d, "transformer")
+        self.model.load_state_dict(d["model"])
         self.optimizers[0].load_state_dict(d["optimizer"])
 
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "full"
     model = SpecMaskGIT(PRESETS[name])
-    print(f"{name}: {count_parameters(model) / 1e6:.1f} M parameters")
+    print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
     n = model.cfg.rows * model.cfg.cols
     print("step:   " + " ".join(f"{s + 1:4d}" for s in range(16)))
     print("masked: " + " ".join(f"{mask_schedule(s, 16, n):4d}" for s in range(16)))

@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from runtime import (ArgumentParser, UserError, check_config, check_config_values, load_checkpoint,
+from runtime import (ArgumentParser, UserError, build_model, check_config, check_config_values, load_checkpoint,
                      make_output_folder, non_finite_entry, pick_device, pick_dtype, run_command,
                      save_checkpoint)
 
@@ -151,8 +151,8 @@ def run(args) -> None:
     n = args.n_clips if args.data == "toy" else None
     dataset = data.make_dataset(args.data, "train", root=args.root, num_samples=args.num_samples, n=n)
     if args.clap == "laion" and "transformer" in stages:     # only the transformer's cache needs LAION-CLAP:
-        import clap                                          # a missing package or file fails now, not later
-        clap.load_clap("laion", args.clap_ckpt)
+        import clap_format                                   # a missing package or file fails now, not later
+        clap_format.load_clap("laion", args.clap_ckpt)
     if rank == 0:
         remove_partial_files(args)
         print(f"data: {args.data}, {len(dataset)} training clips of {args.num_samples} samples; out: {args.out}")
@@ -247,6 +247,10 @@ def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank=0, world=
     """Build the stage's Trainer and, with --resume, load its last state: step, weights, optimisers and
     the random streams, so that the resumed run continues exactly as the uninterrupted one would."""
     kwargs = dict(device=device, amp_dtype=amp_dtype, **extra)
+    if stage == "vqgan":                                     # the codebook's upkeep agrees across processes
+        kwargs["world"] = world
+    if stage == "transformer":                               # each process draws its own masks
+        kwargs.update(rank=rank, world=world)
     if lr is not None:
         kwargs["lr"] = lr
     if stage == "transformer" and cfg.span_len > 1:          # MAGNeT's span masks (magnet.py, Sec. 3.1)
@@ -265,6 +269,8 @@ def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank=0, world=
     if state.get("preset") != args.preset:
         raise UserError(f"{path_state} was trained with --preset {state.get('preset')}, not {args.preset}.")
     check_config(cfg, state["config"], f"{stage} run in {path_state}")
+    if stage == "clap" and list(state["trainer"].get("vocab", [])) != trainer.model.vocab:
+        raise UserError(f"{path_state} was trained with another vocabulary than this run's captions give.")
     trainer.load_state_dict(state["trainer"])
     trainer.start_step = state["step"]
     rng = state.get("rng", [])
@@ -302,21 +308,14 @@ def save_state(trainer, step, args, stage, rank=0, world=1) -> None:
         torch.distributed.all_gather_object(rng, rng_state())
     if rank != 0:
         return
-    wrapped = {n: getattr(trainer, n) for n in trainer.ddp_modules}
-    for n, m in wrapped.items():                             # checkpoints are the same with one GPU or eight
-        setattr(trainer, n, getattr(m, "module", m))
-    try:
-        ckpt, state = trainer.checkpoint(), trainer.state_dict()
-        bad = non_finite_entry(ckpt) or non_finite_entry(state)
-        if bad:
-            raise UserError(f"{stage}: '{bad}' is no longer finite at step {step}; {last_checkpoint(args.out, stage)}")
-        save_checkpoint(ckpt, os.path.join(args.out, f"{stage}.pt"))
-        save_checkpoint({"stage": stage, "step": step, "trainer": state, "seed": args.seed, "rng": rng,
-                         "preset": args.preset, "config": dataclasses.asdict(trainer.cfg)},
-                        os.path.join(args.out, f"{stage}.state.pt"))
-    finally:
-        for n, m in wrapped.items():
-            setattr(trainer, n, m)
+    ckpt, state = trainer.checkpoint(), trainer.state_dict()     # the same with one GPU or eight (Replicated)
+    bad = non_finite_entry(ckpt) or non_finite_entry(state)
+    if bad:
+        raise UserError(f"{stage}: '{bad}' is no longer finite at step {step}; {last_checkpoint(args.out, stage)}")
+    save_checkpoint(ckpt, os.path.join(args.out, f"{stage}.pt"))
+    save_checkpoint({"stage": stage, "step": step, "trainer": state, "seed": args.seed, "rng": rng,
+                     "preset": args.preset, "config": dataclasses.asdict(trainer.cfg)},
+                    os.path.join(args.out, f"{stage}.state.pt"))
 
 
 def stop_unless_finite(stage, losses, out, world=1) -> None:
@@ -386,10 +385,10 @@ def training_captions(dataset) -> list[str]:
 
 
 def load_conditioner(args, device):
-    import clap
+    import clap_format
     if args.clap == "laion":
-        return clap.load_clap("laion", args.clap_ckpt, device=device)
-    return clap.load_clap("tiny", os.path.join(args.out, "clap.pt"), device=device)
+        return clap_format.load_clap("laion", args.clap_ckpt, device=device)
+    return clap_format.load_clap("tiny", os.path.join(args.out, "clap.pt"), device=device)
 
 
 @torch.inference_mode()
@@ -414,7 +413,7 @@ def build_cache(dataset, args, device, rank=0):
         if cache.get("key") == key:
             print(f"transformer: reading the token cache {path} ({len(cache['tokens'])} clips)")
             return cache
-    vq = vqgan.from_checkpoint(load_checkpoint(path_vq, "vqgan")).to(device).eval()
+    vq = build_model(vqgan.VQGAN, vqgan.Config, load_checkpoint(path_vq, "vqgan"), "vqgan").to(device).eval()
     conditioner = load_conditioner(args, device)
     tokens, conds, t0 = [], [], time.time()
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate, num_workers=args.workers)
@@ -556,16 +555,32 @@ def setup_distributed(device: str):
     return rank, world, device
 
 
+class Replicated(torch.nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that reads like the module it wraps: its attributes (cfg, submodules) and
+    its state_dict / load_state_dict are the module's, so a Trainer's code and its checkpoints are the
+    same with one process or many. The one place where the project unwraps DDP."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        return self.module.load_state_dict(*args, **kwargs)
+
+
 def wrap_ddp(trainer, device: str, world: int) -> None:
-    """Wrap each module named in `trainer.ddp_modules` in DistributedDataParallel: it broadcasts rank 0's
-    weights at the start and averages the gradients of all processes in backward; calls pass through
-    unchanged. save_state unwraps them, so checkpoints are the same with one process or many."""
+    """Wrap each module named in `trainer.ddp_modules` in DistributedDataParallel (Replicated): it
+    broadcasts rank 0's weights at the start and averages the gradients of all processes in backward."""
     if world == 1:
         return
-    from torch.nn.parallel import DistributedDataParallel as DDP
     ids = [torch.device(device).index] if device.startswith("cuda") else None
     for name in trainer.ddp_modules:
-        setattr(trainer, name, DDP(getattr(trainer, name), device_ids=ids))
+        setattr(trainer, name, Replicated(getattr(trainer, name), device_ids=ids))
 
 
 # ===================================================================================================

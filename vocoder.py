@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 import mel
-from runtime import check_config, count_parameters
 
 LRELU_SLOPE = 0.1      # slope of every leaky ReLU in HiFiGAN, except one (see Generator.post)
 LR_DECAY = 0.999       # HiFiGAN Sec. 4: the learning rate is multiplied by 0.999 after every epoch
@@ -293,18 +292,12 @@ def feature_matching_loss(real_fmaps, fake_fmaps) -> torch.Tensor:
 
 # The mel of the L1 loss (Eq. 3) is mel.py's recipe over the whole band, 0 to 11025 Hz (the official configs'
 # fmax_for_loss: null); the input mel stops at 8 kHz, so the loss also judges what the generator puts above.
-LOSS_FILTERBANK = mel.mel_filterbank(fmax=mel.SR / 2)                    # (80, 513)
+LOSS_FMAX = mel.SR / 2
 
 
 def loss_mel(wav: torch.Tensor) -> torch.Tensor:
     """Natural-log mel up to 11025 Hz of `wav` (B, T) -> (B, 80, T / 256), for the mel L1 loss (Eq. 3)."""
-    pad = (mel.N_FFT - mel.HOP) // 2
-    x = F.pad(wav[:, None], (pad, pad), mode="reflect")[:, 0]              # (B, T + 768), as mel.mel_spectrogram
-    window = torch.hann_window(mel.WIN, device=x.device, dtype=x.dtype)
-    spec = torch.stft(x, mel.N_FFT, hop_length=mel.HOP, win_length=mel.WIN, window=window,
-                      center=False, return_complex=True)                    # (B, 513, T / 256)
-    mag = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
-    return torch.log(torch.clamp(LOSS_FILTERBANK.to(x.device, mag.dtype) @ mag, min=1e-5))   # (B, 80, T / 256)
+    return mel.mel_spectrogram(wav, fmax=LOSS_FMAX)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -409,7 +402,6 @@ class Trainer:
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
-        check_config(self.cfg, d["config"], "vocoder training state")
         for name in ("generator", "mpd", "msd", "opt_g", "opt_d"):
             getattr(self, name).load_state_dict(d[name])
 
@@ -419,13 +411,14 @@ class Trainer:
 
 
 if __name__ == "__main__":
+    n_params = lambda m: sum(p.numel() for p in m.parameters())
     names = sys.argv[1:] or ["v1", "v2", "v3", "tiny"]
     for name in names:
         if name not in PRESETS:
             sys.exit(f"usage: python vocoder.py [{'|'.join(PRESETS)}]")
         cfg = PRESETS[name]
         g = Generator(cfg)
-        print(f"{name}: generator {count_parameters(g) / 1e6:.2f} M, MPD {count_parameters(MultiPeriodDiscriminator(cfg)) / 1e6:.2f} M, "
-              f"MSD {count_parameters(MultiScaleDiscriminator(cfg)) / 1e6:.2f} M")
+        print(f"{name}: generator {n_params(g) / 1e6:.2f} M, MPD {n_params(MultiPeriodDiscriminator(cfg)) / 1e6:.2f} M, "
+              f"MSD {n_params(MultiScaleDiscriminator(cfg)) / 1e6:.2f} M")
         with torch.no_grad():
             print(f"  848 frames -> waveform {tuple(g(torch.randn(1, 80, 848) - 5)[:, 0].shape)}")

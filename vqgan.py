@@ -32,7 +32,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mel
-from runtime import UserError, build_model, check_config, count_parameters, unwrap
 
 
 @dataclass
@@ -286,12 +285,13 @@ class VectorQuantizer(nn.Module):
         self.recent = torch.cat([keep, old])[: self.n_codes]           # the newest n_codes encoder outputs
 
     @torch.no_grad()
-    def reseed_dead_codes(self) -> torch.Tensor:
+    def reseed_dead_codes(self, all_reduce=None, broadcast=None) -> torch.Tensor:
         """After each optimizer.step: re-seed the dead codes, return how many (0-d). Every code draws a
-        candidate and only the dead ones take it: a fixed amount of work, no wait for the host."""
-        distributed = dist.is_available() and dist.is_initialized()
-        if distributed:
-            dist.all_reduce(self.chosen)                               # torchrun: count the picks of every process
+        candidate and only the dead ones take it: a fixed amount of work, no wait for the host.
+        Under torchrun the trainer passes `all_reduce` (sum a tensor over the processes, in place) and
+        `broadcast` (copy process 0's tensor to every process), so that every copy of the codebook agrees."""
+        if all_reduce is not None:
+            all_reduce(self.chosen)                                    # count the picks of every process
         self.steps_unused.add_(1).masked_fill_(self.chosen > 0, 0)     # in place: DDP keeps references to buffers
         self.chosen.zero_()
         if self.dead_code_steps <= 0 or self.recent is None:
@@ -301,8 +301,8 @@ class VectorQuantizer(nn.Module):
         pick = torch.randint(len(self.recent), (self.n_codes,), device=w.device)
         noise = 0.01 * self.recent.std() * torch.randn(self.n_codes, self.code_dim, device=w.device)
         w.copy_(torch.where(dead[:, None], (self.recent[pick] + noise).to(w.dtype), w))   # two picks of one vector drift apart
-        if distributed:
-            dist.broadcast(w.data, src=0)                              # process 0's new codes, so every copy stays equal
+        if broadcast is not None:
+            broadcast(w.data)                                          # process 0's new codes, so every copy stays equal
         return dead.sum()
 
     def alive_fraction(self) -> torch.Tensor:
@@ -349,11 +349,6 @@ class VQGAN(nn.Module):
         q, vq_loss, tokens, info = self.quantize(mel)
         info["tokens"] = tokens
         return self.decode_latent(q), vq_loss, info
-
-
-def from_checkpoint(ckpt: dict) -> VQGAN:
-    """The tokenizer of an inference checkpoint (its stored config), in eval mode."""
-    return build_model(VQGAN, Config, ckpt, "vqgan")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -417,11 +412,18 @@ class Trainer:
     Discriminator (from `disc_start` on): hinge loss on real mels vs the detached reconstructions.
     """
 
-    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 3.6e-5, amp_dtype: torch.dtype = torch.float32):
+    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 3.6e-5, amp_dtype: torch.dtype = torch.float32,
+                 world: int = 1):
         # lr: Taming's (and SpecVQGAN's) 4.5e-6 x batch x GPUs, 3.6e-5 for batch 8 on one GPU (train.py sets it)
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         self.model = VQGAN(cfg).to(device).train()
         self.disc = PatchDiscriminator(cfg).to(device).train()
+        # train.py may wrap self.model and self.disc in DistributedDataParallel; the generator's verdict and the
+        # preview (rank 0 alone) must run the modules themselves, without DDP's synchronisation
+        self.bare_model, self.bare_disc = self.model, self.disc
+        # torchrun: the codebook's upkeep sums the picks of every process and takes process 0's new codes
+        self.codebook_sync = {} if world == 1 else dict(all_reduce=dist.all_reduce,
+                                                         broadcast=lambda t: dist.broadcast(t, src=0))
         fused = device.startswith("cuda")                              # one optimiser kernel for all weights on a GPU
         self.opt_ae = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
@@ -434,7 +436,7 @@ class Trainer:
             x = mel.normalize(mel.mel_spectrogram(wav.to(self.device).float()))   # (B, 80, T/256) in [-1, 1]
         frames = x.shape[-1] // DOWNSAMPLE * DOWNSAMPLE
         if frames == 0:
-            raise UserError(f"clips of {wav.shape[-1]} samples are shorter than one token column (16 frames = 4096 samples).")
+            raise ValueError(f"clips of {wav.shape[-1]} samples are shorter than one token column (16 frames = 4096 samples).")
         return x[..., :frames]                                          # whole token columns only
 
     def _autocast(self):
@@ -443,7 +445,7 @@ class Trainer:
     def step(self, batch: dict, step: int) -> dict:
         x = self.mels(batch["wav"])                                     # audio (B, T) -> normalised mel (B, 80, F)
         disc_on = step >= self.cfg.disc_start
-        model, disc = unwrap(self.model), unwrap(self.disc)
+        model, disc = self.model, self.bare_disc
 
         # --- generator (encoder, quantiser, decoder) ---
         with self._autocast():
@@ -463,7 +465,7 @@ class Trainer:
         self.opt_ae.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_ae.step()
-        reseeded = model.quantizer.reseed_dead_codes()
+        reseeded = model.quantizer.reseed_dead_codes(**self.codebook_sync)
 
         # --- discriminator ---
         if disc_on:
@@ -482,25 +484,24 @@ class Trainer:
     def preview(self, batch: dict):
         """(input, reconstruction) of the batch's first clip, normalised mels (1, 80, F) each, for the PNG."""
         x = self.mels(batch["wav"][:1])                                 # (1, 80, F)
-        model = unwrap(self.model).eval()
+        model = self.bare_model.eval()
         recon = model(x)[0].float().clamp(-1, 1)                        # (1, 80, F)
         model.train()
         return x.cpu(), recon.cpu()
 
     def state_dict(self) -> dict:
-        return {"config": dataclasses.asdict(self.cfg), "model": unwrap(self.model).state_dict(),
-                "disc": unwrap(self.disc).state_dict(), "opt_ae": self.opt_ae.state_dict(), "opt_disc": self.opt_disc.state_dict()}
+        return {"config": dataclasses.asdict(self.cfg), "model": self.model.state_dict(),
+                "disc": self.disc.state_dict(), "opt_ae": self.opt_ae.state_dict(), "opt_disc": self.opt_disc.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
-        check_config(self.cfg, d["config"], "vqgan training state")
-        unwrap(self.model).load_state_dict(d["model"])
-        unwrap(self.disc).load_state_dict(d["disc"])
+        self.model.load_state_dict(d["model"])                          # train.py has checked d["config"]
+        self.disc.load_state_dict(d["disc"])
         self.opt_ae.load_state_dict(d["opt_ae"])
         self.opt_disc.load_state_dict(d["opt_disc"])
 
     def checkpoint(self) -> dict:
         """The inference checkpoint: config + tokenizer weights (the discriminator is only for training)."""
-        return {"stage": "vqgan", "config": dataclasses.asdict(self.cfg), "model": unwrap(self.model).state_dict()}
+        return {"stage": "vqgan", "config": dataclasses.asdict(self.cfg), "model": self.model.state_dict()}
 
 
 if __name__ == "__main__":
@@ -509,6 +510,7 @@ if __name__ == "__main__":
         sys.exit(f"usage: python vqgan.py [{'|'.join(PRESETS)}]")
     cfg = PRESETS[name]
     model, disc = VQGAN(cfg), PatchDiscriminator(cfg)
+    count_parameters = lambda m: sum(p.numel() for p in m.parameters())
     parts = ", ".join(f"{p} {count_parameters(getattr(model, p)) / 1e6:.2f} M" for p in ("encoder", "quantizer", "decoder"))
     print(f"{name}: {parts}; tokenizer {count_parameters(model) / 1e6:.2f} M, with the discriminator "
           f"{(count_parameters(model) + count_parameters(disc)) / 1e6:.2f} M (the paper's ~75 M, Sec. 4)")

@@ -15,11 +15,12 @@ import benchmark
 import fast
 import hifigan_format
 import runtime
+import pipeline
 import sample
 import specmaskgit
 import vocoder
 
-DEMO = sample.DEFAULT_CKPT
+DEMO = pipeline.DEFAULT_CKPT
 
 
 def tiny_transformer(seed=0):
@@ -112,19 +113,19 @@ def test_auto_dtype_is_measured_on_a_cpu_for_large_models_only(monkeypatch):
     widths = []
     choice = ["int8"]
     monkeypatch.setattr(fast, "measure_cpu_dtype", lambda width, verbose=True: widths.append(width) or choice[0])
-    assert runtime.pick_inference_dtype("cpu", "auto", 768, verbose=False) == torch.qint8
+    assert fast.pick_inference_dtype("cpu", "auto", 768, verbose=False) == torch.qint8
     choice[0] = "bf16"
-    assert runtime.pick_inference_dtype("cpu", None, 768, verbose=False) == torch.bfloat16
+    assert fast.pick_inference_dtype("cpu", None, 768, verbose=False) == torch.bfloat16
     assert widths == [768, 768]
-    assert runtime.pick_inference_dtype("cpu", "auto", 192, verbose=False) == torch.float32   # the toy stays fp32
-    assert runtime.pick_inference_dtype("cuda", "auto", 768, verbose=False) == torch.bfloat16
-    assert runtime.pick_inference_dtype("cpu", "fp32", 768, verbose=False) == torch.float32   # --dtype overrides
-    assert runtime.pick_inference_dtype("cpu", "int8", 192, verbose=False) == torch.qint8
+    assert fast.pick_inference_dtype("cpu", "auto", 192, verbose=False) == torch.float32   # the toy stays fp32
+    assert fast.pick_inference_dtype("cuda", "auto", 768, verbose=False) == torch.bfloat16
+    assert fast.pick_inference_dtype("cpu", "fp32", 768, verbose=False) == torch.float32   # --dtype overrides
+    assert fast.pick_inference_dtype("cpu", "int8", 192, verbose=False) == torch.qint8
     assert widths == [768, 768]                                  # none of those measured
     with pytest.raises(runtime.UserError, match="--dtype must be one of"):
-        runtime.pick_inference_dtype("cpu", "int4", 768, verbose=False)
+        fast.pick_inference_dtype("cpu", "int4", 768, verbose=False)
     with pytest.raises(runtime.UserError, match="for CPUs"):
-        runtime.pick_inference_dtype("cuda", "int8", 768, verbose=False)
+        fast.pick_inference_dtype("cuda", "int8", 768, verbose=False)
 
 
 def test_sample_py_int8_writes_a_clip_like_fp32(tmp_path):
@@ -137,7 +138,7 @@ def test_sample_py_int8_writes_a_clip_like_fp32(tmp_path):
 
 
 def test_benchmark_tiny_prints_the_table_and_the_rtf_line(capsys):
-    assert sample.main(["--benchmark", "tiny", "--runs", "1", "--dtype", "fp32"]) == 0
+    assert benchmark.main(["tiny", "--runs", "1", "--dtype", "fp32"]) == 0
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ") and "x |" in line]
     assert len(table) == len(benchmark.rows(torch.float32))

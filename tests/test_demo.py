@@ -6,9 +6,10 @@ import soundfile as sf
 import torch
 
 import toyworld
+import pipeline
 import sample
 
-CKPT = sample.DEFAULT_CKPT
+CKPT = pipeline.DEFAULT_CKPT
 
 
 def test_readme_first_command_writes_a_wav_of_the_demo_clip_length(tmp_path):
@@ -20,8 +21,8 @@ def test_readme_first_command_writes_a_wav_of_the_demo_clip_length(tmp_path):
 
 
 def test_demo_rain_is_heard_as_rain_by_tinyclap():
-    pipe = sample.load_pipeline(CKPT, verbose=False)
-    wav, _, _, _ = sample.text_to_audio(pipe, ["rain on a roof"], n=4, seed=0, verbose=False)
+    pipe = pipeline.load_pipeline(CKPT, verbose=False)
+    wav, _, _, _ = pipeline.text_to_audio(pipe, ["rain on a roof"], n=4, seed=0, verbose=False)
     names = pipe.clap.embed_text(toyworld.KINDS)                               # (12, 512)
     verdicts = (pipe.clap.embed_audio(wav) @ names.T).argmax(1)            # zero-shot: nearest kind name
     assert (verdicts == toyworld.KINDS.index("rain on a roof")).sum() >= 3, [toyworld.KINDS[i] for i in verdicts]

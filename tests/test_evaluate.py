@@ -8,7 +8,7 @@ import torch
 
 import evaluate
 import mel
-import sample
+import pipeline
 import toyworld
 
 
@@ -141,7 +141,7 @@ def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypat
 def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
     """Table 1's "w/o CFG" is Eq. 2 at t = 1 (l_c alone): what it makes depends on the prompt. Scale 0
     is l_u alone (unconditional): the same clip whatever the prompt, for the same seed."""
-    pipe = sample.load_pipeline(sample.DEFAULT_CKPT, verbose=False)
+    pipe = pipeline.load_pipeline(pipeline.DEFAULT_CKPT, verbose=False)
 
     def clip(prompt, setting):
         return evaluate.generate_clips(pipe, [prompt], 16, temperature=1.5, seed=0, **setting)
@@ -199,11 +199,11 @@ def test_judge_features_ignore_loudness():
 
 
 def test_one_step_fill_keeps_the_visible_tokens_and_fills_the_hidden_ones_with_the_guided_argmax(monkeypatch):
-    pipe = sample.load_pipeline(sample.DEFAULT_CKPT, verbose=False)
+    pipe = pipeline.load_pipeline(pipeline.DEFAULT_CKPT, verbose=False)
     wavs = torch.stack([toyworld.ToyDataset("test", n=2, num_samples=pipe.num_samples)[i]["wav"] for i in range(2)])
     decoded = []
-    monkeypatch.setattr(sample, "tokens_to_audio", lambda pipe, tokens: decoded.append(tokens) or (None, wavs))
-    real = sample.audio_to_tokens(pipe, wavs)                                    # (2, 5, 16)
+    monkeypatch.setattr(pipeline, "tokens_to_audio", lambda pipe, tokens: decoded.append(tokens) or (None, wavs))
+    real = pipeline.audio_to_tokens(pipe, wavs)                                    # (2, 5, 16)
     evaluate.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=0.0)
     assert torch.equal(decoded[-1], real)                                        # nothing hidden: the codec's tokens
     evaluate.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=1.0, cfg=2.0)
@@ -224,7 +224,7 @@ def test_usual_mistake_names_the_kind_most_often_heard_instead():
 
 
 def test_vocoder_round_trip_rebuilds_the_clips_own_clipped_mel_at_their_length():
-    pipe = sample.load_pipeline(sample.DEFAULT_CKPT, verbose=False)            # no vocoder: Griffin-Lim
+    pipe = pipeline.load_pipeline(pipeline.DEFAULT_CKPT, verbose=False)            # no vocoder: Griffin-Lim
     wavs = torch.stack([toyworld.ToyDataset("test", n=2, num_samples=pipe.num_samples)[i]["wav"] for i in range(2)])
     out = evaluate.vocoder_round_trip(pipe, wavs)
     assert out.shape == wavs.shape

@@ -25,6 +25,7 @@ import torch
 import decoding_page
 import evaluate
 import mel
+import pipeline
 import sample
 import specmaskgit
 import train
@@ -179,7 +180,7 @@ def test_exercise_2_gumbel_temperature_changes_the_decoding_order(tmp_path, save
     # still exist and mean "the FAD tables, small sets"); exercise 7's test runs the same tables on a tiny
     # model and reads this temperature table there.
     args = evaluate.parse_args(command(2, "evaluate.py"))
-    assert args.ablations and args.quick and not args.judges and args.ckpt == sample.DEFAULT_CKPT
+    assert args.ablations and args.quick and not args.judges and args.ckpt == pipeline.DEFAULT_CKPT
 
 
 def test_exercise_3_cfg_0_ignores_the_prompt_and_cfg_3_does_not(tmp_path):
@@ -243,7 +244,7 @@ def test_exercise_4_inpainting_changes_only_the_gaps_columns(full_band_wav, tmp_
     x = read_int16(path)
     clip, col = 65536, 16 * mel.HOP                                   # the demo model's clip and token column
     lo, hi = int(start * mel.SR), int(end * mel.SR)
-    offset = sample.clip_window(len(x), clip, lo, hi)
+    offset = pipeline.clip_window(len(x), clip, lo, hi)
     assert offset % col == 0 and offset <= lo and hi <= offset + clip
     order = saved[stem + ".wav"][2]
     gap = [c for c in range(clip // col) if offset + c * col < hi and offset + (c + 1) * col > lo]
@@ -288,7 +289,7 @@ def test_exercise_5_bwe_fills_the_top_band_and_lfr_keeps_the_low_band(band_limit
     # it the generated one (the same seed generates the same top band with and without --lfr)
     clip = 65536
     hz = np.fft.rfftfreq(clip, 1 / mel.SR)
-    low, high = (hz > 0) & (hz < sample.BWE_CUTOFF_HZ - 50), hz > sample.BWE_CUTOFF_HZ + 50
+    low, high = (hz > 0) & (hz < pipeline.BWE_CUTOFF_HZ - 50), hz > pipeline.BWE_CUTOFF_HZ + 50
     rounding = clip * (1 / 32768) ** 2 / 12                            # per-bin energy of 16-bit rounding noise
     for offset in range(0, len(x) - clip + 1, clip):
         fx, fy, fz = (np.fft.rfft(w[offset:offset + clip].numpy()) for w in (x, y, z))

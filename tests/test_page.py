@@ -20,6 +20,7 @@ import torch
 import clap
 import decoding_page
 import mel
+import pipeline
 import sample
 import specmaskgit
 import toyworld
@@ -138,7 +139,7 @@ def test_the_page_holds_one_frame_per_step_that_follows_generates_order(bundle, 
 
 def test_the_pages_numbers_are_generates_record(pipe):  # noqa: F811
     record = []
-    wav, _, order, _ = sample.text_to_audio(pipe, ["rain on a roof", "a dog barking"], steps=STEPS, seed=3,
+    wav, _, order, _ = pipeline.text_to_audio(pipe, ["rain on a roof", "a dog barking"], steps=STEPS, seed=3,
                                             verbose=False, record=record)
     settings = {"prompt": "a dog barking"}
     page_text = decoding_page.page_html(record, 1, 5, CLIP // 4096, torch.zeros(STEPS, 80, CLIP // mel.HOP),

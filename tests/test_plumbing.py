@@ -19,7 +19,7 @@ import specmaskgit
 import train
 import vocoder
 import vqgan
-from runtime import save_checkpoint
+from runtime import build_model, save_checkpoint
 
 
 def decay_groups(optimizer, named_parameters):
@@ -121,7 +121,7 @@ def test_the_token_cache_holds_each_clips_clap_audio_embedding(tmp_path, monkeyp
     args = argparse.Namespace(out=str(tmp_path), clap="tiny", num_samples=16 * mel.HOP, workers=0)
     cache = train.build_cache(dataset, args, "cpu")
     torch.testing.assert_close(cache["cond"], wavs[:, :4] * 100)
-    vq = vqgan.from_checkpoint(torch.load(tmp_path / "vqgan.pt", weights_only=True)).eval()
+    vq = build_model(vqgan.VQGAN, vqgan.Config, torch.load(tmp_path / "vqgan.pt", weights_only=True), "vqgan").eval()
     assert torch.equal(cache["tokens"].long(), vq.encode(mel.normalize(mel.mel_spectrogram(wavs))))
 
 

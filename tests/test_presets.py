@@ -16,7 +16,9 @@ import pytest
 
 import benchmark
 import clap
+import clap_format
 import mel
+import pipeline
 import sample
 import specmaskgit
 import train
@@ -124,7 +126,7 @@ def test_transformer_full_preset_is_the_papers():
 
 
 def test_sampling_defaults_are_the_papers_16_steps_cfg_3_gumbel_1_5():
-    for fn in (specmaskgit.generate, sample.text_to_audio, sample.inpaint, sample.bandwidth_extension):
+    for fn in (specmaskgit.generate, pipeline.text_to_audio, pipeline.inpaint, pipeline.bandwidth_extension):
         p = inspect.signature(fn).parameters
         assert (p["steps"].default, p["cfg"].default, p["temperature"].default) == (16, 3.0, 1.5), fn.__name__
     args = sample.parse_args(["rain on a roof"])
@@ -159,7 +161,7 @@ def test_mel_constants_are_hifigans():
 
 
 def test_clap_embedding_is_laion_claps_512_and_its_presets_are_fixed():
-    assert clap.EMBED_DIM == 512 and clap.LAION_SR == 48000
+    assert clap.EMBED_DIM == 512 and clap_format.LAION_SR == 48000
     for name in ("full", "tiny"):
         assert clap.PRESETS[name].embed_dim == 512
     tiny = clap.PRESETS["tiny"]

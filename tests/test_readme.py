@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 
+import pipeline
 import sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +58,7 @@ def test_the_readme_install_and_test_commands_are_the_ones_ci_runs():
 def test_the_readme_demo_command_writes_the_file_its_comment_names():
     (demo, comment), = [(c, m) for c, m in two_commands() if c.startswith("python sample.py ")]
     args = sample.parse_args(shlex.split(demo)[2:])
-    assert args.ckpt == sample.DEFAULT_CKPT and os.path.isfile(os.path.join(ROOT, args.ckpt))   # the bundled model
+    assert args.ckpt == pipeline.DEFAULT_CKPT and os.path.isfile(os.path.join(ROOT, args.ckpt))   # the bundled model
     named = re.search(r"writes (\S+\.wav)", comment).group(1)
     assert named == f"{args.out}/{sample.slug(args.prompts[0])}.wav"
     # tests/test_demo.py runs this command and checks the sound it makes

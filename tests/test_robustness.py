@@ -27,6 +27,7 @@ import torch
 
 import toyworld
 import mel
+import pipeline
 import sample
 import train
 import vqgan
@@ -122,6 +123,20 @@ SAMPLE_BAD = [
     (["rain", "--runs", "0"], ["--runs"]),
     (["rain", "--out", "{text}/out"], ["notes.txt", "output folder"]),       # a folder under a regular file
     ([], ["prompt"]),
+    (["rain", "--sampler", "autoregressive"], ["--sampler"]),
+    (["rain", "--sampler", "magnet", "--span-len", "0"], ["--span-len"]),
+    (["rain", "--sampler", "magnet", "--span-len", "999"], ["--span-len", "columns"]),
+    (["rain", "--sampler", "magnet", "--span-scoring", "mean"], ["--span-scoring"]),
+    (["rain", "--sampler", "magnet", "--guidance", "10"], ["--guidance"]),
+    (["rain", "--sampler", "magnet", "--guidance", "nan,1"], ["--guidance"]),
+    (["rain", "--sampler", "magnet", "--magnet-temperature", "-1"], ["--magnet-temperature"]),
+    (["rain", "--sampler", "magnet", "--top-p", "0"], ["--top-p"]),
+    (["rain", "--sampler", "magnet", "--row-steps", "8,x"], ["--row-steps"]),
+    (["rain", "--sampler", "magnet", "--row-steps", "8,4"], ["--row-steps", "token row"]),
+    (["rain", "--sampler", "magnet", "--context", "-1"], ["--context"]),
+    (["rain", "--sampler", "magnet", "--rescore-ckpt", "{text}"], ["{text}"]),
+    (["rain", "--sampler", "magnet", "--rescore-weight", "2"], ["--rescore-weight"]),
+    (["rain", "--sampler", "magnet", "--prefix-cols", "-2"], ["--prefix-cols"]),
 ]
 
 
@@ -340,7 +355,7 @@ def test_train_refuses_to_bundle_a_transformer_trained_on_another_vqgan(toy_run,
                              "--bundle", str(bundle_path)]) == 0
     assert "reading the token cache" not in capsys.readouterr().out
     assert load_checkpoint(str(out / "transformer_cache.pt"), "cache")["tokens"].max() < 16
-    pipe = sample.load_pipeline(str(bundle_path), verbose=False)
+    pipe = pipeline.load_pipeline(str(bundle_path), verbose=False)
     assert pipe.transformer.cfg.n_codes == pipe.vq.cfg.n_codes == 16
 
 
@@ -662,7 +677,7 @@ def test_a_bundle_is_never_made_worse_by_a_one_stage_run(toy_run, tmp_path, caps
                              "--bundle", str(bundle_path)]) == 0
     merged = load_checkpoint(str(bundle_path), "bundle")
     assert all(s in merged for s in ("vqgan", "clap", "transformer"))
-    sample.load_pipeline(str(bundle_path), verbose=False)
+    pipeline.load_pipeline(str(bundle_path), verbose=False)
     # a VQGAN retrained alone: the bundle's transformer learnt other tokens, so no bundle, and its bytes stay
     before = bundle_path.read_bytes()
     refused(capsys, train.main, TOY + ["--stage", "vqgan", "--steps", "1", "--out", str(tmp_path / "vq"),

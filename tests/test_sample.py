@@ -17,6 +17,7 @@ import torch
 import clap
 import toyworld
 import mel
+import pipeline
 import sample
 import specmaskgit
 import vocoder
@@ -48,7 +49,7 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(bundle):
-    return sample.load_pipeline(bundle, verbose=False)
+    return pipeline.load_pipeline(bundle, verbose=False)
 
 
 def run_ok(argv):
@@ -121,11 +122,11 @@ def test_one_wav_per_prompt_named_after_it_and_png_beside_it(bundle, tmp_path):
                                                     (100000, 2.0, 2.5)])     # longer: a window around the gap
 def test_inpainting_keeps_every_token_outside_the_gap(pipe, length, start_s, end_s):
     wav = 0.1 * torch.randn(length, generator=torch.Generator().manual_seed(1))
-    out, before, after, _, _ = sample.inpaint(pipe, wav, start_s, end_s, "birds chirping", steps=4, seed=0,
+    out, before, after, _, _ = pipeline.inpaint(pipe, wav, start_s, end_s, "birds chirping", steps=4, seed=0,
                                               verbose=False)
     assert out.shape == wav.shape
     col = 16 * mel.HOP                                            # samples per token column
-    offset = sample.clip_window(length, CLIP, int(start_s * mel.SR), int(end_s * mel.SR))
+    offset = pipeline.clip_window(length, CLIP, int(start_s * mel.SR), int(end_s * mel.SR))
     assert offset % col == 0 and 0 <= offset <= max(0, length - CLIP)
     gap = (int(start_s * mel.SR) - offset, int(end_s * mel.SR) - offset)   # the gap inside the window
     outside = [c for c in range(before.shape[-1]) if (c + 1) * col <= gap[0] or c * col >= gap[1]]
@@ -150,7 +151,7 @@ def test_inpainting_from_the_command_line_writes_an_output_as_long_as_the_input(
 
 def test_bwe_keeps_the_low_token_rows(pipe):
     wav = 0.1 * torch.randn(CLIP, generator=torch.Generator().manual_seed(2))
-    out, before, after, _, _ = sample.bandwidth_extension(pipe, wav, steps=4, verbose=False)
+    out, before, after, _, _ = pipeline.bandwidth_extension(pipe, wav, steps=4, verbose=False)
     assert out.shape == wav.shape
     assert torch.equal(after[:, :-1], before[:, :-1])
 
@@ -158,10 +159,10 @@ def test_bwe_keeps_the_low_token_rows(pipe):
 def test_bwe_adds_energy_above_the_cutoff_of_a_real_band_limited_clip(pipe, band_limited_clips):
     wav = mel.load_audio(band_limited_clips[0])
     assert wav.shape[-1] > 2 * CLIP                               # longer than the tiny model's clip: 3 windows
-    out, before, after, _, order = sample.bandwidth_extension(pipe, wav, steps=2, verbose=False)
+    out, before, after, _, order = pipeline.bandwidth_extension(pipe, wav, steps=2, verbose=False)
     assert out.shape == wav.shape
     x, y = wav.numpy(), out.numpy()
-    assert band_energy(y, sample.BWE_CUTOFF_HZ, mel.SR / 2) > 10 * band_energy(x, sample.BWE_CUTOFF_HZ, mel.SR / 2)
+    assert band_energy(y, pipeline.BWE_CUTOFF_HZ, mel.SR / 2) > 10 * band_energy(x, pipeline.BWE_CUTOFF_HZ, mel.SR / 2)
     # what made that energy (Table 7's zero-shot BWE): only the top token row (mel bins 64-79) is
     # regenerated; the four rows below are the input's own tokens, given to the sampler and never re-drawn
     assert torch.equal(after[:, :-1], before[:, :-1]) and bool((order[:, :-1] == -1).all())
@@ -324,9 +325,9 @@ def test_inpainting_reaches_the_last_half_second_of_a_file(pipe):
     length = 100000                                                               # not a whole number of columns
     wav = 0.1 * torch.randn(length, generator=torch.Generator().manual_seed(4))
     start_s, end_s = length / mel.SR - 0.5, length / mel.SR
-    out, before, after, _, _ = sample.inpaint(pipe, wav, start_s, end_s, "rain", steps=2, verbose=False)
+    out, before, after, _, _ = pipeline.inpaint(pipe, wav, start_s, end_s, "rain", steps=2, verbose=False)
     assert out.shape == wav.shape
-    offset = sample.clip_window(length, CLIP, int(start_s * mel.SR), length)
+    offset = pipeline.clip_window(length, CLIP, int(start_s * mel.SR), length)
     assert offset % 4096 == 0 and offset <= int(start_s * mel.SR) and length - offset <= CLIP   # the gap is inside
     assert torch.equal(out[:offset], wav[:offset])                               # before the window: the input
     changed = (after != before).any(1)[0]                                         # (cols,) token columns changed
@@ -336,19 +337,19 @@ def test_inpainting_reaches_the_last_half_second_of_a_file(pipe):
 
 def test_bwe_of_a_long_file_prints_clip_i_of_n(pipe, capsys):
     wav = 0.1 * torch.randn(3 * CLIP - 100, generator=torch.Generator().manual_seed(5))
-    sample.bandwidth_extension(pipe, wav, steps=1)
+    pipeline.bandwidth_extension(pipe, wav, steps=1)
     out = capsys.readouterr().out
     assert [line.split(" (")[0] for line in out.splitlines() if line.startswith("clip ")] == \
         ["clip 1 of 3", "clip 2 of 3", "clip 3 of 3"]
 
 
 def test_a_loud_inpainted_window_is_scaled_and_the_input_around_it_kept_sample_for_sample(pipe, monkeypatch):
-    real = sample.tokens_to_audio
-    monkeypatch.setattr(sample, "tokens_to_audio", lambda p, t, **kw: (lambda m, w: (m, 50 * w))(*real(p, t, **kw)))
+    real = pipeline.tokens_to_audio
+    monkeypatch.setattr(pipeline, "tokens_to_audio", lambda p, t, **kw: (lambda m, w: (m, 50 * w))(*real(p, t, **kw)))
     length = 3 * CLIP
     wav = 0.1 * torch.randn(length, generator=torch.Generator().manual_seed(6))
-    out, _, _, _, _ = sample.inpaint(pipe, wav, 2.0, 2.3, "rain", steps=2, verbose=False)
-    offset = sample.clip_window(length, CLIP, int(2.0 * mel.SR), int(2.3 * mel.SR))
+    out, _, _, _, _ = pipeline.inpaint(pipe, wav, 2.0, 2.3, "rain", steps=2, verbose=False)
+    offset = pipeline.clip_window(length, CLIP, int(2.0 * mel.SR), int(2.3 * mel.SR))
     assert 0 < offset and offset + CLIP < length
     assert torch.equal(out[:offset], wav[:offset]) and torch.equal(out[offset + CLIP:], wav[offset + CLIP:])
     assert abs(float(out[offset:offset + CLIP].abs().max()) - 1.0) < 1e-6        # full scale, not 50 x

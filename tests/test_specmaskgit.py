@@ -190,24 +190,6 @@ def test_without_the_cfg_ramp_the_first_step_is_already_guided():
                            smg.generate(model, c2, steps=1, cfg=3.0, seed=0, cfg_ramp=False))
 
 
-def test_masked_loss_reads_the_config_through_a_ddp_style_wrapper():
-    class Wrapper(torch.nn.Module):                       # what DistributedDataParallel looks like: .module, no .cfg
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-        def forward(self, *args):
-            return self.module(*args)
-
-    model = small_model()
-    tokens, cond = torch.randint(0, 32, (2, 5, 8)), torch.randn(2, 16)
-    mask = torch.rand(2, 5, 8) < 0.5
-    mask[:, 0, 0] = True
-    keep = torch.zeros(2, dtype=torch.bool)
-    torch.testing.assert_close(smg.masked_loss(Wrapper(model), tokens, cond, mask=mask, drop_cond=keep)[0],
-                               smg.masked_loss(model, tokens, cond, mask=mask, drop_cond=keep)[0])
-
-
 # ---------------------------------------------------------------------------------------------------
 # Each equation and choice of the method against an independent computation.
 # ---------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 
 import runtime
-import sample
+import pipeline
 import specmaskgit
 import train
 from runtime import UserError, load_checkpoint, save_checkpoint
@@ -77,10 +77,10 @@ def test_stage_all_writes_every_checkpoint_and_a_bundle_sample_py_loads(toy_run)
     for stage in train.STAGES:
         assert load_checkpoint(str(toy_run / f"{stage}.pt"), stage)["stage"] == stage
         assert load_checkpoint(str(toy_run / f"{stage}.state.pt"), stage)["step"] == 2
-    pipe = sample.load_pipeline(str(toy_run / "bundle.pt"), verbose=False)
+    pipe = pipeline.load_pipeline(str(toy_run / "bundle.pt"), verbose=False)
     assert pipe.vocoder is None and pipe.num_samples == 16384          # a 2-step vocoder loses to Griffin-Lim
     assert (pipe.transformer.cfg.rows, pipe.transformer.cfg.cols) == (5, 16384 // 4096)
-    wav, _, _, _ = sample.text_to_audio(pipe, ["rain on a roof"], steps=2, verbose=False)
+    wav, _, _, _ = pipeline.text_to_audio(pipe, ["rain on a roof"], steps=2, verbose=False)
     assert wav.shape == (1, 16384) and torch.isfinite(wav).all()
 
 
@@ -255,7 +255,7 @@ def test_audiocaps_runs_every_stage_on_a_stand_in_folder(audiocaps_root, tmp_pat
     assert "3 of 4 rows usable" in printed and "3 training clips" in printed
     assert "not compared with Griffin-Lim" in printed and "val.csv" in printed   # no val split: kept, and said
     assert "a real AudioCaps epoch (49,838 clips, 24,919 steps)" in printed   # batch 2: the full train.csv's steps
-    pipe = sample.load_pipeline(str(out / "bundle.pt"), verbose=False)
+    pipe = pipeline.load_pipeline(str(out / "bundle.pt"), verbose=False)
     assert pipe.num_samples == 16384 and pipe.vocoder is not None
     assert "dog" in pipe.clap.vocab and "bell" in pipe.clap.vocab          # TinyCLAP learnt AudioCaps' words
 
