@@ -92,6 +92,7 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
     dtype = pick_inference_dtype(device, dtype, transformer.cfg.width, verbose)
     if dtype == torch.qint8:                                   # int8 linears in the transformer, fp32 elsewhere
         transformer, dtype = fast.quantize_int8(transformer), torch.float32
+    transformer = fast.hold_weights_in(transformer, dtype)    # bf16: converted once, not by autocast every pass
     if device == "cuda":                                       # the 24 blocks replayed as one CUDA graph per shape
         transformer = fast.GraphedTransformer(transformer)
     if clap_ckpt:
@@ -108,8 +109,8 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
         voc = None
         if verbose:
             print("vocoder: none given, using Griffin-Lim (pass --vocoder-ckpt for a HiFiGAN)")
-    if voc is not None:
-        voc = voc.to(device).eval()
+    if voc is not None:                                        # weight norm folded in fp32 before any conversion
+        voc = fast.hold_weights_in(hifigan_format.remove_weight_norm(voc).to(device), dtype).eval()
     return Pipeline(vq, transformer, conditioner, voc, num_samples, device, dtype)
 
 
@@ -147,10 +148,11 @@ def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | N
 
 
 def mel_to_audio(pipe: Pipeline, log_mel: torch.Tensor, gl_iterations: int | None = None) -> torch.Tensor:
-    """Log-mels (B, 80, F) -> waveforms (B, 256 F) on the CPU: the pipeline's vocoder, or Griffin-Lim."""
+    """Log-mels (B, 80, F) -> waveforms (B, 256 F) on the CPU: the pipeline's vocoder, or Griffin-Lim (on
+    the mels' device)."""
     if pipe.vocoder is None:
         iterations = {} if gl_iterations is None else {"n_iter": gl_iterations}
-        return mel.griffin_lim(log_mel.cpu(), **iterations)
+        return mel.griffin_lim(log_mel, **iterations).cpu()
     return fast.vocode_chunked(pipe.vocoder, log_mel, pipe.dtype).cpu()
 
 
@@ -345,7 +347,7 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=1.5, help="initial Gumbel temperature (Eq. 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=1, help="takes per prompt (batched)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto (what pays on this machine, printed) | fp32 | bf16 | fp16 | int8")
     p.add_argument("--out", default="samples",
                    help="output folder (a name already there is not overwritten: the new take gets -2, -3, ...); "
@@ -493,6 +495,9 @@ def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
 
 def run(args) -> None:
     device = pick_device(args.device)
+    if args.device == "auto":                           # say which one auto chose, as train.py's dtype line does
+        print(f"device: {device} ({'a CUDA GPU is here' if device == 'cuda' else 'no CUDA GPU here'}; "
+              f"--device cpu or cuda to choose)")
     if args.benchmark:
         import benchmark
         benchmark.benchmark(args.benchmark, device, args.dtype, args.runs)

@@ -145,29 +145,41 @@ class SpecMaskGIT(nn.Module):
 def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> torch.Tensor:
     """(B, n) bool training masks: per sample a ratio from N(0.55, 0.25) truncated to (0, 1], then that
     many random positions (at least one, so every sample has a loss).
-    The paper draws the ratio over 0-100 % (Sec. 3.2); MAGE truncates it to [0.5, 1]; we keep the paper's."""
-    ratios = torch.empty(0)
-    while ratios.numel() < B:                                # rejection sampling = truncation
-        r = torch.randn(4 * B, generator=generator) * cfg.mask_std + cfg.mask_mean
-        ratios = torch.cat([ratios, r[(r > 0) & (r <= 1)]])
-    n_masked = (ratios[:B] * n).ceil().clamp(1, n).long()                                  # (B,)
+    The paper draws the ratio over 0-100 % (Sec. 3.2); MAGE truncates it to [0.5, 1]; we keep the paper's.
+    The truncated Gaussian is drawn by inverting its CDF (one uniform per sample, no rejection loop): a
+    uniform u on [Phi(a), Phi(b)] maps to mean + std * Phi^-1(u), a = (0 - mean) / std, b = (1 - mean) / std."""
+    if cfg.mask_std > 0:
+        cdf = lambda x: 0.5 * (1 + math.erf((x - cfg.mask_mean) / (cfg.mask_std * math.sqrt(2))))
+        lo, hi = cdf(0.0), cdf(1.0)
+        u = lo + (hi - lo) * torch.rand(B, generator=generator, dtype=torch.float64)          # (B,)
+        ratios = cfg.mask_mean + cfg.mask_std * torch.special.ndtri(u)
+    else:
+        ratios = torch.full((B,), cfg.mask_mean, dtype=torch.float64)
+    n_masked = (ratios * n).ceil().clamp(1, n).long()                                      # (B,)
     rank = torch.rand(B, n, generator=generator).argsort(dim=1).argsort(dim=1)             # (B, n) a random permutation per row
-    return (rank < n_masked[:, None]).to(device)
+    return (rank < n_masked[:, None]).to(device, non_blocking=True)
 
 
 def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None):
-    """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy)."""
+    """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy).
+
+    Every position's loss is computed and weighted by the mask (1 masked, 0 not), then divided by the
+    number of masked positions: the mean over the masked ones, without selecting them by a boolean index,
+    whose output size the host would have to wait for the device to know."""
     cfg = unwrap(model).cfg
     B, R, C = tokens.shape
     if mask is None:
         mask = sample_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
     if drop_cond is None and cond is not None:
-        drop_cond = (torch.rand(B, generator=generator) < cfg.cfg_dropout).to(tokens.device)
+        drop_cond = (torch.rand(B, generator=generator) < cfg.cfg_dropout).to(tokens.device, non_blocking=True)
     logits = model(tokens, cond, mask, drop_cond)                               # (B, 265, n_codes)
-    flat = mask.view(B, R * C)
-    picked, target = logits[flat].float(), tokens.view(B, R * C)[flat]         # (n_masked, n_codes), (n_masked,)
-    loss = F.cross_entropy(picked, target, label_smoothing=cfg.label_smoothing)
-    acc = (picked.argmax(-1) == target).float().mean()
+    weight = mask.reshape(B * R * C).float()                                    # (B 265,) 1 where masked
+    target = tokens.reshape(B * R * C)                                          # (B 265,)
+    logits = logits.reshape(B * R * C, -1).float()                              # (B 265, n_codes)
+    per_token = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing, reduction="none")  # (B 265,)
+    count = weight.sum()
+    loss = (per_token * weight).sum() / count
+    acc = ((logits.argmax(-1) == target).float() * weight).sum() / count
     return loss, acc
 
 
@@ -309,7 +321,8 @@ class Trainer:
 
     def step(self, batch: dict, step: int) -> dict:
         self.model.train()
-        tokens, cond = batch["tokens"].to(self.device), batch["cond"].to(self.device)
+        tokens = batch["tokens"].to(self.device, non_blocking=True)             # queued: the host does not wait
+        cond = batch["cond"].to(self.device, non_blocking=True)
         rank, world = rank_and_world()
         g = torch.Generator().manual_seed(step * world + rank)                  # masks replay on --resume; GPUs differ
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
