@@ -93,7 +93,7 @@ def on_device(constant: torch.Tensor, device, dtype) -> torch.Tensor:
     key = (id(constant), str(torch.device(device)), dtype)
     if key not in _COPIES:
         with torch.inference_mode(False):
-            _COPIES[key] = (constant, constant.to(device, dtype))
+            _COPIES[key] = (constant, constant.to(device, dtype, non_blocking=True))
     return _COPIES[key][1]
 
 

@@ -146,16 +146,13 @@ def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> to
     """(B, n) bool training masks: per sample a ratio from N(0.55, 0.25) truncated to (0, 1], then that
     many random positions (at least one, so every sample has a loss).
     The paper draws the ratio over 0-100 % (Sec. 3.2); MAGE truncates it to [0.5, 1]; we keep the paper's.
-    The truncated Gaussian is drawn by inverting its CDF (one uniform per sample, no rejection loop): a
-    uniform u on [Phi(a), Phi(b)] maps to mean + std * Phi^-1(u), a = (0 - mean) / std, b = (1 - mean) / std."""
-    if cfg.mask_std > 0:
-        cdf = lambda x: 0.5 * (1 + math.erf((x - cfg.mask_mean) / (cfg.mask_std * math.sqrt(2))))
-        lo, hi = cdf(0.0), cdf(1.0)
-        u = lo + (hi - lo) * torch.rand(B, generator=generator, dtype=torch.float64)          # (B,)
-        ratios = cfg.mask_mean + cfg.mask_std * torch.special.ndtri(u)
-    else:
-        ratios = torch.full((B,), cfg.mask_mean, dtype=torch.float64)
-    n_masked = (ratios * n).ceil().clamp(1, n).long()                                      # (B,)
+    Everything here is drawn on the host (`generator` is a CPU one) and moved to `device` at the end, so
+    the rejection loop reads host numbers only: a GPU never waits for it."""
+    ratios = []
+    while len(ratios) < B:                                   # rejection sampling = truncation
+        r = torch.randn(4 * B, generator=generator) * cfg.mask_std + cfg.mask_mean
+        ratios += [v for v in r.tolist() if 0 < v <= 1]
+    n_masked = (torch.tensor(ratios[:B]) * n).ceil().clamp(1, n).long()                     # (B,)
     rank = torch.rand(B, n, generator=generator).argsort(dim=1).argsort(dim=1)             # (B, n) a random permutation per row
     return (rank < n_masked[:, None]).to(device, non_blocking=True)
 
