@@ -10,6 +10,7 @@ here is one trick, with why it pays. benchmark.py times every one of them agains
   the plain variants        what a first implementation of Eq. 2 does, for benchmark.py's slow rows
   CUDA graphs               GraphedTransformer: the 24 blocks replayed as one graph per batch shape
   the CPU's dtype           measure_cpu_dtype: fp32, bf16 or int8, chosen by timing them once here
+  bf16 weights              hold_weights_in: converted once, not by autocast on every forward pass
   chunked vocoder           HiFiGAN over cache-sized chunks
 """
 
