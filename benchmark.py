@@ -95,7 +95,8 @@ def float_dtype(tricks: Tricks) -> torch.dtype:
 
 
 def autocast(device: str, dtype: torch.dtype):
-    """bf16 / fp16 by autocast (weights stay fp32); int8 and fp32 need none."""
+    """bf16 / fp16 by autocast (bf16 rows hold the transformer and the folded vocoder in bf16 already);
+    int8 and fp32 need none."""
     return torch.autocast(device, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
 
 
@@ -106,8 +107,9 @@ def autocast(device: str, dtype: torch.dtype):
 class Models:
     """Random-weight models of one preset, plus the variants some rows need, made once."""
 
-    def __init__(self, preset: str, device: str, int8: bool):
+    def __init__(self, preset: str, device: str, dtype: torch.dtype = torch.float32):
         torch.manual_seed(0)
+        int8 = dtype == torch.qint8
         self.transformer = specmaskgit.SpecMaskGIT(specmaskgit.PRESETS[preset]).to(device).eval()
         self.vq = vqgan.VQGAN(vqgan.PRESETS[preset]).to(device).eval()
         self.vocoder = vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval()   # weight norm on, as trained
@@ -117,6 +119,8 @@ class Models:
         self.folded.load_state_dict(self.vocoder.state_dict())
         hifigan_format.remove_weight_norm(self.folded)
         self.int8 = fast.quantize_int8(copy.deepcopy(self.transformer)) if int8 else None
+        fast.hold_weights_in(self.transformer, dtype)                  # bf16 rows: weights converted once, as
+        fast.hold_weights_in(self.folded, dtype)                       # sample.py holds them
         self.device = device
 
 
@@ -186,7 +190,7 @@ def peak_memory_gb(device: str) -> float:
 
 def time_stages(preset: str, device: str, tricks: Tricks, stages: list, runs: int) -> dict:
     """Median seconds of the named stages with these tricks. Inputs are random: speed does not depend on them."""
-    m = Models(preset, device, int8=tricks.dtype == torch.qint8)
+    m = Models(preset, device, tricks.dtype)
     cfg = m.transformer.cfg
     cond = torch.randn(1, cfg.cond_dim, device=device)
     tokens = torch.randint(0, cfg.n_codes, (1, cfg.rows, cfg.cols), device=device)
@@ -205,10 +209,12 @@ def time_end_to_end(preset: str, device: str, dtype: torch.dtype, runs: int, bat
     transformer = specmaskgit.SpecMaskGIT(specmaskgit.PRESETS[preset]).to(device).eval()
     if dtype == torch.qint8:              # first, so that its fp32 weights are gone before the rest is built
         fast.quantize_int8(transformer)
+    fast.hold_weights_in(transformer, dtype)
     if device == "cuda":
         transformer = fast.GraphedTransformer(transformer)
     vq = vqgan.VQGAN(vqgan.PRESETS[preset]).to(device).eval()
     gen = hifigan_format.remove_weight_norm(vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval())
+    fast.hold_weights_in(gen, dtype)
     amp = float_dtype(Tricks(dtype=dtype))
     cond = torch.randn(batch, transformer.cfg.cond_dim, device=device)
 

@@ -220,7 +220,7 @@ class TinyCLAP(nn.Module):
         ids = torch.zeros(len(rows), n, dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        return ids.to(self.device)
+        return ids.to(self.device, non_blocking=True)
 
     # --- the training space (used by the loss) ------------------------------------------------------
     def audio_features(self, wav: torch.Tensor) -> torch.Tensor:
@@ -240,9 +240,10 @@ class TinyCLAP(nn.Module):
     @torch.no_grad()
     def update_means(self, audio: torch.Tensor, text: torch.Tensor) -> None:
         """Fold one batch of training-space embeddings into the running modality means."""
-        m = 0.0 if self.mean_updates.item() == 0 else self.cfg.center_momentum   # the first batch sets them
-        self.audio_mean.mul_(m).add_(audio.mean(0), alpha=1 - m)
-        self.text_mean.mul_(m).add_(text.mean(0), alpha=1 - m)
+        m = self.cfg.center_momentum
+        first = self.mean_updates == 0                         # the first batch sets them (a 0-d test, never read back)
+        for mean, batch in ((self.audio_mean, audio.mean(0)), (self.text_mean, text.mean(0))):
+            mean.copy_(torch.where(first, batch, mean * m + batch * (1 - m)))
         self.mean_updates += 1
 
     # --- the conditioning space (the interface) ------------------------------------------------------
@@ -370,17 +371,18 @@ class Trainer:
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and not n.startswith("text.words")]
         rest = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and not n.startswith("text.words"))]
         self.optimizers = [torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))]
+                                              {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98),
+                                            fused=device.startswith("cuda"))]        # one kernel for all weights on a GPU
 
-    def step(self, batch: dict, step: int) -> dict[str, float]:
+    def step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         opt = self.optimizers[0]
         model = self.model                                     # under torchrun: train.Replicated, which reads like it
         self.model.train()
-        wav = batch["wav"].to(self.device, torch.float32)                            # (B, T)
+        wav = batch["wav"].to(self.device, torch.float32, non_blocking=True)         # (B, T)
         captions = list(batch["caption"])
         # Pairs with the same words are matches too (the toy world repeats captions within a batch).
         key = [" ".join(words_of(c)) for c in captions]
-        positives = torch.tensor([[a == b for b in key] for a in key], device=self.device)   # (B, B)
+        positives = torch.tensor([[a == b for b in key] for a in key]).to(self.device, non_blocking=True)   # (B, B)
         with torch.autocast(torch.device(self.device).type, dtype=self.amp_dtype,
                             enabled=self.amp_dtype != torch.float32):
             a, t = self.model(wav, model.tokenize(captions))                         # (B, D), (B, D)
@@ -394,9 +396,9 @@ class Trainer:
         model.update_means(a.detach().float(), t.detach().float())
         with torch.no_grad():
             sim = a.float() @ t.float().T
-            acc = positives[torch.arange(len(key)), sim.argmax(1)].float().mean()    # clip -> caption top-1
-        return {"loss": loss.item(), "acc": acc.item(), "scale": model.logit_scale.exp().item(),
-                "gap_cos": sim.diagonal().mean().item(), "grad_norm": grad_norm.item()}
+            acc = positives.gather(1, sim.argmax(1, keepdim=True)).float().mean()    # clip -> caption top-1
+        return {"loss": loss.detach(), "acc": acc, "scale": model.logit_scale.detach().exp(),   # 0-d tensors:
+                "gap_cos": sim.diagonal().mean(), "grad_norm": grad_norm.detach()}             # read at log time
 
     def state_dict(self) -> dict:
         return {**self.checkpoint(), "optimizer": self.optimizers[0].state_dict()}

@@ -591,7 +591,7 @@ def parse_args(argv=None):
                    "first step (Table 1's 'w/o CFG linear scheduler') instead of the paper's ramp")
     p.add_argument("--fad-clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt to embed audio for FAD "
                                                         "instead of the bundle's TinyCLAP")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
     p.add_argument("--dtype", default="fp32", help="fp32 (the README's numbers) | auto | bf16 | fp16 | int8: "
                    "judge the fast path of sample.py")
     args = p.parse_args(argv)
@@ -612,6 +612,9 @@ def parse_args(argv=None):
 
 def run(args) -> None:
     device = pick_device(args.device)
+    if args.device == "auto":                           # say which one auto chose, as train.py's dtype line does
+        print(f"device: {device} ({'a CUDA GPU is here' if device == 'cuda' else 'no CUDA GPU here'}; "
+              f"--device cpu or cuda to choose)")
     torch.manual_seed(args.seed)
     pipe = pipeline.load_pipeline(args.ckpt, device=device, dtype=args.dtype)
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)

@@ -11,15 +11,16 @@ here is one trick, with why it pays. benchmark.py times every one of them agains
   CUDA graphs               GraphedTransformer: the 24 blocks replayed as one graph per batch shape
   the CPU's dtype           measure_cpu_dtype: fp32, bf16 or int8, chosen by timing them once here;
                             pick_inference_dtype: sample.py's choice, which uses it for large models
+  bf16 weights              hold_weights_in: converted once, not by autocast on every forward pass
   chunked vocoder           HiFiGAN over cache-sized chunks
 """
 
 import contextlib
-import copy
 import gc
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 
@@ -155,29 +156,38 @@ class GraphedTransformer(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model, self.cfg = model, model.cfg
-        self.graphs = {}                                  # (shape, dtype, autocast dtype) -> (graph, input, output)
+        self.graphs = {}                                  # (shape, dtype, autocast dtype) -> (input, graph, output)
         self.capture_failed = False
+
+    def uses_graph(self, x) -> bool:
+        return x.is_cuda and not torch.is_grad_enabled() and not self.capture_failed
 
     def forward(self, tokens, cond, mask, drop_cond=None):
         x = self.model.embed(tokens, cond, mask, drop_cond)                     # (B, n + 1, W)
-        if not x.is_cuda or torch.is_grad_enabled() or self.capture_failed:
+        if not self.uses_graph(x):
             return trunk(self.model, x)                                         # eager
-        amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        amp = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
         key = (tuple(x.shape), x.dtype, amp)
-        if key not in self.graphs:
-            try:
-                self.graphs[key] = self.capture(x, amp)
-            except RuntimeError as e:
-                warnings.warn(f"CUDA graph capture failed, running eagerly: {e}")
-                self.capture_failed = True
-                return trunk(self.model, x)
-        graph, static_in, static_out = self.graphs[key]
-        static_in.copy_(x)
-        graph.replay()
+        try:
+            if key not in self.graphs:
+                # The static input is made outside inference mode: one made under torch.inference_mode
+                # would be an inference tensor, which a later call under plain no_grad may not write into.
+                with torch.inference_mode(False):
+                    static_in = x.clone()
+                self.graphs[key] = (static_in, *self.capture(static_in, amp))
+            static_in, graph, static_out = self.graphs[key]
+            static_in.copy_(x)
+            graph.replay()
+        except RuntimeError as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            print(f"warning: CUDA graph capture failed, the transformer runs eagerly from now on ({first})",
+                  file=sys.stderr, flush=True)
+            self.capture_failed, self.graphs = True, {}
+            return trunk(self.model, x)
         return static_out.clone()                          # the next replay overwrites static_out
 
-    def capture(self, x, amp):
-        static_in = x.clone()
+    def capture(self, static_in, amp):
+        """Record the trunk on `static_in`: returns (graph, static output)."""
         side = torch.cuda.Stream()                         # warm up on a side stream, as PyTorch's docs advise:
         side.wait_stream(torch.cuda.current_stream())      # kernels are chosen and workspaces allocated
         with torch.cuda.stream(side):                      # before recording, not inside the graph
@@ -189,7 +199,7 @@ class GraphedTransformer(nn.Module):
         with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None, cache_enabled=False), \
                 torch.cuda.graph(graph):
             static_out = trunk(self.model, static_in)
-        return graph, static_in, static_out
+        return graph, static_out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,31 +224,61 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def time_candidate(name: str, width: int) -> float:
-    """GFLOP/s of a product shaped like the transformer's MLP, (128, width) @ (width, 4 width), in `name`.
+CFG_ROWS = 2 * 5 * 53     # the rows a full-size clip's CFG batch feeds each transformer linear: 2 x 265 tokens
+
+
+def candidate_layer(name: str, width: int) -> tuple:
+    """(layer, input dtype) of a (width, 4 width) linear layer as the pipeline runs `name`: fp32; bf16
+    weights converted once (hold_weights_in) fed a bf16 input, no autocast; int8 weights fed fp32."""
+    torch.manual_seed(0)
+    layer = nn.Linear(width, 4 * width).eval()
+    if name == "int8":
+        return quantize_linears(nn.Sequential(layer), {nn.Linear}), torch.float32
+    if name == "bf16":
+        return layer.to(torch.bfloat16), torch.bfloat16
+    return layer, torch.float32
+
+
+def rate(layer, x: torch.Tensor, calls: int) -> float:
+    """GFLOP/s of `calls` calls of a (width, 4 width) linear `layer` on `x` (rows, width), after one warm-up."""
+    rows, width = x.shape
+    layer(x)                                                                    # warm-up: packing, kernel choice
+    start = time.perf_counter()
+    for _ in range(calls):
+        layer(x)
+    return 2 * rows * width * 4 * width * calls / (time.perf_counter() - start) / 1e9
+
+
+def time_candidate(name: str, width: int, rows: int = CFG_ROWS) -> float:
+    """GFLOP/s of a product shaped like the transformer's MLP, (rows, width) @ (width, 4 width), in `name`,
+    timed the way the pipeline runs it: the weights already in the candidate's dtype (so no call pays for
+    converting them, as autocast would), at the transformer's real row count.
 
     A dtype this CPU only emulates (bf16 without native support runs many times slower) would take
     seconds, so each candidate first runs a 32-row product; one more than 4x slower than fp32 there
     is given that small product's rate and not timed further.
     """
-    def rate(layer, rows, calls):
-        x = torch.randn(rows, width)
-        layer(x)                                                                # warm-up: packing, kernel choice
-        start = time.perf_counter()
-        for _ in range(calls):
-            layer(x)
-        return 2 * rows * width * 4 * width * calls / (time.perf_counter() - start) / 1e9
-
-    torch.manual_seed(0)
-    plain = nn.Linear(width, 4 * width).eval()
-    layer = quantize_linears(nn.Sequential(copy.deepcopy(plain)), {nn.Linear}) if name == "int8" else plain
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
-        small = rate(layer, 32, 1)
-        with torch.autocast("cpu", enabled=False):
-            reference = rate(plain, 32, 1)
+    layer, dtype = candidate_layer(name, width)
+    plain, _ = candidate_layer("fp32", width)
+    with torch.inference_mode():
+        small = rate(layer, torch.randn(32, width).to(dtype), 1)
+        reference = rate(plain, torch.randn(32, width), 1)
         if small < reference / 4:
             return small
-        return rate(layer, 128, 2)
+        return rate(layer, torch.randn(rows, width).to(dtype), 2)
+
+
+def hold_weights_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`model` with its weights converted once to bf16 when `dtype` is bf16 (in place; returned), else as is.
+
+    Autocast leaves fp32 weights in fp32 and casts each one to bf16 inside every forward pass that uses
+    it: for the 170 M transformer about 1 GB of memory traffic per pass (read fp32, write and read bf16)
+    where weights held in bf16 need 0.34 GB. That matters most at batch 1-2, the real-time case, where
+    reading the weights is most of the pass. The models accept bf16 weights (their inputs are cast to
+    the weight's dtype where they enter); what is numerically sensitive stays fp32: the sampler's
+    softmax and Gumbel noise, the VQGAN and its codebook search, CLAP.
+    """
+    return model.to(torch.bfloat16) if dtype == torch.bfloat16 else model
 
 
 def measure_cpu_dtype(width: int, timer=time_candidate, cache=CACHE, verbose=True) -> str:
@@ -250,7 +290,8 @@ def measure_cpu_dtype(width: int, timer=time_candidate, cache=CACHE, verbose=Tru
     candidates = CANDIDATES if int8_available() else tuple(c for c in CANDIDATES if c != "int8")
     if verbose and "int8" not in candidates:
         print("int8 unavailable: this PyTorch has no torch.ao.quantization; choosing between fp32 and bf16")
-    key = f"{cpu_name()} | torch {torch.__version__} | width {width} | {torch.get_num_threads()} threads"
+    key = (f"{cpu_name()} | torch {torch.__version__} | width {width} | {torch.get_num_threads()} threads | "
+           f"{CFG_ROWS} rows, weights in the candidate's dtype")
     try:
         with open(cache) as f:
             table = json.load(f)

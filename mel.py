@@ -81,6 +81,21 @@ def mel_filterbank(sr: int = SR, n_fft: int = N_FFT, n_mels: int = N_MELS, fmin:
 _FILTERBANK = mel_filterbank()
 _FILTERBANKS = {FMAX: _FILTERBANK}  # by top frequency: the vocoder's loss mel takes the whole band (vocoder.loss_mel)
 _WINDOW = torch.hann_window(WIN)   # periodic Hann, as torch.hann_window gives and HiFiGAN uses
+_COPIES = {}                       # (id of a constant, device, dtype) -> (the constant, its copy there)
+
+
+def on_device(constant: torch.Tensor, device, dtype) -> torch.Tensor:
+    """`constant` (one of the module-level tensors) on `device` in `dtype`, copied once and then reused.
+
+    Copying the filterbank or the window to a GPU on every call would make the host wait for each copy.
+    The copy is made outside inference mode, so that a first call under torch.inference_mode does not
+    leave a tensor that training could not use in its backward pass.
+    """
+    key = (id(constant), str(torch.device(device)), dtype)
+    if key not in _COPIES:
+        with torch.inference_mode(False):
+            _COPIES[key] = (constant, constant.to(device, dtype, non_blocking=True))
+    return _COPIES[key][1]
 
 
 def mel_spectrogram(wav: torch.Tensor, fmax: float = FMAX) -> torch.Tensor:
@@ -94,12 +109,12 @@ def mel_spectrogram(wav: torch.Tensor, fmax: float = FMAX) -> torch.Tensor:
     x = wav[None] if squeeze else wav                                               # (B, T)
     pad = (N_FFT - HOP) // 2
     x = F.pad(x[:, None], (pad, pad), mode="reflect")[:, 0]                         # (B, T + 768)
-    spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=WIN, window=_WINDOW.to(x.device, x.dtype),
+    spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=WIN, window=on_device(_WINDOW, x.device, x.dtype),
                       center=False, return_complex=True)                            # (B, 513, T / 256)
     mag = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)                        # the 1e-9 keeps sqrt's gradient finite
     if fmax not in _FILTERBANKS:
         _FILTERBANKS[fmax] = mel_filterbank(fmax=fmax)
-    mel = torch.matmul(_FILTERBANKS[fmax].to(x.device, mag.dtype), mag)             # (B, 80, T / 256)
+    mel = torch.matmul(on_device(_FILTERBANKS[fmax], x.device, mag.dtype), mag)     # (B, 80, T / 256)
     log_mel = torch.log(torch.clamp(mel, min=1e-5))                                 # HiFiGAN's floor: -11.5 = -100 dB
     return log_mel[0] if squeeze else log_mel
 
@@ -133,16 +148,17 @@ def griffin_lim(log_mel: torch.Tensor, n_iter: int = 32, momentum: float = 0.99,
        (inverse STFT), come back (STFT), keep the new phases but our magnitudes, repeat.
     Our frames are centred on samples 128, 384, ... (the 384-sample reflect padding), i.e. the
     centred STFT of the signal shifted left by 128 samples; we iterate in that shifted domain with
-    torch.istft and shift back at the end.
+    torch.istft and shift back at the end. It runs on the device `log_mel` is on; the initial phases
+    are drawn on the host from `seed`, so every device starts from the same ones.
     """
     squeeze = log_mel.dim() == 2
     m = (log_mel[None] if squeeze else log_mel).float()                              # (B, 80, F)
     B, _, frames = m.shape
-    mag = torch.linalg.pinv(_FILTERBANK) @ torch.exp(m)                              # (B, 513, F)
+    mag = on_device(inverse_filterbank(), m.device, m.dtype) @ torch.exp(m)          # (B, 513, F)
     mag = mag.clamp(min=0)
     mag = torch.cat([mag, mag[..., -1:]], dim=-1)                                    # centred STFT has F + 1 frames
     length = frames * HOP
-    window = _WINDOW.to(m.device)
+    window = on_device(_WINDOW, m.device, m.dtype)
     g = torch.Generator().manual_seed(seed)
     angles = torch.exp(2j * math.pi * torch.rand(mag.shape, generator=g)).to(m.device)
     prev = torch.zeros_like(angles)
@@ -156,6 +172,17 @@ def griffin_lim(log_mel: torch.Tensor, n_iter: int = 32, momentum: float = 0.99,
     shift = (N_FFT - 2 * ((N_FFT - HOP) // 2)) // 2                                  # = 128 samples
     y = F.pad(y, (shift, 0))[:, :length]                                             # undo the shift
     return y[0] if squeeze else y
+
+
+_INVERSE = []
+
+
+def inverse_filterbank() -> torch.Tensor:
+    """The pseudo-inverse of the (80, 513) filterbank, (513, 80), computed once on the host."""
+    if not _INVERSE:
+        with torch.inference_mode(False):
+            _INVERSE.append(torch.linalg.pinv(_FILTERBANK))
+    return _INVERSE[0]
 
 
 def spectral_convergence(log_mel_target: torch.Tensor, wav: torch.Tensor) -> float:
@@ -206,8 +233,8 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int, zeros: int = 16, roll
     if new * (2 * width + orig) > MAX_BANK:
         return resample_direct(wav, orig, new, zeros, rolloff)
     # time (in input samples) from each output phase p to each tap k of its filter
-    taps = torch.arange(-width, width + orig, dtype=torch.float64) / orig          # (K,)
-    phase = torch.arange(new, dtype=torch.float64)[:, None] / new                  # (new, 1)
+    taps = torch.arange(-width, width + orig, dtype=torch.float64, device=wav.device) / orig   # (K,)
+    phase = torch.arange(new, dtype=torch.float64, device=wav.device)[:, None] / new          # (new, 1)
     t = (taps[None, :] - phase) * cutoff                                           # (new, K), in cut-off periods
     kernel = (windowed_sinc(t, zeros) * cutoff / orig).to(wav.dtype)               # unit DC gain
 
@@ -232,12 +259,12 @@ def resample_direct(wav: torch.Tensor, orig: int, new: int, zeros: int = 16, rol
     scale = min(orig, new) * rolloff / orig                 # cut-off periods per input sample
     width = math.ceil(zeros / scale)
     x = F.pad(x, (width, width + 2))
-    offsets = torch.arange(-width, width + 2)                                      # (K,) taps around the time
+    offsets = torch.arange(-width, width + 2, device=wav.device)                   # (K,) taps around the time
     n_out = math.ceil(new * shape[-1] / orig)
     chunk = max(1, chunk_taps // (offsets.numel() * x.shape[0]))
     out = []
     for s in range(0, n_out, chunk):
-        n = torch.arange(s, min(n_out, s + chunk), dtype=torch.int64)             # (C,) output indices
+        n = torch.arange(s, min(n_out, s + chunk), dtype=torch.int64, device=wav.device)   # (C,) output indices
         base = n * orig // new                                                     # whole input samples, exactly
         frac = (n * orig % new).to(wav.dtype) / new                                # and the fraction beyond
         t = (offsets.to(wav.dtype) - frac[:, None]) * scale                        # (C, K), in cut-off periods

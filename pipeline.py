@@ -79,6 +79,7 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
     dtype = fast.pick_inference_dtype(device, dtype, transformer.cfg.width, verbose)
     if dtype == torch.qint8:                                   # int8 linears in the transformer, fp32 elsewhere
         transformer, dtype = fast.quantize_int8(transformer), torch.float32
+    transformer = fast.hold_weights_in(transformer, dtype)    # bf16: converted once, not by autocast every pass
     if device == "cuda":                                       # the 24 blocks replayed as one CUDA graph per shape
         transformer = fast.GraphedTransformer(transformer)
     if clap_ckpt:
@@ -95,8 +96,8 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
         voc = None
         if verbose:
             print("vocoder: none given, using Griffin-Lim (pass --vocoder-ckpt for a HiFiGAN)")
-    if voc is not None:
-        voc = voc.to(device).eval()
+    if voc is not None:                                        # weight norm folded in fp32 before any conversion
+        voc = fast.hold_weights_in(hifigan_format.remove_weight_norm(voc).to(device), dtype).eval()
     return Pipeline(vq, transformer, conditioner, voc, num_samples, device, dtype)
 
 
@@ -134,10 +135,11 @@ def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | N
 
 
 def mel_to_audio(pipe: Pipeline, log_mel: torch.Tensor, gl_iterations: int | None = None) -> torch.Tensor:
-    """Log-mels (B, 80, F) -> waveforms (B, 256 F) on the CPU: the pipeline's vocoder, or Griffin-Lim."""
+    """Log-mels (B, 80, F) -> waveforms (B, 256 F) on the CPU: the pipeline's vocoder, or Griffin-Lim (on
+    the mels' device)."""
     if pipe.vocoder is None:
         iterations = {} if gl_iterations is None else {"n_iter": gl_iterations}
-        return mel.griffin_lim(log_mel.cpu(), **iterations)
+        return mel.griffin_lim(log_mel, **iterations).cpu()
     return fast.vocode_chunked(pipe.vocoder, log_mel, pipe.dtype).cpu()
 
 

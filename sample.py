@@ -68,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=1.5, help="initial Gumbel temperature (Eq. 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=1, help="takes per prompt (batched)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto (what pays on this machine, printed) | fp32 | bf16 | fp16 | int8")
     p.add_argument("--out", default="samples",
                    help="output folder (a name already there is not overwritten: the new take gets -2, -3, ...); "
@@ -285,6 +285,9 @@ def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
 
 def run(args) -> None:
     device = pick_device(args.device)
+    if args.device == "auto":                           # say which one auto chose, as train.py's dtype line does
+        print(f"device: {device} ({'a CUDA GPU is here' if device == 'cuda' else 'no CUDA GPU here'}; "
+              f"--device cpu or cuda to choose)")
     torch.manual_seed(args.seed)
     pipe = pipeline.load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, args.dtype)
     common = dict(steps=args.steps, cfg=args.cfg, temperature=args.temperature, seed=args.seed)

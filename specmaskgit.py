@@ -145,36 +145,46 @@ class SpecMaskGIT(nn.Module):
 
 def mask_ratios(B: int, cfg: Config, generator=None) -> torch.Tensor:
     """(B,) training mask ratios from N(0.55, 0.25) truncated to (0, 1].
-    The paper draws the ratio over 0-100 % (Sec. 3.2); MAGE truncates it to [0.5, 1]; we keep the paper's."""
-    ratios = torch.empty(0)
-    while ratios.numel() < B:                                # rejection sampling = truncation
+    The paper draws the ratio over 0-100 % (Sec. 3.2); MAGE truncates it to [0.5, 1]; we keep the paper's.
+    Drawn on the host (`generator` is a CPU one), so the rejection loop reads host numbers only: a GPU
+    never waits for it."""
+    ratios = []
+    while len(ratios) < B:                                   # rejection sampling = truncation
         r = torch.randn(4 * B, generator=generator) * cfg.mask_std + cfg.mask_mean
-        ratios = torch.cat([ratios, r[(r > 0) & (r <= 1)]])
-    return ratios[:B]
+        ratios += [v for v in r.tolist() if 0 < v <= 1]
+    return torch.tensor(ratios[:B])
 
 
 def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> torch.Tensor:
     """(B, n) bool training masks: per sample a mask_ratios ratio, then that many random positions (at
-    least one, so every sample has a loss). magnet.span_mask draws spans instead, with the same signature."""
+    least one, so every sample has a loss), moved to `device` at the end. magnet.span_mask draws spans
+    instead, with the same signature."""
     n_masked = (mask_ratios(B, cfg, generator) * n).ceil().clamp(1, n).long()              # (B,)
     rank = torch.rand(B, n, generator=generator).argsort(dim=1).argsort(dim=1)             # (B, n) a random permutation per row
-    return (rank < n_masked[:, None]).to(device)
+    return (rank < n_masked[:, None]).to(device, non_blocking=True)
 
 
 def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None, draw_mask=sample_mask):
     """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy).
-    draw_mask(B, n, cfg, generator, device) -> (B, n) bool makes the mask when none is given."""
+    draw_mask(B, n, cfg, generator, device) -> (B, n) bool makes the mask when none is given.
+
+    Every position's loss is computed and weighted by the mask (1 masked, 0 not), then divided by the
+    number of masked positions: the mean over the masked ones, without selecting them by a boolean index,
+    whose output size the host would have to wait for the device to know."""
     cfg = model.cfg
     B, R, C = tokens.shape
     if mask is None:
         mask = draw_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
     if drop_cond is None and cond is not None:
-        drop_cond = (torch.rand(B, generator=generator) < cfg.cfg_dropout).to(tokens.device)
+        drop_cond = (torch.rand(B, generator=generator) < cfg.cfg_dropout).to(tokens.device, non_blocking=True)
     logits = model(tokens, cond, mask, drop_cond)                               # (B, 265, n_codes)
-    flat = mask.view(B, R * C)
-    picked, target = logits[flat].float(), tokens.view(B, R * C)[flat]         # (n_masked, n_codes), (n_masked,)
-    loss = F.cross_entropy(picked, target, label_smoothing=cfg.label_smoothing)
-    acc = (picked.argmax(-1) == target).float().mean()
+    weight = mask.reshape(B * R * C).float()                                    # (B 265,) 1 where masked
+    target = tokens.reshape(B * R * C)                                          # (B 265,)
+    logits = logits.reshape(B * R * C, -1).float()                              # (B 265, n_codes)
+    per_token = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing, reduction="none")  # (B 265,)
+    count = weight.sum()
+    loss = (per_token * weight).sum() / count
+    acc = ((logits.argmax(-1) == target).float() * weight).sum() / count
     return loss, acc
 
 
@@ -320,7 +330,8 @@ class Trainer:
 
     def step(self, batch: dict, step: int) -> dict:
         self.model.train()
-        tokens, cond = batch["tokens"].to(self.device), batch["cond"].to(self.device)
+        tokens = batch["tokens"].to(self.device, non_blocking=True)             # queued: the host does not wait
+        cond = batch["cond"].to(self.device, non_blocking=True)
         g = torch.Generator().manual_seed(step * self.world + self.rank)        # masks replay on --resume; GPUs differ
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
             loss, acc = masked_loss(self.model, tokens, cond, generator=g, draw_mask=self.draw_mask)

@@ -92,6 +92,7 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
         for g in opt.param_groups:
             g.setdefault("peak_lr", g["lr"])                 # restored with the optimiser on --resume
     losses, clock = [], Clock(trainer.start_step)
+    device = getattr(trainer, "device", "cpu")              # where the divergence flag is all-reduced
     for step, batch in batches:
         if step >= steps:
             break
@@ -103,7 +104,7 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
         losses.append((step, {k: v for k, v in metrics.items() if "loss" in k}))
         done = step + 1
         if done % args.log_every == 0 or done == steps:
-            stop_unless_finite(stage, losses, out, world)
+            stop_unless_finite(stage, losses, out, world, device)
             losses = []
             row = {"step": done, "lr": trainer.optimizers[0].param_groups[0]["lr"],
                    "sec_per_step": clock.lap(done), **{k: float(v) for k, v in metrics.items()}}
@@ -119,7 +120,7 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
             x, y = trainer.preview(batch)
             save_png(os.path.join(out, f"{stage}_preview_{done:06d}.png"), [x[0], y[0]], vmin=-1, vmax=1)
         if done % args.ckpt_every == 0 or done == steps:
-            stop_unless_finite(stage, losses, out, world)
+            stop_unless_finite(stage, losses, out, world, device)
             losses = []
             save_state(trainer, done, args, stage, rank, world)
     if rank == 0:
@@ -176,7 +177,7 @@ def run(args) -> None:
         if rank == 0:
             describe(stage, trainer, args, steps, batch, warmup)
         if stage == "transformer":
-            batches = cache_batches(cache, trainer.start_step, batch, args.seed, rank, world)
+            batches = cache_batches(cache, trainer.start_step, batch, args.seed, rank, world, device)
         else:
             batches = audio_batches(dataset, trainer.start_step, batch, args.seed, rank, world, args.workers, device)
         epoch_steps = max(1, len(dataset) // (batch * world))
@@ -230,12 +231,14 @@ def audio_batches(dataset, start_step, batch_size, seed, rank, world, workers, d
     return enumerate(loader, start=start_step)
 
 
-def cache_batches(cache: dict, start_step, batch_size, seed, rank, world):
-    """The transformer stage reads only the cache of token grids and CLAP embeddings."""
+def cache_batches(cache: dict, start_step, batch_size, seed, rank, world, device="cpu"):
+    """The transformer stage reads only the cache of token grids and CLAP embeddings. It is small (AudioCaps:
+    about 0.1 GB), so it moves to the device once and each batch is gathered there."""
+    tokens, cond = cache["tokens"].to(device), cache["cond"].to(device)
     step = start_step
     while True:
-        idx = torch.tensor(batch_indices(step, batch_size, len(cache["tokens"]), seed, rank, world))
-        yield step, {"tokens": cache["tokens"][idx].long(), "cond": cache["cond"][idx].float()}
+        idx = torch.tensor(batch_indices(step, batch_size, len(tokens), seed, rank, world)).to(device, non_blocking=True)
+        yield step, {"tokens": tokens[idx].long(), "cond": cond[idx].float()}
         step += 1
 
 
@@ -318,16 +321,17 @@ def save_state(trainer, step, args, stage, rank=0, world=1) -> None:
                     os.path.join(args.out, f"{stage}.state.pt"))
 
 
-def stop_unless_finite(stage, losses, out, world=1) -> None:
+def stop_unless_finite(stage, losses, out, world=1, device="cpu") -> None:
     """Stop the run with one sentence naming the first step whose loss is NaN or infinite.
 
     `losses` are the steps since the last check; reading them here (every --log-every steps and before
     every checkpoint) keeps the device from waiting on the host every step. Under torchrun every process
-    stops together: one that went on alone would wait forever for the others' gradients.
+    stops together: one that went on alone would wait forever for the others' gradients. The flag they
+    agree on lives on the training `device`: NCCL reduces only CUDA tensors (gloo, on CPUs, host ones).
     """
     bad = next(((s, k, float(v)) for s, d in losses for k, v in d.items() if not math.isfinite(float(v))), None)
     if world > 1:
-        flag = torch.tensor([bad is not None], dtype=torch.float32)
+        flag = torch.tensor([bad is not None], dtype=torch.float32).to(device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if flag.item() and bad is None:
             bad = (losses[-1][0] if losses else 0, "loss", "on another process: nan")
@@ -466,7 +470,9 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     path = os.path.join(args.out, "vocoder.pt")
     ckpt = load_checkpoint(path, "vocoder")
     generator = hifigan_format.load_vocoder(ckpt).to(device)
-    outputs = {"vocoder": hifigan_format.vocode(generator, source.to(device)).cpu(), "griffin_lim": mel.griffin_lim(source)}
+    # in fp32 on every device: the verdict decides what the bundle holds, and should not depend on where it ran
+    outputs = {"vocoder": hifigan_format.vocode(generator, source.to(device), torch.float32).cpu(),
+               "griffin_lim": mel.griffin_lim(source)}
     result = {name: (measure(out[:, :wav.shape[1]]) - target).abs().mean().item() for name, out in outputs.items()}
     result["clips"] = len(wav)
     ckpt["heldout_mel_l1"] = result

@@ -321,6 +321,7 @@ class Trainer:
         self.msd = MultiScaleDiscriminator(cfg).to(device).train()
         # HiFiGAN Sec. 4: AdamW, beta1 0.8 (less momentum than usual: the adversarial target moves), beta2 0.99
         adamw = dict(lr=lr, betas=(0.8, 0.99), weight_decay=0.01)
+        adamw["fused"] = device.startswith("cuda")                          # one optimiser kernel for all weights on a GPU
         self.opt_g = torch.optim.AdamW(self.generator.parameters(), **adamw)
         self.opt_d = torch.optim.AdamW(list(self.mpd.parameters()) + list(self.msd.parameters()), **adamw)
         self.optimizers = [self.opt_g, self.opt_d]
@@ -340,16 +341,18 @@ class Trainer:
         """One random segment_size crop per clip: (B, T) -> (B, segment_size), zero-padded if a clip is short.
 
         The crop offsets depend only on `step` (a generator seeded by it), so a resumed run cuts the same ones.
+        They are drawn on the host and the crops gathered where `wav` lives: no offset is read back.
         """
         n = self.cfg.segment_size
         if wav.shape[1] < n:
             return F.pad(wav, (0, n - wav.shape[1]))
         g = torch.Generator().manual_seed(1_000_003 * (step + 1))
-        starts = torch.randint(0, wav.shape[1] - n + 1, (wav.shape[0],), generator=g).tolist()
-        return torch.stack([w[s:s + n] for w, s in zip(wav, starts)])
+        starts = torch.randint(0, wav.shape[1] - n + 1, (wav.shape[0], 1), generator=g)       # (B, 1)
+        index = starts.to(wav.device, non_blocking=True) + torch.arange(n, device=wav.device)  # (B, n)
+        return wav.gather(1, index)                                                           # (B, n)
 
     def step(self, batch: dict, step: int) -> dict:
-        y = self.segments(batch["wav"].float(), step).to(self.device)       # (B, 8192)
+        y = self.segments(batch["wav"].to(self.device, non_blocking=True).float(), step)   # (B, 8192)
         with torch.no_grad():
             y_mel = mel.mel_spectrogram(y)                                   # (B, 80, 32) the input mel, 0-8 kHz
             y_mel_loss = loss_mel(y)                                         # (B, 80, 32) the loss mel, 0-11 kHz
@@ -370,7 +373,7 @@ class Trainer:
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.float().backward()
             self.opt_d.step()
-            metrics["d_loss"] = loss_d.item()
+            metrics["d_loss"] = loss_d.detach()
 
         # --- 2. generator: mel L1 (Eq. 3) + adversarial (Eq. 2) + feature matching (Eq. 4), Eq. 6 ---
         loss_l1 = F.l1_loss(loss_mel(y_hat[:, 0].float()), y_mel_loss)    # the mel in fp32 (STFT)
@@ -389,12 +392,12 @@ class Trainer:
             loss = loss + loss_adv.float() + self.cfg.fm_weight * loss_fm.float()
             self.mpd.requires_grad_(True)
             self.msd.requires_grad_(True)
-            metrics.update(g_adv=loss_adv.item(), fm=loss_fm.item())
+            metrics.update(g_adv=loss_adv.detach(), fm=loss_fm.detach())
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
-        metrics.update(loss=loss.item(), mel_l1=loss_l1.item())
-        return metrics
+        metrics.update(loss=loss.detach(), mel_l1=loss_l1.detach())
+        return metrics                                                       # 0-d tensors: train.py reads them at log time
 
     def state_dict(self) -> dict:
         return {"config": dataclasses.asdict(self.cfg), "generator": self.generator.state_dict(),

@@ -253,9 +253,12 @@ class VectorQuantizer(nn.Module):
     def forward(self, z):                                              # (B, D, R, C)
         B, D, R, C = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, D)                    # (N = B*R*C, D)
-        x, w = flat.detach().to(self.codebook.weight.dtype), self.codebook.weight   # in the codebook's precision; (K, D)
-        d = x.pow(2).sum(1, keepdim=True) - 2 * x @ w.t() + w.pow(2).sum(1)[None]   # ||z||^2 - 2 z.e_k + ||e_k||^2, (N, K)
-        ids = d.argmin(1)                                              # (N,) argmin_k ||z - e_k||^2: the tokens
+        # The search in fp32 even under autocast: bf16 distances round near-ties differently, and the
+        # token cache (encoded without autocast) would then hold other codes than training chose.
+        with torch.autocast(flat.device.type, enabled=False):
+            x, w = flat.detach().float(), self.codebook.weight.float()   # (N, D), (K, D)
+            d = x.pow(2).sum(1, keepdim=True) - 2 * x @ w.t() + w.pow(2).sum(1)[None]   # ||z||^2 - 2 z.e_k + ||e_k||^2, (N, K)
+            ids = d.argmin(1)                                          # (N,) argmin_k ||z - e_k||^2: the tokens
         e = self.codebook(ids).to(flat.dtype)                          # (N, D)
         codebook_loss = F.mse_loss(e, flat.detach())                   # ||sg[z] - e||^2
         commit_loss = F.mse_loss(flat, e.detach())                     # ||z - sg[e]||^2
@@ -433,7 +436,7 @@ class Trainer:
     def mels(self, wav: torch.Tensor) -> torch.Tensor:
         """Audio (B, T) -> the tokenizer's input: HiFiGAN log-mel -> [-1, 1] (Sec. 3.1), (B, 80, F), F a multiple of 16."""
         with torch.no_grad():
-            x = mel.normalize(mel.mel_spectrogram(wav.to(self.device).float()))   # (B, 80, T/256) in [-1, 1]
+            x = mel.normalize(mel.mel_spectrogram(wav.to(self.device, non_blocking=True).float()))   # (B, 80, T/256) in [-1, 1]
         frames = x.shape[-1] // DOWNSAMPLE * DOWNSAMPLE
         if frames == 0:
             raise ValueError(f"clips of {wav.shape[-1]} samples are shorter than one token column (16 frames = 4096 samples).")

@@ -7,11 +7,13 @@
 - only rank 0 writes files (rank 1 would fail if it opened anything in --out for writing).
 """
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import specmaskgit
@@ -105,3 +107,96 @@ def test_two_processes_see_disjoint_data_share_the_whole_batch_gradient_and_only
     state = load_checkpoint(str(out / "transformer.state.pt"), "transformer")
     assert state["step"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])
+
+
+# train.py under torchrun, recording the device of every tensor handed to a collective (each must be on the
+# training device, the one its backend serves: NCCL reduces only CUDA tensors, gloo here host ones).
+COLLECTIVES_SHIM = r"""
+import json, os, sys
+import torch
+import torch.distributed as dist
+import train
+dump, argv = sys.argv[1], sys.argv[2:]
+seen = []
+def spy(name):
+    real = getattr(dist, name)
+    def collective(tensor, *args, **kwargs):
+        seen.append([name, str(tensor.device)])
+        return real(tensor, *args, **kwargs)
+    return collective
+for name in ("all_reduce", "broadcast"):
+    setattr(dist, name, spy(name))
+code = train.main(argv)
+with open(os.path.join(dump, f"collectives{os.environ['RANK']}.json"), "w") as f:
+    json.dump(seen, f)
+sys.exit(code)
+"""
+
+
+def test_two_processes_train_every_stage_and_write_a_bundle_that_samples(tmp_path):
+    """`--stage all` under torchrun: every Trainer under DistributedDataParallel (describe, the divergence
+    check, save_state, the VQGAN's code re-seeding), then a bundle that loads and samples a clip."""
+    import mel
+    import pipeline
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    dump.mkdir()
+    (tmp_path / "shim.py").write_text(COLLECTIVES_SHIM)
+    flags = TOY + ["--stage", "all", "--steps", "2", "--log-every", "1", "--out", str(out),
+                   "--bundle", str(out / "bundle.pt")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "shim.py"), str(dump), *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in train.STAGES:
+        assert load_checkpoint(str(out / f"{stage}.state.pt"), stage)["step"] == 2
+    for rank in (0, 1):
+        seen = json.loads((dump / f"collectives{rank}.json").read_text())
+        # the divergence flag after every logged step of the four stages, the VQGAN's pick counts and codes
+        assert sum(name == "all_reduce" for name, _ in seen) >= 2 * 4 and ("broadcast", "cpu") in map(tuple, seen)
+        assert {device for _, device in seen} == {"cpu"}
+    pipe = pipeline.load_pipeline(str(out / "bundle.pt"), device="cpu", dtype="fp32", verbose=False)
+    wav, _, _, _ = pipeline.text_to_audio(pipe, ["a dog barking"], verbose=False)
+    assert wav.shape == (1, 16384) and pipe.num_samples == 16384 and torch.isfinite(wav).all()
+    assert wav.abs().max() > 0
+
+
+class Collective(Exception):
+    pass
+
+
+def test_the_divergence_flag_goes_to_the_collective_on_the_training_device(monkeypatch, tmp_path):
+    """NCCL reduces only CUDA tensors: the flag must be made on the device the run trains on, not on the host.
+    "meta" stands in for a GPU here (no CPU tensor is on it); the spy stops at the collective."""
+    seen = []
+
+    def all_reduce(tensor, *args, **kwargs):
+        seen.append(tensor.device)
+        raise Collective
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    for device in ("meta", "cpu"):
+        with pytest.raises(Collective):
+            train.stop_unless_finite("vqgan", [(0, {"loss": torch.tensor(1.0)})], str(tmp_path), world=2, device=device)
+    assert seen == [torch.device("meta"), torch.device("cpu")]
+
+
+def test_a_group_that_maps_devices_as_nccl_does_refuses_a_host_flag_and_gloo_takes_one(tmp_path):
+    """The failure torchrun met on GPUs, reproduced on a CPU: a group made for "cuda:gloo" serves CUDA tensors
+    only, as NCCL does, so a flag on the host has no backend there. With the flag on the device that the
+    group serves (here a "cpu:gloo" group and a CPU run), the check runs and stops a diverged run."""
+    import torch.distributed as dist
+    from runtime import UserError
+    losses_ok, losses_nan = [(0, {"loss": torch.tensor(1.0)})], [(0, {"loss": torch.tensor(float("nan"))})]
+    for backend in ("cuda:gloo", "cpu:gloo"):
+        store = dist.FileStore(str(tmp_path / f"store-{backend.replace(':', '-')}"), 1)
+        dist.init_process_group(backend, store=store, rank=0, world_size=1)
+        try:
+            if backend == "cuda:gloo":
+                with pytest.raises(RuntimeError, match="device type cpu"):
+                    train.stop_unless_finite("vqgan", losses_ok, str(tmp_path), world=2, device="cpu")
+            else:
+                train.stop_unless_finite("vqgan", losses_ok, str(tmp_path), world=2, device="cpu")
+                with pytest.raises(UserError, match="stopped being finite at step 1"):
+                    train.stop_unless_finite("vqgan", losses_nan, str(tmp_path), world=2, device="cpu")
+        finally:
+            dist.destroy_process_group()

@@ -106,3 +106,99 @@ def test_a_candidate_that_fails_is_never_chosen(tmp_path):
 def test_the_real_timer_gives_a_positive_rate_for_each_candidate():
     for name in fast.CANDIDATES:
         assert fast.time_candidate(name, 64) > 0
+
+
+def test_the_timer_runs_each_candidate_with_weights_already_in_its_dtype_at_the_real_row_count(monkeypatch):
+    seen = []
+    real = fast.rate
+
+    def spy(layer, x, calls):
+        linear = layer[0] if isinstance(layer, torch.nn.Sequential) else layer
+        weight = getattr(linear, "weight", None)
+        weight = weight() if callable(weight) else weight                      # a quantised linear's weight()
+        seen.append((weight.dtype, x.dtype, x.shape[0], torch.is_autocast_enabled("cpu")))
+        return real(layer, x, calls)
+    monkeypatch.setattr(fast, "rate", spy)
+    monkeypatch.setattr(fast, "CFG_ROWS", 40)                                   # small here; 2 x 265 in the pipeline
+    fast.time_candidate("bf16", 32, rows=fast.CFG_ROWS)
+    assert seen[0][:2] == (torch.bfloat16, torch.bfloat16)                      # cast once, before timing
+    assert all(not autocast for *_, autocast in seen)                           # no re-cast inside the calls
+    assert seen[-1][2] in (32, 40)
+    seen.clear()
+    assert fast.time_candidate("fp32", 32, rows=40) > 0
+    assert seen[-1] == (torch.float32, torch.float32, 40, False)
+    assert fast.time_candidate.__defaults__ == (2 * 265,)                      # one full-size clip with CFG
+
+
+def test_bf16_is_held_in_the_weights_and_gives_logits_close_to_fp32():
+    model = small_model()
+    tokens, cond = torch.randint(0, 32, (2, 5, 8)), torch.randn(2, 16)
+    mask = torch.rand(2, 5, 8) < 0.5
+    with torch.no_grad():
+        reference = model(tokens, cond, mask)
+    held = fast.hold_weights_in(small_model(), torch.bfloat16)
+    linears = [m for m in held.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    with torch.no_grad():
+        out = held(tokens, cond, mask)                                          # no autocast needed
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_amp = held(tokens, cond, mask)                                  # nor harmful
+    for o in (out, out_amp):
+        assert o.dtype == torch.bfloat16
+        torch.testing.assert_close(o.float(), reference, atol=0.05, rtol=0.05)
+    assert fast.hold_weights_in(model, torch.float32) is model and next(model.parameters()).dtype == torch.float32
+
+
+class FakeGraph:
+    """What fast.GraphedTransformer.capture returns, on a CPU: replay runs the trunk on the static input."""
+
+    def __init__(self, model, static_in):
+        self.model, self.static_in = model, static_in
+        self.static_out = fast.trunk(model, static_in)
+
+    def replay(self):                                     # a real replay writes the memory, whatever the mode
+        with torch.inference_mode():
+            self.static_out.copy_(fast.trunk(self.model, self.static_in))
+
+
+def graphed_on_cpu(monkeypatch, fail=False):
+    model = small_model()
+    graphed = fast.GraphedTransformer(model)
+    monkeypatch.setattr(graphed, "uses_graph", lambda x: not torch.is_grad_enabled() and not graphed.capture_failed)
+
+    def capture(static_in, amp):
+        if fail:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+        g = FakeGraph(model, static_in)
+        return g, g.static_out
+    monkeypatch.setattr(graphed, "capture", capture)
+    return model, graphed
+
+
+def test_a_graph_captured_under_inference_mode_replays_under_no_grad(monkeypatch):
+    model, graphed = graphed_on_cpu(monkeypatch)
+    tokens, cond, mask = torch.randint(0, 32, (2, 5, 8)), torch.randn(2, 16), torch.rand(2, 5, 8) < 0.5
+    with torch.no_grad():
+        expected = model(tokens, cond, mask)
+    with torch.inference_mode():
+        first = graphed(tokens, cond, mask)                                     # captured here
+    with torch.no_grad():
+        second = graphed(tokens, cond, mask)                                    # the same graph, other mode
+    with torch.inference_mode():
+        third = graphed(tokens, cond, mask)
+    assert len(graphed.graphs) == 1 and not graphed.capture_failed
+    for out in (first, second, third):
+        torch.testing.assert_close(out, expected)
+
+
+def test_a_failed_capture_says_so_once_on_stderr_and_runs_eagerly(monkeypatch, capsys):
+    model, graphed = graphed_on_cpu(monkeypatch, fail=True)
+    tokens, cond, mask = torch.randint(0, 32, (2, 5, 8)), torch.randn(2, 16), torch.rand(2, 5, 8) < 0.5
+    with torch.inference_mode():
+        expected = model(tokens, cond, mask)
+        outs = [graphed(tokens, cond, mask) for _ in range(3)]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA graph capture failed" in err[0] and "eagerly" in err[0]
+    assert graphed.capture_failed and graphed.graphs == {}
+    for out in outs:
+        assert torch.equal(out, expected)

@@ -290,3 +290,38 @@ def test_enospc_while_writing_a_png_is_one_sentence(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="No space left on device"):
         mel.save_png(str(path), np.eye(4), min_height=3)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_the_mel_and_the_resampler_run_on_their_inputs_device(device):
+    """"meta" stands in for a GPU: any constant built on the host would meet the input there and raise."""
+    wav = torch.randn(2, 4800, device=device)
+    for orig, new in ((48000, 22050), (22051, 22050)):                       # the filter bank, then one filter per sample
+        out = mel.resample(wav, orig, new)
+        assert out.device == wav.device and out.shape == (2, -(-4800 * new // orig))
+    m = mel.mel_spectrogram(torch.randn(2, 4096, device=device))
+    assert m.device.type == device and m.shape == (2, 80, 16)
+
+
+def test_constants_are_copied_to_a_device_and_dtype_once_and_usable_by_training():
+    with torch.inference_mode():
+        first = mel.on_device(mel._WINDOW, "meta", torch.float64)            # made under inference mode ...
+    assert first.device.type == "meta" and first.dtype == torch.float64
+    assert mel.on_device(mel._WINDOW, "meta", torch.float64) is first        # ... once
+    assert not first.is_inference()                                          # ... and usable with autograd on
+    assert mel.on_device(mel._WINDOW, "cpu", torch.float32) is mel._WINDOW   # already there: no copy
+
+
+def test_griffin_lim_builds_its_constants_where_its_input_is(monkeypatch):
+    asked = []
+    real = mel.on_device
+
+    def spy(constant, device, dtype):
+        asked.append((torch.device(device), dtype))
+        return real(constant, device, dtype)
+    monkeypatch.setattr(mel, "on_device", spy)
+    log_mel = mel.mel_spectrogram(torch.randn(1, 4096))
+    asked.clear()
+    wav = mel.griffin_lim(log_mel.double(), n_iter=2)
+    assert len(asked) == 2 and set(asked) == {(torch.device("cpu"), torch.float32)}   # pseudo-inverse and window
+    assert wav.shape == (1, 4096) and torch.isfinite(wav).all()

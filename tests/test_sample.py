@@ -353,3 +353,22 @@ def test_a_loud_inpainted_window_is_scaled_and_the_input_around_it_kept_sample_f
     assert 0 < offset and offset + CLIP < length
     assert torch.equal(out[:offset], wav[:offset]) and torch.equal(out[offset + CLIP:], wav[offset + CLIP:])
     assert abs(float(out[offset:offset + CLIP].abs().max()) - 1.0) < 1e-6        # full scale, not 50 x
+
+
+def test_a_bf16_pipeline_holds_the_transformer_in_bf16_and_keeps_the_tokenizer_and_clap_in_fp32():
+    fp32 = pipeline.load_pipeline(pipeline.DEFAULT_CKPT, dtype="fp32", verbose=False)
+    bf16 = pipeline.load_pipeline(pipeline.DEFAULT_CKPT, dtype="bf16", verbose=False)
+    assert bf16.dtype == torch.bfloat16
+    linears = [m for m in bf16.transformer.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)             # converted once
+    assert all(p.dtype == torch.float32 for p in list(bf16.vq.parameters()) + list(bf16.clap.parameters()))
+    assert all(p.dtype == torch.float32 for p in fp32.transformer.parameters())           # fp32 untouched
+    t = fp32.transformer.cfg
+    tokens, mask = torch.randint(0, t.n_codes, (2, t.rows, t.cols)), torch.rand(2, t.rows, t.cols) < 0.5
+    cond = torch.nn.functional.normalize(torch.randn(2, t.cond_dim), dim=-1)
+    with torch.inference_mode():
+        reference = fp32.transformer(tokens, cond, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):                                 # as sample_tokens runs it
+            out = bf16.transformer(tokens, cond, mask).float()
+    assert (out.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+    torch.testing.assert_close(out.softmax(-1), reference.softmax(-1), atol=0.05, rtol=0)

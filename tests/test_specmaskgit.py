@@ -407,3 +407,28 @@ def test_token_ids_outside_the_codebook_are_an_error():
     mask[0, 0, 0] = False
     out = smg.generate(model, None, steps=2, known_tokens=bad, known_mask=mask)
     assert 0 <= out[0, 0, 0] < 32
+
+
+def test_the_mask_weighted_loss_equals_the_mean_over_the_selected_positions_with_its_gradient():
+    """masked_loss weights every position by the mask instead of selecting the masked ones by a boolean
+    index (which makes a GPU wait): the loss, the accuracy and the gradient are those of the selection."""
+    model = small_model()
+    tokens, cond = torch.randint(0, 32, (3, 5, 8)), torch.randn(3, 16)
+    mask = torch.rand(3, 5, 8) < 0.4
+    mask[:, 0, 0] = True
+    keep = torch.zeros(3, dtype=torch.bool)
+    loss, acc = smg.masked_loss(model, tokens, cond, mask=mask, drop_cond=keep)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    flat = mask.view(3, -1)
+    logits = model(tokens, cond, mask, keep)[flat].float()                   # the selection, as written before
+    target = tokens.view(3, -1)[flat]
+    expected = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(acc, (logits.argmax(-1) == target).float().mean())
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad)

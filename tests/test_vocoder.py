@@ -339,6 +339,12 @@ def test_the_loss_mel_covers_the_full_band_and_the_input_mel_stops_at_8_khz():
     assert vocoder.loss_mel(low).shape == (1, 80, 32)
 
 
+def floats(metrics: dict) -> dict:
+    """A step's metrics (0-d tensors, which train.py reads only at log lines) as numbers."""
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values())
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def gan_trainer(seed=0):
     torch.manual_seed(seed)
     cfg = dataclasses.replace(TINY, disc_start=0, segment_size=1024)
@@ -352,7 +358,7 @@ def test_trainer_generator_loss_is_45_mel_plus_adversarial_plus_2_feature_matchi
     with torch.no_grad():
         y_hat = generator(mel.mel_spectrogram(y))[:, 0]                       # the input mel: 0-8 kHz
         mel_l1 = (vocoder.loss_mel(y_hat) - vocoder.loss_mel(y)).abs().mean().item()   # the loss mel: 0-11 kHz
-    m = t.step(clips, 0)
+    m = floats(t.step(clips, 0))                                              # 0-d tensors, read here
     assert m["mel_l1"] == pytest.approx(mel_l1, rel=1e-5)
     assert m["g_adv"] > 0 and m["fm"] > 0
     assert m["loss"] == pytest.approx(45 * m["mel_l1"] + m["g_adv"] + 2 * m["fm"], rel=1e-5)   # Eq. 6
@@ -371,7 +377,7 @@ def test_trainer_generator_loss_moves_with_the_feature_maps():
             fmaps = [[f + 0.5 for f in fm] for fm in fmaps]
         return scores, fmaps
     b.mpd.forward = shifted
-    ma, mb = a.step(clips, 0), b.step(clips, 0)
+    ma, mb = floats(a.step(clips, 0)), floats(b.step(clips, 0))
     assert ma["g_adv"] == pytest.approx(mb["g_adv"], rel=1e-4) and ma["mel_l1"] == pytest.approx(mb["mel_l1"], rel=1e-6)
     assert abs(mb["fm"] - ma["fm"]) > 0.05
     assert mb["loss"] - ma["loss"] == pytest.approx(2 * (mb["fm"] - ma["fm"]), rel=1e-3, abs=1e-4)
@@ -383,9 +389,9 @@ def test_trainer_steps_resumes_and_writes_a_loadable_checkpoint():
     cfg = dataclasses.replace(TINY, disc_start=1, segment_size=2048)     # short crops keep the test fast
     clips = {"wav": torch.randn(2, 3000, generator=torch.Generator().manual_seed(0)) * 0.1}
     t = vocoder.Trainer(cfg)
-    m0 = t.step(clips, 0)                                                   # mel loss only
+    m0 = floats(t.step(clips, 0))                                           # mel loss only
     assert set(m0) == {"loss", "mel_l1"} and m0["loss"] == pytest.approx(45 * m0["mel_l1"], rel=1e-5)
-    m1 = t.step(clips, 1)                                                   # + GAN
+    m1 = floats(t.step(clips, 1))                                           # + GAN
     assert {"d_loss", "g_adv", "fm", "mel_l1"} <= set(m1)
     assert all(torch.isfinite(torch.tensor(v)) for v in m1.values())
     # segments: one 8192-sample crop per clip, the same for the same step (resume-safe)
@@ -401,7 +407,7 @@ def test_trainer_steps_resumes_and_writes_a_loadable_checkpoint():
         a, b = getattr(t, name).state_dict(), getattr(u, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(u.opt_d.state_dict()["state"][0]["exp_avg_sq"], t.opt_d.state_dict()["state"][0]["exp_avg_sq"])
-    a, b = t.step(clips, 2), u.step(clips, 2)
+    a, b = floats(t.step(clips, 2)), floats(u.step(clips, 2))
     assert a["d_loss"] == b["d_loss"] and a["mel_l1"] == b["mel_l1"]     # computed before this step's updates
     with pytest.raises(UserError, match="mpd_width"):                     # train.py's --resume checks this first
         runtime.check_config(dataclasses.replace(cfg, mpd_width=8), t.state_dict()["config"], "vocoder run")

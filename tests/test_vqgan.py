@@ -270,3 +270,22 @@ def test_tiny_model_overfits_one_real_clip(full_band_clips):
         losses.append(l1.item())
     final = min(losses[-10:])
     assert final < 0.25 * losses[0] and final < 0.35 * baseline, (losses[0], baseline, final)   # ~0.19 and ~0.30
+
+
+def test_the_code_search_runs_in_fp32_under_bf16_autocast():
+    """Training runs the VQGAN under autocast, the token cache encodes without it: both must pick the same
+    codes. In bf16, the distances of near-tied codes round together and some argmins flip."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(vqgan.PRESETS["tiny"], n_codes=256, code_dim=16)
+    q = vqgan.VectorQuantizer(cfg).eval()
+    with torch.no_grad():
+        q.codebook.weight.normal_()
+    z = torch.randn(8, 16, 5, 16)                                            # 640 vectors
+    fp32_ids = q(z)[2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp_ids = q(z)[2]
+    assert torch.equal(amp_ids, fp32_ids)
+    # the same search in bf16 does pick other codes for some: the test can see the difference
+    x, w = z.permute(0, 2, 3, 1).reshape(-1, 16).bfloat16(), q.codebook.weight.bfloat16()
+    bf16_ids = (x.pow(2).sum(1, keepdim=True) - 2 * x @ w.t() + w.pow(2).sum(1)[None]).argmin(1)
+    assert (bf16_ids != fp32_ids.reshape(-1)).any()
