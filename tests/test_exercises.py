@@ -1,4 +1,4 @@
-"""The README's eight exercises, each run from the README's own command at its smallest setting.
+"""The README's nine exercises, each run from the README's own command at its smallest setting.
 
 The commands are read out of the README's "## Exercises" section (every `python ...` span of an
 exercise), so a command that rots there fails here. Only settings that make a run small are added: a
@@ -444,3 +444,35 @@ def test_exercise_8_the_page_shows_the_belief_settle_step_by_step(tmp_path):
     def now(f):
         return re.findall(r'<td class="n" data-c="(\d+)"', f)
     assert [now(f) for f in frames["hot"]] != [now(f) for f in frames["cold"]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exercise 9: MAGNeT's annealed guidance against SpecMaskGIT's ramp
+# ---------------------------------------------------------------------------------------------------
+
+def test_exercise_9_magnet_guidance_falls_from_10_to_1_and_the_ramp_rises(tmp_path, monkeypatch):
+    import magnet
+    scales = []
+    real = magnet.generate
+
+    def spy(*args, on_step=None, **kwargs):
+        def seen(info):
+            scales[-1].append(info["cfg_scale"])
+            if on_step is not None:
+                on_step(info)
+        scales.append([])
+        return real(*args, on_step=seen, **kwargs)
+
+    monkeypatch.setattr(magnet, "generate", spy)
+    annealed = command(9, "sample.py") + ["--row-steps", "4"]
+    rising = replaced(annealed, *span_flag(9, "--guidance"))
+    assert annealed[annealed.index("--guidance") + 1] == "10,1" and rising[rising.index("--guidance") + 1] == "0,3"
+    for name, argv in (("annealed", annealed), ("rising", rising)):
+        run_sample(argv + ["--out", str(tmp_path / name)])
+        stem = sample.slug(argv[0])
+        assert sorted(os.listdir(tmp_path / name)) == [stem + ".html", stem + ".wav"]
+    falling, ramp = scales
+    # gamma (the share still masked) is 1 at the first step and shrinks: lambda = gamma high + (1 - gamma) low
+    assert falling[0] == 10 and ramp[0] == 0
+    assert all(a > b for a, b in zip(falling, falling[1:])) and all(a < b for a, b in zip(ramp, ramp[1:]))
+    assert 1 <= falling[-1] < 10 and 0 < ramp[-1] <= 3
