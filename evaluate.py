@@ -37,61 +37,8 @@ import torch.nn.functional as F
 import mel
 import sample
 import toyworld
+from metrics import clap_score, frechet_distance
 from runtime import ArgumentParser, UserError, pick_device, run_command
-
-
-# ---------------------------------------------------------------------------------------------------
-# The Fréchet audio distance (Sec. 4).
-# ---------------------------------------------------------------------------------------------------
-#
-# Fit a Gaussian N(mu, S) to each set of embeddings; the Fréchet (2-Wasserstein) distance between two
-# Gaussians has a closed form:
-#     FAD = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))
-# The hard part is Tr((S_a S_b)^(1/2)). S_a S_b is not symmetric, so the usual tool (scipy.linalg.sqrtm)
-# takes a general, slow and sometimes complex-valued square root. We use a symmetric route instead:
-# S_a S_b = S_a^(1/2) (S_a^(1/2) S_b) has the same eigenvalues as (S_a^(1/2) S_b) S_a^(1/2) = M, and M is
-# symmetric positive semi-definite. The trace of a square root is the sum of the square roots of the
-# eigenvalues, so
-#     Tr((S_a S_b)^(1/2)) = sum_i sqrt(lambda_i(M)),   M = S_a^(1/2) S_b S_a^(1/2)
-# and both square roots need only torch.linalg.eigh, the eigen-decomposition of a symmetric matrix.
-# With fewer clips than embedding dimensions (64 clips, 512 dims) the covariances are singular: their
-# zero eigenvalues come out as tiny negatives in floating point and are clamped to 0 before the sqrt.
-# Everything is float64: the trace is a difference of large, nearly equal sums.
-
-def covariance(x: torch.Tensor) -> torch.Tensor:
-    """Sample covariance (D, D) of rows x (N, D), with the unbiased 1/(N-1) (numpy.cov, the FAD toolbox)."""
-    centred = x - x.mean(0)                                                   # (N, D)
-    return centred.T @ centred / (x.shape[0] - 1)                             # (D, D)
-
-
-def sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
-    """The symmetric square root of a symmetric positive semi-definite matrix: a = V diag(l) V^T -> V diag(sqrt l) V^T."""
-    a = (a + a.T) / 2                                                         # remove round-off asymmetry
-    eigvals, eigvecs = torch.linalg.eigh(a)                                   # (D,), (D, D)
-    return (eigvecs * eigvals.clamp_min(0).sqrt()) @ eigvecs.T
-
-
-def trace_sqrt_product(s_a: torch.Tensor, s_b: torch.Tensor) -> torch.Tensor:
-    """Tr((S_a S_b)^(1/2)) through the symmetric M = S_a^(1/2) S_b S_a^(1/2) (see above)."""
-    root_a = sqrtm_psd(s_a)
-    m = root_a @ s_b @ root_a
-    return torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
-
-
-def frechet_distance(emb_a: torch.Tensor, emb_b: torch.Tensor) -> float:
-    """FAD between embeddings emb_a (N, D) and emb_b (M, D): the Fréchet distance of their Gaussians."""
-    if emb_a.shape[0] < 2 or emb_b.shape[0] < 2:
-        raise UserError("FAD needs at least 2 clips in each set (a covariance of one clip is undefined).")
-    a, b = emb_a.detach().cpu().double(), emb_b.detach().cpu().double()
-    mu_a, mu_b = a.mean(0), b.mean(0)                                         # (D,)
-    s_a, s_b = covariance(a), covariance(b)                                   # (D, D)
-    fad = (mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * trace_sqrt_product(s_a, s_b)
-    return max(0.0, fad.item())                                               # round-off can give -1e-15
-
-
-def clap_score(text_emb: torch.Tensor, audio_emb: torch.Tensor) -> float:
-    """Mean cosine similarity of each prompt's text embedding with its clip's audio embedding (B, D) x (B, D)."""
-    return F.cosine_similarity(text_emb.double(), audio_emb.double(), dim=-1).mean().item()
 
 
 # ---------------------------------------------------------------------------------------------------
