@@ -21,6 +21,7 @@ Out: one 22050 Hz wav per prompt and take; with --png a labelled picture of its 
   python sample.py --inpaint clip.wav --start 1.0 --end 2.0 "birds chirping"
   python sample.py --bwe band_limited.wav --lfr
   python sample.py --benchmark full                       # speed, plain path to fast path (benchmark.py)
+  python sample.py --benchmark full --threads 1,2,4       # Fig. 2: speed against CPU threads
 """
 
 import argparse
@@ -361,6 +362,8 @@ def parse_args(argv=None):
     p.add_argument("--benchmark", metavar="PRESET", choices=["full", "tiny"],
                    help="time the pipeline at the preset's size, plain path to fast path (benchmark.py)")
     p.add_argument("--runs", type=int, default=3, help="with --benchmark: timed runs per measurement")
+    p.add_argument("--threads", default=None, metavar="N,N,...", help="with --benchmark: instead of the table, the "
+                   "fast path's speed on each number of CPU threads, against the real-time line (Fig. 2)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.steps > 256:
         raise UserError(f"--steps must be between 1 and 256, not {args.steps}.")
@@ -401,9 +404,25 @@ def parse_args(argv=None):
         raise UserError("--lfr only makes sense with --bwe.")
     if args.runs < 1:
         raise UserError(f"--runs must be 1 or more, not {args.runs}.")
+    if args.threads is not None:
+        args.threads = thread_counts(args.threads, bool(args.benchmark))
     if not (args.inpaint or args.bwe or args.benchmark) and not args.prompts:
         raise UserError("give a prompt, e.g. python sample.py \"rain on a roof\" (or --inpaint / --bwe FILE).")
     return args
+
+
+def thread_counts(text: str, benchmark: bool) -> list[int]:
+    """--threads "1,2,4" -> [1, 2, 4]: each a whole number from 1 to the machine's CPU count."""
+    if not benchmark:
+        raise UserError("--threads goes with --benchmark (e.g. --benchmark full --threads 1,2,4).")
+    most = os.cpu_count() or 1
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--threads takes thread counts like 1,2,4, not {text!r}.") from None
+    if not counts or any(not 1 <= c <= most for c in counts):
+        raise UserError(f"--threads takes thread counts from 1 to {most} (this machine's CPUs), not {text!r}.")
+    return counts
 
 
 OUTPUT_EXTS = (".wav", ".png", ".html")   # what one take may write; they share one name
@@ -495,7 +514,10 @@ def run(args) -> None:
     device = pick_device(args.device)
     if args.benchmark:
         import benchmark
-        benchmark.benchmark(args.benchmark, device, args.dtype, args.runs)
+        if args.threads:
+            benchmark.speed_against_threads(args.benchmark, device, args.dtype, args.runs, args.threads)
+        else:
+            benchmark.benchmark(args.benchmark, device, args.dtype, args.runs)
         return
     torch.manual_seed(args.seed)
     pipe = load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, args.dtype)

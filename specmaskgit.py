@@ -34,10 +34,10 @@ class Config:
     cols: int = 53                # 848 frames / 16
     cond_dim: int = 512           # CLAP embedding width (Sec. 3.3)
     dropout: float = 0.0
-    label_smoothing: float = 0.1  # Eq. 1 is a cross-entropy with label smoothing 0.1 (Sec. 4)
-    mask_mean: float = 0.55       # mask ratio ~ Gaussian(0.55, 0.25) truncated to (0, 1] (Sec. 3.2, after MAGE)
-    mask_std: float = 0.25
-    cfg_dropout: float = 0.1      # share of training samples trained unconditionally (CFG, Sec. 3.3)
+    label_smoothing: float = 0.1  # Eq. 1 is a cross-entropy with label smoothing 0.1 (Sec. 3.2)
+    mask_mean: float = 0.55       # mask ratio: a truncated Gaussian centred at 55 % over 0-100 % (Sec. 3.2)
+    mask_std: float = 0.25        # its spread is MAGE's (the paper's ref. [31]); the paper gives none
+    cfg_dropout: float = 0.1      # CFG: the condition replaced by [M] on 10 % (Sec. 3.4: of steps; here of samples)
     conditional_mask: bool = True # masked positions show the CLAP embedding instead of [M] (Sec. 3.3)
     mask_schedule: str = "cosine" # how many tokens stay masked after each sampling step (Sec. 3.4)
 
@@ -145,7 +145,8 @@ class SpecMaskGIT(nn.Module):
 def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> torch.Tensor:
     """(B, n) bool training masks: per sample a ratio from N(0.55, 0.25) truncated to (0, 1], then that
     many random positions (at least one, so every sample has a loss).
-    The paper draws the ratio over 0-100 % (Sec. 3.2); MAGE truncates it to [0.5, 1]; we keep the paper's."""
+    The paper draws the ratio over 0-100 % centred at 55 % (Sec. 3.2); the std 0.25 is MAGE's, which truncates
+    to [0.5, 1] and draws one ratio per batch; we keep the paper's range and draw one ratio per sample."""
     ratios = torch.empty(0)
     while ratios.numel() < B:                                # rejection sampling = truncation
         r = torch.randn(4 * B, generator=generator) * cfg.mask_std + cfg.mask_mean
@@ -293,7 +294,7 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
 # ---------------------------------------------------------------------------------------------------
 
 class Trainer:
-    """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: the MAE / MAGE recipe the paper follows)
+    """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: MAE's and MAGE's recipe; the paper names no optimiser)
     and one optimisation step with gradient clipping at 1.0 (train.py runs the loop)."""
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,

@@ -899,7 +899,8 @@ def stage_hparams(stage, args, world=1):
     warmup = d["warmup"] if args.warmup is None else args.warmup
     lr = args.lr or d["lr"]                          # None = the rule of the stage's paper:
     if stage == "transformer" and lr is None:
-        lr = 1e-3 * batch * world / 256              # Sec. 4: base lr 1e-3 x global batch / 256 (MAE convention)
+        lr = 1e-3 * batch * world / 256              # Sec. 4: base lr 1e-3 scaled with the batch as in its refs
+                                                     # [17, 31] (MAE, MAGE): x global batch / 256
     if stage == "vqgan" and lr is None:
         lr = 4.5e-6 * batch * world                  # Taming's base_learning_rate x global batch (SpecVQGAN's configs)
     return steps, batch, min(warmup, steps), lr

@@ -6,6 +6,7 @@ follows the CPU, and that the benchmark's table and its final line come out.
 """
 
 import dataclasses
+import os
 import re
 
 import pytest
@@ -148,3 +149,20 @@ def test_benchmark_tiny_prints_the_table_and_the_rtf_line(capsys):
     m = re.fullmatch(r"rtf=([\d.]+) seconds=([\d.]+) audio_seconds=2\.972 device=cpu dtype=fp32", last)
     assert m, last
     assert float(m.group(1)) == pytest.approx(float(m.group(2)) / 2.972, rel=0.01)
+
+
+def test_threads_time_the_fast_path_once_per_thread_count_in_its_own_process(capsys):
+    counts = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
+    rows = benchmark.speed_against_threads("tiny", "cpu", "fp32", 1, counts)
+    assert [threads for threads, _, _ in rows] == counts                    # each worker ran on its count
+    assert all(rtf == pytest.approx(seconds / (65536 / 22050)) for _, seconds, rtf in rows)
+    out = capsys.readouterr().out
+    assert out.count("\n| 1 |") == 1 and "real-time line" in out
+
+
+def test_threads_need_benchmark_and_whole_counts(capsys):
+    for argv in (["rain", "--threads", "1"], ["--benchmark", "tiny", "--threads", "0"],
+                 ["--benchmark", "tiny", "--threads", "one"]):
+        assert sample.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "--threads" in err and "\n" not in err
