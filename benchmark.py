@@ -48,7 +48,7 @@ import vqgan
 from fast import pick_inference_dtype
 from runtime import DTYPES, ArgumentParser, UserError, pick_device, run_command
 
-STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # Sec. 3.4 / Sec. 4: the paper's sampling settings
+STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # 16 iterations and CFG 3.0 (Sec. 5.1), Gumbel 1.5 (Fig. 7 left)
 CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}
 
 
@@ -286,6 +286,29 @@ def benchmark(preset: str, device: str, dtype_name: str | None, runs: int, batch
           f"audio_seconds={audio_seconds:.3f} device={device} dtype={name}")
 
 
+def speed_against_threads(preset: str, device: str, dtype_name: str | None, runs: int, threads: list[int]) -> list:
+    """Fig. 2 in miniature: the fast path end to end (one clip, 16 steps with CFG, decoder, vocoder) with
+    torch limited to each number of CPU threads in turn, one fresh process per count (a process's thread
+    pool is fixed once it has run an operation). Prints one row per count and returns (threads, seconds, RTF).
+    The paper: real time (RTF <= 1) from 4 Xeon cores on, with its standard Python implementation."""
+    if device != "cpu":
+        raise UserError("--threads measures CPU cores; run it with --device cpu.")
+    dtype = pick_inference_dtype(device, dtype_name, specmaskgit.PRESETS[preset].width, verbose=False)
+    audio_seconds = CLIP_SAMPLES[preset] / mel.SR
+    print(f"speed against CPU threads: preset {preset}, one {audio_seconds:.3f} s clip, {STEPS} steps with CFG, "
+          f"{DTYPE_NAMES[dtype]}; median of {runs} runs each, a fresh process per thread count")
+    print("\n| threads | seconds per clip | real-time factor (RTF) | real time? |\n| ---: | ---: | ---: | --- |")
+    rows = []
+    for n in threads:
+        got = in_fresh_process([preset, "--device", device, "--dtype", DTYPE_NAMES[dtype], "--runs", str(runs),
+                                "--end-to-end", "--batch", "1", "--threads", str(n)])
+        rtf = got["seconds"] / audio_seconds
+        rows.append((got["threads"], got["seconds"], rtf))                      # as the worker ran it
+        print(f"| {n} | {got['seconds']:.2f} | {rtf:.3f} | {'yes' if rtf <= 1 else 'no'} |", flush=True)
+    print("\nRTF = seconds of computing per second of audio; the real-time line is RTF 1.")
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------
 # Training throughput of the transformer stage (Sec. 4: batch 48, 250k steps on AudioCaps).
 # ---------------------------------------------------------------------------------------------------
@@ -320,10 +343,21 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help="batch size (--train: 4; --end-to-end: 1)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes for the throughput lines "
                    "(default 16,64 on CUDA; 4 for tiny on a CPU; none for full on a CPU)")
+    p.add_argument("--thread-counts", default=None, metavar="N,N,...", help="Fig. 2: instead of the table, the fast "
+                   "path's speed on each number of CPU threads, against the real-time line (sample.py --threads)")
     p.add_argument("--row", type=int, default=None, help=argparse.SUPPRESS)          # the table's workers:
     p.add_argument("--stages", default="", help=argparse.SUPPRESS)                   # one row's stages ...
     p.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)      # ... or the fast path
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)      # ... on this many threads
     args = p.parse_args(argv)
+    if args.thread_counts is not None:
+        most = os.cpu_count() or 1
+        try:
+            args.thread_counts = [int(t) for t in args.thread_counts.split(",") if t.strip()]
+        except ValueError:
+            raise UserError(f"--thread-counts takes thread counts like 1,2,4, not {args.thread_counts!r}.") from None
+        if not args.thread_counts or any(not 1 <= c <= most for c in args.thread_counts):
+            raise UserError(f"--thread-counts takes thread counts from 1 to {most} (this machine's CPUs).")
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be 1 or more, not {args.batch}.")
     if args.batches is not None:
@@ -338,13 +372,18 @@ def parse_args(argv=None):
 
 def run(args) -> None:
     device = pick_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.row is not None or args.end_to_end:
         dtype = pick_inference_dtype(device, args.dtype, specmaskgit.PRESETS[args.preset].width, verbose=False)
         if args.end_to_end:
-            result = time_end_to_end(args.preset, device, dtype, args.runs, args.batch or 1)
+            result = {**time_end_to_end(args.preset, device, dtype, args.runs, args.batch or 1),
+                      "threads": torch.get_num_threads()}
         else:
             result = time_stages(args.preset, device, rows(dtype, device)[args.row][1], args.stages.split(","), args.runs)
         print(json.dumps(result))
+    elif args.thread_counts:
+        speed_against_threads(args.preset, device, args.dtype, args.runs, args.thread_counts)
     elif args.train:
         train_throughput(args.preset, device, None if args.dtype == "auto" else args.dtype, args.batch or 4, args.runs)
     else:

@@ -30,7 +30,7 @@ import torch
 import mel
 from mel import SR, TOY_SAMPLES, CLIP_SAMPLES
 from runtime import UserError
-from toyworld import SPLIT_SIZES, ToyDataset
+from toyworld import P_MIX, SPLIT_SIZES, ToyDataset
 
 
 # ===================================================================================================
@@ -228,18 +228,20 @@ class FolderDataset(AudioFiles):
 
 
 def make_dataset(data: str, split: str = "train", root: str | None = None, num_samples: int | None = None,
-                 n: int | None = None, seed: int = 0) -> torch.utils.data.Dataset:
+                 n: int | None = None, seed: int = 0, toy_mix: float = P_MIX) -> torch.utils.data.Dataset:
     """The dataset behind train.py's --data: "toy", "audiocaps" (with root = its folder), or a folder path.
 
     A folder with train/ val/ test/ subfolders is split by them; any other folder is one set used for
     every split (fine for training on your own sounds; its "val" numbers are then training numbers).
+    toy_mix: the toy world's share of two-sound clips (another value than P_MIX: a shifted world).
     """
     if data == "toy":
         # Keep each synthesised clip: `--stage all` draws the same training clips many times over its
         # stages. 4000 clips of 65536 float32 samples = 1.05 GB; larger worlds are remade on demand.
         num_samples = num_samples or TOY_SAMPLES
         n_clips = SPLIT_SIZES[split] if n is None else n
-        return ToyDataset(split, n=n, num_samples=num_samples, seed=seed, cache=n_clips * num_samples * 4 <= 1.5e9)
+        return ToyDataset(split, n=n, num_samples=num_samples, seed=seed, cache=n_clips * num_samples * 4 <= 1.5e9,
+                          p_mix=toy_mix)
     if data == "audiocaps":
         if root is None or not os.path.isdir(root):
             raise UserError(f"AudioCaps needs its folder (with {split}.csv and the clips); {root!r} is not one.")

@@ -37,67 +37,8 @@ import torch.nn.functional as F
 import mel
 import pipeline
 import toyworld
+from metrics import clap_score, frechet_distance
 from runtime import ArgumentParser, UserError, pick_device, run_command
-
-
-# ---------------------------------------------------------------------------------------------------
-# The Fréchet audio distance (Sec. 4).
-# ---------------------------------------------------------------------------------------------------
-#
-# Fit a Gaussian N(mu, S) to each set of embeddings; the Fréchet (2-Wasserstein) distance between two
-# Gaussians has a closed form:
-#     FAD = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))
-# The hard part is Tr((S_a S_b)^(1/2)). S_a S_b is not symmetric, so the usual tool (scipy.linalg.sqrtm)
-# takes a general, slow and sometimes complex-valued square root. We use a symmetric route instead:
-# S_a S_b = S_a^(1/2) (S_a^(1/2) S_b) has the same eigenvalues as (S_a^(1/2) S_b) S_a^(1/2) = M, and M is
-# symmetric positive semi-definite. The trace of a square root is the sum of the square roots of the
-# eigenvalues, so
-#     Tr((S_a S_b)^(1/2)) = sum_i sqrt(lambda_i(M)),   M = S_a^(1/2) S_b S_a^(1/2)
-# and both square roots need only torch.linalg.eigh, the eigen-decomposition of a symmetric matrix.
-# With fewer clips than embedding dimensions (64 clips, 512 dims) the covariances are singular: their
-# zero eigenvalues come out as tiny negatives in floating point and are clamped to 0 before the sqrt.
-# Everything is float64: the trace is a difference of large, nearly equal sums.
-
-def covariance(x: torch.Tensor) -> torch.Tensor:
-    """Sample covariance (D, D) of rows x (N, D), with the unbiased 1/(N-1) (numpy.cov, the FAD toolbox)."""
-    centred = x - x.mean(0)                                                   # (N, D)
-    return centred.T @ centred / (x.shape[0] - 1)                             # (D, D)
-
-
-def sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
-    """The symmetric square root of a symmetric positive semi-definite matrix: a = V diag(l) V^T -> V diag(sqrt l) V^T."""
-    a = (a + a.T) / 2                                                         # remove round-off asymmetry
-    eigvals, eigvecs = torch.linalg.eigh(a)                                   # (D,), (D, D)
-    return (eigvecs * eigvals.clamp_min(0).sqrt()) @ eigvecs.T
-
-
-def trace_sqrt_product(s_a: torch.Tensor, s_b: torch.Tensor) -> torch.Tensor:
-    """Tr((S_a S_b)^(1/2)) through the symmetric M = S_a^(1/2) S_b S_a^(1/2) (see above).
-
-    S_b^(1/2) S_a S_b^(1/2) has the same eigenvalues, but round-off differs between the two orders; their
-    mean is the same number whichever set comes first, so FAD(a, b) == FAD(b, a) to the last bit.
-    """
-    def one_order(x, y):
-        root = sqrtm_psd(x)
-        m = root @ y @ root
-        return torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
-    return (one_order(s_a, s_b) + one_order(s_b, s_a)) / 2
-
-
-def frechet_distance(emb_a: torch.Tensor, emb_b: torch.Tensor) -> float:
-    """FAD between embeddings emb_a (N, D) and emb_b (M, D): the Fréchet distance of their Gaussians."""
-    if emb_a.shape[0] < 2 or emb_b.shape[0] < 2:
-        raise UserError("FAD needs at least 2 clips in each set (a covariance of one clip is undefined).")
-    a, b = emb_a.detach().cpu().double(), emb_b.detach().cpu().double()
-    mu_a, mu_b = a.mean(0), b.mean(0)                                         # (D,)
-    s_a, s_b = covariance(a), covariance(b)                                   # (D, D)
-    fad = (mu_a - mu_b).square().sum() + (s_a.trace() + s_b.trace()) - 2 * trace_sqrt_product(s_a, s_b)   # sums symmetric in a, b
-    return max(0.0, fad.item())                                               # round-off can give -1e-15
-
-
-def clap_score(text_emb: torch.Tensor, audio_emb: torch.Tensor) -> float:
-    """Mean cosine similarity of each prompt's text embedding with its clip's audio embedding (B, D) x (B, D)."""
-    return F.cosine_similarity(text_emb.double(), audio_emb.double(), dim=-1).mean().item()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -366,8 +307,10 @@ def print_judges(results: dict, per_kind: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 STEPS = (1, 2, 4, 8, 16, 32)              # Fig. 7 right
-TEMPERATURES = (0.0, 1.0, 1.5, 3.0, 6.0, 9.0)   # Fig. 7 left
-DEFAULT = (16, 3.0, 1.5)                  # (steps, CFG scale, Gumbel temperature) of Sec. 4 / 5.1
+TEMPERATURES = (0.0, 1.0, 1.5, 3.0, 4.5, 6.0, 7.5, 9.0)   # Fig. 7 left: the paper's seven and 1.0
+# (steps, CFG scale, Gumbel temperature): 16 iterations and CFG 3.0 (Sec. 5.1), temperature 1.5 (Fig. 7 left,
+# Sec. 5.1's ablation and Sec. 5.2)
+DEFAULT = (16, 3.0, 1.5)
 # Table 1's two ablations hold the scale fixed from the first step. "w/o CFG" is the conditional logits
 # alone: Eq. 2 with t = 1 is l_u + (l_c - l_u) = l_c. Scale 0 would be l_u alone, i.e. unconditional
 # sampling, which ignores the prompt; it is measured too (16, 0.0, 1.5), under that name.
@@ -375,7 +318,7 @@ NO_CFG = {"cfg": 1.0, "cfg_ramp": False}
 CONSTANT_CFG = {"cfg": 3.0, "cfg_ramp": False}   # "w/o CFG linear scheduler"
 # The paper's numbers (VGGish FAD on AudioCaps, HiFiGAN vocoder), for comparison of the *shape* only.
 PAPER_STEPS = {8: 3.4, 16: 2.8}           # Sec. 5.1 text; "more iterations do not improve"
-PAPER_TEMPERATURE = {1.5: 2.8}            # Fig. 7 left: 1.5 is the best temperature
+PAPER_TEMPERATURE = {0.0: 4.2, 1.5: 2.8, 3.0: 2.9, 4.5: 3.2, 6.0: 3.4, 7.5: 3.6, 9.0: 3.8}   # Fig. 7 left
 
 
 def run_ablations(pipe, embed, n: int, seed: int, quick: bool) -> dict:
@@ -568,6 +511,397 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Table 8: the linear probe (Sec. 4, 5.2). Multi-label tagging from frozen features.
+# ---------------------------------------------------------------------------------------------------
+#
+# The paper probes SpecMaskGIT for music tagging on MagnaTagATune with "a single linear layer with batch
+# normalization and 0.1 dropout" and reports ROC-AUC and mAP. In miniature the tags are the toy's twelve
+# kinds: a clip that mixes two sounds carries both. It does not say which layer is probed, how the 265
+# token outputs become one vector, or what the CLAP slot holds. Our choices:
+#   - the middle block (3 of the tiny preset's 6): in generative transformers the last blocks turn towards
+#     predicting the next code, and linear probes peak in the middle (iGPT, Chen et al. 2020; Jukebox
+#     probing, Castellon et al. 2021, whose Jukebox row Table 8 quotes);
+#   - the mean over the token positions (Audio-MAE's pooling for its linear probe), the CLAP token left out;
+#   - the CLAP slot holds [M], the unconditional input the model learnt for CFG: a CLAP audio embedding
+#     there would hand the probe TinyCLAP's tagging (a row of its own) instead of what the transformer learnt.
+# Two extra rows show what the first and the last choice change; the untrained row (same config, seed 0)
+# shows how much of the score the architecture and the VQGAN's tokens give before any training.
+
+PROBE_SEEDS = 5            # probe initialisations and batch orders: the spread over them is the noise
+PROBE_EPOCHS = 100
+PROBE_BATCH = 32
+
+
+def toy_tagging_set(split: str, n: int, num_samples: int, p_mix: float = toyworld.P_MIX):
+    """The first n toy clips of a split with their multi-hot kinds: wavs (n, T), labels (n, 12) 0/1."""
+    split_seed = toyworld.ToyDataset(split, n=0).seed
+    wavs, labels = [], torch.zeros(n, len(toyworld.KINDS))
+    for i in range(n):
+        wav, _, kinds = toyworld.toy_clip(split_seed, i, num_samples, p_mix)
+        wavs.append(wav)
+        labels[i, kinds] = 1
+    return torch.stack(wavs), labels
+
+
+def read_tag_table(folder: str, labels_csv: str):
+    """A folder of audio and a table of tags (comma- or tab-separated, with a header): one column names the
+    file (path, file, filename or mp3_path: MagnaTagATune's annotations_final.csv; else the first column),
+    an optional "split" column says train or test (else every fourth file is a test file), and every
+    other column except clip_id is a 0/1 tag. Returns (paths, labels (N, K), is_test (N,), tag names)."""
+    import csv
+    import os
+    if not os.path.isdir(folder):
+        raise UserError(f"--probe-data {folder} is not a folder.")
+    try:
+        with open(labels_csv, newline="") as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError(f"--probe-labels {labels_csv} cannot be read ({e.strerror or e}).") from None
+    rows = list(csv.reader(text.splitlines(), delimiter="\t" if "\t" in text.split("\n", 1)[0] else ","))
+    if len(rows) < 3:
+        raise UserError(f"{labels_csv} needs a header and at least two clips.")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    names = [h.strip().lower() for h in header]
+    file_col = next((names.index(c) for c in ("path", "file", "filename", "mp3_path") if c in names), 0)
+    split_col = names.index("split") if "split" in names else None
+    tag_cols = [i for i in range(len(header)) if i not in (file_col, split_col) and names[i] != "clip_id"]
+    labels = torch.zeros(len(body), len(tag_cols))
+    for r, row in enumerate(body):
+        if len(row) != len(header):
+            raise UserError(f"{labels_csv}, line {r + 2}: {len(row)} fields where the header has {len(header)}.")
+        for k, c in enumerate(tag_cols):
+            if row[c].strip() not in ("0", "1"):
+                raise UserError(f"{labels_csv}, line {r + 2}: tag {header[c]!r} is {row[c]!r}, not 0 or 1.")
+            labels[r, k] = float(row[c].strip())
+    paths = [os.path.join(folder, row[file_col].strip()) for row in body]
+    if split_col is None:
+        is_test = torch.arange(len(body)) % 4 == 3
+    else:
+        is_test = torch.tensor([row[split_col].strip().lower() == "test" for row in body])
+    if is_test.all() or not is_test.any():
+        raise UserError(f"{labels_csv} must give both training and test clips.")
+    return paths, labels, is_test, [header[c] for c in tag_cols]
+
+
+@torch.inference_mode()
+def transformer_features(model, tokens: torch.Tensor, block: int, cond: torch.Tensor | None = None,
+                         batch: int = 64) -> torch.Tensor:
+    """Mean over the token positions of block `block`'s output (1 = after the first block; n_layers = after
+    the last, then through the final LayerNorm as the head sees it). Nothing is masked; cond None puts
+    [M] in the CLAP slot. tokens (N, R, C) -> (N, W)."""
+    out = []
+    for i in range(0, len(tokens), batch):
+        t = tokens[i:i + batch]
+        c = None if cond is None else cond[i:i + batch]
+        x = model.embed(t, c, torch.zeros_like(t, dtype=torch.bool))            # (b, R C + 1, W)
+        for b in model.blocks[:block]:
+            x = b(x)
+        if block == len(model.blocks):
+            x = model.norm(x)
+        out.append(x[:, :-1].mean(1).float().cpu())                            # (b, W) CLAP token left out
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def probe_feature_sets(pipe, wavs: torch.Tensor, batch: int = 32) -> dict:
+    """Every feature set of the probe table for clips (N, T): name -> (N, D) on the CPU."""
+    import specmaskgit
+    model = pipe.transformer
+    if not hasattr(model, "blocks"):
+        raise UserError("the probe reads the transformer's blocks: run it with --device cpu --dtype fp32.")
+    torch.manual_seed(0)
+    untrained = specmaskgit.SpecMaskGIT(model.cfg).to(pipe.device).eval()     # same config, fresh weights
+    tokens, quantised, clap_emb, stats = [], [], [], []
+    for i in range(0, len(wavs), batch):
+        w = wavs[i:i + batch].to(pipe.device)
+        log_mel = mel.mel_spectrogram(w)                                         # (b, 80, F)
+        q, _, t, _ = pipe.vq.quantize(mel.normalize(log_mel))                   # (b, D, R, C), (b, R, C)
+        tokens.append(t)
+        quantised.append(q.mean((2, 3)).float().cpu())                          # (b, D)
+        clap_emb.append(pipe.clap.embed_audio(w).float().cpu())                 # (b, 512)
+        stats.append(torch.cat([log_mel.mean(-1), log_mel.std(-1)], 1).float().cpu())   # (b, 160)
+    tokens, clap_emb = torch.cat(tokens), torch.cat(clap_emb)
+    middle, last = max(1, model.cfg.n_layers // 2), model.cfg.n_layers
+    return {
+        f"SpecMaskGIT, trained (block {middle} of {last}, mean over tokens, [M] in the CLAP slot)":
+            transformer_features(model, tokens, middle),
+        f"SpecMaskGIT, untrained (same config, seed 0; block {middle})": transformer_features(untrained, tokens, middle),
+        f"- trained, last block (after the final LayerNorm) instead of block {middle}":
+            transformer_features(model, tokens, last),
+        f"- trained, block {middle}, the clip's CLAP audio embedding in the CLAP slot instead of [M]":
+            transformer_features(model, tokens, middle, cond=clap_emb.to(pipe.device)),
+        "TinyCLAP audio embedding": clap_emb,
+        "SpecVQGAN quantised vectors (mean over the token grid)": torch.cat(quantised),
+        "log-mel statistics (mean and std over time of each of the 80 bins)": torch.cat(stats),
+    }
+
+
+def train_probe(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = PROBE_EPOCHS, lr: float = 1e-3):
+    """Table 8's probe: batch normalisation, 0.1 dropout and one linear layer, trained with a sigmoid
+    cross-entropy per tag (multi-label) by Adam on frozen features x (N, D) and 0/1 labels y (N, K)."""
+    with torch.random.fork_rng():                                               # the caller's stream stays as it was
+        torch.manual_seed(seed)
+        probe = torch.nn.Sequential(torch.nn.BatchNorm1d(x.shape[1]), torch.nn.Dropout(0.1),
+                                    torch.nn.Linear(x.shape[1], y.shape[1]))
+        opt = torch.optim.Adam(probe.parameters(), lr=lr)
+        probe.train()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x)).split(PROBE_BATCH):
+                if len(idx) < 2:                                                # batch norm needs two rows
+                    continue
+                loss = F.binary_cross_entropy_with_logits(probe(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return probe.eval()
+
+
+def probe_scores(train_x, train_y, test_x, test_y, seeds) -> dict:
+    """ROC-AUC and mAP (metrics.tagging_scores) of the probe on the test clips, one pair per seed."""
+    from metrics import tagging_scores
+    runs = []
+    for seed in seeds:
+        probe = train_probe(train_x, train_y, seed)
+        with torch.no_grad():
+            runs.append(tagging_scores(torch.sigmoid(probe(test_x)), test_y))
+    return {"roc_auc": [r["roc_auc"] for r in runs], "map": [r["map"] for r in runs], "tags": runs[0]["tags"]}
+
+
+def run_probe(pipe, n_train: int, n_test: int, seeds, data_dir=None, labels_csv=None) -> dict:
+    """The probe table: the toy world's held-out tagging (train split -> test split), or a folder of audio."""
+    if data_dir:
+        paths, labels, is_test, tags = read_tag_table(data_dir, labels_csv)
+        wavs = torch.stack([mel.load_audio(p, num_samples=pipe.num_samples) for p in paths])
+        train = (wavs[~is_test], labels[~is_test])
+        test = (wavs[is_test], labels[is_test])
+        where = f"{data_dir} ({len(tags)} tags, first {pipe.num_samples / mel.SR:.2f} s of each file)"
+    else:
+        train = toy_tagging_set("train", n_train, pipe.num_samples)
+        test = toy_tagging_set("test", n_test, pipe.num_samples)
+        where = "the toy world (12 kinds; a two-sound clip carries both)"
+    t0 = time.time()
+    feats_train, feats_test = probe_feature_sets(pipe, train[0]), probe_feature_sets(pipe, test[0])
+    print(f"  probe features of {len(train[0]) + len(test[0])} clips: {time.time() - t0:.0f} s", flush=True)
+    rows = {name: probe_scores(feats_train[name], train[1], feats_test[name], test[1], seeds) for name in feats_train}
+    return {"where": where, "n_train": len(train[0]), "n_test": len(test[0]), "seeds": list(seeds), "rows": rows}
+
+
+PAPER_TABLE8 = [("CLMR", 36.1, 89.4), ("MusiCNN", 38.3, 90.6), ("MERT-330M", 40.2, 91.3),
+                ("MULE (contrastive)", 40.4, 91.4), ("Jukebox", 41.4, 91.5), ("SpecMaskGIT", 40.5, 91.5)]
+
+
+def mean_std(values) -> str:
+    v = torch.tensor(values, dtype=torch.float64) * 100
+    return f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.1f}"
+
+
+def print_probe(r: dict) -> None:
+    print(f"\n### Table 8 in miniature: linear probe on {r['where']}\n")
+    print(f"{r['n_train']} training and {r['n_test']} test clips; batch norm + dropout 0.1 + one linear layer, "
+          f"{PROBE_EPOCHS} epochs of Adam; mean ± std over probe seeds {r['seeds']} (in %)\n")
+    rows = [[name, mean_std(s["map"]), mean_std(s["roc_auc"])] for name, s in r["rows"].items()]
+    print(markdown_table(["Features", "mAP (%)", "ROC-AUC (%)"], rows))
+    print("\nThe paper's Table 8 (MagnaTagATune, 50 tags): "
+          + ", ".join(f"{name} {m} / {a}" for name, m, a in PAPER_TABLE8) + " (mAP / ROC-AUC, %).")
+    trained, untrained = (list(r["rows"].values())[i]["roc_auc"] for i in (0, 1))
+    gap = (sum(trained) / len(trained) - sum(untrained) / len(untrained)) * 100
+    noise = max(torch.tensor(v, dtype=torch.float64).std().item() * 100 if len(v) > 1 else 0.0
+                for v in (trained, untrained))
+    verdict = "more than" if abs(gap) > 2 * noise else "not more than"
+    print(f"\nTrained minus untrained ROC-AUC: {gap:+.1f} points, {verdict} twice the seeds' spread ({noise:.1f}).")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Table 3: reconstruction FAD and the latent rate; seed 002's IS and FID beside FAD.
+# ---------------------------------------------------------------------------------------------------
+#
+# rFAD: the same held-out clips through the last stage alone (real mel -> vocoder) and through the codec
+# (mel -> tokens -> mel -> vocoder), against the clips themselves. The latent rate is tokens per second of
+# audio: 265 tokens per 9.845 s = 27 Hz at full size; the toy's 5 x 16 tokens per 2.97 s is the same rate.
+#
+# Seed 002 (MaskGIT on SpecVQGAN) scores with a classifier of sound classes: the Inception Score of its
+# class probabilities and the FID of its features (FAD's formula). In miniature the classifier is the
+# probe's layers trained as a single-label classifier of the toy's kinds on real single-kind training
+# clips, on the judge's log-mel statistics (mel_features, which owe nothing to TinyCLAP, FAD's embedding);
+# FID is computed on its batch-normalised input features.
+
+PAPER_TABLE3 = [("Diffsound", "SpecVQGAN", "MelGAN", "27 Hz", "6.2"), ("Make-an-audio", "VAE-GAN", "HiFiGAN", "78 Hz", "6.0"),
+                ("AudioLDM", "VAE-GAN", "HiFiGAN", "410 Hz", "1.2"), ("Make-an-audio 2", "VAE-GAN", "BigVGAN", "31 Hz", "1.0"),
+                ("SpecMaskGIT", "-", "HiFiGAN", "27 Hz", "0.4"), ("SpecMaskGIT", "SpecVQGAN", "HiFiGAN", "27 Hz", "1.1"),
+                ("SpecMaskGIT", "-", "BigVSAN", "27 Hz", "0.1"), ("SpecMaskGIT", "SpecVQGAN", "BigVSAN", "27 Hz", "1.0")]
+
+
+def latent_rate(rows: int, cols: int, num_samples: int) -> float:
+    """Tokens per second of audio: rows x cols tokens stand for num_samples samples."""
+    return rows * cols / (num_samples / mel.SR)
+
+
+def train_kind_classifier(per_kind: int, num_samples: int, seed: int = 0):
+    """The probe's layers as a classifier of the toy's kinds (softmax) on mel_features of real single-kind
+    training clips. Returns (classifier, features -> (probabilities (N, K), classifier features (N, D)))."""
+    wavs, kinds = single_kind_clips("train", per_kind, num_samples, seed)
+    x = mel_features(wavs)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.BatchNorm1d(x.shape[1]), torch.nn.Dropout(0.1),
+                                  torch.nn.Linear(x.shape[1], len(toyworld.KINDS)))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        for _ in range(PROBE_EPOCHS):
+            for idx in torch.randperm(len(x)).split(PROBE_BATCH):
+                loss = F.cross_entropy(net(x[idx]), kinds[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    net.eval()
+
+    @torch.no_grad()
+    def classify(wav: torch.Tensor):
+        features = net[0](mel_features(wav))                                    # (N, 96) batch-normalised
+        return torch.softmax(net[2](features), -1), features
+    return classify
+
+
+def run_reconstruction(pipe, embed, n: int, seed: int) -> dict:
+    """FAD (and IS, FID) of n held-out clips: real, vocoder alone, codec + vocoder, and generated ones."""
+    from metrics import inception_score
+    ref = toyworld.ToyDataset("test", n=n, num_samples=pipe.num_samples)
+    real = torch.stack([ref[i]["wav"] for i in range(n)])                      # (n, T) the reference
+    captions = [ref[i]["caption"] for i in range(n)]
+    other = toyworld.ToyDataset("val", n=n, num_samples=pipe.num_samples)
+    other = torch.stack([other[i]["wav"] for i in range(n)])                    # another real set: the floor
+    classify = train_kind_classifier(per_kind=40, num_samples=pipe.num_samples)
+    ref_emb, (_, ref_feat) = embed(real), classify(real)
+    sets = {"Real clips (another held-out set: FAD's floor)": other,
+            "Vocoder alone (real mel -> sound)": vocoder_round_trip(pipe, real),
+            "SpecVQGAN + vocoder (mel -> tokens -> mel -> sound)": codec_round_trip(pipe, real),
+            "Generated from the clips' captions (16 steps, CFG 3, T 1.5)": generate_clips(pipe, captions, seed=seed)}
+    r = {"n": n, "vocoder": "HiFiGAN (the bundle's)" if pipe.vocoder is not None else "Griffin-Lim (no vocoder in the bundle)",
+         "rate": latent_rate(pipe.vq.cfg.n_mels // 16, pipe.num_samples // (16 * mel.HOP), pipe.num_samples),
+         "sets": {}}
+    for name, wavs in sets.items():
+        probs, feat = classify(wavs)
+        r["sets"][name] = (frechet_distance(embed(wavs), ref_emb), inception_score(probs), frechet_distance(feat, ref_feat))
+    r["is_real"] = inception_score(classify(real)[0])
+    return r
+
+
+def text_to_audio_fad(pipe, embed, n: int, seed: int, p_mix: float = toyworld.P_MIX) -> tuple[float, float]:
+    """FAD and CLAP score of clips generated from the captions of n test clips of a toy world, against them."""
+    ref = toyworld.ToyDataset("test", n=n, num_samples=pipe.num_samples, p_mix=p_mix)
+    real = torch.stack([ref[i]["wav"] for i in range(n)])
+    captions = [ref[i]["caption"] for i in range(n)]
+    wavs = generate_clips(pipe, captions, seed=seed)
+    text_emb = pipe.clap.embed_text(captions).float().cpu()
+    return (frechet_distance(embed(wavs), embed(real)),
+            clap_score(text_emb, pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()))
+
+
+def print_reconstruction(r: dict, embed_name: str) -> None:
+    print(f"\n### Table 3 in miniature: reconstruction FAD ({embed_name}; {r['n']} held-out clips against "
+          f"themselves), and seed 002's IS and FID\n")
+    print(f"Latent rate {r['rate']:.1f} Hz (tokens per second of audio; the full preset's 265 tokens per 9.845 s "
+          f"is {latent_rate(5, 53, 217088):.1f} Hz, the paper's 27 Hz). Vocoder: {r['vocoder']}. IS and FID come "
+          f"from a softmax classifier of the 12 kinds on log-mel statistics, trained on real clips; the real "
+          f"reference clips score IS {r['is_real']:.2f} (at most 12).\n")
+    rows = [[name, f"{fad:.3f}", f"{is_:.2f}", f"{fid:.2f}"] for name, (fad, is_, fid) in r["sets"].items()]
+    print(markdown_table(["Set", "FAD", "IS", "FID"], rows))
+    print("\nThe paper's Table 3 (AudioCaps test set, VGGish rFAD):\n")
+    print(markdown_table(["Method", "Mel-spec VAE", "Vocoder", "Latent rate", "rFAD"], [list(row) for row in PAPER_TABLE3]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fig. 8: FAD against training steps (train.py --eval-every), and the early-stop step.
+# ---------------------------------------------------------------------------------------------------
+
+def read_curve(path: str) -> list[tuple[int, float, float]]:
+    """(step, FAD, CLAP score) of every --eval-every row in a run folder's transformer.log.jsonl (or that file)."""
+    import json
+    import os
+    log = os.path.join(path, "transformer.log.jsonl") if os.path.isdir(path) else path
+    if not os.path.isfile(log):
+        raise UserError(f"{log} does not exist: train the transformer with --eval-every N into {path} first.")
+    curve = {}
+    with open(log) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue                                                       # a line cut by a killed run
+            if isinstance(row, dict) and "eval_fad" in row:
+                curve[int(row["step"])] = (float(row["eval_fad"]), float(row.get("eval_clap_score", float("nan"))))
+    if len(curve) < 2:
+        raise UserError(f"{log} holds {len(curve)} held-out evaluation(s); a curve needs two (train with --eval-every).")
+    return [(s, fad, score) for s, (fad, score) in sorted(curve.items())]   # a resumed run's rows replace the old
+
+
+def early_stop(curve) -> tuple[int, float]:
+    """The step of the lowest FAD (the earliest one on a tie): where Fig. 8's argument stops training."""
+    step, fad, _ = min(curve, key=lambda row: (row[1], row[0]))
+    return step, fad
+
+
+DIGITS = ["111101101101111", "010110010010111", "111001111100111", "111001111001111", "101101111001001",
+          "111100111001111", "111100111101111", "111001001001001", "111101111101111", "111101111001111"]   # 3 x 5
+
+
+def draw_number(img, text: str, x: int, y: int, colour, scale: int = 3) -> None:
+    """Write the digits (and '.') of `text` into the (H, W, 3) image with its top-left corner at (x, y)."""
+    for ch in text:
+        if ch == ".":
+            img[y + 4 * scale:y + 5 * scale, x:x + scale] = colour
+            x += 2 * scale
+            continue
+        bits = DIGITS[int(ch)]
+        for k, bit in enumerate(bits):
+            if bit == "1":
+                r, c = divmod(k, 3)
+                img[y + r * scale:y + (r + 1) * scale, x + c * scale:x + (c + 1) * scale] = colour
+        x += 4 * scale
+
+
+def curve_png(curve, stop: tuple[int, float], path: str, width: int = 480, height: int = 240) -> None:
+    """FAD (up) against steps (right) as a PNG: the curve in blue, the early-stop step as a red line with
+    its step and FAD written beside it (mel.png_bytes, the project's PNG writer)."""
+    import numpy as np
+    from runtime import write_atomically
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 20, width - 20, 30, height - 20
+    steps = [s for s, _, _ in curve]
+    fads = [f for _, f, _ in curve]
+    lo, hi = min(fads), max(fads)
+    span_s, span_f = max(1, steps[-1] - steps[0]), max(hi - lo, 1e-9)
+
+    def xy(step, fad):
+        return (left + round((step - steps[0]) / span_s * (right - left)),
+                bottom - round((fad - lo) / span_f * (bottom - top)))
+    img[bottom, left:right + 1] = img[top:bottom + 1, left] = (128, 128, 128)   # the axes
+    points = [xy(s, f) for s, f, _ in curve]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        for t in np.linspace(0, 1, 2 * max(abs(x1 - x0), abs(y1 - y0)) + 2):
+            x, y = round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))
+            img[y - 1:y + 2, x - 1:x + 2] = (40, 90, 200)
+    for x, y in points:
+        img[y - 3:y + 4, x - 3:x + 4] = (40, 90, 200)
+    x_stop, _ = xy(*stop)
+    img[top:bottom, x_stop] = (210, 40, 40)
+    label = f"{stop[0]}"
+    draw_number(img, label, min(x_stop + 5, width - 12 * len(label) - 2), 8, (210, 40, 40))
+    write_atomically(path, lambda f: f.write(mel.png_bytes(img)))
+
+
+def run_curve(run_dir: str, out: str | None) -> None:
+    import os
+    curve = read_curve(run_dir)
+    stop = early_stop(curve)
+    out = out or os.path.join(run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir) or ".", "fad_curve.png")
+    curve_png(curve, stop, out)
+    print(f"\n### FAD against training steps ({run_dir})\n")
+    print(markdown_table(["step", "held-out FAD", "CLAP score"],
+                         [[s, f"{f:.4f}", f"{c:.4f}"] for s, f, c in curve]))
+    print(f"\nEarly stop: step {stop[0]} (FAD {stop[1]:.4f}); curve written to {out}")
+
+
+# ---------------------------------------------------------------------------------------------------
 # Command line.
 # ---------------------------------------------------------------------------------------------------
 
@@ -594,6 +928,23 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
     p.add_argument("--dtype", default="fp32", help="fp32 (the README's numbers) | auto | bf16 | fp16 | int8: "
                    "judge the fast path of sample.py")
+    p.add_argument("--probe", action="store_true", help="Table 8: the linear probe (multi-label tagging) on frozen "
+                   "features of the transformer, untrained or trained, TinyCLAP, the VQGAN and log-mel statistics")
+    p.add_argument("--probe-data", default=None, metavar="DIR", help="--probe on a folder of audio instead of the "
+                   "toy world (e.g. MagnaTagATune converted to wav), with --probe-labels")
+    p.add_argument("--probe-labels", default=None, metavar="CSV", help="the tags of --probe-data: a header, a file "
+                   "column (path, file, filename or mp3_path), optional split (train/test), 0/1 tag columns")
+    p.add_argument("--probe-n", type=int, default=None, help="toy clips to train the probe on (default 600, --quick "
+                   "96); half as many test clips")
+    p.add_argument("--probe-seeds", type=int, default=PROBE_SEEDS, help="probe seeds to measure the noise over")
+    p.add_argument("--reconstruction", action="store_true", help="Table 3: FAD of the vocoder alone and of the "
+                   "codec + vocoder, the latent rate, and seed 002's IS and FID beside FAD")
+    p.add_argument("--fad", action="store_true", help="only text-to-audio FAD and CLAP score against --n test clips "
+                   "(with --toy-mix: of a shifted world, Table 4 in miniature)")
+    p.add_argument("--toy-mix", type=float, default=toyworld.P_MIX, help="--fad: the toy world's share of two-sound clips")
+    p.add_argument("--curve", default=None, metavar="RUN_DIR", help="Fig. 8: FAD against training steps from a run "
+                   "trained with --eval-every (a PNG, and the early-stop step); loads no model")
+    p.add_argument("--curve-out", default=None, help="--curve's PNG (default RUN_DIR/fad_curve.png)")
     args = p.parse_args(argv)
     args.n = args.n if args.n is not None else (16 if args.quick else 48)
     args.per_kind = args.per_kind if args.per_kind is not None else (4 if args.quick else 8)
@@ -605,12 +956,27 @@ def parse_args(argv=None):
         raise UserError(f"--seed must be a whole number from 0 to 2**62 - 1, not {args.seed}.")
     if args.magnet_ckpt and not args.magnet:
         raise UserError("--magnet-ckpt only makes sense with --magnet.")
-    if not (args.judges or args.ablations or args.magnet):
+    if bool(args.probe_data) != bool(args.probe_labels):
+        raise UserError("--probe-data and --probe-labels go together (a folder of audio and its table of tags).")
+    args.probe = args.probe or bool(args.probe_data)
+    args.probe_n = args.probe_n if args.probe_n is not None else (96 if args.quick else 600)
+    if not 8 <= args.probe_n <= 10000:
+        raise UserError(f"--probe-n must be between 8 and 10000, not {args.probe_n}.")
+    if not 1 <= args.probe_seeds <= 100:
+        raise UserError(f"--probe-seeds must be between 1 and 100, not {args.probe_seeds}.")
+    if not 0 <= args.toy_mix <= 1:
+        raise UserError(f"--toy-mix must be between 0 and 1, not {args.toy_mix}.")
+    if not (args.judges or args.ablations or args.magnet or args.probe or args.reconstruction or args.fad
+            or args.curve):
         args.judges = args.ablations = True
     return args
 
 
 def run(args) -> None:
+    if args.curve:                                                              # a log file is all it reads
+        run_curve(args.curve, args.curve_out)
+        if not (args.judges or args.ablations or args.probe or args.reconstruction or args.fad):
+            return
     device = pick_device(args.device)
     if args.device == "auto":                           # say which one auto chose, as train.py's dtype line does
         print(f"device: {device} ({'a CUDA GPU is here' if device == 'cuda' else 'no CUDA GPU here'}; "
@@ -628,6 +994,17 @@ def run(args) -> None:
         embed, embed_name = make_embedder(pipe, args.fad_clap_ckpt)
         print_magnet_table(run_magnet_table(pipe, embed, args.n, args.per_kind, args.seed, args.magnet_ckpt),
                            args.n, args.per_kind, embed_name)
+    if args.probe:
+        print_probe(run_probe(pipe, args.probe_n, max(4, args.probe_n // 2), range(args.probe_seeds),
+                              args.probe_data, args.probe_labels))
+    if args.reconstruction or args.fad:
+        embed, embed_name = make_embedder(pipe, args.fad_clap_ckpt)
+    if args.reconstruction:
+        print_reconstruction(run_reconstruction(pipe, embed, args.n, args.seed), embed_name)
+    if args.fad:
+        fad, score = text_to_audio_fad(pipe, embed, args.n, args.seed, args.toy_mix)
+        print(f"\ntext-to-audio on {args.n} test clips of the toy world with {args.toy_mix:.0%} two-sound clips "
+              f"({embed_name}): FAD {fad:.4f}, CLAP score {score:.4f}")
     print(f"\n(evaluation took {(time.time() - start) / 60:.1f} min)")
 
 

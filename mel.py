@@ -4,7 +4,8 @@ mel.py — the HiFiGAN log-mel, its normalisation and Griffin-Lim; then audio in
 Paper: "SpecMaskGIT" (ISMIR 2024).
   Sec. 3.1  the model works on mel spectrograms, tokenised by SpecVQGAN and turned back into sound by a
             HiFiGAN vocoder; the spectrogram is normalised from [-80, 20] dB to [-1, 1]
-  Sec. 4    22050 Hz audio, 80 mel bins, hop 256: a 9.845 s clip (217088 samples) is 848 frames
+  Sec. 4    22050 Hz audio, 80 mel bins, hop 256: a 10-second clip becomes 848 frames; we crop it to the
+            217088 samples (9.845 s) that make exactly 848 frames
 
 We compute the mel exactly as the HiFiGAN repository does (n_fft 1024, hop 256, Hann window 1024,
 reflect padding of (n_fft - hop) / 2 on both sides and no centring, Slaney mel filterbank 0-8000 Hz,

@@ -20,12 +20,15 @@ Out: one 22050 Hz wav per prompt and take; with --png a labelled picture of its 
   python sample.py "rain on a roof" --out rain.wav        # exactly that file
   python sample.py --inpaint clip.wav --start 1.0 --end 2.0 "birds chirping"
   python sample.py --bwe band_limited.wav --lfr
+  python sample.py --benchmark full                       # speed, plain path to fast path (runs benchmark.py)
+  python sample.py --benchmark full --threads 1,2,4       # Fig. 2: speed against CPU threads
 """
 
 import argparse
 import math
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -81,6 +84,11 @@ def parse_args(argv=None):
     p.add_argument("--end", type=float, default=None)
     p.add_argument("--bwe", metavar="FILE", help="bandwidth extension of FILE (regenerate above ~4.3 kHz)")
     p.add_argument("--lfr", action="store_true", help="with --bwe: put the input's own low band back (Table 7)")
+    p.add_argument("--benchmark", metavar="PRESET", choices=["full", "tiny"],
+                   help="time the pipeline at the preset's size, plain path to fast path (runs benchmark.py)")
+    p.add_argument("--runs", type=int, default=3, help="with --benchmark: timed runs per measurement")
+    p.add_argument("--threads", default=None, metavar="N,N,...", help="with --benchmark: instead of the table, the "
+                   "fast path's speed on each number of CPU threads, against the real-time line (Fig. 2)")
     m = p.add_argument_group("MAGNeT's decoding (--sampler magnet, magnet.py; text to audio)")
     m.add_argument("--sampler", default="specmaskgit", choices=["specmaskgit", "magnet"])
     m.add_argument("--span-len", type=int, default=None, help="decoding span in token columns (default: the model's span_len)")
@@ -132,7 +140,11 @@ def parse_args(argv=None):
         args.clap_ckpt = None                                   # the bundle's TinyCLAP
     if args.lfr and not args.bwe:
         raise UserError("--lfr only makes sense with --bwe.")
-    if not (args.inpaint or args.bwe) and not args.prompts:
+    if args.runs < 1:
+        raise UserError(f"--runs must be 1 or more, not {args.runs}.")
+    if args.threads is not None:
+        args.threads = thread_counts(args.threads, bool(args.benchmark))
+    if not (args.inpaint or args.bwe or args.benchmark) and not args.prompts:
         raise UserError("give a prompt, e.g. python sample.py \"rain on a roof\" (or --inpaint / --bwe FILE).")
     return args
 
@@ -189,6 +201,20 @@ def magnet_options(args, pipe) -> dict:
     return dict(row_steps=args.row_steps, guidance=args.guidance, temperature_start=args.magnet_temperature,
                 top_p=args.top_p, span_len=args.span_len, scoring=args.span_scoring, context=args.context,
                 rescorer=rescorer, rescore_weight=args.rescore_weight, prefix_cols=args.prefix_cols)
+
+
+def thread_counts(text: str, benchmark: bool) -> list[int]:
+    """--threads "1,2,4" -> [1, 2, 4]: each a whole number from 1 to the machine's CPU count."""
+    if not benchmark:
+        raise UserError("--threads goes with --benchmark (e.g. --benchmark full --threads 1,2,4).")
+    most = os.cpu_count() or 1
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--threads takes thread counts like 1,2,4, not {text!r}.") from None
+    if not counts or any(not 1 <= c <= most for c in counts):
+        raise UserError(f"--threads takes thread counts from 1 to {most} (this machine's CPUs), not {text!r}.")
+    return counts
 
 
 OUTPUT_EXTS = (".wav", ".png", ".html")   # what one take may write; they share one name
@@ -288,6 +314,15 @@ def run(args) -> None:
     if args.device == "auto":                           # say which one auto chose, as train.py's dtype line does
         print(f"device: {device} ({'a CUDA GPU is here' if device == 'cuda' else 'no CUDA GPU here'}; "
               f"--device cpu or cuda to choose)")
+    if args.benchmark:                                  # benchmark.py in its own process: no command imports another
+        command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark.py"),
+                   args.benchmark, "--device", device, "--dtype", args.dtype, "--runs", str(args.runs)]
+        if args.threads:
+            command += ["--thread-counts", ",".join(map(str, args.threads))]
+        code = subprocess.call(command)
+        if code:
+            raise UserError(f"benchmark.py stopped with exit code {code} (its message is above).")
+        return
     torch.manual_seed(args.seed)
     pipe = pipeline.load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, args.dtype)
     common = dict(steps=args.steps, cfg=args.cfg, temperature=args.temperature, seed=args.seed)

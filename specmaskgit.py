@@ -32,10 +32,10 @@ class Config:
     cols: int = 53                # 848 frames / 16
     cond_dim: int = 512           # CLAP embedding width (Sec. 3.3)
     dropout: float = 0.0
-    label_smoothing: float = 0.1  # Eq. 1 is a cross-entropy with label smoothing 0.1 (Sec. 4)
-    mask_mean: float = 0.55       # mask ratio ~ Gaussian(0.55, 0.25) truncated to (0, 1] (Sec. 3.2, after MAGE)
-    mask_std: float = 0.25
-    cfg_dropout: float = 0.1      # share of training samples trained unconditionally (CFG, Sec. 3.3)
+    label_smoothing: float = 0.1  # Eq. 1 is a cross-entropy with label smoothing 0.1 (Sec. 3.2)
+    mask_mean: float = 0.55       # mask ratio: a truncated Gaussian centred at 55 % over 0-100 % (Sec. 3.2)
+    mask_std: float = 0.25        # its spread is MAGE's (the paper's ref. [31]); the paper gives none
+    cfg_dropout: float = 0.1      # CFG: the condition replaced by [M] on 10 % (Sec. 3.4: of steps; here of samples)
     conditional_mask: bool = True # masked positions show the CLAP embedding instead of [M] (Sec. 3.3)
     mask_schedule: str = "cosine" # how many tokens stay masked after each sampling step (Sec. 3.4)
     span_len: int = 1             # training masks in spans of this many columns (magnet.py); 1 = per token
@@ -145,7 +145,8 @@ class SpecMaskGIT(nn.Module):
 
 def mask_ratios(B: int, cfg: Config, generator=None) -> torch.Tensor:
     """(B,) training mask ratios from N(0.55, 0.25) truncated to (0, 1].
-    The paper draws the ratio over 0-100 % (Sec. 3.2); MAGE truncates it to [0.5, 1]; we keep the paper's.
+    The paper draws the ratio over 0-100 % centred at 55 % (Sec. 3.2); the std 0.25 is MAGE's, which
+    truncates to [0.5, 1] and draws one ratio per batch; we keep the paper's range and draw one per sample.
     Drawn on the host (`generator` is a CPU one), so the rejection loop reads host numbers only: a GPU
     never waits for it."""
     ratios = []
@@ -310,8 +311,8 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
 # ---------------------------------------------------------------------------------------------------
 
 class Trainer:
-    """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: the MAE / MAGE recipe the paper follows)
-    and one optimisation step with gradient clipping at 1.0 (train.py runs the loop).
+    """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: MAE's and MAGE's recipe; the paper names no
+    optimiser) and one optimisation step with gradient clipping at 1.0 (train.py runs the loop).
     draw_mask: how training masks are drawn; cfg.span_len > 1 needs MAGNeT's (magnet.span_mask)."""
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,

@@ -550,18 +550,20 @@ def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x ** 2)) + 1e-12)
 
 
-def toy_clip(seed: int, index: int, num_samples: int = TOY_SAMPLES):
+def toy_clip(seed: int, index: int, num_samples: int = TOY_SAMPLES, p_mix: float = P_MIX):
     """Item `index` of the toy world under `seed`: (wav (num_samples,) float32 tensor, caption, kind ids).
 
     Everything random comes from one numpy Generator seeded with (seed, index), so the same pair always
     gives the same clip, on any machine, in any order, in any DataLoader worker. The first kind cycles
     through KINDS with the index (every 12 consecutive items hold every kind once as the main sound);
-    with probability P_MIX a second, different kind is mixed in, 3-9 dB quieter.
+    with probability `p_mix` (P_MIX unless a shifted world is asked for) a second, different kind is
+    mixed in, 3-9 dB quieter. Another p_mix changes only which clips get a second sound: the random draws
+    are the same, so the clips that stay single are the same clips.
     """
     rng = np.random.default_rng([seed, index])
     n = num_samples
     kinds = [index % len(KINDS)]
-    if rng.random() < P_MIX:
+    if rng.random() < p_mix:
         kinds.append(int((kinds[0] + rng.integers(1, len(KINDS))) % len(KINDS)))
     x, tags = np.zeros(n), []
     for i, k in enumerate(kinds):
@@ -587,13 +589,17 @@ class ToyDataset(torch.utils.data.Dataset):
     """`n` toy clips of one split; item i is toy_clip(split seed, i), made when asked for (or cached).
 
     The split seeds are 10 * seed + (0, 1, 2) for train, val, test, so the splits never share a clip.
+    p_mix: the share of two-sound clips; another value than P_MIX is a shifted world (the fine-tuning
+    target of Table 4 in miniature: pre-train on the usual world, fine-tune on one of other mixtures).
     """
 
     def __init__(self, split: str = "train", n: int | None = None, num_samples: int = TOY_SAMPLES,
-                 seed: int = 0, cache: bool = False):
+                 seed: int = 0, cache: bool = False, p_mix: float = P_MIX):
         if split not in SPLIT_SEEDS:
             raise UserError(f"the toy world has splits train, val and test, not {split!r}.")
-        self.split, self.num_samples = split, num_samples
+        if not 0 <= p_mix <= 1:
+            raise UserError(f"the share of two-sound toy clips must be between 0 and 1, not {p_mix}.")
+        self.split, self.num_samples, self.p_mix = split, num_samples, p_mix
         self.n = SPLIT_SIZES[split] if n is None else n
         self.seed = 10 * seed + SPLIT_SEEDS[split]
         self.cache = {} if cache else None
@@ -604,7 +610,7 @@ class ToyDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if self.cache is not None and i in self.cache:
             return self.cache[i]
-        wav, caption, kinds = toy_clip(self.seed, i, self.num_samples)
+        wav, caption, kinds = toy_clip(self.seed, i, self.num_samples, self.p_mix)
         item = {"wav": wav, "caption": caption, "kind": kinds[0], "id": f"toy-{self.split}-{i}"}
         if self.cache is not None:
             self.cache[i] = item

@@ -37,6 +37,7 @@ import torch
 from runtime import (ArgumentParser, UserError, build_model, check_config, check_config_values, load_checkpoint,
                      make_output_folder, non_finite_entry, pick_device, pick_dtype, run_command,
                      save_checkpoint)
+from toyworld import P_MIX
 
 STAGES = ["vqgan", "vocoder", "clap", "transformer"]
 
@@ -45,13 +46,16 @@ STAGES = ["vqgan", "vocoder", "clap", "transformer"]
 # counts fit `--stage all` into the README's time budget. The full preset's are the papers': the
 # transformer's batch 48, 250k steps and 5k warm-up (Sec. 4); lr None = the stage's own rule
 # (stage_hparams: MAE's 1e-3 x batch / 256 for the transformer, Taming's 4.5e-6 x batch for the VQGAN,
-# the Trainer's default for the others, HiFiGAN's 2e-4 for the vocoder).
+# the Trainer's default for the others, HiFiGAN's 2e-4 for the vocoder). schedule "constant": the lr stays at
+# its peak, no warm-up and no decay: SpecVQGAN's configure_optimizers (Taming's) returns two Adams and no
+# scheduler. The tiny VQGAN keeps warm-up + cosine: its lr of 1e-3 was measured with them on the toy world,
+# and the bundled demo model was trained so.
 STAGE_DEFAULTS = {
     ("vqgan", "tiny"): dict(steps=1600, batch_size=8, warmup=50, lr=1e-3),
     ("vocoder", "tiny"): dict(steps=250, batch_size=8, warmup=50, lr=2e-3),
     ("clap", "tiny"): dict(steps=750, batch_size=32, warmup=25, lr=1e-3),
     ("transformer", "tiny"): dict(steps=2400, batch_size=32, warmup=100, lr=1e-3),
-    ("vqgan", "full"): dict(steps=100_000, batch_size=8, warmup=1000, lr=None),
+    ("vqgan", "full"): dict(steps=100_000, batch_size=8, warmup=0, lr=None, schedule="constant"),
     ("vocoder", "full"): dict(steps=500_000, batch_size=16, warmup=1000, lr=None),
     ("clap", "full"): dict(steps=20_000, batch_size=128, warmup=500, lr=None),
     ("transformer", "full"): dict(steps=250_000, batch_size=48, warmup=5000, lr=None),
@@ -82,12 +86,18 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=0, world=1):
+def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=0, world=1, evaluate=None):
     """Train `trainer` from its current step to `steps` on `batches` ((step, batch) pairs), logging,
-    checking the loss and checkpointing as it goes."""
+    checking the loss and checkpointing as it goes. `evaluate(step) -> dict` (--eval-every): held-out
+    scores, logged before the first step, every --eval-every steps and after the last."""
     out = args.out
     log = open(os.path.join(out, f"{stage}.log.jsonl"), "a") if rank == 0 else None
+    evaluate = evaluate if rank == 0 else None
+    if evaluate is not None and trainer.start_step == 0:
+        log_evaluation(stage, evaluate, 0, log)
     schedule = getattr(trainer, "lr_factor", None)          # e.g. HiFiGAN's x 0.999 per epoch
+    if STAGE_DEFAULTS.get((stage, args.preset), {}).get("schedule") == "constant":
+        schedule = lambda step, epoch_steps: 1.0            # e.g. SpecVQGAN's: no scheduler at all
     for opt in trainer.optimizers:
         for g in opt.param_groups:
             g.setdefault("peak_lr", g["lr"])                 # restored with the optimiser on --resume
@@ -119,6 +129,8 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
             from mel import save_png
             x, y = trainer.preview(batch)
             save_png(os.path.join(out, f"{stage}_preview_{done:06d}.png"), [x[0], y[0]], vmin=-1, vmax=1)
+        if evaluate is not None and (done % args.eval_every == 0 or done == steps):
+            log_evaluation(stage, evaluate, done, log)
         if done % args.ckpt_every == 0 or done == steps:
             stop_unless_finite(stage, losses, out, world, device)
             losses = []
@@ -150,13 +162,19 @@ def run(args) -> None:
     if args.bundle:                                          # an unwritable or foreign --bundle: now, not after
         check_bundle_target(args.bundle)
     n = args.n_clips if args.data == "toy" else None
-    dataset = data.make_dataset(args.data, "train", root=args.root, num_samples=args.num_samples, n=n)
+    dataset = data.make_dataset(args.data, "train", root=args.root, num_samples=args.num_samples, n=n,
+                                toy_mix=args.toy_mix)
     if args.clap == "laion" and "transformer" in stages:     # only the transformer's cache needs LAION-CLAP:
         import clap_format                                   # a missing package or file fails now, not later
         clap_format.load_clap("laion", args.clap_ckpt)
     if rank == 0:
         remove_partial_files(args)
         print(f"data: {args.data}, {len(dataset)} training clips of {args.num_samples} samples; out: {args.out}")
+    source = init_source(args.init_from) if args.init_from else None
+    if source is not None and rank == 0:
+        bring_companions(args, source)
+    if source is not None and world > 1:
+        torch.distributed.barrier()                          # the other processes read what rank 0 copied
     for stage in stages:
         torch.manual_seed(args.seed + rank)                  # each stage from the same seed: alone or in --stage all,
         cfg = configs[stage]                                 # a stage trained on the same inputs is the same model
@@ -173,6 +191,8 @@ def run(args) -> None:
             if cfg.span_len > cfg.cols:
                 raise UserError(f"--transformer.span_len must be at most the grid's {cfg.cols} columns, not {cfg.span_len}.")
         trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank, world)
+        if stage == "transformer" and source is not None and trainer.start_step == 0:
+            init_weights(trainer, source, args.init_from, rank)
         wrap_ddp(trainer, device, world)
         if rank == 0:
             describe(stage, trainer, args, steps, batch, warmup)
@@ -181,7 +201,8 @@ def run(args) -> None:
         else:
             batches = audio_batches(dataset, trainer.start_step, batch, args.seed, rank, world, args.workers, device)
         epoch_steps = max(1, len(dataset) // (batch * world))
-        train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank, world)
+        evaluate = heldout_evaluator(args, device, trainer) if stage == "transformer" and args.eval_every and rank == 0 else None
+        train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank, world, evaluate)
         if stage == "vocoder" and rank == 0:
             vocoder_against_griffin_lim(args, device)
     if rank == 0 and args.bundle:
@@ -411,6 +432,8 @@ def build_cache(dataset, args, device, rank=0):
         raise UserError(f"{path_vq} does not exist: the transformer learns the VQGAN's tokens, so train "
                         f"--stage vqgan (and clap) into this --out first, or run --stage all.")
     key = f"{os.stat(path_vq).st_mtime_ns}-{len(dataset)}-{args.clap}-{args.num_samples}"
+    if getattr(dataset, "p_mix", P_MIX) != P_MIX:                # a shifted toy world is other clips
+        key += f"-mix{dataset.p_mix}"
     path = os.path.join(args.out, "transformer_cache.pt")
     if os.path.exists(path):
         cache = load_checkpoint(path, "cache")
@@ -480,6 +503,113 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     print(f"vocoder: mel L1 on {len(wav)} held-out clips {result['vocoder']:.3f}, Griffin-Lim's "
           f"{result['griffin_lim']:.3f} ({'better' if result['vocoder'] < result['griffin_lim'] else 'worse'})")
     return result
+
+
+# ===================================================================================================
+# Fine-tuning (--init-from) and validation during training (--eval-every): Sec. 5.1, Tables 4-6, Fig. 8.
+# The paper pre-trains the transformer on AudioSet (500k steps, batch 112, 16k warm-up), then fine-tunes it
+# on AudioCaps (250k steps, batch 48, 5k warm-up), and plots FAD on AudioCaps against AudioSet steps to
+# argue for stopping early.
+# ===================================================================================================
+
+def init_source(path: str) -> dict:
+    """The checkpoints --init-from brings, by stage: a bundle's entries, or a transformer.pt with the
+    vqgan.pt, clap.pt and vocoder.pt beside it in its run folder."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("stage") == "bundle":
+        source = {s: ckpt[s] for s in STAGES if s in ckpt}
+    elif ckpt.get("stage") == "transformer" and "model" in ckpt:
+        folder = os.path.dirname(os.path.abspath(path))
+        source = {s: load_checkpoint(os.path.join(folder, f"{s}.pt"), s) for s in ("vqgan", "clap", "vocoder")
+                  if os.path.exists(os.path.join(folder, f"{s}.pt"))}
+        source["transformer"] = ckpt
+    else:
+        raise UserError(f"--init-from {path} is a {ckpt.get('stage', 'foreign')} {'state' if 'trainer' in ckpt else 'checkpoint'}; "
+                        f"give a run's transformer.pt or a bundle.")
+    if "transformer" not in source:
+        raise UserError(f"--init-from {path} holds no transformer.")
+    return source
+
+
+def bring_companions(args, source: dict) -> None:
+    """The transformer learnt one VQGAN's token ids and one conditioner's embeddings: fine-tuning it on
+    another tokenizer would start from ids that mean other sounds. So the pre-training run's VQGAN (and
+    TinyCLAP and vocoder) are copied into --out when it has none, and one already there must be the same."""
+    for stage in ("vqgan", "clap", "vocoder"):
+        if stage not in source or (stage == "clap" and args.clap == "laion"):
+            continue
+        dest = os.path.join(args.out, f"{stage}.pt")
+        if not os.path.exists(dest):
+            save_checkpoint(source[stage], dest)
+            print(f"{stage}: copied from --init-from {args.init_from} (the transformer learnt with it)")
+        elif stage != "vocoder" and not same_weights(load_checkpoint(dest, stage), source[stage]):
+            raise UserError(f"{dest} is another {stage} than the one --init-from {args.init_from}'s transformer "
+                            f"learnt with; fine-tune into a new --out.")
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return (a["config"] == b["config"] and a["model"].keys() == b["model"].keys()
+            and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]))
+
+
+def init_weights(trainer, source: dict, path: str, rank: int = 0) -> None:
+    """Weights only: the optimiser's moments and the schedule start afresh at step 0 (a fine-tuning run
+    has its own warm-up and cosine, Sec. 4: 5k warm-up on AudioCaps)."""
+    from runtime import load_into
+    load_into(trainer.model, source["transformer"], "transformer")
+    if rank == 0:
+        print(f"transformer: weights from {path}; a new optimiser and schedule from step 0")
+
+
+def heldout_evaluator(args, device, trainer):
+    """A function step -> {"eval_fad", "eval_clap_score", "eval_clips"}: --eval-clips clips of the held-out
+    (val) split generated from their captions with the paper's sampler (16 steps, CFG 3, Gumbel 1.5), decoded
+    by this run's VQGAN and vocoder (Griffin-Lim without one), and scored against the real clips in the run's
+    CLAP audio space (evaluate.py's FAD). The sampler's seed is the same every time, so the curve's steps
+    differ by the model alone. The global random stream is restored afterwards (--resume replays it)."""
+    import data
+    import hifigan_format
+    import mel
+    import specmaskgit
+    import vqgan
+    from metrics import clap_score, frechet_distance
+    from runtime import unwrap
+    n = args.eval_clips if args.data == "toy" else None
+    heldout = data.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n, toy_mix=args.toy_mix)
+    count = min(args.eval_clips, len(heldout))
+    items = [heldout[i] for i in range(count)]
+    real = torch.stack([it["wav"] for it in items])                                # (N, T)
+    conditioner = load_conditioner(args, device)
+    vq = vqgan.from_checkpoint(load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")).to(device).eval()
+    path_voc = os.path.join(args.out, "vocoder.pt")
+    voc = hifigan_format.load_vocoder(path_voc).to(device) if os.path.exists(path_voc) else None
+    with torch.inference_mode():
+        real_emb = conditioner.embed_audio(real.to(device)).float().cpu()          # (N, D)
+        text_emb = conditioner.embed_text([it["caption"] for it in items]).float()  # (N, D)
+
+    @torch.inference_mode()
+    def evaluate(step: int) -> dict:
+        rng = torch.get_rng_state()
+        model = unwrap(trainer.model)
+        was_training = model.training
+        model.eval()
+        tokens = specmaskgit.generate(model, text_emb.to(device), seed=args.seed)   # (N, rows, cols)
+        model.train(was_training)
+        log_mel = mel.denormalize(vq.decode(tokens).float())                       # (N, 80, F)
+        wav = hifigan_format.vocode(voc, log_mel) if voc is not None else mel.griffin_lim(log_mel.cpu())
+        emb = conditioner.embed_audio(wav[:, :real.shape[1]].to(device)).float().cpu()
+        torch.set_rng_state(rng)
+        return {"eval_fad": frechet_distance(emb, real_emb), "eval_clap_score": clap_score(text_emb.cpu(), emb),
+                "eval_clips": count}
+    return evaluate
+
+
+def log_evaluation(stage, evaluate, step, log) -> None:
+    row = {"step": step, **evaluate(step)}
+    print(f"{stage} step {step}: held-out FAD {row['eval_fad']:.4f}, CLAP score {row['eval_clap_score']:.4f} "
+          f"({row['eval_clips']} clips)", flush=True)
+    log.write(json.dumps(row) + "\n")
+    log.flush()
 
 
 # ===================================================================================================
@@ -621,6 +751,8 @@ def describe(stage, trainer, args, steps, batch, warmup) -> None:
     weights = trainer.checkpoint()["model"].values()                 # what inference loads, buffers of counts aside
     n_params = sum(w.numel() for w in weights if w.is_floating_point())
     schedule = "its own lr schedule" if hasattr(trainer, "lr_factor") else f"warm-up {warmup}"
+    if STAGE_DEFAULTS[(stage, args.preset)].get("schedule") == "constant":
+        schedule = "constant lr"
     print(f"{stage}: {args.preset} preset, {steps} steps, batch {batch}, peak lr "
           f"{trainer.optimizers[0].param_groups[0]['lr']:.2e}, {schedule}"
           + (f", {n_params / 1e6:.2f} M parameters" if n_params else ""))
@@ -697,6 +829,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None,
                    help=f"DataLoader worker processes (at most {MAX_WORKERS} here; default: 8 on a GPU, else 0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="--stage transformer: start from these weights (a run's transformer.pt, or a bundle) with a "
+                        "new optimiser and schedule at step 0: pre-train, then fine-tune (Sec. 5.1, Table 4)")
+    p.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="transformer: FAD and CLAP score of --eval-clips held-out clips every N steps, in its log "
+                        "(Fig. 8; evaluate.py --curve draws them)")
+    p.add_argument("--eval-clips", type=int, default=32, help="held-out clips for --eval-every")
+    p.add_argument("--toy-mix", type=float, default=P_MIX,
+                   help="toy world: share of clips that mix two kinds; another value is a shifted world to fine-tune on")
     p.add_argument("--bundle", default=None,
                    help="after the last stage, also write the one-file bundle here (merged with one already there)")
     add_config_flags(p)
@@ -710,7 +851,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.num_samples = TOY_SAMPLES if args.data == "toy" else CLIP_SAMPLES
     if args.out is None:
         args.out = os.path.join("runs", "toy" if args.data == "toy" else os.path.basename(os.path.normpath(args.data)))
-    for name in ("steps", "batch_size", "warmup", "n_clips", "log_every", "ckpt_every", "preview_every"):
+    for name in ("steps", "batch_size", "warmup", "n_clips", "log_every", "ckpt_every", "preview_every", "eval_every"):
         v = getattr(args, name)
         if v is not None and v < (0 if name == "warmup" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, not {v}.")
@@ -725,6 +866,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UserError(f"--seed must be a whole number from 0 to 2**32 - 1, not {args.seed}.")
     if args.lr is not None and not (0 < args.lr < 1):
         raise UserError(f"--lr must be between 0 and 1, not {args.lr}.")
+    if args.init_from and args.stage != "transformer":
+        raise UserError("--init-from starts the transformer from another run's weights; use it with --stage transformer.")
+    if not 2 <= args.eval_clips <= 1000:
+        raise UserError(f"--eval-clips must be between 2 and 1000 (FAD needs a covariance of at least 2 clips), "
+                        f"not {args.eval_clips}.")
+    if not 0 <= args.toy_mix <= 1:
+        raise UserError(f"--toy-mix must be between 0 and 1, not {args.toy_mix}.")
     if args.num_samples % 4096 or args.num_samples <= 0:
         raise UserError(f"--num-samples must be a positive multiple of 4096 (16 mel frames of 256 samples), "
                         f"not {args.num_samples}.")
@@ -777,7 +925,8 @@ def stage_hparams(stage, args, world=1):
     warmup = d["warmup"] if args.warmup is None else args.warmup
     lr = args.lr or d["lr"]                          # None = the rule of the stage's paper:
     if stage == "transformer" and lr is None:
-        lr = 1e-3 * batch * world / 256              # Sec. 4: base lr 1e-3 x global batch / 256 (MAE convention)
+        lr = 1e-3 * batch * world / 256              # Sec. 4: base lr 1e-3 scaled with the batch as in its refs
+                                                     # [17, 31] (MAE, MAGE): x global batch / 256
     if stage == "vqgan" and lr is None:
         lr = 4.5e-6 * batch * world                  # Taming's base_learning_rate x global batch (SpecVQGAN's configs)
     return steps, batch, min(warmup, steps), lr

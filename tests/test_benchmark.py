@@ -6,6 +6,7 @@ follows the CPU, and that the benchmark's table and its final line come out.
 """
 
 import dataclasses
+import os
 import re
 
 import pytest
@@ -149,3 +150,33 @@ def test_benchmark_tiny_prints_the_table_and_the_rtf_line(capsys):
     m = re.fullmatch(r"rtf=([\d.]+) seconds=([\d.]+) audio_seconds=2\.972 device=cpu dtype=fp32", last)
     assert m, last
     assert float(m.group(1)) == pytest.approx(float(m.group(2)) / 2.972, rel=0.01)
+
+
+def test_threads_time_the_fast_path_once_per_thread_count_in_its_own_process(capsys):
+    counts = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
+    rows = benchmark.speed_against_threads("tiny", "cpu", "fp32", 1, counts)
+    assert [threads for threads, _, _ in rows] == counts                    # each worker ran on its count
+    assert all(rtf == pytest.approx(seconds / (65536 / 22050)) for _, seconds, rtf in rows)
+    out = capsys.readouterr().out
+    assert out.count("\n| 1 |") == 1 and "real-time line" in out
+
+
+def test_threads_need_benchmark_and_whole_counts(capsys):
+    for argv in (["rain", "--threads", "1"], ["--benchmark", "tiny", "--threads", "0"],
+                 ["--benchmark", "tiny", "--threads", "one"]):
+        assert sample.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "--threads" in err and "\n" not in err
+
+
+def test_sample_benchmark_runs_benchmark_py_in_its_own_process_with_the_thread_counts(monkeypatch):
+    """sample.py --benchmark hands over to benchmark.py as a process (a command never imports another)."""
+    calls = []
+    monkeypatch.setattr(sample.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    assert sample.main(["--benchmark", "tiny", "--threads", "1", "--device", "cpu", "--dtype", "fp32", "--runs", "2"]) == 0
+    (argv,) = calls
+    assert os.path.basename(argv[1]) == "benchmark.py" and os.path.isfile(argv[1])
+    assert argv[2:] == ["tiny", "--device", "cpu", "--dtype", "fp32", "--runs", "2", "--thread-counts", "1"]
+    assert benchmark.parse_args(argv[2:]).thread_counts == [1]                # and benchmark.py reads them back
+    monkeypatch.setattr(sample.subprocess, "call", lambda argv: 3)
+    assert sample.main(["--benchmark", "tiny", "--device", "cpu"]) == 2       # a failed benchmark is not a success

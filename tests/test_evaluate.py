@@ -8,6 +8,7 @@ import torch
 
 import evaluate
 import mel
+import metrics
 import pipeline
 import toyworld
 
@@ -64,7 +65,7 @@ def test_matrix_square_root_squared_gives_back_the_matrix():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(10, 7, generator=g, dtype=torch.float64)
     for m in (x.T @ x, x[:4].T @ x[:4]):                               # full rank, and rank 4 of 7
-        root = evaluate.sqrtm_psd(m)
+        root = metrics.sqrtm_psd(m)
         assert torch.allclose(root @ root, m, atol=1e-10)
         assert torch.allclose(root, root.T) and torch.linalg.eigvalsh(root).min() > -1e-7
 

@@ -121,6 +121,8 @@ SAMPLE_BAD = [
     (["rain", "--lfr"], ["--bwe"]),
     (["--benchmark", "huge"], ["--benchmark"]),
     (["rain", "--runs", "0"], ["--runs"]),
+    (["--benchmark", "tiny", "--threads", "0"], ["--threads"]),
+    (["rain", "--threads", "1"], ["--threads", "--benchmark"]),
     (["rain", "--out", "{text}/out"], ["notes.txt", "output folder"]),       # a folder under a regular file
     ([], ["prompt"]),
     (["rain", "--sampler", "autoregressive"], ["--sampler"]),
@@ -201,6 +203,12 @@ TRAIN_BAD = [
     (["--clap.audio_channels", "4,x"], ["--clap.audio_channels"]),
     (["--vocoder.resblock", "3"], ["--vocoder.resblock"]),
     (["--vocoder.upsample_rates", "8,8,2", "--stage", "vocoder"], ["upsample_rates"]),   # train.py checks it
+    (["--eval-every", "0"], ["--eval-every"]),
+    (["--eval-clips", "1"], ["--eval-clips"]),
+    (["--toy-mix", "1.5"], ["--toy-mix"]),
+    (["--toy-mix", "nan"], ["--toy-mix"]),
+    (["--init-from", "/no/such/transformer.pt"], ["--init-from", "--stage transformer"]),
+    (["--init-from", "{file}", "--stage", "transformer"], ["{file}", "not a readable"]),
 ]
 
 

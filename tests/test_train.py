@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import mel
 import runtime
 import pipeline
 import specmaskgit
@@ -413,3 +414,77 @@ def test_the_transformer_and_vqgan_steps_hand_back_tensors_not_host_numbers():
     for metrics in (vq_metrics, tr_metrics):
         assert {"loss"} <= set(metrics)
         assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in metrics.values()), metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fine-tuning (--init-from), validation during training (--eval-every), the VQGAN's constant lr
+# ---------------------------------------------------------------------------------------------------
+
+def test_init_from_carries_the_weights_and_not_the_optimiser(toy_run, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(train, "train_stage", lambda stage, trainer, *a, **k: seen.setdefault(stage, trainer))
+    source = str(toy_run / "transformer.pt")
+    assert train.main(TOY + ["--stage", "transformer", "--init-from", source, "--out", str(tmp_path / "ft"),
+                             "--steps", "2"]) == 0
+    trainer, weights = seen["transformer"], load_checkpoint(source, "transformer")["model"]
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in weights.items())
+    # the source run holds AdamW moments and a decayed lr; the fine-tuning run starts with none at step 0
+    assert load_checkpoint(str(toy_run / "transformer.state.pt"))["trainer"]["optimizer"]["state"]
+    assert trainer.start_step == 0 and len(trainer.optimizers[0].state) == 0
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3)   # the tiny preset's fresh peak lr
+    assert train.same_weights(load_checkpoint(str(tmp_path / "ft" / "vqgan.pt"), "vqgan"),
+                              load_checkpoint(str(toy_run / "vqgan.pt"), "vqgan"))    # its tokenizer came along
+
+
+def test_init_from_refuses_another_tokenizer_and_other_stages(toy_run, tmp_path, capsys):
+    out = tmp_path / "ft"
+    os.makedirs(out)
+    vq = load_checkpoint(str(toy_run / "vqgan.pt"), "vqgan")
+    vq["model"] = {k: v + 1 for k, v in vq["model"].items()}
+    save_checkpoint(vq, str(out / "vqgan.pt"))
+    err = error_of(capsys, TOY + ["--stage", "transformer", "--init-from", str(toy_run / "transformer.pt"),
+                                  "--out", str(out), "--steps", "1"])
+    assert "another vqgan" in err
+    err = error_of(capsys, TOY + ["--stage", "all", "--init-from", str(toy_run / "transformer.pt"), "--out", str(out)])
+    assert "--stage transformer" in err
+
+
+def test_eval_every_logs_held_out_fad_computed_against_the_val_clips(toy_run, tmp_path):
+    import clap
+    import hifigan_format
+    import metrics
+    import toyworld
+    import vqgan
+    out = tmp_path / "ft"
+    assert train.main(TOY + ["--stage", "transformer", "--init-from", str(toy_run / "transformer.pt"), "--out", str(out),
+                             "--steps", "2", "--eval-every", "1", "--eval-clips", "3"]) == 0
+    rows = [r for r in log_rows(out, "transformer") if "eval_fad" in r]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["eval_clips"] == 3 for r in rows)
+    # Step 0 is the source's weights: redo its evaluation by hand against the val clips, and against train clips.
+    model = runtime.build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config,
+                                load_checkpoint(str(toy_run / "transformer.pt"), "transformer"), "transformer")
+    cond = clap.load_clap("tiny", str(out / "clap.pt"))
+    vq = vqgan.from_checkpoint(load_checkpoint(str(out / "vqgan.pt"), "vqgan"))
+    voc = hifigan_format.load_vocoder(str(out / "vocoder.pt"))
+
+    def clips(split):
+        d = toyworld.ToyDataset(split, n=3, num_samples=16384)
+        return torch.stack([d[i]["wav"] for i in range(3)]), [d[i]["caption"] for i in range(3)]
+    val, captions = clips("val")
+    with torch.inference_mode():
+        tokens = specmaskgit.generate(model, cond.embed_text(captions).float(), seed=0)
+        wav = hifigan_format.vocode(voc, mel.denormalize(vq.decode(tokens).float()))[:, :16384]
+        fake = cond.embed_audio(wav).float()
+        right = metrics.frechet_distance(fake, cond.embed_audio(val).float())
+        wrong = metrics.frechet_distance(fake, cond.embed_audio(clips("train")[0]).float())
+    assert rows[0]["eval_fad"] == pytest.approx(right, rel=1e-4)
+    assert abs(rows[0]["eval_fad"] - wrong) > 1e-3 * right
+
+
+def test_the_full_vqgan_keeps_a_constant_lr_and_the_tiny_one_its_warm_up_and_cosine(tmp_path):
+    for preset, expected in (("full", [0.1] * 4), ("tiny", [0.1 * train.lr_factor(s, 2, 4) for s in range(4)])):
+        trainer = OneWeightTrainer()
+        args = train.parse_args(["--out", str(tmp_path), "--preset", preset, "--log-every", "2", "--ckpt-every", "100"])
+        train.train_stage("vqgan", trainer, ((s, None) for s in range(5)), args, 4, 2, epoch_steps=2)
+        assert trainer.lrs == pytest.approx(expected)
+    assert train.stage_hparams("vqgan", train.parse_args(["--data", "audiocaps", "--preset", "full"]))[2] == 0
