@@ -291,7 +291,8 @@ def load_audio(path: str, sr: int = SR, num_samples: int | None = None, report: 
                 raise UserError(f"audio file {path} claims {frames / file_sr / 3600:.1f} hours; at most "
                                 f"{MAX_AUDIO_SECONDS / 3600:g} hours are read whole (cut it shorter).")
             blocks = mono_blocks(sound, path, wanted)
-            wav = torch.cat(list(resample_blocks(blocks, file_sr, sr)))             # (T,)
+            pieces = list(resample_blocks(blocks, file_sr, sr))
+    wav = torch.cat(pieces) if pieces else torch.zeros(0)                            # (T,)
     if wav.numel() == 0:
         raise UserError(f"audio file {path} holds no samples.")
     notes = []
