@@ -453,9 +453,10 @@ def output_names(out: str, stems: list[str], exts=(".wav",), claimed: list | Non
         for path in names.values():
             there = taken.get(os.path.basename(path).lower())
             if there or not claim(path, claimed):
-                raise UserError(f"--out {out} would also write {path}, and {there or path} exists there (names "
-                                f"that differ only in case are one file on macOS and Windows); move it away or "
-                                f"give another --out.")
+                case = "" if there in (None, os.path.basename(path)) else \
+                    " (names that differ only in case are one file on macOS and Windows)"
+                raise UserError(f"--out {out} would also write {path}, and {there or path} exists there{case}; "
+                                f"move it away or give another --out.")
         if os.path.exists(out):
             print(f"{out} exists and is replaced (--out names it)")
         return [{exts[0]: out, **names}]
