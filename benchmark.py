@@ -333,6 +333,10 @@ def train_throughput(preset: str, device: str, dtype_name: str | None, batch: in
           f"{tokens_per_s:,.0f} tokens/s; the paper's 250k steps of batch 48 would take {paper:,.1f} h at this rate")
 
 
+MAX_RUNS = 1000         # timed runs per measurement
+MAX_BATCH = 1024        # clips per batch: beyond any GPU's memory at the full preset
+
+
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[1])
     p.add_argument("preset", choices=["full", "tiny"])
@@ -358,15 +362,17 @@ def parse_args(argv=None):
             raise UserError(f"--thread-counts takes thread counts like 1,2,4, not {args.thread_counts!r}.") from None
         if not args.thread_counts or any(not 1 <= c <= most for c in args.thread_counts):
             raise UserError(f"--thread-counts takes thread counts from 1 to {most} (this machine's CPUs).")
-    if args.batch is not None and args.batch < 1:
-        raise UserError(f"--batch must be 1 or more, not {args.batch}.")
+    if not 1 <= args.runs <= MAX_RUNS:
+        raise UserError(f"--runs must be from 1 to {MAX_RUNS}, not {args.runs}.")
+    if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
+        raise UserError(f"--batch must be from 1 to {MAX_BATCH}, not {args.batch}.")
     if args.batches is not None:
         try:
             args.batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
         except ValueError:
             raise UserError(f"--batches takes batch sizes like 16,64, not {args.batches!r}.") from None
-        if any(b < 1 for b in args.batches):
-            raise UserError(f"--batches must be 1 or more each, not {args.batches}.")
+        if any(not 1 <= b <= MAX_BATCH for b in args.batches):
+            raise UserError(f"--batches must be from 1 to {MAX_BATCH} each, not {args.batches}.")
     return args
 
 

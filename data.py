@@ -22,6 +22,7 @@ Run alone: python data.py FOLDER   # lists what a folder (or an AudioCaps root) 
 import csv
 import math
 import os
+import stat
 import sys
 
 import soundfile as sf
@@ -87,11 +88,21 @@ def find_audio_files(root: str) -> list:
 
 
 def readable(path: str) -> bool:
-    """Whether soundfile can open `path` and it holds at least one sample (reads the header only)."""
+    """Whether `path` is a regular file that soundfile can open and that holds at least one sample (reads
+    the header only). It is opened without blocking and checked before soundfile sees it: a FIFO named
+    x.wav would otherwise wait forever for a writer, and a device would be read without end."""
     try:
-        return sf.info(path).frames > 0
-    except Exception:  # libsndfile raises for anything that is not audio it understands
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
         return False
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        os.set_blocking(fd, True)
+        try:
+            return sf.info(f).frames > 0
+        except Exception:  # libsndfile raises for anything that is not audio it understands
+            return False
 
 
 class AudioFiles(torch.utils.data.Dataset):

@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import platform
+import stat
 import sys
 import time
 import warnings
@@ -209,8 +210,41 @@ class GraphedTransformer(nn.Module):
 # CPU model, torch version, width and thread count, then read from a small cache file.
 # ---------------------------------------------------------------------------------------------------
 
-CACHE = os.path.join(os.path.expanduser("~"), ".cache", "specmaskgit", "cpu_dtype.json")
+def default_cache_path() -> str | None:
+    """$XDG_CACHE_HOME/specmaskgit/cpu_dtype.json, else ~/.cache/...; None (no cache) when neither names an
+    absolute folder: an empty HOME would otherwise put the cache at the filesystem's root, /.cache."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):                          # the XDG spec: a relative path is to be ignored
+        home = os.environ.get("HOME", "") if "HOME" in os.environ else os.path.expanduser("~")
+        base = os.path.join(home, ".cache") if os.path.isabs(home) and home.rstrip("/") else ""
+    return os.path.join(base, "specmaskgit", "cpu_dtype.json") if base else None
+
+
+CACHE = default_cache_path()
 CANDIDATES = ("fp32", "bf16", "int8")
+MAX_CACHE_BYTES = 64 * 1024        # a few hundred entries; anything larger is not our file
+
+
+def read_cache(cache: str | None) -> dict:
+    """The cache's table, or {} for anything that is not a small regular file holding a JSON object: it is
+    opened without blocking (a FIFO there would wait forever), at most MAX_CACHE_BYTES are read (a link
+    to /dev/zero never ends), and JSON nested too deeply for the parser counts as damaged."""
+    if cache is None:
+        return {}
+    try:
+        fd = os.open(cache, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        text = os.read(fd, MAX_CACHE_BYTES + 1)
+        table = json.loads(text) if len(text) <= MAX_CACHE_BYTES else {}
+    except (OSError, ValueError, RecursionError):
+        return {}
+    finally:
+        os.close(fd)
+    return table if isinstance(table, dict) else {}
 
 
 def cpu_name() -> str:
@@ -292,12 +326,11 @@ def measure_cpu_dtype(width: int, timer=time_candidate, cache=CACHE, verbose=Tru
         print("int8 unavailable: this PyTorch has no torch.ao.quantization; choosing between fp32 and bf16")
     key = (f"{cpu_name()} | torch {torch.__version__} | width {width} | {torch.get_num_threads()} threads | "
            f"{CFG_ROWS} rows, weights in the candidate's dtype")
+    table = read_cache(cache)
     try:
-        with open(cache) as f:
-            table = json.load(f)
         rates = {k: float(v) for k, v in table[key].items()}
         where = "cached in " + cache
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         table, where = None, "measured now"
         rates = {}
         for name in candidates:
@@ -306,8 +339,10 @@ def measure_cpu_dtype(width: int, timer=time_candidate, cache=CACHE, verbose=Tru
             except (RuntimeError, NotImplementedError):                 # e.g. no int8 engine in this build
                 rates[name] = 0.0
     choice = max(candidates, key=lambda name: rates.get(name, 0.0))
-    if table is None:
+    if table is None and cache is not None:
         save_cache(cache, key, rates)
+    elif cache is None and verbose:
+        print("CPU dtype: not cached (neither HOME nor XDG_CACHE_HOME names a folder); measured again next time")
     if verbose:
         shown = ", ".join(f"{name} {rates.get(name, 0.0):.0f}" for name in CANDIDATES)
         print(f"CPU dtype by measurement ({where}): {choice}; GFLOP/s on a {width} x {4 * width} layer: {shown}")
@@ -346,14 +381,16 @@ def pick_inference_dtype(device: str, name: str | None, width: int, verbose: boo
 
 
 def save_cache(cache: str, key: str, rates: dict) -> None:
-    """Add `key` to the JSON file `cache`, written atomically (runtime.write_atomically)."""
+    """Add `key` to the JSON file `cache`, written atomically (runtime.write_atomically). Only a regular file
+    (or nothing) there is replaced: a link, a pipe or a folder at that path is left as it is."""
     try:
-        with open(cache) as f:
-            table = json.load(f)
-        if not isinstance(table, dict):
-            table = {}
-    except (OSError, ValueError):
-        table = {}
+        if not stat.S_ISREG(os.lstat(cache).st_mode):
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    table = read_cache(cache)
     table[key] = rates
     try:
         write_atomically(cache, lambda f: f.write(json.dumps(table, indent=1).encode()))

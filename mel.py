@@ -278,13 +278,22 @@ def resample_direct(wav: torch.Tensor, orig: int, new: int, zeros: int = 16, rol
 # Loading and saving audio.
 # ---------------------------------------------------------------------------------------------------
 
+MAX_AUDIO_SECONDS = 3600.0   # the longest file read whole (--inpaint, --bwe): an hour is 317 MB at 22050 Hz
+BLOCK_VALUES = 2 ** 20       # samples (all channels together) decoded at once: 4 MB of float32
+
+
 def load_audio(path: str, sr: int = SR, num_samples: int | None = None, report: bool = False) -> torch.Tensor:
     """Read any file soundfile understands, mix to mono, resample to `sr`, crop or zero-pad.
 
     Returns a float32 tensor (T,). Every way a file can be unusable ends in a UserError with one
-    sentence: missing, a folder, empty, not audio, zero samples, a sampling rate no real file has
-    (outside 1 kHz to 768 kHz), NaN or infinite samples. With `report`, one line
-    says what was done to the file (resampled, mixed down, cropped, padded).
+    sentence: missing, a folder, a pipe, empty, not audio, zero samples, a sampling rate no real file has
+    (outside 1 kHz to 768 kHz), NaN or infinite samples, more than MAX_AUDIO_SECONDS when the whole file
+    is asked for. With `report`, one line says what was done to the file (resampled, mixed down,
+    cropped, padded).
+
+    Memory follows the result, not the file: the file is decoded BLOCK_VALUES samples at a time, each
+    block mixed to mono and resampled as it arrives (resample_blocks), and with `num_samples` only the
+    part of the file that becomes those samples is read. A header's claims allocate nothing.
     """
     if os.path.isdir(path):
         raise UserError(f"{path} is a folder, not an audio file.")
@@ -295,27 +304,38 @@ def load_audio(path: str, sr: int = SR, num_samples: int | None = None, report: 
     if os.path.getsize(path) == 0:
         raise UserError(f"audio file {path} is empty (0 bytes).")
     try:
-        data, file_sr = sf.read(path, dtype="float32", always_2d=True)      # (T, channels)
-    except Exception as e:  # libsndfile's errors for non-audio or damaged files
-        raise UserError(f"{path} is not an audio file soundfile can read ({str(e).strip() or type(e).__name__}).") from None
-    if data.shape[0] == 0:
+        raw = open(path, "rb")                        # Python opens any name the system allows, UTF-8 or not
+    except OSError as e:
+        raise UserError(f"cannot read audio file {path}: {e.strerror or e}.") from None
+    with raw:
+        try:
+            sound = sf.SoundFile(raw)
+        except Exception as e:  # libsndfile's errors for non-audio or damaged files
+            raise UserError(f"{path} is not an audio file soundfile can read ({str(e).strip() or type(e).__name__}).") from None
+        with sound:
+            file_sr, channels, frames = sound.samplerate, sound.channels, sound.frames
+            if not MIN_FILE_SR <= file_sr <= MAX_FILE_SR:
+                raise UserError(f"audio file {path} claims a sampling rate of {file_sr} Hz; only "
+                                f"{MIN_FILE_SR} to {MAX_FILE_SR} Hz can be real audio.")
+            # with num_samples, the file's frames that become them, and the resampler's reach beyond
+            wanted = None if num_samples is None else math.ceil(num_samples * file_sr / sr) + resample_margin(file_sr, sr)
+            if wanted is None and frames > MAX_AUDIO_SECONDS * file_sr:
+                raise UserError(f"audio file {path} claims {frames / file_sr / 3600:.1f} hours; at most "
+                                f"{MAX_AUDIO_SECONDS / 3600:g} hours are read whole (cut it shorter).")
+            blocks = mono_blocks(sound, path, wanted)
+            pieces = list(resample_blocks(blocks, file_sr, sr))
+    wav = torch.cat(pieces) if pieces else torch.zeros(0)                            # (T,)
+    if wav.numel() == 0:
         raise UserError(f"audio file {path} holds no samples.")
-    if not MIN_FILE_SR <= file_sr <= MAX_FILE_SR:
-        raise UserError(f"audio file {path} claims a sampling rate of {file_sr} Hz; only "
-                        f"{MIN_FILE_SR} to {MAX_FILE_SR} Hz can be real audio.")
-    if not np.isfinite(data).all():
-        raise UserError(f"audio file {path} contains NaN or infinite samples.")
     notes = []
-    if data.shape[1] > 1:
-        notes.append(f"mixed {data.shape[1]} channels to mono")
-    wav = torch.from_numpy(data.mean(axis=1))                                # (T,)
+    if channels > 1:
+        notes.append(f"mixed {channels} channels to mono")
     if file_sr != sr:
         notes.append(f"resampled {file_sr} -> {sr} Hz")
-        wav = resample(wav, file_sr, sr)
     if num_samples is not None:
         n = wav.shape[0]
         if n > num_samples:
-            notes.append(f"cropped {n / sr:.2f} s to {num_samples / sr:.2f} s")
+            notes.append(f"cropped {max(n, frames * sr / file_sr) / sr:.2f} s to {num_samples / sr:.2f} s")
             wav = wav[:num_samples]
         elif n < num_samples:
             notes.append(f"zero-padded {n / sr:.2f} s to {num_samples / sr:.2f} s")
@@ -323,6 +343,68 @@ def load_audio(path: str, sr: int = SR, num_samples: int | None = None, report: 
     if report and notes:
         print(f"{os.path.basename(path)}: " + ", ".join(notes))
     return wav.contiguous()
+
+
+def mono_blocks(sound, path: str, wanted: int | None):
+    """Yield the file's samples as mono float32 tensors, a block at a time, up to `wanted` frames (None = all).
+
+    A file that ends before its header says (a truncated download, a lying header) ends where its samples
+    do; one longer than MAX_AUDIO_SECONDS is refused as it is read, whatever its header said."""
+    per_block = max(1, BLOCK_VALUES // max(1, sound.channels))
+    read = 0
+    while wanted is None or read < wanted:
+        n = per_block if wanted is None else min(per_block, wanted - read)
+        try:
+            block = sound.read(n, dtype="float32", always_2d=True)                  # (n, channels)
+        except Exception as e:
+            if read:
+                return                                  # the samples stop before the header's count
+            raise UserError(f"{path} is not an audio file soundfile can read ({str(e).strip() or type(e).__name__}).") from None
+        if len(block) == 0:
+            return
+        if not np.isfinite(block).all():
+            raise UserError(f"audio file {path} contains NaN or infinite samples.")
+        read += len(block)
+        if wanted is None and read > MAX_AUDIO_SECONDS * sound.samplerate:
+            raise UserError(f"audio file {path} is longer than {MAX_AUDIO_SECONDS / 3600:g} hours; at most that "
+                            f"much is read whole (cut it shorter).")
+        yield torch.from_numpy(block.mean(axis=1))                                  # (n,)
+        if len(block) < n:
+            return
+
+
+def resample_margin(orig_sr: int, new_sr: int) -> int:
+    """Input samples on each side of a stretch that `resample` reads to compute that stretch's outputs
+    (its filters' half-length plus one period), rounded up to whole periods of the reduced input rate."""
+    if orig_sr == new_sr:
+        return 0
+    g = math.gcd(int(orig_sr), int(new_sr))
+    orig, new = int(orig_sr) // g, int(new_sr) // g
+    width = math.ceil(16 * orig / (min(orig, new) * 0.945))          # resample's default zeros and rolloff
+    return orig * (math.ceil((width + 2) / orig) + 1)
+
+
+def resample_blocks(blocks, orig_sr: int, new_sr: int, step: int = 2 ** 18):
+    """`resample` of the signal that `blocks` (mono tensors) make when put end to end, yielded a piece at a
+    time: each piece of `step` input samples (whole periods of the reduced rate, so that its outputs sit on
+    the same instants as in one call) is resampled with the margin of neighbours its filters reach, and
+    the outputs of the margins are dropped. The pieces put end to end are resample(whole signal), to
+    float rounding, in memory that does not grow with the signal."""
+    if orig_sr == new_sr:
+        yield from blocks
+        return
+    g = math.gcd(int(orig_sr), int(new_sr))
+    orig, new = int(orig_sr) // g, int(new_sr) // g
+    margin = resample_margin(orig_sr, new_sr)
+    step = orig * max(1, step // orig)
+    buffer = torch.zeros(margin)                        # the zeros before the signal, as resample pads it
+    for block in blocks:
+        buffer = torch.cat([buffer, block])
+        while buffer.numel() >= step + 2 * margin:
+            out = resample(buffer[:step + 2 * margin], orig_sr, new_sr)
+            yield out[margin * new // orig:(margin + step) * new // orig]
+            buffer = buffer[step:]
+    yield resample(buffer, orig_sr, new_sr)[margin * new // orig:]   # the rest, zero-padded after by resample
 
 
 def save_wav(path: str, wav: torch.Tensor, sr: int = SR) -> None:

@@ -26,7 +26,7 @@ import torch
 
 import fast
 import mel
-from runtime import UserError, build_model, load_checkpoint
+from runtime import UserError, build_model, load_checkpoint, vqgan_hash
 
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
@@ -61,6 +61,10 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
         if stage in bundle and not isinstance(bundle[stage], dict):
             raise UserError(f"{ckpt}'s {stage} entry is a {type(bundle[stage]).__name__}, not a checkpoint; "
                             f"re-bundle it with train.py --bundle.")
+    learnt = bundle["transformer"].get("vqgan_hash")           # None: bundled before it was stored
+    if learnt is not None and learnt != vqgan_hash(bundle["vqgan"]):
+        raise UserError(f"{ckpt}'s transformer learnt the tokens of another VQGAN than the one bundled with it; "
+                        f"retrain it with train.py --stage transformer and --bundle again.")
     num_samples = bundle.get("num_samples", mel.CLIP_SAMPLES)
     if (not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 0 < num_samples <= MAX_CLIP_SAMPLES
             or num_samples % (16 * mel.HOP)):
@@ -249,6 +253,9 @@ def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, cfg=3.0, temperatu
     """
     clip, length = pipe.num_samples, wav.shape[-1]
     start, end = int(start_s * mel.SR), int(end_s * mel.SR)
+    if start == end and start_s < end_s:
+        raise UserError(f"--start {start_s} and --end {end_s} lie within one sample (1/{mel.SR} s); the gap must "
+                        f"cover at least one sample.")
     if not 0 <= start < end <= length:
         raise UserError(f"--start {start_s} and --end {end_s} must satisfy 0 <= start < end <= {length / mel.SR:.2f} s "
                         f"(the input's length).")

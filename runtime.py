@@ -31,8 +31,10 @@ commands do the loading and checking for them).
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import sys
+import zipfile
 
 import torch
 
@@ -75,9 +77,25 @@ def write_atomically(path: str, write) -> None:
     except OSError as e:
         _remove_quietly(tmp)
         raise UserError(f"could not save {path} ({e.strerror or e}); the previous file is unchanged.") from None
+    except RuntimeError as e:
+        _remove_quietly(tmp)
+        cause = _os_error_behind(e)
+        if cause is None:
+            raise
+        raise UserError(f"could not save {path} ({cause}); the previous file is unchanged.") from None
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _os_error_behind(e: RuntimeError) -> str | None:
+    """What the disk said, when torch.save's zip writer turned a failed write (a full disk, a file-size
+    limit) into its RuntimeError ("unexpected pos ..."): the OSError it was handling, or its own words."""
+    while e is not None:
+        if isinstance(e, OSError):
+            return e.strerror or str(e)
+        e = e.__context__
+    return None
 
 
 def _remove_quietly(path: str) -> None:
@@ -103,7 +121,9 @@ def load_checkpoint(path: str, stage: str | None = None) -> dict:
     """
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} is a folder, not a checkpoint file." if os.path.isdir(path)
+                        else f"checkpoint {path} is not a regular file (a pipe or a device?)." if os.path.exists(path)
                         else f"checkpoint {path} does not exist.")
+    check_zip_entries(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say so in one sentence
@@ -114,6 +134,22 @@ def load_checkpoint(path: str, stage: str | None = None) -> dict:
         raise UserError(f"{path} is a {ckpt.get('stage', 'foreign')} checkpoint, not a {stage} one.")
     check_entries(ckpt, path)
     return ckpt
+
+
+def check_zip_entries(path: str) -> None:
+    """Refuse a checkpoint whose zip entries are compressed, before torch.load inflates them.
+
+    torch.save stores every entry uncompressed, so a file of ours never holds more bytes than its size;
+    a compressed entry (a few MB of zeros inflating to gigabytes) was made by something else.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            packed = [i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return                                                  # not a zip: torch.load says what it is
+    if packed:
+        raise UserError(f"{path} holds compressed entries ({packed[0]}), which torch.save never writes; "
+                        f"it is not a checkpoint of ours.")
 
 
 MODEL_STAGES = ("vqgan", "vocoder", "clap", "transformer")
@@ -140,21 +176,70 @@ def check_entries(ckpt: dict, path: str) -> None:
             rule = value_rule(name, value)
             if rule:
                 raise UserError(f"{path}: config entry '{prefix}config.{name}' must be {rule}, not {value!r}.")
-    bad = non_finite_entry(ckpt)
+        if not isinstance(entry.get("vqgan_hash", ""), str):
+            raise UserError(f"{path}: entry '{prefix}vqgan_hash' is a {type(entry['vqgan_hash']).__name__}, not a string.")
+        vocab = entry.get("vocab", [])                           # TinyCLAP's words
+        if not isinstance(vocab, (list, tuple)) or not all(isinstance(w, str) for w in vocab):
+            raise UserError(f"{path}: entry '{prefix}vocab' must be a list of words (strings), not "
+                            f"{str(vocab)[:60]}.")
+    bad = bad_tensor_entry(ckpt)
     if bad:
-        raise UserError(f"{path}: entry '{bad}' holds NaN or infinite values (saved from a diverged run?).")
+        raise UserError(f"{path}: entry '{bad[0]}' {bad[1]}.")
 
 
 def non_finite_entry(obj, prefix: str = "") -> str | None:
     """The name of the first floating-point tensor in a nested dict/list that holds a NaN or an infinity."""
+    bad = bad_tensor_entry(obj, prefix)
+    return bad[0] if bad else None
+
+
+FP32_MAX = torch.finfo(torch.float32).max
+
+
+def tensor_problem(t: torch.Tensor) -> str | None:
+    """What makes `t` unfit to become float32 weights, in words, or None.
+
+    A tensor declaring more values than its storage holds (a stride-0 view of 10^12 elements) is refused
+    first, from its sizes alone; complex values are never ours; NaN, infinity, and float64 values beyond
+    float32's range (infinite once cast) are what a diverged or hand-made file holds.
+    """
+    if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+        return (f"declares {t.numel()} values but stores {t.untyped_storage().nbytes() // t.element_size()} "
+                f"(an expanded view, not saved weights)")
+    if t.is_complex():
+        return "holds complex numbers, where weights are real"
+    if t.is_floating_point():
+        if not torch.isfinite(t).all():
+            return "holds NaN or infinite values (saved from a diverged run?)"
+        if t.dtype == torch.float64 and t.numel() and t.abs().max() > FP32_MAX:
+            return "holds values beyond float32's range (infinite once cast to float32)"
+    return None
+
+
+def bad_tensor_entry(obj, prefix: str = "") -> tuple[str, str] | None:
+    """(name, problem) of the first tensor in a nested dict/list that tensor_problem refuses, or None."""
     if isinstance(obj, torch.Tensor):
-        return prefix or "tensor" if obj.is_floating_point() and not torch.isfinite(obj).all() else None
+        problem = tensor_problem(obj)
+        return (prefix or "tensor", problem) if problem else None
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for k, v in items:
-        bad = non_finite_entry(v, f"{prefix}.{k}" if prefix else str(k))
+        bad = bad_tensor_entry(v, f"{prefix}.{k}" if prefix else str(k))
         if bad:
             return bad
     return None
+
+
+def vqgan_hash(vq_ckpt: dict) -> str:
+    """A fingerprint of a VQGAN checkpoint's codebook: the transformer and its token cache store it, so that
+    a transformer is never paired with a VQGAN whose token ids it did not learn (two trainings never end
+    with the same codebook). 16 hex digits of SHA-256 over the codebook's bytes."""
+    model = vq_ckpt.get("model", {})
+    codebook = [k for k in sorted(model) if "codebook" in k] or sorted(model)
+    h = hashlib.sha256()
+    for k in codebook:
+        h.update(k.encode())
+        h.update(model[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def check_config(config, saved: dict, what: str = "checkpoint") -> None:
@@ -226,6 +311,7 @@ MEL_BINS = 80          # mel.N_MELS (runtime comes before mel in the import orde
 CHOICES = {"mask_schedule": ("cosine", "linear", "sqrt"), "resblock": ("1", "2")}
 STEP_COUNTS = {"dead_code_steps", "disc_start"}       # numbers of training steps: they allocate nothing
 MAX_SIZE = 2 ** 16     # no width, count or kernel of ours comes near it; a 2**16 x 2**16 matrix is 17 GB
+MAX_LAYERS = 1024      # layer and block counts: the paper's transformer has 24; each layer allocates a width^2
 
 
 def value_rule(name: str, value) -> str | None:
@@ -238,6 +324,8 @@ def value_rule(name: str, value) -> str | None:
         return None
     low = 0 if isinstance(value, float) or name in ZERO_ALLOWED else 1
     high = 1 if name.endswith("dropout") else MAX_SIZE if isinstance(value, int) and name not in STEP_COUNTS else None
+    if high == MAX_SIZE and name.endswith(("layers", "blocks")):
+        high = MAX_LAYERS
     if value == value and abs(value) != float("inf") and value >= low and (high is None or value <= high):
         return None
     return f"from {low} to {high}" if high is not None else f"{low} or more"
@@ -282,7 +370,12 @@ def load_weights(module: torch.nn.Module, state: dict, what: str) -> None:
         if not isinstance(state[name], torch.Tensor) or state[name].shape != t.shape:
             got = tuple(state[name].shape) if isinstance(state[name], torch.Tensor) else type(state[name]).__name__
             raise UserError(f"the {what}'s weight '{name}' is {got}, where its config needs {tuple(t.shape)}.")
-    module.load_state_dict(state)
+        # load_state_dict would copy integers into a float weight (or floats into a count) without a word
+        if state[name].is_floating_point() != t.is_floating_point() or state[name].is_complex():
+            raise UserError(f"the {what}'s weight '{name}' is {str(state[name].dtype).replace('torch.', '')}, "
+                            f"where the model holds {str(t.dtype).replace('torch.', '')}.")
+    if not any(t.is_meta for t in mine.values()):
+        module.load_state_dict(state)
 
 
 def build_model(model_class, config_class, ckpt: dict, stage: str, **more):
@@ -294,9 +387,23 @@ def build_model(model_class, config_class, ckpt: dict, stage: str, **more):
     """
     if ckpt.get("stage") != stage:
         raise UserError(f"this is a {ckpt.get('stage', 'foreign')} checkpoint, not a {stage} one.")
-    model = model_class(config_from_dict(config_class, ckpt["config"], f"{stage} checkpoint"), **more)
+    cfg = config_from_dict(config_class, ckpt["config"], f"{stage} checkpoint")
+    check_weights_before_building(model_class, cfg, ckpt["model"], f"{stage} checkpoint")
+    model = model_class(cfg, **more)
     load_weights(model, ckpt["model"], f"{stage} checkpoint")
     return model.eval()
+
+
+def check_weights_before_building(model_class, cfg, state: dict, what: str) -> None:
+    """Compare the weights' names and shapes with a model built on PyTorch's "meta" device (sizes, no
+    memory), so that a config asking for far more than the file holds is refused before it allocates.
+    A model that cannot be built there is checked after building, as before."""
+    try:
+        with torch.device("meta"):
+            shadow = model_class(cfg)
+    except Exception:
+        return
+    load_weights(shadow, state, what)
 
 
 def load_into(model: torch.nn.Module, ckpt: dict, stage: str) -> None:
@@ -324,7 +431,11 @@ def make_output_folder(path: str) -> None:
 
 
 def run_command(command) -> int:
-    """A script's main(): run `command()`; a UserError is one line on stderr and exit code 2, not a traceback."""
+    """A script's main(): run `command()`; a UserError is one line on stderr and exit code 2, not a traceback.
+    A file name that is not UTF-8 is printed with escapes (\\xff) instead of stopping the run."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         command()
     except UserError as e:

@@ -42,6 +42,7 @@ MAX_TAKES = 64            # prompts x --n in one call: they run as one batch
 MAX_CFG = 100.0           # guidance scales beyond this only saturate the softmax (the paper uses 3)
 MAX_TEMPERATURE = 100.0   # Gumbel temperatures beyond this make the order random already (the paper uses 1.5)
 MAX_SECONDS = 86400.0     # --start / --end: a day of audio
+MAX_RUNS = 1000          # --benchmark's timed runs per measurement
 PREVIEW_GL_ITERATIONS = 8  # the page's per-step sounds without a vocoder: a quarter of the cost of the final take's
 
 
@@ -52,6 +53,15 @@ PREVIEW_GL_ITERATIONS = 8  # the page's per-step sounds without a vocoder: a qua
 def slug(prompt: str) -> str:
     s = re.sub(r"[^\w]+", "_", prompt.lower(), flags=re.UNICODE).strip("_")
     return (s[:60] or "sample").rstrip("_")
+
+
+def valid_text(text: str) -> str:
+    """`text` with the bytes that were not UTF-8 (which Python keeps as lone surrogates in sys.argv) as
+    U+FFFD, so that printing it and writing it into a UTF-8 page cannot fail."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:                           # a surrogate that no byte stands for
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def parse_args(argv=None):
@@ -102,6 +112,7 @@ def parse_args(argv=None):
     m.add_argument("--rescore-weight", type=float, default=0.7, help="the rescorer's weight in the confidence")
     m.add_argument("--prefix-cols", type=int, default=0, help="hybrid: decode the first K columns one after another (Sec. 3.5)")
     args = p.parse_args(argv)
+    args.prompts = [valid_text(prompt) for prompt in args.prompts]
     check_magnet_args(args)
     if args.steps < 1 or args.steps > 256:
         raise UserError(f"--steps must be between 1 and 256, not {args.steps}.")
@@ -140,8 +151,8 @@ def parse_args(argv=None):
         args.clap_ckpt = None                                   # the bundle's TinyCLAP
     if args.lfr and not args.bwe:
         raise UserError("--lfr only makes sense with --bwe.")
-    if args.runs < 1:
-        raise UserError(f"--runs must be 1 or more, not {args.runs}.")
+    if not 1 <= args.runs <= MAX_RUNS:
+        raise UserError(f"--runs must be from 1 to {MAX_RUNS}, not {args.runs}.")
     if args.threads is not None:
         args.threads = thread_counts(args.threads, bool(args.benchmark))
     if not (args.inpaint or args.bwe or args.benchmark) and not args.prompts:
@@ -220,34 +231,95 @@ def thread_counts(text: str, benchmark: bool) -> list[int]:
 OUTPUT_EXTS = (".wav", ".png", ".html")   # what one take may write; they share one name
 
 
-def output_stems(out: str, stems: list[str]) -> list[str]:
-    """Where each take goes: a path without extension, shared by its .wav, .png and .html.
+def output_names(out: str, stems: list[str], exts=(".wav",), claimed: list | None = None) -> list[dict]:
+    """Where each take goes: {".wav": path, ".png": path, ...} for the extensions in `exts` (the wav first).
 
-    An --out ending in .wav names one file: exactly that one, for exactly one take (replaced if it
-    exists, and said). Otherwise --out is a folder, and no take overwrites another one or a file already
-    there: a taken name (by an earlier take of this call, as "rain on a roof" and "RAIN on a roof!!"
-    share one, or by a file on disk) gets the first free "-2", "-3", ... and the user is told.
+    An --out ending in .wav names one file: exactly that one (in the case given), for exactly one take
+    (replaced if it exists, and said; a symbolic link there is refused, never replaced). Its .png and
+    .html go beside it and must not exist yet. Otherwise --out is a folder, and no take overwrites
+    another one or anything already there: a taken name (by an earlier take of this call, or by any file
+    or link in the folder, compared without regard to case, as macOS and Windows compare them) gets the
+    first free "-2", "-3", ... and the user is told.
+
+    Names are claimed as they are chosen: an empty placeholder per file, created only where nothing
+    exists (O_EXCL), so that a second run writing into the same folder at the same time picks other
+    names; the take's atomic rename fills it. Each placeholder goes into `claimed`, for remove_claims.
     """
+    claimed = [] if claimed is None else claimed
     if out.lower().endswith(".wav") and not os.path.isdir(out):
         if len(stems) != 1:
             raise UserError(f"--out {out} names one file, but this call makes {len(stems)} takes; give a folder.")
         make_output_folder(os.path.dirname(os.path.abspath(out)))
+        if os.path.islink(out):
+            raise UserError(f"--out {out} is a symbolic link; name the file itself (a link is never replaced).")
+        names = {ext: os.path.splitext(out)[0] + ext for ext in exts[1:]}
+        taken = existing_names(os.path.dirname(os.path.abspath(out)))
+        for path in names.values():
+            there = taken.get(os.path.basename(path).lower())
+            if there or not claim(path, claimed):
+                case = "" if there in (None, os.path.basename(path)) else \
+                    " (names that differ only in case are one file on macOS and Windows)"
+                raise UserError(f"--out {out} would also write {path}, and {there or path} exists there{case}; "
+                                f"move it away or give another --out.")
         if os.path.exists(out):
             print(f"{out} exists and is replaced (--out names it)")
-        return [os.path.splitext(out)[0]]
+        return [{exts[0]: out, **names}]
     make_output_folder(out)
-    taken, paths = set(), []
+    taken, result = existing_names(out), []
     for stem in stems:
         name, k = stem, 1
-        while name in taken or any(os.path.exists(os.path.join(out, name + ext)) for ext in OUTPUT_EXTS):
+        while not claim_all([os.path.join(out, name + ext) for ext in exts], taken, claimed):
             k += 1
             name = f"{stem}-{k}"
         if name != stem:
-            why = "an earlier take of this call" if stem in taken else f"a file in {out}"
-            print(f"{why} already has the name {stem}: writing {name}.wav instead (nothing is overwritten)")
-        taken.add(name)
-        paths.append(os.path.join(out, name))
-    return paths
+            print(f"the name {stem} is taken (by a file in {out} or an earlier take of this call): writing "
+                  f"{name}{exts[0]} instead (nothing is overwritten)")
+        result.append({ext: os.path.join(out, name + ext) for ext in exts})
+    return result
+
+
+def existing_names(folder: str) -> dict:
+    """Everything in `folder` (files, folders, links, dangling ones too), by lower-cased name."""
+    try:
+        return {n.lower(): n for n in os.listdir(folder)}
+    except OSError as e:
+        raise UserError(f"cannot read the output folder {folder}: {e.strerror or e}.") from None
+
+
+def claim(path: str, claimed: list) -> bool:
+    """Create an empty placeholder at `path` if nothing is there (atomically: O_CREAT | O_EXCL)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}.") from None
+    claimed.append(path)
+    return True
+
+
+def claim_all(paths: list, taken: set, claimed: list) -> bool:
+    """Claim every one of `paths` (one take's files), or none of them."""
+    mine = []
+    if any(os.path.basename(p).lower() in taken for p in paths):
+        return False
+    for p in paths:
+        if not claim(p, mine):
+            remove_claims(mine)
+            return False
+    taken.update((os.path.basename(p).lower(), os.path.basename(p)) for p in paths)
+    claimed += mine
+    return True
+
+
+def remove_claims(claimed: list) -> None:
+    """Delete the placeholders that are still empty (a finished take has replaced its own by then)."""
+    for path in claimed:
+        try:
+            if os.lstat(path).st_size == 0 and not os.path.islink(path):
+                os.remove(path)
+        except OSError:
+            pass
 
 
 def save_outputs(path_wav, wav, log_mel=None, order=None, png=False) -> torch.Tensor:
@@ -325,45 +397,58 @@ def run(args) -> None:
         return
     torch.manual_seed(args.seed)
     pipe = pipeline.load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, args.dtype)
+    claimed = []                                         # placeholders of the names chosen (output_names)
+    try:
+        make_takes(args, pipe, claimed)
+    finally:                                             # a failure or Ctrl-C: no empty file is left behind
+        remove_claims(claimed)
+
+
+def make_takes(args, pipe, claimed: list) -> None:
+    exts = OUTPUT_EXTS[:1] + ((".png",) if args.png else ()) + ((".html",) if args.html else ())
     common = dict(steps=args.steps, cfg=args.cfg, temperature=args.temperature, seed=args.seed)
     record = [] if args.html else None                   # generate's per-step record, for the page
     if args.inpaint or args.bwe:
         path = args.inpaint or args.bwe
         base = os.path.splitext(os.path.basename(path))[0]
         suffix = "_inpainted" if args.inpaint else "_bwe" + ("_lfr" if args.lfr else "")
-        stem, = output_stems(args.out, [base + suffix])
+        names, = output_names(args.out, [base + suffix], exts, claimed)
         wav = mel.load_audio(path, report=True)
         prompt = args.prompts[0] if args.prompts else None
         clip, length = pipe.num_samples, wav.shape[-1]
         if args.inpaint:
             out, _, _, log_mel, order = pipeline.inpaint(pipe, wav, args.start, args.end, prompt, record=record, **common)
             offset = pipeline.clip_window(length, clip, int(args.start * mel.SR), int(args.end * mel.SR))
-            task = f"inpainting {args.start:g}-{args.end:g} s of {os.path.basename(path)}"
+            task = f"inpainting {args.start:g}-{args.end:g} s of {valid_text(os.path.basename(path))}"
         else:
             out, _, _, log_mel, order = pipeline.bandwidth_extension(pipe, wav, prompt, args.lfr, record=record, **common)
             offset = (length - 1) // clip * clip                                       # the last clip's window
-            task = f"bandwidth extension{' + LFR' if args.lfr else ''} of {os.path.basename(path)}"
-        written = save_outputs(stem + ".wav", out, log_mel[0], order[0], args.png)
+            task = f"bandwidth extension{' + LFR' if args.lfr else ''} of {valid_text(os.path.basename(path))}"
+        written = save_outputs(names[".wav"], out, log_mel[0], order[0], args.png)
         if record is not None:
             window = written[offset:offset + clip]
             shown = f"{offset / mel.SR:.2f}-{min(length, offset + clip) / mel.SR:.2f} s of {length / mel.SR:.2f} s"
-            save_page(stem + ".html", pipe, record, 0, window,
+            save_page(names[".html"], pipe, record, 0, window,
                       page_settings(args, pipe, task, prompt, **{"window shown": shown}))
         return
     takes = [(p, k) for p in args.prompts for k in range(args.n)]
-    stems = output_stems(args.out, [slug(p) + (f"_{k + 1}" if args.n > 1 else "") for p, k in takes])
+    paths = output_names(args.out, [slug(p) + (f"_{k + 1}" if args.n > 1 else "") for p, k in takes], exts, claimed)
     options = magnet_options(args, pipe) if args.sampler == "magnet" else None
     wav, log_mel, order, _ = pipeline.text_to_audio(pipe, args.prompts, args.n, record=record, cfg_ramp=not args.no_cfg_ramp,
                                                     magnet_options=options, **common)
-    for j, ((prompt, k), stem) in enumerate(zip(takes, stems)):
-        written = save_outputs(stem + ".wav", wav[j], log_mel[j], order[j], args.png)
+    for j, ((prompt, k), names) in enumerate(zip(takes, paths)):
+        written = save_outputs(names[".wav"], wav[j], log_mel[j], order[j], args.png)
         if record is not None:
-            save_page(stem + ".html", pipe, record, j, written,
+            save_page(names[".html"], pipe, record, j, written,
                       page_settings(args, pipe, "text to audio", prompt, **{"take": f"{k + 1} of {args.n}"}))
 
 
 def main(argv=None) -> int:
-    return run_command(lambda: run(parse_args(argv)))
+    try:
+        return run_command(lambda: run(parse_args(argv)))
+    except KeyboardInterrupt:                            # Ctrl-C: the takes already written stay, nothing partial
+        print("interrupted; no partial file is left", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -25,10 +25,13 @@ Examples:
 
 import argparse
 import dataclasses
+import errno
+import fcntl
 import json
 import math
 import os
 import re
+import stat
 import sys
 import time
 
@@ -36,7 +39,7 @@ import torch
 
 from runtime import (ArgumentParser, UserError, build_model, check_config, check_config_values, load_checkpoint,
                      make_output_folder, non_finite_entry, pick_device, pick_dtype, run_command,
-                     save_checkpoint)
+                     save_checkpoint, vqgan_hash)
 from toyworld import P_MIX
 
 STAGES = ["vqgan", "vocoder", "clap", "transformer"]
@@ -91,7 +94,7 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
     checking the loss and checkpointing as it goes. `evaluate(step) -> dict` (--eval-every): held-out
     scores, logged before the first step, every --eval-every steps and after the last."""
     out = args.out
-    log = open(os.path.join(out, f"{stage}.log.jsonl"), "a") if rank == 0 else None
+    log = open_log(os.path.join(out, f"{stage}.log.jsonl")) if rank == 0 else None
     evaluate = evaluate if rank == 0 else None
     if evaluate is not None and trainer.start_step == 0:
         log_evaluation(stage, evaluate, 0, log)
@@ -141,6 +144,73 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
         project_schedule(stage, trainer, clock, steps, epoch_steps, args, world)
 
 
+def open_log(path: str):
+    """The JSON-lines log, opened for appending. A symbolic link at its name is refused, not followed (it
+    could point anywhere outside --out), and so is anything but a regular file (a pipe would block)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0),
+                     0o666)
+    except OSError as e:
+        why = "it is a symbolic link, which the log never follows" if e.errno == errno.ELOOP else e.strerror or e
+        raise UserError(f"cannot write the log {path}: {why}; remove it or give another --out.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"the log {path} is not a regular file; remove it or give another --out.")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a")
+
+
+LOCK_NAME = ".train.lock"       # in --out; held (flock) by the one train.py writing there
+_held_lock = None               # the open lock file of this process's run
+
+
+def lock_output_folder(out: str) -> None:
+    """Take the exclusive lock of --out, or refuse: two runs into one folder would interleave their logs and
+    replace each other's checkpoints. The lock goes with the process (the system releases it at exit, even
+    after a kill); the file stays, empty."""
+    global _held_lock
+    release_output_folder()
+    path = os.path.join(out, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as e:
+        raise UserError(f"cannot create the lock file {path}: {e.strerror or e}.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"another train.py is writing into {out} (it holds {path}); wait for it to end or give "
+                        f"another --out.") from None
+    _held_lock = fd
+
+
+def release_output_folder() -> None:
+    global _held_lock
+    if _held_lock is not None:
+        os.close(_held_lock)                          # closing the file releases its flock
+        _held_lock = None
+
+
+def check_official_vocoder(path: str) -> None:
+    """--vocoder-ckpt read now, before any training: a damaged file is one sentence, as in sample.py."""
+    import hifigan_format
+    try:
+        hifigan_format.load_vocoder(path)
+    except UserError as e:
+        raise (e if path in str(e) else UserError(f"--vocoder-ckpt {path}: {e}")) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, MemoryError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"--vocoder-ckpt {path} cannot be rebuilt as a HiFiGAN ({type(e).__name__}: {first}); "
+                        f"its weights were edited or cut short.") from None
+
+
+def check_captions(dataset, data: str) -> None:
+    """TinyCLAP learns words from the captions: a folder without any is named before anything trains."""
+    if not any(c.strip() for c in training_captions(dataset)):
+        raise UserError(f"--stage clap trains TinyCLAP on captions, and {data} has none: add a captions.csv "
+                        f"(columns file, caption) to it, or use --clap laion (pretrained, needs no captions).")
+
+
 def run(args) -> None:
     """Every asked-for stage in order: build its data and Trainer, resume it, train it, then the bundle."""
     import data
@@ -149,12 +219,13 @@ def run(args) -> None:
     amp_dtype = training_dtype(args, device, verbose=rank == 0)
     torch.manual_seed(args.seed + rank)
     make_output_folder(args.out)
+    if rank == 0:
+        lock_output_folder(args.out)
     stages = STAGES if args.stage == "all" else [args.stage]
     if args.clap == "laion":
         stages = [s for s in stages if s != "clap"]          # LAION-CLAP comes pretrained
     if args.vocoder_ckpt:                                    # an official HiFiGAN: check it now, train none
-        import hifigan_format
-        hifigan_format.load_vocoder(args.vocoder_ckpt)
+        check_official_vocoder(args.vocoder_ckpt)
         stages = [s for s in stages if s != "vocoder"]
     # every stage's config flags are checked before the first stage trains: a typo in --transformer.* is
     # one sentence now, not a traceback after the VQGAN's hours
@@ -164,6 +235,8 @@ def run(args) -> None:
     n = args.n_clips if args.data == "toy" else None
     dataset = data.make_dataset(args.data, "train", root=args.root, num_samples=args.num_samples, n=n,
                                 toy_mix=args.toy_mix)
+    if "clap" in stages:
+        check_captions(dataset, args.data)
     if args.clap == "laion" and "transformer" in stages:     # only the transformer's cache needs LAION-CLAP:
         import clap_format                                   # a missing package or file fails now, not later
         clap_format.load_clap("laion", args.clap_ckpt)
@@ -185,14 +258,16 @@ def run(args) -> None:
             extra["vocab"] = clap.build_vocab(training_captions(dataset))
         if stage == "transformer":                           # the grid and the CLAP width come from the cache
             cache = build_cache(dataset, args, device, rank)
-            vq_cfg = load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")["config"]
-            cfg = dataclasses.replace(cfg, n_codes=vq_cfg["n_codes"], rows=cache["tokens"].shape[1],
+            vq_ckpt = load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")
+            cfg = dataclasses.replace(cfg, n_codes=vq_ckpt["config"]["n_codes"], rows=cache["tokens"].shape[1],
                                       cols=cache["tokens"].shape[2], cond_dim=cache["cond"].shape[1])
             if cfg.span_len > cfg.cols:
                 raise UserError(f"--transformer.span_len must be at most the grid's {cfg.cols} columns, not {cfg.span_len}.")
         trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank, world)
         if stage == "transformer" and source is not None and trainer.start_step == 0:
             init_weights(trainer, source, args.init_from, rank)
+        if stage == "transformer":                           # which VQGAN's tokens it learns (write_bundle checks)
+            trainer.made_from = {"vqgan_hash": vqgan_hash(vq_ckpt)}
         wrap_ddp(trainer, device, world)
         if rank == 0:
             describe(stage, trainer, args, steps, batch, warmup)
@@ -290,22 +365,44 @@ def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank=0, world=
             print(f"{stage}: nothing to resume ({path_state} does not exist); starting at step 0")
         return trainer
     state = load_checkpoint(path_state, stage)
+    check_resume_state(state, path_state)
     if state.get("preset") != args.preset:
         raise UserError(f"{path_state} was trained with --preset {state.get('preset')}, not {args.preset}.")
     check_config(cfg, state["config"], f"{stage} run in {path_state}")
     if stage == "clap" and list(state["trainer"].get("vocab", [])) != trainer.model.vocab:
         raise UserError(f"{path_state} was trained with another vocabulary than this run's captions give.")
-    trainer.load_state_dict(state["trainer"])
-    trainer.start_step = state["step"]
     rng = state.get("rng", [])
-    if len(rng) == world:
-        set_rng_state(rng[rank])
-    elif rank == 0:
+    try:
+        trainer.load_state_dict(state["trainer"])
+        if len(rng) == world:
+            set_rng_state(rng[rank])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"{path_state} cannot be resumed from ({type(e).__name__}: {first}); it was edited or cut "
+                        f"short: remove it to start the stage afresh.") from None
+    trainer.start_step = state["step"]
+    if len(rng) != world and rank == 0:
         print(f"{stage}: the state holds no random streams for {world} process(es): the resumed run's dropout "
               f"and code re-seeding draw other numbers than the original would have")
     if rank == 0:
         print(f"{stage}: resuming at step {state['step']} from {path_state}")
     return trainer
+
+
+MAX_STEPS = 10 ** 9     # 4000 times the paper's 250k steps: a larger step count is a damaged file or a typo
+
+
+def check_resume_state(state: dict, path: str) -> None:
+    """The entries --resume reads, each of the kind train.py writes, before anything is loaded from them."""
+    for key, kind in (("trainer", dict), ("config", dict), ("rng", list)):
+        if key in state and not isinstance(state[key], kind) or key not in state and key != "rng":
+            found = "missing" if key not in state else f"a {type(state[key]).__name__}"
+            raise UserError(f"{path}: entry '{key}' is {found}, not a {kind.__name__}; remove the file to start "
+                            f"the stage afresh.")
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEPS:
+        raise UserError(f"{path}: its step is {str(step)[:40]!r}, not a whole number from 0 to {MAX_STEPS}; "
+                        f"remove the file to start the stage afresh.")
 
 
 def rng_state() -> dict:
@@ -332,8 +429,8 @@ def save_state(trainer, step, args, stage, rank=0, world=1) -> None:
         torch.distributed.all_gather_object(rng, rng_state())
     if rank != 0:
         return
-    ckpt, state = trainer.checkpoint(), trainer.state_dict()     # the same with one GPU or eight (Replicated)
-    bad = non_finite_entry(ckpt) or non_finite_entry(state)
+    ckpt, state = {**trainer.checkpoint(), **getattr(trainer, "made_from", {})}, trainer.state_dict()   # the same
+    bad = non_finite_entry(ckpt) or non_finite_entry(state)                                            # with one GPU or eight
     if bad:
         raise UserError(f"{stage}: '{bad}' is no longer finite at step {step}; {last_checkpoint(args.out, stage)}")
     save_checkpoint(ckpt, os.path.join(args.out, f"{stage}.pt"))
@@ -431,7 +528,8 @@ def build_cache(dataset, args, device, rank=0):
     if not os.path.exists(path_vq):
         raise UserError(f"{path_vq} does not exist: the transformer learns the VQGAN's tokens, so train "
                         f"--stage vqgan (and clap) into this --out first, or run --stage all.")
-    key = f"{os.stat(path_vq).st_mtime_ns}-{len(dataset)}-{args.clap}-{args.num_samples}"
+    vq_ckpt = load_checkpoint(path_vq, "vqgan")
+    key = f"{os.stat(path_vq).st_mtime_ns}-{vqgan_hash(vq_ckpt)}-{len(dataset)}-{args.clap}-{args.num_samples}"
     if getattr(dataset, "p_mix", P_MIX) != P_MIX:                # a shifted toy world is other clips
         key += f"-mix{dataset.p_mix}"
     path = os.path.join(args.out, "transformer_cache.pt")
@@ -440,7 +538,7 @@ def build_cache(dataset, args, device, rank=0):
         if cache.get("key") == key:
             print(f"transformer: reading the token cache {path} ({len(cache['tokens'])} clips)")
             return cache
-    vq = build_model(vqgan.VQGAN, vqgan.Config, load_checkpoint(path_vq, "vqgan"), "vqgan").to(device).eval()
+    vq = build_model(vqgan.VQGAN, vqgan.Config, vq_ckpt, "vqgan").to(device).eval()
     conditioner = load_conditioner(args, device)
     tokens, conds, t0 = [], [], time.time()
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate, num_workers=args.workers)
@@ -573,14 +671,13 @@ def heldout_evaluator(args, device, trainer):
     import specmaskgit
     import vqgan
     from metrics import clap_score, frechet_distance
-    from runtime import unwrap
     n = args.eval_clips if args.data == "toy" else None
     heldout = data.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n, toy_mix=args.toy_mix)
     count = min(args.eval_clips, len(heldout))
     items = [heldout[i] for i in range(count)]
     real = torch.stack([it["wav"] for it in items])                                # (N, T)
     conditioner = load_conditioner(args, device)
-    vq = vqgan.from_checkpoint(load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")).to(device).eval()
+    vq = build_model(vqgan.VQGAN, vqgan.Config, load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan"), "vqgan").to(device).eval()
     path_voc = os.path.join(args.out, "vocoder.pt")
     voc = hifigan_format.load_vocoder(path_voc).to(device) if os.path.exists(path_voc) else None
     with torch.inference_mode():
@@ -590,7 +687,7 @@ def heldout_evaluator(args, device, trainer):
     @torch.inference_mode()
     def evaluate(step: int) -> dict:
         rng = torch.get_rng_state()
-        model = unwrap(trainer.model)
+        model = bare(trainer.model)                                             # rank 0 alone: no DDP forward
         was_training = model.training
         model.eval()
         tokens = specmaskgit.generate(model, text_emb.to(device), seed=args.seed)   # (N, rows, cols)
@@ -623,6 +720,17 @@ def check_bundle_target(path) -> None:
         if not os.path.isfile(path):
             raise UserError(f"--bundle {path} exists and is not a file; give another path.")
         load_checkpoint(path, "bundle")
+
+
+def vqgan_pair(vq: dict, transformer: dict, where: str, older_than_vqgan: bool) -> None:
+    """Refuse to bundle a transformer with a VQGAN whose tokens it did not learn: its checkpoint names the
+    VQGAN it was trained on (runtime.vqgan_hash). One from before that was stored is accepted, unless this
+    very run retrained the VQGAN without it (then it learnt the previous VQGAN's tokens)."""
+    learnt = transformer.get("vqgan_hash")
+    if learnt is None and not older_than_vqgan or learnt == vqgan_hash(vq):
+        return
+    raise UserError(f"{where} learnt the tokens of another VQGAN than this run's vqgan.pt; retrain it with "
+                    f"--stage transformer (or write --bundle after --stage all).")
 
 
 def write_bundle(args) -> None:
@@ -667,6 +775,10 @@ def write_bundle(args) -> None:
             raise UserError(f"{os.path.join(args.out, 'transformer.pt')} was trained on other tokens ({tr['n_codes']} "
                             f"codes, a {tr['rows']} x {tr['cols']} grid) than this vqgan.pt and --num-samples give "
                             f"({grid[0]} codes, {grid[1]} x {grid[2]}); retrain it with --stage transformer.")
+    if "vqgan" in bundle and "transformer" in bundle:
+        trained_now = STAGES if args.stage == "all" else [args.stage]
+        vqgan_pair(bundle["vqgan"], bundle["transformer"], os.path.join(args.out, "transformer.pt"),
+                   older_than_vqgan="vqgan" in trained_now and "transformer" not in trained_now)
     missing = [s for s in ("vqgan", "transformer") if s not in bundle]
     save_checkpoint(bundle, args.bundle)
     print(f"bundle: {args.bundle} ({os.path.getsize(args.bundle) / 1e6:.1f} MB)"
@@ -707,6 +819,11 @@ class Replicated(torch.nn.parallel.DistributedDataParallel):
 
     def load_state_dict(self, *args, **kwargs):
         return self.module.load_state_dict(*args, **kwargs)
+
+
+def bare(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself, out of its Replicated wrapper (for what one process does alone)."""
+    return module.module if isinstance(module, Replicated) else module
 
 
 def wrap_ddp(trainer, device: str, world: int) -> None:
@@ -796,6 +913,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 MAX_WORKERS = 4 * (os.cpu_count() or 1)     # more loader processes than 4 per core only add memory
 MAX_BATCH = 1024                             # clips per step and process: far above any GPU's memory at the full preset
+MAX_CLIPS = 100_000                          # toy clips: their token cache and CLAP embeddings take 220 MB
+MAX_CLIP_SAMPLES = 64 * 217088               # 64 of the paper's 9.8 s clips (mel.CLIP_SAMPLES) in one training clip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -858,6 +977,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.workers is None:                         # on a GPU, loading clips one by one in the main process
         cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())   # starves the chip
         args.workers = min(8, MAX_WORKERS) if cuda and args.data != "toy" else 0
+    if args.n_clips > MAX_CLIPS:
+        raise UserError(f"--n-clips must be at most {MAX_CLIPS} (the toy recipe uses 4000), not {args.n_clips}.")
+    if args.num_samples > MAX_CLIP_SAMPLES:
+        raise UserError(f"--num-samples must be at most {MAX_CLIP_SAMPLES} (64 of the paper's clips), "
+                        f"not {args.num_samples}.")
+    if args.steps is not None and args.steps > MAX_STEPS:
+        raise UserError(f"--steps must be at most {MAX_STEPS}, not {args.steps}.")
     if args.batch_size is not None and args.batch_size > MAX_BATCH:
         raise UserError(f"--batch-size must be at most {MAX_BATCH} (the paper's is 48 per GPU), not {args.batch_size}.")
     if not 0 <= args.workers <= MAX_WORKERS:
@@ -953,6 +1079,7 @@ def main(argv=None) -> int:
         print("interrupted; the last checkpoint is intact (use --resume)", file=sys.stderr)
         return 130
     finally:                                         # torchrun: leave the process group before exiting, or
+        release_output_folder()
         if torch.distributed.is_available() and torch.distributed.is_initialized():   # its threads abort it
             torch.distributed.destroy_process_group()
 

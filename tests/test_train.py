@@ -450,7 +450,7 @@ def test_init_from_refuses_another_tokenizer_and_other_stages(toy_run, tmp_path,
 
 
 def test_eval_every_logs_held_out_fad_computed_against_the_val_clips(toy_run, tmp_path):
-    import clap
+    import clap_format
     import hifigan_format
     import metrics
     import toyworld
@@ -463,8 +463,8 @@ def test_eval_every_logs_held_out_fad_computed_against_the_val_clips(toy_run, tm
     # Step 0 is the source's weights: redo its evaluation by hand against the val clips, and against train clips.
     model = runtime.build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config,
                                 load_checkpoint(str(toy_run / "transformer.pt"), "transformer"), "transformer")
-    cond = clap.load_clap("tiny", str(out / "clap.pt"))
-    vq = vqgan.from_checkpoint(load_checkpoint(str(out / "vqgan.pt"), "vqgan"))
+    cond = clap_format.load_clap("tiny", str(out / "clap.pt"))
+    vq = runtime.build_model(vqgan.VQGAN, vqgan.Config, load_checkpoint(str(out / "vqgan.pt"), "vqgan"), "vqgan")
     voc = hifigan_format.load_vocoder(str(out / "vocoder.pt"))
 
     def clips(split):
