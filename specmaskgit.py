@@ -300,7 +300,8 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
         masked = remask & masked
         if on_step is not None:
             on_step(dict(step=s, steps=steps, left=left[s], committed=newly, masked=masked, known=known,
-                         belief=tokens, logp_drawn=logp_drawn, cfg_scale=t, temperature=t_g))
+                         belief=tokens, logp_drawn=logp_drawn, cfg_scale=t, temperature=t_g,
+                         schedule=f"{c.mask_schedule} schedule"))
     tokens = tokens.view(B, c.rows, c.cols)
     return (tokens, order.view(B, c.rows, c.cols).cpu()) if record_order else tokens
 
