@@ -27,7 +27,6 @@ throughput of batches of clips (--batches).
 import argparse
 import copy
 import dataclasses
-import functools
 import json
 import os
 import resource
@@ -46,7 +45,7 @@ import specmaskgit
 import vocoder
 import vqgan
 from fast import pick_inference_dtype
-from runtime import DTYPES, ArgumentParser, UserError, pick_device, run_command
+from runtime import DTYPES, ArgumentParser, UserError, autocast, pick_device, run_command
 
 STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # Sec. 3.4 / Sec. 4: the paper's sampling settings
 CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}
@@ -59,7 +58,7 @@ class Tricks:
     skip_zero_scale: bool = False     # the ramp's first step has scale 0: Eq. 2 is then l_u alone
     batched_cfg: bool = False         # conditional + unconditional as one batch of 2 (one weight read)
     fold_weight_norm: bool = False    # HiFiGAN: g v / ||v|| computed once, not on every call
-    chunked_vocoder: bool = False     # HiFiGAN over 128-frame chunks that fit in cache (fast.vocode_chunked)
+    chunked_vocoder: bool = False     # HiFiGAN over 128-frame chunks that fit in cache (hifigan_format.vocode, chunk)
     dtype: torch.dtype = torch.float32  # bf16 (CUDA, AMX) or int8 transformer linears (AVX2-only CPUs)
     device_sampler: bool = False      # CUDA: drawing and ranking stay on the GPU (no host round trip per step)
     cuda_graph: bool = False          # CUDA: the transformer's blocks replayed as one graph (fast.GraphedTransformer)
@@ -94,12 +93,6 @@ def float_dtype(tricks: Tricks) -> torch.dtype:
     return torch.float32 if tricks.dtype == torch.qint8 else tricks.dtype
 
 
-def autocast(device: str, dtype: torch.dtype):
-    """bf16 / fp16 by autocast (bf16 rows hold the transformer and the folded vocoder in bf16 already);
-    int8 and fp32 need none."""
-    return torch.autocast(device, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
-
-
 # ---------------------------------------------------------------------------------------------------
 # The three stages, each a function of the tricks that concern it.
 # ---------------------------------------------------------------------------------------------------
@@ -128,14 +121,17 @@ def run_transformer(m: Models, cond, tricks: Tricks, steps: int = STEPS):
     model = m.int8 if tricks.dtype == torch.qint8 else m.transformer
     if tricks.cuda_graph:
         model = m.graphed = getattr(m, "graphed", None) or fast.GraphedTransformer(model)   # graphs recorded once
-    guide = (specmaskgit.guided_logits if tricks.batched_cfg else
-             functools.partial(fast.guided_logits_separate, skip_zero_scale=tricks.skip_zero_scale))
+    guide_options = {"separate_passes": not tricks.batched_cfg,
+                     "skip_zero_scale": tricks.skip_zero_scale or tricks.batched_cfg}
+    # the plain CUDA rows draw and rank on the host, the logits copied there every step
+    loop_device = "cpu" if m.device == "cuda" and not tricks.device_sampler else None
     # generate() is decorated with @torch.no_grad(); its __wrapped__ is the undecorated function, so
     # the plain row really runs with autograd recording every operation, as a first version would.
-    sampler = specmaskgit.generate if m.device != "cuda" or tricks.device_sampler else fast.generate_on_host
-    sampler = sampler if tricks.inference_mode else sampler.__wrapped__
-    with grad_mode(tricks), autocast(m.device, tricks.dtype), fast.using_guide(guide):
-        return sampler(model, cond, steps=steps, cfg=CFG, temperature=TEMPERATURE, seed=0)
+    sampler = specmaskgit.generate if tricks.inference_mode else specmaskgit.generate.__wrapped__
+    with grad_mode(tricks), autocast(m.device, tricks.dtype):
+        tokens = sampler(model, cond, steps=steps, guidance=CFG, temperature=TEMPERATURE, seed=0,
+                         guide_options=guide_options, loop_device=loop_device)
+    return tokens.to(m.device)
 
 
 def run_decoder(m: Models, tokens, tricks: Tricks):
@@ -146,7 +142,7 @@ def run_decoder(m: Models, tokens, tricks: Tricks):
 def run_vocoder(m: Models, log_mel, tricks: Tricks):
     gen = m.folded if tricks.fold_weight_norm else m.vocoder
     if tricks.chunked_vocoder:
-        return fast.vocode_chunked(gen, log_mel, float_dtype(tricks))              # (1, 256 F), inference_mode inside
+        return hifigan_format.vocode(gen, log_mel, float_dtype(tricks), chunk=128)  # (1, 256 F), inference_mode inside
     with grad_mode(tricks), autocast(m.device, float_dtype(tricks)):
         return gen(log_mel)[:, 0]
 
@@ -220,9 +216,9 @@ def time_end_to_end(preset: str, device: str, dtype: torch.dtype, runs: int, bat
 
     def once():
         with torch.inference_mode(), autocast(device, amp):
-            tokens = specmaskgit.generate(transformer, cond, steps=STEPS, cfg=CFG, temperature=TEMPERATURE, seed=0)
+            tokens = specmaskgit.generate(transformer, cond, steps=STEPS, guidance=CFG, temperature=TEMPERATURE, seed=0)
             log_mel = mel.denormalize(vq.decode(tokens).float())                  # (B, 80, F)
-        return fast.vocode_chunked(gen, log_mel, amp).cpu()                       # (B, 256 F)
+        return hifigan_format.vocode(gen, log_mel, amp, chunk=128).cpu()          # (B, 256 F)
     seconds = median_seconds(once, runs, device)
     return {"seconds": seconds, "peak_gb": peak_memory_gb(device)}
 

@@ -117,14 +117,14 @@ def make_embedder(pipe, laion_ckpt: str | None = None):
 # Generating sets of clips (sample.py's three tasks, in batches).
 # ---------------------------------------------------------------------------------------------------
 
-def generate_clips(pipe, prompts, steps=16, cfg=3.0, temperature=1.5, seed=0, batch=16, cfg_ramp=True) -> torch.Tensor:
+def generate_clips(pipe, prompts, steps=16, guidance=3.0, temperature=1.5, seed=0, batch=16, cfg_ramp=True) -> torch.Tensor:
     """One clip per prompt with pipeline.text_to_audio, `batch` prompts at a time: (N, T) on the CPU.
 
     Batch i is sampled with seed + i, so the clips do not depend on how many other settings ran before.
     """
     out = []
     for i in range(0, len(prompts), batch):
-        wav, _, _, _ = pipeline.text_to_audio(pipe, prompts[i:i + batch], n=1, steps=steps, cfg=cfg,
+        wav, _, _, _ = pipeline.text_to_audio(pipe, prompts[i:i + batch], n=1, steps=steps, guidance=guidance,
                                             temperature=temperature, seed=seed + i, verbose=False, cfg_ramp=cfg_ramp)
         out.append(wav.float().cpu())
     return torch.cat(out)                                                     # (N, T)
@@ -146,7 +146,7 @@ def vocoder_round_trip(pipe, wavs: torch.Tensor) -> torch.Tensor:
     return pipeline.mel_to_audio(pipe, log_mel.to(pipe.device))[:, :wavs.shape[-1]]
 
 
-def one_step_fill(pipe, wavs: torch.Tensor, prompts: list[str], share: float = 0.5, cfg: float = 3.0,
+def one_step_fill(pipe, wavs: torch.Tensor, prompts: list[str], share: float = 0.5, guidance: float = 3.0,
                   seed: int = 0, batch: int = 16) -> torch.Tensor:
     """The transformer's part without the iterative sampler ("teacher-forced"): hide `share` of each real
     clip's tokens at random and fill all of them in one forward pass, each with the most likely code of
@@ -160,7 +160,7 @@ def one_step_fill(pipe, wavs: torch.Tensor, prompts: list[str], share: float = 0
         hidden = (torch.rand(flat.shape, generator=g) < share).to(flat.device)   # (b, R C) bool
         cond = pipe.clap.embed_text(prompts[i:i + batch]).to(pipe.device)
         with torch.inference_mode():
-            logits = specmaskgit.guided_logits(pipe.transformer, flat, cond, hidden, cfg)   # (b, R C, K)
+            logits = specmaskgit.guided_logits(pipe.transformer, flat, cond, hidden, guidance)   # (b, R C, K)
         filled = torch.where(hidden, logits.argmax(-1), flat).view_as(tokens)
         out.append(pipeline.tokens_to_audio(pipe, filled)[1].float().cpu()[:, :wavs.shape[-1]])
     return torch.cat(out)
@@ -311,12 +311,12 @@ JUDGED_SETS = {
 }
 
 
-def run_judges(pipe, per_kind: int, seed: int, steps=16, cfg=3.0, temperature=1.5, cfg_ramp=True) -> dict:
+def run_judges(pipe, per_kind: int, seed: int, steps=16, guidance=3.0, temperature=1.5, cfg_ramp=True) -> dict:
     """Both judges on `per_kind` clips of every kind in each of JUDGED_SETS."""
     kinds = torch.arange(len(toyworld.KINDS)).repeat_interleave(per_kind)        # (K n,) the asked-for kind
     prompts = [toyworld.KINDS[k] for k in kinds]
     t0 = time.time()
-    generated = generate_clips(pipe, prompts, steps, cfg, temperature, seed, cfg_ramp=cfg_ramp)  # (K n, T)
+    generated = generate_clips(pipe, prompts, steps, guidance, temperature, seed, cfg_ramp=cfg_ramp)  # (K n, T)
     t_gen = time.time() - t0
     real, real_kinds = single_kind_clips("test", per_kind, num_samples=generated.shape[-1], seed=0)
     kind_emb = pipe.clap.embed_text(toyworld.KINDS).float().cpu()                 # (K, D)
@@ -325,7 +325,7 @@ def run_judges(pipe, per_kind: int, seed: int, steps=16, cfg=3.0, temperature=1.
     real_prompts = [toyworld.KINDS[k] for k in real_kinds]
     sets = (("real", real, real_kinds), ("vocoder", vocoder_round_trip(pipe, real), real_kinds),
             ("codec", codec_round_trip(pipe, real), real_kinds),
-            ("one-step fill", one_step_fill(pipe, real, real_prompts, cfg=cfg, seed=seed), real_kinds),
+            ("one-step fill", one_step_fill(pipe, real, real_prompts, guidance=guidance, seed=seed), real_kinds),
             ("generated", generated, kinds))
     for name, wavs, truth in sets:
         audio_emb = pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()   # (K n, D)
@@ -371,8 +371,8 @@ DEFAULT = (16, 3.0, 1.5)                  # (steps, CFG scale, Gumbel temperatur
 # Table 1's two ablations hold the scale fixed from the first step. "w/o CFG" is the conditional logits
 # alone: Eq. 2 with t = 1 is l_u + (l_c - l_u) = l_c. Scale 0 would be l_u alone, i.e. unconditional
 # sampling, which ignores the prompt; it is measured too (16, 0.0, 1.5), under that name.
-NO_CFG = {"cfg": 1.0, "cfg_ramp": False}
-CONSTANT_CFG = {"cfg": 3.0, "cfg_ramp": False}   # "w/o CFG linear scheduler"
+NO_CFG = {"guidance": 1.0, "cfg_ramp": False}
+NO_CFG_RAMP = {"guidance": 3.0, "cfg_ramp": False}   # "w/o CFG linear scheduler"
 # The paper's numbers (VGGish FAD on AudioCaps, HiFiGAN vocoder), for comparison of the *shape* only.
 PAPER_STEPS = {8: 3.4, 16: 2.8}           # Sec. 5.1 text; "more iterations do not improve"
 PAPER_TEMPERATURE = {1.5: 2.8}            # Fig. 7 left: 1.5 is the best temperature
@@ -396,15 +396,15 @@ def run_ablations(pipe, embed, n: int, seed: int, quick: bool) -> dict:
     r["tta"] = {}
     for setting in dict.fromkeys(settings):                                   # in order, each once
         t0 = time.time()
-        steps, cfg, temperature = setting
-        wavs = generate_clips(pipe, captions, steps, cfg, temperature, seed)
+        steps, guidance, temperature = setting
+        wavs = generate_clips(pipe, captions, steps, guidance, temperature, seed)
         emb = embed(wavs)
         score = clap_score(text_emb, pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu())
         r["tta"][setting] = (frechet_distance(emb, ref_emb), score)
-        print(f"  steps {steps:2d}, CFG {cfg:.0f}, T {temperature:3.1f}: FAD {r['tta'][setting][0]:.3f} "
+        print(f"  steps {steps:2d}, CFG {guidance:.0f}, T {temperature:3.1f}: FAD {r['tta'][setting][0]:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
 
-    for name, setting in (("no_cfg", NO_CFG), ("constant_cfg", CONSTANT_CFG)):
+    for name, setting in (("no_cfg", NO_CFG), ("no_cfg_ramp", NO_CFG_RAMP)):
         wavs = generate_clips(pipe, captions, 16, temperature=1.5, seed=seed, **setting)
         r[name] = (frechet_distance(embed(wavs), ref_emb),
                    clap_score(text_emb, pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()))
@@ -446,8 +446,8 @@ def print_ablations(r: dict, embed_name: str) -> None:
             ["SpecMaskGIT, CFG 3 with the linear ramp", "16", f"{tta[DEFAULT][0]:.3f}", f"{tta[DEFAULT][1]:.3f}", "2.8"],
             ["- w/o CFG (conditional logits alone: scale 1, no ramp)", "16", f"{r['no_cfg'][0]:.3f}",
              f"{r['no_cfg'][1]:.3f}", "3.1"],
-            ["- w/o CFG linear scheduler (scale 3 from the first step)", "16", f"{r['constant_cfg'][0]:.3f}",
-             f"{r['constant_cfg'][1]:.3f}", "3.1"],
+            ["- w/o CFG linear scheduler (scale 3 from the first step)", "16", f"{r['no_cfg_ramp'][0]:.3f}",
+             f"{r['no_cfg_ramp'][1]:.3f}", "3.1"],
             ["Unconditional (scale 0: l_u alone, the prompt unused)", "16", f"{tta[(16, 0.0, 1.5)][0]:.3f}",
              f"{tta[(16, 0.0, 1.5)][1]:.3f}", "-"]]
     print(markdown_table(["Method", "Num_iter", "FAD", "CLAP score", "paper FAD"], rows))
@@ -587,7 +587,7 @@ def parse_args(argv=None):
     p.add_argument("--magnet", action="store_true", help="the MAGNeT table (magnet.py); with --ablations after the FAD tables")
     p.add_argument("--magnet-ckpt", default=None,
                    help="with --magnet: a span-masked transformer (train.py --transformer.span_len 3) for its rows")
-    p.add_argument("--constant-cfg", action="store_true", help="the judges' clips with the CFG scale at 3 from the "
+    p.add_argument("--no-cfg-ramp", action="store_true", help="the judges' clips with the CFG scale at 3 from the "
                    "first step (Table 1's 'w/o CFG linear scheduler') instead of the paper's ramp")
     p.add_argument("--fad-clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt to embed audio for FAD "
                                                         "instead of the bundle's TinyCLAP")
@@ -620,7 +620,7 @@ def run(args) -> None:
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:
-        print_judges(run_judges(pipe, args.per_kind, args.seed, cfg_ramp=not args.constant_cfg), args.per_kind)
+        print_judges(run_judges(pipe, args.per_kind, args.seed, cfg_ramp=not args.no_cfg_ramp), args.per_kind)
     if args.ablations:
         embed, embed_name = make_embedder(pipe, args.fad_clap_ckpt)
         print_ablations(run_ablations(pipe, embed, args.n, args.seed, args.quick), embed_name)

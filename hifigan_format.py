@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils import parametrize
 
-from runtime import UserError, check_config, config_from_dict, load_checkpoint, pick_dtype
+import fast
+from runtime import UserError, autocast, check_config, config_from_dict, load_checkpoint, pick_dtype
 from vocoder import PRESETS, Config, Generator
 
 # The generator fields: what a checkpoint's tensor shapes (and the official config files) determine.
@@ -206,22 +207,25 @@ def has_weight_norm(generator: Generator) -> bool:
 
 
 @torch.inference_mode()
-def vocode(generator: Generator, log_mel: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def vocode(generator: Generator, log_mel: torch.Tensor, dtype: torch.dtype | None = None, chunk: int = 0) -> torch.Tensor:
     """log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32.
 
     Weight norm is folded first if still present. `dtype` None picks what the device runs natively
     (runtime.pick_dtype): bf16 on CUDA and on CPUs with AMX/AVX-512 BF16, fp32 elsewhere, where emulated
     bf16 convolutions are far slower. Weights stay fp32; a lower `dtype` is applied with autocast.
-    fast.vocode_chunked is the same with the network run over short stretches of time.
+    chunk > 0 on a CPU: the network runs `chunk` frames at a time, while its activations fit in cache
+    (fast.vocoder_forward_chunked; the same result up to float rounding).
     """
     if has_weight_norm(generator):
         remove_weight_norm(generator)
     squeeze = log_mel.dim() == 2
-    x = log_mel[None] if squeeze else log_mel                            # (B, 80, F)
-    device = x.device.type
+    x = (log_mel[None] if squeeze else log_mel).to(generator.conv_pre.weight.dtype)   # (B, 80, F)
     if dtype is None:
-        dtype = pick_dtype(device, None, verbose=False)
-    with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
-        wav = generator(x.to(generator.conv_pre.weight.dtype))           # (B, 1, 256 F)
+        dtype = pick_dtype(x.device.type, None, verbose=False)
+    with autocast(x.device, dtype):
+        if chunk and x.device.type == "cpu":
+            wav = fast.vocoder_forward_chunked(generator, x, chunk)      # (B, 1, 256 F)
+        else:
+            wav = generator(x)                                           # (B, 1, 256 F)
     wav = wav[:, 0].float()                                              # (B, 256 F)
     return wav[0] if squeeze else wav

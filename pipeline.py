@@ -26,7 +26,7 @@ import torch
 
 import fast
 import mel
-from runtime import UserError, build_model, load_checkpoint
+from runtime import UserError, autocast, build_model, load_checkpoint
 
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
@@ -129,7 +129,7 @@ def rebuild(ckpt: str, stage: str, build, entry):
 def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | None = None):
     """(B, rows, cols) token ids -> log-mels (B, 80, 16 cols) -> waveforms (B, 256 x frames).
     gl_iterations: Griffin-Lim's iterations when there is no vocoder (None = mel.griffin_lim's default)."""
-    with torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
+    with autocast(pipe.device, pipe.dtype):
         log_mel = mel.denormalize(pipe.vq.decode(tokens).float())                     # (B, 80, F)
     return log_mel, mel_to_audio(pipe, log_mel, gl_iterations)
 
@@ -137,10 +137,11 @@ def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | N
 def mel_to_audio(pipe: Pipeline, log_mel: torch.Tensor, gl_iterations: int | None = None) -> torch.Tensor:
     """Log-mels (B, 80, F) -> waveforms (B, 256 F) on the CPU: the pipeline's vocoder, or Griffin-Lim (on
     the mels' device)."""
+    import hifigan_format
     if pipe.vocoder is None:
         iterations = {} if gl_iterations is None else {"n_iter": gl_iterations}
         return mel.griffin_lim(log_mel, **iterations).cpu()
-    return fast.vocode_chunked(pipe.vocoder, log_mel, pipe.dtype).cpu()
+    return hifigan_format.vocode(pipe.vocoder, log_mel, pipe.dtype, chunk=128).cpu()
 
 
 def peak_normalised(wav: torch.Tensor, name: str | None = None) -> torch.Tensor:
@@ -185,12 +186,12 @@ def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
     return pipe.clap.embed_text(prompts).to(pipe.device)
 
 
-def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, known_mask=None, verbose=True,
+def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=None, known_mask=None, verbose=True,
                   cfg_ramp=True, record=None, magnet_options=None):
     """Run the MaskGIT sampler (specmaskgit.generate), printing one progress line per step.
     `record`: a list that receives decoding_page.step_record of every step (for the page), or None.
     magnet_options: a dict of magnet.generate's settings to sample with MAGNeT's decoding instead (then
-    steps, cfg, temperature and cfg_ramp are unused)."""
+    steps, guidance, temperature and cfg_ramp are unused)."""
     import decoding_page
     import specmaskgit
     t0 = time.time()
@@ -202,12 +203,12 @@ def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, 
         if record is not None:
             record.append(decoding_page.step_record(info))
 
-    with torch.inference_mode(), torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
+    with torch.inference_mode(), autocast(pipe.device, pipe.dtype):
         if magnet_options is not None:
             import magnet
             return magnet.generate(pipe.transformer, cond, known_tokens=known_tokens, known_mask=known_mask, seed=seed,
                                    on_step=on_step, record_order=True, **magnet_options)
-        return specmaskgit.generate(pipe.transformer, cond, steps=steps, cfg=cfg, temperature=temperature,
+        return specmaskgit.generate(pipe.transformer, cond, steps=steps, guidance=guidance, temperature=temperature,
                                     known_tokens=known_tokens, known_mask=known_mask, seed=seed,
                                     on_step=on_step, record_order=True, cfg_ramp=cfg_ramp)
 
@@ -216,11 +217,11 @@ def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, 
 # The three tasks.
 # ---------------------------------------------------------------------------------------------------
 
-def text_to_audio(pipe, prompts, n=1, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True, cfg_ramp=True,
+def text_to_audio(pipe, prompts, n=1, steps=16, guidance=3.0, temperature=1.5, seed=0, verbose=True, cfg_ramp=True,
                   record=None, magnet_options=None):
     """Every prompt n times, in one batch: returns waveforms (P*n, T), log-mels, decoding orders, tokens."""
     cond = embed_prompts(pipe, prompts).repeat_interleave(n, dim=0)                   # (P n, 512)
-    tokens, order = sample_tokens(pipe, cond, steps, cfg, temperature, seed, verbose=verbose, cfg_ramp=cfg_ramp,
+    tokens, order = sample_tokens(pipe, cond, steps, guidance, temperature, seed, verbose=verbose, cfg_ramp=cfg_ramp,
                                   record=record, magnet_options=magnet_options)
     log_mel, wav = tokens_to_audio(pipe, tokens)
     return wav, log_mel, order, tokens
@@ -238,7 +239,7 @@ def clip_window(length: int, clip: int, start: int, end: int) -> int:
     return offset + col if end - offset > clip else offset
 
 
-def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True,
+def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, guidance=3.0, temperature=1.5, seed=0, verbose=True,
             record=None):
     """Regenerate the token columns that cover [start_s, end_s] seconds; keep every other token.
 
@@ -266,7 +267,7 @@ def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, cfg=3.0, temperatu
         print(f"inpainting token columns {first}-{last - 1} ({first * 4096 / mel.SR + offset / mel.SR:.2f}-"
               f"{last * 4096 / mel.SR + offset / mel.SR:.2f} s) of {before.shape[-1]}")
     cond = embed_prompts(pipe, [prompt]) if prompt else None
-    after, order = sample_tokens(pipe, cond, steps, cfg if cond is not None else 0.0, temperature, seed,
+    after, order = sample_tokens(pipe, cond, steps, guidance if cond is not None else 0.0, temperature, seed,
                                  known_tokens=before, known_mask=known, verbose=verbose, record=record)
     log_mel, out = tokens_to_audio(pipe, after)
     out = peak_normalised(out, "the inpainted window" if verbose else None)     # the input around it stays as it is
@@ -284,7 +285,7 @@ def low_frequency_replacement(generated: torch.Tensor, original: torch.Tensor, c
     return torch.fft.irfft(torch.where(hz < cutoff_hz, o, g), n=n)
 
 
-def bandwidth_extension(pipe, wav, prompt=None, lfr=False, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True,
+def bandwidth_extension(pipe, wav, prompt=None, lfr=False, steps=16, guidance=3.0, temperature=1.5, seed=0, verbose=True,
                         record=None):
     """Keep the low token rows, regenerate the top row (mel bins 64-79, above ~4.3 kHz).
     A long input goes clip by clip; the tokens, mel, order and `record` returned are the last clip's."""
@@ -303,7 +304,7 @@ def bandwidth_extension(pipe, wav, prompt=None, lfr=False, steps=16, cfg=3.0, te
         known = torch.ones_like(before, dtype=torch.bool)
         known[:, -1, :] = False                                                         # the top row: bins 64-79
         cond = embed_prompts(pipe, [prompt]) if prompt else None
-        after, order = sample_tokens(pipe, cond, steps, cfg if cond is not None else 0.0, temperature, seed,
+        after, order = sample_tokens(pipe, cond, steps, guidance if cond is not None else 0.0, temperature, seed,
                                      known_tokens=before, known_mask=known, verbose=verbose, record=record)
         log_mel, gen = tokens_to_audio(pipe, after)
         n = min(clip, length - offset)

@@ -25,6 +25,7 @@ commands do the loading and checking for them).
   ArgumentParser        argparse whose rejections are UserErrors
   pick_device           "cuda" when there is a GPU, else "cpu"
   cpu_has_native_bf16   AMX or AVX-512 BF16 on this CPU
+  autocast              torch.autocast to a dtype, off for fp32 and int8
   pick_dtype            the precision the device runs natively (never bf16 on a CPU without it);
                         fast.pick_inference_dtype is sample.py's choice, which may measure
 """
@@ -371,6 +372,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device, dtype: torch.dtype):
+    """torch.autocast to `dtype` on `device` ("cuda:1" or a torch.device too); off for fp32, and for int8,
+    whose transformer linears hold their own int8 weights (fast.quantize_int8) and autocast cannot make."""
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
 
 
 def pick_dtype(device: str, name: str | None = None, verbose: bool = True) -> torch.dtype:

@@ -290,7 +290,7 @@ def run(args) -> None:
               f"--device cpu or cuda to choose)")
     torch.manual_seed(args.seed)
     pipe = pipeline.load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, args.dtype)
-    common = dict(steps=args.steps, cfg=args.cfg, temperature=args.temperature, seed=args.seed)
+    common = dict(steps=args.steps, guidance=args.cfg, temperature=args.temperature, seed=args.seed)
     record = [] if args.html else None                   # generate's per-step record, for the page
     if args.inpaint or args.bwe:
         path = args.inpaint or args.bwe

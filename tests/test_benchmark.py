@@ -37,8 +37,8 @@ def test_separate_cfg_passes_give_the_batched_guided_logits():
     with torch.no_grad():
         for t in (0.0, 1.0, 3.0):
             batched = specmaskgit.guided_logits(model, tokens, cond, masked, t)
-            plain = fast.guided_logits_separate(model, tokens, cond, masked, t)
-            skipped = fast.guided_logits_separate(model, tokens, cond, masked, t, skip_zero_scale=True)
+            plain = specmaskgit.guided_logits(model, tokens, cond, masked, t, separate_passes=True, skip_zero_scale=False)
+            skipped = specmaskgit.guided_logits(model, tokens, cond, masked, t, separate_passes=True)
             assert torch.allclose(batched, plain, atol=1e-4), t
             assert torch.allclose(batched, skipped, atol=1e-4), t
 
@@ -83,7 +83,7 @@ def test_folding_weight_norm_and_chunking_keep_the_vocoders_output():
         plain = gen(log_mel)[:, 0]
     folded = vocoder.Generator(cfg).eval()
     folded.load_state_dict(gen.state_dict())
-    chunked = fast.vocode_chunked(folded, log_mel, torch.float32)
+    chunked = hifigan_format.vocode(folded, log_mel, torch.float32, chunk=128)
     assert hifigan_format.has_weight_norm(gen) and not hifigan_format.has_weight_norm(folded)
     assert torch.allclose(plain, chunked, atol=1e-5)
 
