@@ -44,7 +44,7 @@ import mel
 import specmaskgit
 import vocoder
 import vqgan
-from fast import pick_inference_dtype
+from fast import inference_dtype
 from runtime import DTYPES, ArgumentParser, UserError, autocast, pick_device, run_command
 
 STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # Sec. 3.4 / Sec. 4: the paper's sampling settings
@@ -241,7 +241,7 @@ def benchmark(preset: str, device: str, dtype_name: str | None, runs: int, batch
         raise UserError(f"--benchmark takes full or tiny, not {preset!r}.")
     if runs < 1:
         raise UserError(f"--runs must be 1 or more, not {runs}.")
-    dtype = pick_inference_dtype(device, dtype_name, specmaskgit.PRESETS[preset].width)
+    dtype = inference_dtype(device, dtype_name, specmaskgit.PRESETS[preset].width)
     name = DTYPE_NAMES[dtype]
     audio_seconds = CLIP_SAMPLES[preset] / mel.SR
     print(f"benchmark: preset {preset}, one {audio_seconds:.3f} s clip, {STEPS} steps with CFG, "
@@ -287,8 +287,8 @@ def benchmark(preset: str, device: str, dtype_name: str | None, runs: int, batch
 # ---------------------------------------------------------------------------------------------------
 
 def train_throughput(preset: str, device: str, dtype_name: str | None, batch: int, runs: int) -> None:
-    from runtime import pick_dtype
-    amp = pick_dtype(device, dtype_name)
+    from runtime import native_dtype
+    amp = native_dtype(device, dtype_name)
     cfg = specmaskgit.PRESETS[preset]
     trainer = specmaskgit.Trainer(cfg, device=device, amp_dtype=amp)
     g = torch.Generator().manual_seed(0)
@@ -335,7 +335,7 @@ def parse_args(argv=None):
 def run(args) -> None:
     device = pick_device(args.device)
     if args.row is not None or args.end_to_end:
-        dtype = pick_inference_dtype(device, args.dtype, specmaskgit.PRESETS[args.preset].width, verbose=False)
+        dtype = inference_dtype(device, args.dtype, specmaskgit.PRESETS[args.preset].width, verbose=False)
         if args.end_to_end:
             result = time_end_to_end(args.preset, device, dtype, args.runs, args.batch or 1)
         else:

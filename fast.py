@@ -9,7 +9,7 @@ here is one trick, with why it pays. benchmark.py times every one of them agains
   int8 linears              quantize_int8: the transformer's nn.Linear layers with int8 weights (CPUs)
   CUDA graphs               GraphedTransformer: the 24 blocks replayed as one graph per batch shape
   the CPU's dtype           measure_cpu_dtype: fp32, bf16 or int8, chosen by timing them once here;
-                            pick_inference_dtype: sample.py's choice, which uses it for large models
+                            inference_dtype: sample.py's choice, which uses it for large models
   bf16 weights              hold_weights_in: converted once, not by autocast on every forward pass
   chunked vocoder           HiFiGAN over cache-sized chunks
 """
@@ -25,7 +25,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from runtime import DTYPES, UserError, pick_dtype, write_atomically
+from runtime import DTYPES, UserError, native_dtype, write_atomically
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def measure_cpu_dtype(width: int, timer=time_candidate, cache=CACHE, verbose=Tru
     return choice
 
 
-def pick_inference_dtype(device: str, name: str | None, width: int, verbose: bool = True) -> torch.dtype:
+def inference_dtype(device: str, name: str | None, width: int, verbose: bool = True) -> torch.dtype:
     """sample.py's choice for a transformer of this `width`; may be torch.qint8 (fast.quantize_int8).
 
     `name` ("fp32", "bf16", "fp16", "int8") overrides. "auto" (or None) picks what pays on this machine:
@@ -272,7 +272,7 @@ def pick_inference_dtype(device: str, name: str | None, width: int, verbose: boo
     if name == "int8":
         dtype, why = torch.qint8, "asked for with --dtype"
     elif name not in (None, "auto"):
-        return pick_dtype(device, name, verbose)
+        return native_dtype(device, name, verbose)
     elif device == "cuda":
         dtype, why = torch.bfloat16, "tensor cores on CUDA"
     elif width < 512:

@@ -48,7 +48,7 @@ class Pipeline:
 
 def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="cpu", dtype="fp32",
                   verbose=True) -> Pipeline:
-    """dtype: "fp32" | "bf16" | "fp16" | "int8" | "auto" (fast.pick_inference_dtype: the machine's fast one)."""
+    """dtype: "fp32" | "bf16" | "fp16" | "int8" | "auto" (fast.inference_dtype: the machine's fast one)."""
     import clap_format
     import hifigan_format
     import specmaskgit
@@ -76,7 +76,7 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
         raise UserError(f"{ckpt}'s transformer ({transformer.cfg.n_codes} codes, {transformer.cfg.rows} x "
                         f"{transformer.cfg.cols} tokens) does not fit its VQGAN and clip ({grid[0]} codes, "
                         f"{grid[1]} x {grid[2]}); retrain it with train.py --stage transformer.")
-    dtype = fast.pick_inference_dtype(device, dtype, transformer.cfg.width, verbose)
+    dtype = fast.inference_dtype(device, dtype, transformer.cfg.width, verbose)
     if dtype == torch.qint8:                                   # int8 linears in the transformer, fp32 elsewhere
         transformer, dtype = fast.quantize_int8(transformer), torch.float32
     transformer = fast.hold_weights_in(transformer, dtype)    # bf16: converted once, not by autocast every pass

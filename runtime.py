@@ -14,6 +14,7 @@ commands do the loading and checking for them).
   load_checkpoint       read it back with weights_only=True, checking its stage and entries (check_entries)
   non_finite_entry      the first NaN or infinite tensor in a checkpoint, by name
   check_config          name the fields where a checkpoint's config differs from the model's
+  same_value            config values equal, tuples and lists alike
   config_from_dict      rebuild a Config from a checkpoint, every entry type- and range-checked first
   check_config_values   one sentence for a config value no model can be built with (value_rule)
   load_weights          load_state_dict with a missing or misshapen weight as one sentence
@@ -26,8 +27,9 @@ commands do the loading and checking for them).
   pick_device           "cuda" when there is a GPU, else "cpu"
   cpu_has_native_bf16   AMX or AVX-512 BF16 on this CPU
   autocast              torch.autocast to a dtype, off for fp32 and int8
-  pick_dtype            the precision the device runs natively (never bf16 on a CPU without it);
-                        fast.pick_inference_dtype is sample.py's choice, which may measure
+  native_dtype          the precision the device runs natively, or --dtype (never bf16 on a CPU without
+                        it); inference's choice (fast.inference_dtype) and training's (train.training_dtype)
+                        start from it
 """
 
 import argparse
@@ -158,10 +160,13 @@ def non_finite_entry(obj, prefix: str = "") -> str | None:
     return None
 
 
-def check_config(config, saved: dict, what: str = "checkpoint") -> None:
-    """Raise UserError naming every field where `saved` (a dict) differs from the dataclass `config`."""
+def check_config(config, saved: dict, what: str = "checkpoint", only_saved_fields: bool = False) -> None:
+    """Raise UserError naming every field where `saved` (a dict) differs from the dataclass `config`.
+    only_saved_fields: compare just the fields `saved` names (e.g. those read off a checkpoint's tensor
+    shapes, hifigan_format), with no complaint about the others."""
     mine = dataclasses.asdict(config)
-    diffs = [f"{k}={saved.get(k)!r} (model has {v!r})" for k, v in mine.items() if _norm(saved.get(k)) != _norm(v)]
+    names = [k for k in mine if k in saved] if only_saved_fields else list(mine)
+    diffs = [f"{k}={saved.get(k)!r} (model has {mine[k]!r})" for k in names if not same_value(saved.get(k), mine[k])]
     unknown = sorted(set(saved) - set(mine))
     if unknown:
         diffs.append("unknown fields " + ", ".join(unknown))
@@ -169,9 +174,11 @@ def check_config(config, saved: dict, what: str = "checkpoint") -> None:
         raise UserError(f"the {what} was made with another config: " + "; ".join(diffs) + ".")
 
 
-def _norm(v):
-    """Tuples and lists compare equal (a config saved with torch.save comes back with lists)."""
-    return [_norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+def same_value(a, b) -> bool:
+    """Config values compare equal with tuples and lists alike (a config saved with torch.save comes back
+    with lists)."""
+    norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return norm(a) == norm(b)
 
 
 def config_from_dict(cls, saved: dict, what: str = "checkpoint"):
@@ -380,8 +387,10 @@ def autocast(device, dtype: torch.dtype):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
 
 
-def pick_dtype(device: str, name: str | None = None, verbose: bool = True) -> torch.dtype:
-    """The compute dtype: `name` if given ("fp32", "bf16", "fp16"), else what `device` runs natively."""
+def native_dtype(device: str, name: str | None = None, verbose: bool = True) -> torch.dtype:
+    """The compute dtype: `name` if given ("fp32", "bf16", "fp16"), else what `device` runs natively.
+    The vocoder and the benchmark's training rows use it as it is; fast.inference_dtype adds int8 and a
+    measurement for large transformers, train.training_dtype refuses fp16 and keeps the tiny preset in fp32."""
     if name not in (None, "auto"):
         if name not in DTYPES:
             raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}, not {name!r}.")

@@ -35,7 +35,7 @@ import time
 import torch
 
 from runtime import (ArgumentParser, UserError, build_model, check_config, check_config_values, load_checkpoint,
-                     make_output_folder, non_finite_entry, pick_device, pick_dtype, run_command,
+                     make_output_folder, native_dtype, non_finite_entry, pick_device, run_command,
                      save_checkpoint)
 
 STAGES = ["vqgan", "vocoder", "clap", "transformer"]
@@ -794,7 +794,7 @@ def training_dtype(args, device: str, verbose: bool = True) -> torch.dtype:
         if verbose:
             print(f"compute dtype: float32 on {device} (the tiny preset trains in fp32 everywhere)")
         return torch.float32
-    return pick_dtype(device.split(":")[0], args.dtype, verbose)
+    return native_dtype(device.split(":")[0], args.dtype, verbose)
 
 
 def main(argv=None) -> int:

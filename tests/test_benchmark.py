@@ -113,19 +113,19 @@ def test_auto_dtype_is_measured_on_a_cpu_for_large_models_only(monkeypatch):
     widths = []
     choice = ["int8"]
     monkeypatch.setattr(fast, "measure_cpu_dtype", lambda width, verbose=True: widths.append(width) or choice[0])
-    assert fast.pick_inference_dtype("cpu", "auto", 768, verbose=False) == torch.qint8
+    assert fast.inference_dtype("cpu", "auto", 768, verbose=False) == torch.qint8
     choice[0] = "bf16"
-    assert fast.pick_inference_dtype("cpu", None, 768, verbose=False) == torch.bfloat16
+    assert fast.inference_dtype("cpu", None, 768, verbose=False) == torch.bfloat16
     assert widths == [768, 768]
-    assert fast.pick_inference_dtype("cpu", "auto", 192, verbose=False) == torch.float32   # the toy stays fp32
-    assert fast.pick_inference_dtype("cuda", "auto", 768, verbose=False) == torch.bfloat16
-    assert fast.pick_inference_dtype("cpu", "fp32", 768, verbose=False) == torch.float32   # --dtype overrides
-    assert fast.pick_inference_dtype("cpu", "int8", 192, verbose=False) == torch.qint8
+    assert fast.inference_dtype("cpu", "auto", 192, verbose=False) == torch.float32   # the toy stays fp32
+    assert fast.inference_dtype("cuda", "auto", 768, verbose=False) == torch.bfloat16
+    assert fast.inference_dtype("cpu", "fp32", 768, verbose=False) == torch.float32   # --dtype overrides
+    assert fast.inference_dtype("cpu", "int8", 192, verbose=False) == torch.qint8
     assert widths == [768, 768]                                  # none of those measured
     with pytest.raises(runtime.UserError, match="--dtype must be one of"):
-        fast.pick_inference_dtype("cpu", "int4", 768, verbose=False)
+        fast.inference_dtype("cpu", "int4", 768, verbose=False)
     with pytest.raises(runtime.UserError, match="for CPUs"):
-        fast.pick_inference_dtype("cuda", "int8", 768, verbose=False)
+        fast.inference_dtype("cuda", "int8", 768, verbose=False)
 
 
 def test_sample_py_int8_writes_a_clip_like_fp32(tmp_path):
