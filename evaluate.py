@@ -548,8 +548,8 @@ def run_magnet_table(pipe, embed, n: int, per_kind: int, seed: int, span_ckpt: s
         judged_emb = pipe.clap.embed_audio(judged.to(pipe.device)).float().cpu()
         zero_shot = (zero_shot_kinds(judged_emb, kind_emb) == kinds).float().mean().item()
         mel_judge = (judge.predict(mel_features(judged)) == kinds).float().mean().item()
-        extra = " + rescorer" if options and options.get("rescorer") is not None else ""
-        out.append([name, f"{max(passes)}{extra}", f"{frechet_distance(embed(fad_wavs), ref_emb):.3f}",
+        rescored = " + rescorer" if options and options.get("rescorer") is not None else ""
+        out.append([name, f"{max(passes)}{rescored}", f"{frechet_distance(embed(fad_wavs), ref_emb):.3f}",
                     f"{clap_score(text_emb, audio_emb):.3f}", f"{zero_shot:.0%}", f"{mel_judge:.0%}", f"{seconds:.2f}"])
         print(f"  {name}: FAD {out[-1][2]} ({time.time() - t0:.0f} s)", flush=True)
     return out

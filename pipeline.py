@@ -66,8 +66,8 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
             or num_samples % (16 * mel.HOP)):
         raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of token "
                         f"columns (a multiple of {16 * mel.HOP} samples) up to {MAX_CLIP_SAMPLES}.")
-    vq = rebuild(ckpt, "vqgan", lambda e: build_model(vqgan.VQGAN, vqgan.Config, e, "vqgan"), bundle["vqgan"]).to(device)
-    transformer = rebuild(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config, e,
+    vq = build_or_explain(ckpt, "vqgan", lambda e: build_model(vqgan.VQGAN, vqgan.Config, e, "vqgan"), bundle["vqgan"]).to(device)
+    transformer = build_or_explain(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config, e,
                                                                      "transformer"), bundle["transformer"]).to(device)
     # Stages of two runs in one file (a transformer trained on another codebook or clip length, bundled by
     # hand or by an older train.py): the sampler drew ids the VQGAN does not have, an IndexError in decode.
@@ -85,13 +85,13 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
     if clap_ckpt:
         conditioner = clap_format.load_clap("laion", clap_ckpt, device=device)
     elif "clap" in bundle:
-        conditioner = rebuild(ckpt, "clap", clap_format.load_tiny, bundle["clap"]).to(device)
+        conditioner = build_or_explain(ckpt, "clap", clap_format.load_tiny, bundle["clap"]).to(device)
     else:
         raise UserError(f"{ckpt} holds no CLAP model; pass --clap-ckpt 630k-audioset-best.pt.")
     if vocoder_ckpt:
-        voc = rebuild(vocoder_ckpt, "vocoder", hifigan_format.load_vocoder, vocoder_ckpt)
+        voc = build_or_explain(vocoder_ckpt, "vocoder", hifigan_format.load_vocoder, vocoder_ckpt)
     elif "vocoder" in bundle:
-        voc = rebuild(ckpt, "vocoder", hifigan_format.load_vocoder, bundle["vocoder"])
+        voc = build_or_explain(ckpt, "vocoder", hifigan_format.load_vocoder, bundle["vocoder"])
     else:
         voc = None
         if verbose:
@@ -101,7 +101,7 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
     return Pipeline(vq, transformer, conditioner, voc, num_samples, device, dtype)
 
 
-def rebuild(ckpt: str, stage: str, build, entry):
+def build_or_explain(ckpt: str, stage: str, build, entry):
     """build(entry), with a hand-edited or truncated checkpoint as one sentence naming what is wrong.
 
     The model files check what they know to check (runtime.config_from_dict); what slips past them (a

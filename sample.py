@@ -180,7 +180,7 @@ def magnet_options(args, pipe) -> dict:
         entry = ckpt.get("transformer") if ckpt.get("stage") == "bundle" else ckpt
         if not isinstance(entry, dict):
             raise UserError(f"{args.rescore_ckpt} holds no transformer checkpoint.")
-        rescorer = pipeline.rebuild(args.rescore_ckpt, "transformer", lambda e: build_model(
+        rescorer = pipeline.build_or_explain(args.rescore_ckpt, "transformer", lambda e: build_model(
             specmaskgit.SpecMaskGIT, specmaskgit.Config, e, "transformer"), entry).to(pipe.device)
         r = rescorer.cfg
         if (r.n_codes, r.rows, r.cols) != (c.n_codes, c.rows, c.cols):

@@ -161,10 +161,10 @@ def run(args) -> None:
         torch.manual_seed(args.seed + rank)                  # each stage from the same seed: alone or in --stage all,
         cfg = configs[stage]                                 # a stage trained on the same inputs is the same model
         steps, batch, warmup, lr = stage_hparams(stage, args, world)
-        extra = {}
+        trainer_options = {}
         if stage == "clap":
             import clap
-            extra["vocab"] = clap.build_vocab(training_captions(dataset))
+            trainer_options["vocab"] = clap.build_vocab(training_captions(dataset))
         if stage == "transformer":                           # the grid and the CLAP width come from the cache
             cache = build_cache(dataset, args, device, rank)
             vq_cfg = load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")["config"]
@@ -172,7 +172,7 @@ def run(args) -> None:
                                       cols=cache["tokens"].shape[2], cond_dim=cache["cond"].shape[1])
             if cfg.span_len > cfg.cols:
                 raise UserError(f"--transformer.span_len must be at most the grid's {cfg.cols} columns, not {cfg.span_len}.")
-        trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank, world)
+        trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, trainer_options, rank, world)
         wrap_ddp(trainer, device, world)
         if rank == 0:
             describe(stage, trainer, args, steps, batch, warmup)
@@ -246,10 +246,10 @@ def cache_batches(cache: dict, start_step, batch_size, seed, rank, world, device
 # Checkpoints, resume, and a loss that stops being finite.
 # ===================================================================================================
 
-def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank=0, world=1):
+def build_trainer(stage, cfg, args, device, amp_dtype, lr, trainer_options, rank=0, world=1):
     """Build the stage's Trainer and, with --resume, load its last state: step, weights, optimisers and
     the random streams, so that the resumed run continues exactly as the uninterrupted one would."""
-    kwargs = dict(device=device, amp_dtype=amp_dtype, **extra)
+    kwargs = dict(device=device, amp_dtype=amp_dtype, **trainer_options)
     if stage == "vqgan":                                     # the codebook's upkeep agrees across processes
         kwargs["world"] = world
     if stage == "transformer":                               # each process draws its own masks
@@ -457,7 +457,7 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     import hifigan_format
     import mel
     import vocoder
-    measure = vocoder.loss_mel                       # HiFiGAN's loss mel, 0-11 kHz: (N, T) -> (N, 80, F)
+    loss_mel = vocoder.loss_mel                      # HiFiGAN's loss mel, 0-11 kHz: (N, T) -> (N, 80, F)
     n = HELDOUT_CLIPS if args.data == "toy" else None
     try:
         heldout = data.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n)
@@ -466,14 +466,14 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
         return None
     wav = torch.stack([heldout[i]["wav"] for i in range(min(HELDOUT_CLIPS, len(heldout)))])  # (N, T)
     source = mel.mel_spectrogram(wav)                                                        # (N, 80, F) input mel
-    target = measure(wav)
+    target = loss_mel(wav)
     path = os.path.join(args.out, "vocoder.pt")
     ckpt = load_checkpoint(path, "vocoder")
     generator = hifigan_format.load_vocoder(ckpt).to(device)
     # in fp32 on every device: the verdict decides what the bundle holds, and should not depend on where it ran
     outputs = {"vocoder": hifigan_format.vocode(generator, source.to(device), torch.float32).cpu(),
                "griffin_lim": mel.griffin_lim(source)}
-    result = {name: (measure(out[:, :wav.shape[1]]) - target).abs().mean().item() for name, out in outputs.items()}
+    result = {name: (loss_mel(out[:, :wav.shape[1]]) - target).abs().mean().item() for name, out in outputs.items()}
     result["clips"] = len(wav)
     ckpt["heldout_mel_l1"] = result
     save_checkpoint(ckpt, path)
