@@ -7,7 +7,7 @@ cores and 30x faster than real time on one RTX A6000.
 What is timed: one clip, 16 MaskGIT steps with classifier-free guidance (Eq. 2, the ramp from 0 to 3),
 then the SpecVQGAN decoder, then the HiFiGAN generator, all with random weights of the named preset
 (speed does not depend on the weights; full = 170 M transformer, SpecVQGAN, HiFiGAN V1). The CLAP
-text tower is left out: it runs once per prompt and costs milliseconds.
+text tower is left out: it runs once per prompt, a small part of the whole.
 
 The table starts from the plain fp32 path, the code a first implementation would run, and switches on
 one speed-up per row, cumulatively. Each of the three stages is timed on its own after a warm-up, in
@@ -164,9 +164,8 @@ def median_seconds(fn, runs: int, device: str, warm_up=None) -> float:
 
 # ---------------------------------------------------------------------------------------------------
 # The table. Every measurement runs in a fresh Python process: the plain rows leave a heap of several
-# GB behind (autograd graphs), and in that process later rows spent a third of their time in the kernel
-# (page faults) and ran slower. A fresh process per row makes the rows comparable, and its peak
-# memory is its own.
+# GB behind (autograd graphs) that would slow the rows after them in the same process. A fresh process
+# per row makes the rows comparable, and its peak memory is its own.
 # ---------------------------------------------------------------------------------------------------
 
 STAGE_KEYS = {   # what each stage's time depends on: rows with the same key share one measurement
@@ -232,11 +231,11 @@ def in_fresh_process(argv: list) -> dict:
 
 
 def benchmark(preset: str, device: str, dtype_name: str | None, runs: int, batches=None) -> None:
-    """Print the table. This machine's speed drifts by +-25 % over minutes (shared cloud CPUs), so the
-    rows are not timed one after another: each round times every row once, each in a fresh process,
-    and a row's figure is its median over `runs` rounds. Slow minutes then hit every row alike.
+    """Print the table. A machine's speed can drift over minutes (shared cloud CPUs), so the rows are not
+    timed one after another: each round times every row once, each in a fresh process, and a row's
+    figure is its median over `runs` rounds. Slow minutes then hit every row alike.
     batches: the batch sizes whose throughput (clips per second) is timed end to end; by default 16 and
-    64 on CUDA, 4 for the tiny preset on a CPU, none for the full one there (minutes per batch)."""
+    64 on CUDA, 4 for the tiny preset on a CPU, none for the full one there (too slow per batch)."""
     if preset not in CLIP_SAMPLES:
         raise UserError(f"--benchmark takes full or tiny, not {preset!r}.")
     if runs < 1:

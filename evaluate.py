@@ -21,8 +21,8 @@ Everything runs on the toy sound world of toyworld.py, with the small bundled mo
     real toy clips the same judges give the ceiling.
 
 In:  a bundle written by train.py --bundle (default: sample.py's, checkpoints/toy.pt)
-Out: markdown tables on stdout (copy them into the README)
-  python evaluate.py --quick            # a few minutes on 2 CPU cores: everything, small sets
+Out: markdown tables on stdout (copy them into RESULTS.md)
+  python evaluate.py --quick            # everything, small sets
   python evaluate.py --judges           # only the two judges, 12 kinds x 8 clips
   python evaluate.py --ablations --n 64 # only the FAD tables, 64 clips per set
 """
@@ -578,7 +578,7 @@ def parse_args(argv=None):
     p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the two judges.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default=pipeline.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
-    p.add_argument("--quick", action="store_true", help="small sets (a few minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="small sets (everything, quickly)")
     p.add_argument("--judges", action="store_true", help="run the two judges (default: judges and ablations)")
     p.add_argument("--ablations", action="store_true", help="run the FAD tables (default: judges and ablations)")
     p.add_argument("--n", type=int, default=None, help="clips per FAD set (default 48, --quick 16)")
@@ -592,7 +592,7 @@ def parse_args(argv=None):
     p.add_argument("--fad-clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt to embed audio for FAD "
                                                         "instead of the bundle's TinyCLAP")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
-    p.add_argument("--dtype", default="fp32", help="fp32 (the README's numbers) | auto | bf16 | fp16 | int8: "
+    p.add_argument("--dtype", default="fp32", help="fp32 (RESULTS.md's numbers) | auto | bf16 | fp16 | int8: "
                    "judge the fast path of sample.py")
     args = p.parse_args(argv)
     args.n = args.n if args.n is not None else (16 if args.quick else 48)

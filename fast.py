@@ -4,7 +4,7 @@ fast.py — the inference speed-ups, kept out of the model files so that those r
 Paper: Sec. 1, Sec. 5.1 and Fig. 2 make speed the method's point (a 9.85 s clip in 16 steps, faster
 than real time on 4 CPU cores). The model files hold the version a student should read; each section
 here is one trick, with why it pays. benchmark.py times every one of them against the plain path
-(the measured figures are in the README, not here). A student can skip this file entirely.
+(the measured figures are in RESULTS.md, not here). A student can skip this file entirely.
 
   int8 linears              quantize_int8: the transformer's nn.Linear layers with int8 weights (CPUs)
   CUDA graphs               GraphedTransformer: the 24 blocks replayed as one graph per batch shape
@@ -40,7 +40,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     its min and max), multiplied by the int8 weight with int32 accumulation, and the result turned back
     into fp32. Integer multiply-adds (VNNI, or AVX2's 8-bit products) do about twice the work of fp32 ones
     per instruction, and the weights take a quarter of the memory traffic. The logits move by a few %
-    and the judges score the demo's clips the same (README, "Speed"). The embeddings, LayerNorms,
+    and the judges score the demo's clips the same (RESULTS.md). The embeddings, LayerNorms,
     attention softmax and the small CLAP projection stay fp32. Inference only: the int8 weights have no
     gradients. Changes `model` in place and returns it (a copy would hold 170 M fp32 weights twice in
     memory); quantise a copy.deepcopy(model) to keep the fp32 one. A PyTorch without the (deprecated)
@@ -67,7 +67,7 @@ def quantize_linears(model: nn.Module, which: set) -> nn.Module:
     """PyTorch's dynamic int8 quantisation, per output channel, of the nn.Linear layers inside `which`
     (submodule names or module types), in place. The one place that calls the quantisation API."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    with warnings.catch_warnings():   # PyTorch 2.13 marks this API deprecated (for torchao); it still works
+    with warnings.catch_warnings():   # the API is deprecated in favour of torchao, and still works
         warnings.simplefilter("ignore")
         quantize_dynamic(model, {w: per_channel_dynamic_qconfig for w in which}, inplace=True)
     return model

@@ -67,10 +67,11 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
         raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of token "
                         f"columns (a multiple of {16 * mel.HOP} samples) up to {MAX_CLIP_SAMPLES}.")
     vq = build_or_explain(ckpt, "vqgan", lambda e: build_model(vqgan.VQGAN, vqgan.Config, e, "vqgan"), bundle["vqgan"]).to(device)
-    transformer = build_or_explain(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config, e,
-                                                                     "transformer"), bundle["transformer"]).to(device)
+    transformer = build_or_explain(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config,
+                                                                              e, "transformer"),
+                                   bundle["transformer"]).to(device)
     # Stages of two runs in one file (a transformer trained on another codebook or clip length, bundled by
-    # hand or by an older train.py): the sampler drew ids the VQGAN does not have, an IndexError in decode.
+    # hand): the sampler would draw ids the VQGAN does not have, an IndexError in decode.
     grid = (vq.cfg.n_codes, vq.cfg.n_mels // 16, num_samples // (16 * mel.HOP))
     if (transformer.cfg.n_codes, transformer.cfg.rows, transformer.cfg.cols) != grid:
         raise UserError(f"{ckpt}'s transformer ({transformer.cfg.n_codes} codes, {transformer.cfg.rows} x "

@@ -367,7 +367,7 @@ def pick_device(name: str | None = None) -> str:
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has AMX or AVX-512 BF16 instructions.
 
-    Without them PyTorch emulates bf16 matmuls, many times slower than fp32 (the README's speed section
+    Without them PyTorch emulates bf16 matmuls, many times slower than fp32 (RESULTS.md
     has the figures), so training's autocast picks bf16 on a CPU only where this returns True.
     """
     try:

@@ -18,7 +18,7 @@ checkpoints. `run` calls it once per stage. The rest of the file is the loop's p
 checkpoints and resume, the transformer's token cache, the bundle, DDP, and the command line.
 
 Examples:
-  python train.py --data toy --stage all          # the bundled demo model (README: time on 2 CPU cores)
+  python train.py --data toy --stage all          # the bundled demo model (RESULTS.md: time on 2 CPU cores)
   python train.py --data audiocaps --root AUDIOCAPS --clap-ckpt 630k-audioset-best.pt --preset full
   torchrun --nproc_per_node 4 train.py --data audiocaps ...   # several GPUs (DistributedDataParallel)
 """
@@ -42,7 +42,7 @@ STAGES = ["vqgan", "vocoder", "clap", "transformer"]
 
 # Per-stage defaults. The tiny preset's are for the toy world on 2 CPU cores: its learning rates were
 # measured there (the paper's values are for batches 6-30x larger and days of training), and its step
-# counts fit `--stage all` into the README's time budget. The full preset's are the papers': the
+# counts fit `--stage all` into the time budget RESULTS.md reports. The full preset's are the papers': the
 # transformer's batch 48, 250k steps and 5k warm-up (Sec. 4); lr None = the stage's own rule
 # (stage_hparams: MAE's 1e-3 x batch / 256 for the transformer, Taming's 4.5e-6 x batch for the VQGAN,
 # the Trainer's default for the others, HiFiGAN's 2e-4 for the vocoder).
@@ -685,7 +685,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=None,
                    help="clip length in samples (default 65536 for toy, 217088 otherwise); a multiple of 4096")
     p.add_argument("--n-clips", type=int, default=4000,
-                   help="toy world: training clips (2000 left the transformer ~0.3 nats better on them than on new ones)")
+                   help="toy world: training clips (enough that the transformer does not learn them by heart)")
     p.add_argument("--clap", default=None, choices=["tiny", "laion"], help="conditioner; default tiny for toy")
     p.add_argument("--clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt (for --clap laion)")
     p.add_argument("--vocoder-ckpt", default=None, help="an official HiFiGAN generator: skip the vocoder stage")
