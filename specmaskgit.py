@@ -303,7 +303,7 @@ def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=
         # a position's rank = how many positions are less confident: argsort lists positions from least to
         # most confident, and argsort of that list gives each position its place in it
         rank = confidence.argsort(dim=1).argsort(dim=1)                         # (B, n): 0 = least confident
-        remask = rank < n_masked_after[:, s, None]                                        # 4. the least confident stay masked
+        remask = rank < n_masked_after[:, s, None]                              # 4. the least confident stay masked
         newly = masked & ~remask
         order.masked_fill_(newly, s)
         tokens = drawn
