@@ -7,7 +7,7 @@ cores and 30x faster than real time on one RTX A6000.
 What is timed: one clip, 16 MaskGIT steps with classifier-free guidance (Eq. 2, the ramp from 0 to 3),
 then the SpecVQGAN decoder, then the HiFiGAN generator, all with random weights of the named preset
 (speed does not depend on the weights; full = 170 M transformer, SpecVQGAN, HiFiGAN V1). The CLAP
-text tower is left out: it runs once per prompt and costs milliseconds.
+text tower is left out: it runs once per prompt, a small part of the whole.
 
 The table starts from the plain fp32 path, the code a first implementation would run, and switches on
 one speed-up per row, cumulatively. Each of the three stages is timed on its own after a warm-up, in
@@ -27,7 +27,6 @@ throughput of batches of clips (--batches).
 import argparse
 import copy
 import dataclasses
-import functools
 import json
 import os
 import resource
@@ -45,8 +44,8 @@ import mel
 import specmaskgit
 import vocoder
 import vqgan
-from fast import pick_inference_dtype
-from runtime import DTYPES, ArgumentParser, UserError, pick_device, run_command
+from fast import inference_dtype
+from runtime import DTYPES, ArgumentParser, UserError, autocast, pick_device, run_command
 
 STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # 16 iterations and CFG 3.0 (Sec. 5.1), Gumbel 1.5 (Fig. 7 left)
 CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}
@@ -59,7 +58,7 @@ class Tricks:
     skip_zero_scale: bool = False     # the ramp's first step has scale 0: Eq. 2 is then l_u alone
     batched_cfg: bool = False         # conditional + unconditional as one batch of 2 (one weight read)
     fold_weight_norm: bool = False    # HiFiGAN: g v / ||v|| computed once, not on every call
-    chunked_vocoder: bool = False     # HiFiGAN over 128-frame chunks that fit in cache (fast.vocode_chunked)
+    chunked_vocoder: bool = False     # HiFiGAN over 128-frame chunks that fit in cache (hifigan_format.vocode, chunk)
     dtype: torch.dtype = torch.float32  # bf16 (CUDA, AMX) or int8 transformer linears (AVX2-only CPUs)
     device_sampler: bool = False      # CUDA: drawing and ranking stay on the GPU (no host round trip per step)
     cuda_graph: bool = False          # CUDA: the transformer's blocks replayed as one graph (fast.GraphedTransformer)
@@ -94,12 +93,6 @@ def float_dtype(tricks: Tricks) -> torch.dtype:
     return torch.float32 if tricks.dtype == torch.qint8 else tricks.dtype
 
 
-def autocast(device: str, dtype: torch.dtype):
-    """bf16 / fp16 by autocast (bf16 rows hold the transformer and the folded vocoder in bf16 already);
-    int8 and fp32 need none."""
-    return torch.autocast(device, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
-
-
 # ---------------------------------------------------------------------------------------------------
 # The three stages, each a function of the tricks that concern it.
 # ---------------------------------------------------------------------------------------------------
@@ -128,14 +121,17 @@ def run_transformer(m: Models, cond, tricks: Tricks, steps: int = STEPS):
     model = m.int8 if tricks.dtype == torch.qint8 else m.transformer
     if tricks.cuda_graph:
         model = m.graphed = getattr(m, "graphed", None) or fast.GraphedTransformer(model)   # graphs recorded once
-    guide = (specmaskgit.guided_logits if tricks.batched_cfg else
-             functools.partial(fast.guided_logits_separate, skip_zero_scale=tricks.skip_zero_scale))
+    guide_options = {"separate_passes": not tricks.batched_cfg,
+                     "skip_zero_scale": tricks.skip_zero_scale or tricks.batched_cfg}
+    # the plain CUDA rows draw and rank on the host, the logits copied there every step
+    loop_device = "cpu" if m.device == "cuda" and not tricks.device_sampler else None
     # generate() is decorated with @torch.no_grad(); its __wrapped__ is the undecorated function, so
     # the plain row really runs with autograd recording every operation, as a first version would.
-    sampler = specmaskgit.generate if m.device != "cuda" or tricks.device_sampler else fast.generate_on_host
-    sampler = sampler if tricks.inference_mode else sampler.__wrapped__
-    with grad_mode(tricks), autocast(m.device, tricks.dtype), fast.using_guide(guide):
-        return sampler(model, cond, steps=steps, cfg=CFG, temperature=TEMPERATURE, seed=0)
+    sampler = specmaskgit.generate if tricks.inference_mode else specmaskgit.generate.__wrapped__
+    with grad_mode(tricks), autocast(m.device, tricks.dtype):
+        tokens = sampler(model, cond, steps=steps, guidance=CFG, temperature=TEMPERATURE, seed=0,
+                         guide_options=guide_options, loop_device=loop_device)
+    return tokens.to(m.device)
 
 
 def run_decoder(m: Models, tokens, tricks: Tricks):
@@ -146,7 +142,7 @@ def run_decoder(m: Models, tokens, tricks: Tricks):
 def run_vocoder(m: Models, log_mel, tricks: Tricks):
     gen = m.folded if tricks.fold_weight_norm else m.vocoder
     if tricks.chunked_vocoder:
-        return fast.vocode_chunked(gen, log_mel, float_dtype(tricks))              # (1, 256 F), inference_mode inside
+        return hifigan_format.vocode(gen, log_mel, float_dtype(tricks), chunk=128)  # (1, 256 F), inference_mode inside
     with grad_mode(tricks), autocast(m.device, float_dtype(tricks)):
         return gen(log_mel)[:, 0]
 
@@ -168,9 +164,8 @@ def median_seconds(fn, runs: int, device: str, warm_up=None) -> float:
 
 # ---------------------------------------------------------------------------------------------------
 # The table. Every measurement runs in a fresh Python process: the plain rows leave a heap of several
-# GB behind (autograd graphs), and in that process later rows spent a third of their time in the kernel
-# (page faults) and ran slower. A fresh process per row makes the rows comparable, and its peak
-# memory is its own.
+# GB behind (autograd graphs) that would slow the rows after them in the same process. A fresh process
+# per row makes the rows comparable, and its peak memory is its own.
 # ---------------------------------------------------------------------------------------------------
 
 STAGE_KEYS = {   # what each stage's time depends on: rows with the same key share one measurement
@@ -220,9 +215,9 @@ def time_end_to_end(preset: str, device: str, dtype: torch.dtype, runs: int, bat
 
     def once():
         with torch.inference_mode(), autocast(device, amp):
-            tokens = specmaskgit.generate(transformer, cond, steps=STEPS, cfg=CFG, temperature=TEMPERATURE, seed=0)
+            tokens = specmaskgit.generate(transformer, cond, steps=STEPS, guidance=CFG, temperature=TEMPERATURE, seed=0)
             log_mel = mel.denormalize(vq.decode(tokens).float())                  # (B, 80, F)
-        return fast.vocode_chunked(gen, log_mel, amp).cpu()                       # (B, 256 F)
+        return hifigan_format.vocode(gen, log_mel, amp, chunk=128).cpu()          # (B, 256 F)
     seconds = median_seconds(once, runs, device)
     return {"seconds": seconds, "peak_gb": peak_memory_gb(device)}
 
@@ -236,16 +231,16 @@ def in_fresh_process(argv: list) -> dict:
 
 
 def benchmark(preset: str, device: str, dtype_name: str | None, runs: int, batches=None) -> None:
-    """Print the table. This machine's speed drifts by +-25 % over minutes (shared cloud CPUs), so the
-    rows are not timed one after another: each round times every row once, each in a fresh process,
-    and a row's figure is its median over `runs` rounds. Slow minutes then hit every row alike.
+    """Print the table. A machine's speed can drift over minutes (shared cloud CPUs), so the rows are not
+    timed one after another: each round times every row once, each in a fresh process, and a row's
+    figure is its median over `runs` rounds. Slow minutes then hit every row alike.
     batches: the batch sizes whose throughput (clips per second) is timed end to end; by default 16 and
-    64 on CUDA, 4 for the tiny preset on a CPU, none for the full one there (minutes per batch)."""
+    64 on CUDA, 4 for the tiny preset on a CPU, none for the full one there (too slow per batch)."""
     if preset not in CLIP_SAMPLES:
         raise UserError(f"--benchmark takes full or tiny, not {preset!r}.")
     if runs < 1:
         raise UserError(f"--runs must be 1 or more, not {runs}.")
-    dtype = pick_inference_dtype(device, dtype_name, specmaskgit.PRESETS[preset].width)
+    dtype = inference_dtype(device, dtype_name, specmaskgit.PRESETS[preset].width)
     name = DTYPE_NAMES[dtype]
     audio_seconds = CLIP_SAMPLES[preset] / mel.SR
     print(f"benchmark: preset {preset}, one {audio_seconds:.3f} s clip, {STEPS} steps with CFG, "
@@ -293,7 +288,7 @@ def speed_against_threads(preset: str, device: str, dtype_name: str | None, runs
     The paper: real time (RTF <= 1) from 4 Xeon cores on, with its standard Python implementation."""
     if device != "cpu":
         raise UserError("--threads measures CPU cores; run it with --device cpu.")
-    dtype = pick_inference_dtype(device, dtype_name, specmaskgit.PRESETS[preset].width, verbose=False)
+    dtype = inference_dtype(device, dtype_name, specmaskgit.PRESETS[preset].width, verbose=False)
     audio_seconds = CLIP_SAMPLES[preset] / mel.SR
     print(f"speed against CPU threads: preset {preset}, one {audio_seconds:.3f} s clip, {STEPS} steps with CFG, "
           f"{DTYPE_NAMES[dtype]}; median of {runs} runs each, a fresh process per thread count")
@@ -314,8 +309,8 @@ def speed_against_threads(preset: str, device: str, dtype_name: str | None, runs
 # ---------------------------------------------------------------------------------------------------
 
 def train_throughput(preset: str, device: str, dtype_name: str | None, batch: int, runs: int) -> None:
-    from runtime import pick_dtype
-    amp = pick_dtype(device, dtype_name)
+    from runtime import native_dtype
+    amp = native_dtype(device, dtype_name)
     cfg = specmaskgit.PRESETS[preset]
     trainer = specmaskgit.Trainer(cfg, device=device, amp_dtype=amp)
     g = torch.Generator().manual_seed(0)
@@ -381,7 +376,7 @@ def run(args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.row is not None or args.end_to_end:
-        dtype = pick_inference_dtype(device, args.dtype, specmaskgit.PRESETS[args.preset].width, verbose=False)
+        dtype = inference_dtype(device, args.dtype, specmaskgit.PRESETS[args.preset].width, verbose=False)
         if args.end_to_end:
             result = {**time_end_to_end(args.preset, device, dtype, args.runs, args.batch or 1),
                       "threads": torch.get_num_threads()}

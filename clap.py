@@ -16,7 +16,7 @@ Two models, one interface (every method returns float32 rows of unit length, on 
     unknown_words(text) the words of `text` the model ignores (always [] for LAION-CLAP)
 
   TinyCLAP   written out here (0.52 M parameters in the tiny preset, 2.4 M in "full"): a small CNN over
-             our log-mel, a transformer over words, trained in minutes on the toy sound world
+             our log-mel, a transformer over words, small enough to train on a CPU, on the toy sound world
              (`train.py --stage clap --data toy`). Config, towers, model, loss, then its Trainer.
   LaionCLAP  in clap_format.py (an edge, like hifigan_format.py): a thin wrapper around the laion-clap
              package; clap_format.load_clap gives either model from its checkpoint.
@@ -179,7 +179,7 @@ class TextEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 class TinyCLAP(nn.Module):
-    """A CLAP small enough to train in minutes on a CPU, with the interface of LaionCLAP.
+    """A CLAP small enough to train on a CPU, with the interface of LaionCLAP.
 
     Two spaces to keep apart:
       the *training* space: normalise(encoder output). The contrastive loss lives here, as in CLIP.

@@ -83,7 +83,7 @@ class LaionCLAP:
             except TypeError:  # older laion-clap releases have no `verbose`
                 module.load_ckpt(ckpt_path)
         except RuntimeError as e:
-            if "position_ids" in str(e):  # LAION-AI/CLAP issue #127: transformers >= 4.31 vs. the 2022 checkpoint
+            if "position_ids" in str(e):  # transformers >= 4.31 has no such buffer; the 2022 checkpoint does
                 raise UserError("this laion-clap release cannot load the checkpoint with your transformers "
                                 "(text_branch.embeddings.position_ids): pip install 'transformers<4.31'.") from None
             raise UserError(f"{ckpt_path} is not a LAION-CLAP HTSAT-tiny non-fusion checkpoint ({str(e)[:120]}).") from None
@@ -127,8 +127,8 @@ class LaionCLAP:
         out = []
         for i in range(0, len(texts), self.batch_size):
             chunk = texts[i:i + self.batch_size]
-            # laion-clap's tokenizer squeezes the batch axis of a single caption and RoBERTa then fails
-            # (LAION-AI/CLAP issue #85), so a lone caption goes in twice and we keep one row.
+            # laion-clap's tokenizer squeezes the batch axis of a single caption and RoBERTa then fails,
+            # so a lone caption goes in twice and we keep one row.
             e = self.module.get_text_embedding(chunk * 2 if len(chunk) == 1 else chunk, use_tensor=True)
             out.append(torch.as_tensor(e).float().to(self.device)[: len(chunk)])
         e = F.normalize(torch.cat(out), dim=-1)

@@ -18,11 +18,9 @@ sampler's command line. sample.py --html and --png call it.
 
 import base64
 import html
-import io
 import math
 
 import numpy as np
-import soundfile as sf
 import torch
 
 import mel
@@ -39,13 +37,14 @@ def step_record(info: dict) -> dict:
     masked (B, n) bool: still masked after it; known (B, n) bool: given by the caller; belief (B, n) long:
     the tokens now, with the drawn prediction at every still-masked position; n_masked (B,) long;
     cfg_scale: t of Eq. 2; temperature: t_g of Eq. 3; confidence (B,): mean p(drawn token) over the
-    positions committed at this step (nan if none).
+    positions committed at this step (nan if none); schedule: the masking schedule's name, for the page.
     """
     committed, masked = info["committed"], info["masked"]
     confidence = (info["logp_drawn"].exp() * committed).sum(1) / committed.sum(1)   # (B,) nan if none committed
     return {"step": info["step"], "committed": committed.cpu(), "masked": masked.cpu(), "known": info["known"].cpu(),
             "belief": info["belief"].cpu(), "n_masked": masked.sum(1).cpu(), "cfg_scale": float(info["cfg_scale"]),
-            "temperature": float(info["temperature"]), "confidence": confidence.float().cpu()}
+            "temperature": float(info["temperature"]), "confidence": confidence.float().cpu(),
+            "schedule": info["schedule"]}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,14 +70,14 @@ def mel_bin_position(hz: float) -> float:
     The 80 bins are triangles centred at equal mel steps from fmin to fmax (mel.mel_filterbank): bin i
     is centred at point i + 1 of 82 evenly spaced mels, and pixel row i spans [i, i + 1] / 80.
     """
-    points = np.linspace(mel.hz_to_mel(mel.FMIN), mel.hz_to_mel(mel.FMAX), mel.N_MELS + 2)
+    points = mel.mel_points()                                                      # (82,) mels
     step = points[1] - points[0]
     return float((mel.hz_to_mel(hz) - points[1]) / step + 0.5) / mel.N_MELS
 
 
 def row_band_hz(row: int) -> tuple[float, float]:
     """The centre frequencies of the first and last of the 16 mel bins that token row `row` covers."""
-    points = mel.mel_to_hz(np.linspace(mel.hz_to_mel(mel.FMIN), mel.hz_to_mel(mel.FMAX), mel.N_MELS + 2))
+    points = mel.mel_to_hz(mel.mel_points())                                       # (82,) Hz
     return float(points[16 * row + 1]), float(points[16 * row + 16])
 
 
@@ -86,13 +85,6 @@ def time_ticks(seconds: float) -> list[float]:
     """Tick marks every 0.5 s for a short clip, every 1 s up to 20 s, then every 5 s."""
     step = 0.5 if seconds <= 4 else (1.0 if seconds <= 20 else 5.0)
     return [k * step for k in range(int(seconds / step) + 1)]
-
-
-def wav_bytes(wav: torch.Tensor, sr: int = mel.SR, subtype: str = "PCM_16") -> bytes:
-    x = wav.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy()
-    buf = io.BytesIO()
-    sf.write(buf, x, sr, subtype=subtype, format="WAV")
-    return buf.getvalue()
 
 
 def data_uri(kind: str, payload: bytes) -> str:
@@ -350,14 +342,14 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
         n_now = int(committed.sum())
         nums = (f'<table class="nums"><tr><td>tokens committed at this step: <b class="ncommitted">{n_now}</b></td>'
                 f'<td>still masked after it: <b>{int(rec["n_masked"][b])}</b> of {int((~known).sum())} '
-                f'(cosine schedule)</td></tr><tr><td>guidance scale t (Eq. 2): <b>{rec["cfg_scale"]:.3f}</b></td>'
+                f'({rec["schedule"]})</td></tr><tr><td>guidance scale t (Eq. 2): <b>{rec["cfg_scale"]:.3f}</b></td>'
                 f'<td>Gumbel temperature t<sub>g</sub> (Eq. 3): <b>{rec["temperature"]:.3f}</b></td>'
                 f'<td>mean confidence of the committed tokens: <b>{confidence(rec, b)}</b></td>'
                 f'</tr></table>')
         sound = ""
         if belief_wavs is not None:
             sound = (f'<p>this step&rsquo;s belief as sound ({PAGE_SR} Hz, 8 bit): <audio controls preload="metadata" '
-                     f'src="{data_uri("audio/wav", wav_bytes(belief_wavs[s], PAGE_SR, "PCM_U8"))}"></audio></p>')
+                     f'src="{data_uri("audio/wav", mel.wav_bytes(belief_wavs[s], PAGE_SR, "PCM_U8"))}"></audio></p>')
         parts.append(
             f'<section class="frame" id="step{s + 1}" data-step="{s + 1}">'
             f'<h2>step {s + 1} of {S}</h2>{nums}'
@@ -392,7 +384,7 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
         f'so far plus its current draw for every still-masked one, decoded by the SpecVQGAN. Each token '
         f'covers 16 mel bins x 16 frames ({16 * mel.HOP / mel.SR * 1000:.0f} ms); {rows_note}. '
         f'What made it is listed at the end.</p>'
-        f'<div class="controls">final sound: <audio controls src="{data_uri("audio/wav", wav_bytes(final_wav))}">'
+        f'<div class="controls">final sound: <audio controls src="{data_uri("audio/wav", mel.wav_bytes(final_wav))}">'
         f'</audio><br><button id="play" type="button">play</button> '
         f'<input id="slider" type="range" min="1" max="{S}" value="1" aria-label="sampling step"> '
         f'<b id="steplabel">step 1 of {S}</b> <small>(arrow keys step; open with #step=8 to start there)</small></div>'

@@ -21,8 +21,8 @@ Everything runs on the toy sound world of toyworld.py, with the small bundled mo
     real toy clips the same judges give the ceiling.
 
 In:  a bundle written by train.py --bundle (default: sample.py's, checkpoints/toy.pt)
-Out: markdown tables on stdout (copy them into the README)
-  python evaluate.py --quick            # a few minutes on 2 CPU cores: everything, small sets
+Out: markdown tables on stdout (copy them into RESULTS.md)
+  python evaluate.py --quick            # everything, small sets
   python evaluate.py --judges           # only the two judges, 12 kinds x 8 clips
   python evaluate.py --ablations --n 64 # only the FAD tables, 64 clips per set
 """
@@ -58,14 +58,14 @@ def make_embedder(pipe, laion_ckpt: str | None = None):
 # Generating sets of clips (sample.py's three tasks, in batches).
 # ---------------------------------------------------------------------------------------------------
 
-def generate_clips(pipe, prompts, steps=16, cfg=3.0, temperature=1.5, seed=0, batch=16, cfg_ramp=True) -> torch.Tensor:
+def generate_clips(pipe, prompts, steps=16, guidance=3.0, temperature=1.5, seed=0, batch=16, cfg_ramp=True) -> torch.Tensor:
     """One clip per prompt with pipeline.text_to_audio, `batch` prompts at a time: (N, T) on the CPU.
 
     Batch i is sampled with seed + i, so the clips do not depend on how many other settings ran before.
     """
     out = []
     for i in range(0, len(prompts), batch):
-        wav, _, _, _ = pipeline.text_to_audio(pipe, prompts[i:i + batch], n=1, steps=steps, cfg=cfg,
+        wav, _, _, _ = pipeline.text_to_audio(pipe, prompts[i:i + batch], n=1, steps=steps, guidance=guidance,
                                             temperature=temperature, seed=seed + i, verbose=False, cfg_ramp=cfg_ramp)
         out.append(wav.float().cpu())
     return torch.cat(out)                                                     # (N, T)
@@ -87,7 +87,7 @@ def vocoder_round_trip(pipe, wavs: torch.Tensor) -> torch.Tensor:
     return pipeline.mel_to_audio(pipe, log_mel.to(pipe.device))[:, :wavs.shape[-1]]
 
 
-def one_step_fill(pipe, wavs: torch.Tensor, prompts: list[str], share: float = 0.5, cfg: float = 3.0,
+def one_step_fill(pipe, wavs: torch.Tensor, prompts: list[str], share: float = 0.5, guidance: float = 3.0,
                   seed: int = 0, batch: int = 16) -> torch.Tensor:
     """The transformer's part without the iterative sampler ("teacher-forced"): hide `share` of each real
     clip's tokens at random and fill all of them in one forward pass, each with the most likely code of
@@ -101,7 +101,7 @@ def one_step_fill(pipe, wavs: torch.Tensor, prompts: list[str], share: float = 0
         hidden = (torch.rand(flat.shape, generator=g) < share).to(flat.device)   # (b, R C) bool
         cond = pipe.clap.embed_text(prompts[i:i + batch]).to(pipe.device)
         with torch.inference_mode():
-            logits = specmaskgit.guided_logits(pipe.transformer, flat, cond, hidden, cfg)   # (b, R C, K)
+            logits = specmaskgit.guided_logits(pipe.transformer, flat, cond, hidden, guidance)   # (b, R C, K)
         filled = torch.where(hidden, logits.argmax(-1), flat).view_as(tokens)
         out.append(pipeline.tokens_to_audio(pipe, filled)[1].float().cpu()[:, :wavs.shape[-1]])
     return torch.cat(out)
@@ -252,12 +252,12 @@ JUDGED_SETS = {
 }
 
 
-def run_judges(pipe, per_kind: int, seed: int, steps=16, cfg=3.0, temperature=1.5, cfg_ramp=True) -> dict:
+def run_judges(pipe, per_kind: int, seed: int, steps=16, guidance=3.0, temperature=1.5, cfg_ramp=True) -> dict:
     """Both judges on `per_kind` clips of every kind in each of JUDGED_SETS."""
     kinds = torch.arange(len(toyworld.KINDS)).repeat_interleave(per_kind)        # (K n,) the asked-for kind
     prompts = [toyworld.KINDS[k] for k in kinds]
     t0 = time.time()
-    generated = generate_clips(pipe, prompts, steps, cfg, temperature, seed, cfg_ramp=cfg_ramp)  # (K n, T)
+    generated = generate_clips(pipe, prompts, steps, guidance, temperature, seed, cfg_ramp=cfg_ramp)  # (K n, T)
     t_gen = time.time() - t0
     real, real_kinds = single_kind_clips("test", per_kind, num_samples=generated.shape[-1], seed=0)
     kind_emb = pipe.clap.embed_text(toyworld.KINDS).float().cpu()                 # (K, D)
@@ -266,7 +266,7 @@ def run_judges(pipe, per_kind: int, seed: int, steps=16, cfg=3.0, temperature=1.
     real_prompts = [toyworld.KINDS[k] for k in real_kinds]
     sets = (("real", real, real_kinds), ("vocoder", vocoder_round_trip(pipe, real), real_kinds),
             ("codec", codec_round_trip(pipe, real), real_kinds),
-            ("one-step fill", one_step_fill(pipe, real, real_prompts, cfg=cfg, seed=seed), real_kinds),
+            ("one-step fill", one_step_fill(pipe, real, real_prompts, guidance=guidance, seed=seed), real_kinds),
             ("generated", generated, kinds))
     for name, wavs, truth in sets:
         audio_emb = pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()   # (K n, D)
@@ -314,8 +314,8 @@ DEFAULT = (16, 3.0, 1.5)
 # Table 1's two ablations hold the scale fixed from the first step. "w/o CFG" is the conditional logits
 # alone: Eq. 2 with t = 1 is l_u + (l_c - l_u) = l_c. Scale 0 would be l_u alone, i.e. unconditional
 # sampling, which ignores the prompt; it is measured too (16, 0.0, 1.5), under that name.
-NO_CFG = {"cfg": 1.0, "cfg_ramp": False}
-CONSTANT_CFG = {"cfg": 3.0, "cfg_ramp": False}   # "w/o CFG linear scheduler"
+NO_CFG = {"guidance": 1.0, "cfg_ramp": False}
+NO_CFG_RAMP = {"guidance": 3.0, "cfg_ramp": False}   # "w/o CFG linear scheduler"
 # The paper's numbers (VGGish FAD on AudioCaps, HiFiGAN vocoder), for comparison of the *shape* only.
 PAPER_STEPS = {8: 3.4, 16: 2.8}           # Sec. 5.1 text; "more iterations do not improve"
 PAPER_TEMPERATURE = {0.0: 4.2, 1.5: 2.8, 3.0: 2.9, 4.5: 3.2, 6.0: 3.4, 7.5: 3.6, 9.0: 3.8}   # Fig. 7 left
@@ -339,15 +339,15 @@ def run_ablations(pipe, embed, n: int, seed: int, quick: bool) -> dict:
     r["tta"] = {}
     for setting in dict.fromkeys(settings):                                   # in order, each once
         t0 = time.time()
-        steps, cfg, temperature = setting
-        wavs = generate_clips(pipe, captions, steps, cfg, temperature, seed)
+        steps, guidance, temperature = setting
+        wavs = generate_clips(pipe, captions, steps, guidance, temperature, seed)
         emb = embed(wavs)
         score = clap_score(text_emb, pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu())
         r["tta"][setting] = (frechet_distance(emb, ref_emb), score)
-        print(f"  steps {steps:2d}, CFG {cfg:.0f}, T {temperature:3.1f}: FAD {r['tta'][setting][0]:.3f} "
+        print(f"  steps {steps:2d}, CFG {guidance:.0f}, T {temperature:3.1f}: FAD {r['tta'][setting][0]:.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
 
-    for name, setting in (("no_cfg", NO_CFG), ("constant_cfg", CONSTANT_CFG)):
+    for name, setting in (("no_cfg", NO_CFG), ("no_cfg_ramp", NO_CFG_RAMP)):
         wavs = generate_clips(pipe, captions, 16, temperature=1.5, seed=seed, **setting)
         r[name] = (frechet_distance(embed(wavs), ref_emb),
                    clap_score(text_emb, pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()))
@@ -389,8 +389,8 @@ def print_ablations(r: dict, embed_name: str) -> None:
             ["SpecMaskGIT, CFG 3 with the linear ramp", "16", f"{tta[DEFAULT][0]:.3f}", f"{tta[DEFAULT][1]:.3f}", "2.8"],
             ["- w/o CFG (conditional logits alone: scale 1, no ramp)", "16", f"{r['no_cfg'][0]:.3f}",
              f"{r['no_cfg'][1]:.3f}", "3.1"],
-            ["- w/o CFG linear scheduler (scale 3 from the first step)", "16", f"{r['constant_cfg'][0]:.3f}",
-             f"{r['constant_cfg'][1]:.3f}", "3.1"],
+            ["- w/o CFG linear scheduler (scale 3 from the first step)", "16", f"{r['no_cfg_ramp'][0]:.3f}",
+             f"{r['no_cfg_ramp'][1]:.3f}", "3.1"],
             ["Unconditional (scale 0: l_u alone, the prompt unused)", "16", f"{tta[(16, 0.0, 1.5)][0]:.3f}",
              f"{tta[(16, 0.0, 1.5)][1]:.3f}", "-"]]
     print(markdown_table(["Method", "Num_iter", "FAD", "CLAP score", "paper FAD"], rows))
@@ -491,8 +491,8 @@ def run_magnet_table(pipe, embed, n: int, per_kind: int, seed: int, span_ckpt: s
         judged_emb = pipe.clap.embed_audio(judged.to(pipe.device)).float().cpu()
         zero_shot = (zero_shot_kinds(judged_emb, kind_emb) == kinds).float().mean().item()
         mel_judge = (judge.predict(mel_features(judged)) == kinds).float().mean().item()
-        extra = " + rescorer" if options and options.get("rescorer") is not None else ""
-        out.append([name, f"{max(passes)}{extra}", f"{frechet_distance(embed(fad_wavs), ref_emb):.3f}",
+        rescored = " + rescorer" if options and options.get("rescorer") is not None else ""
+        out.append([name, f"{max(passes)}{rescored}", f"{frechet_distance(embed(fad_wavs), ref_emb):.3f}",
                     f"{clap_score(text_emb, audio_emb):.3f}", f"{zero_shot:.0%}", f"{mel_judge:.0%}", f"{seconds:.2f}"])
         print(f"  {name}: FAD {out[-1][2]} ({time.time() - t0:.0f} s)", flush=True)
     return out
@@ -912,7 +912,7 @@ def parse_args(argv=None):
     p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the two judges.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default=pipeline.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
-    p.add_argument("--quick", action="store_true", help="small sets (a few minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="small sets (everything, quickly)")
     p.add_argument("--judges", action="store_true", help="run the two judges (default: judges and ablations)")
     p.add_argument("--ablations", action="store_true", help="run the FAD tables (default: judges and ablations)")
     p.add_argument("--n", type=int, default=None, help="clips per FAD set (default 48, --quick 16)")
@@ -921,12 +921,12 @@ def parse_args(argv=None):
     p.add_argument("--magnet", action="store_true", help="the MAGNeT table (magnet.py); with --ablations after the FAD tables")
     p.add_argument("--magnet-ckpt", default=None,
                    help="with --magnet: a span-masked transformer (train.py --transformer.span_len 3) for its rows")
-    p.add_argument("--constant-cfg", action="store_true", help="the judges' clips with the CFG scale at 3 from the "
+    p.add_argument("--no-cfg-ramp", action="store_true", help="the judges' clips with the CFG scale at 3 from the "
                    "first step (Table 1's 'w/o CFG linear scheduler') instead of the paper's ramp")
     p.add_argument("--fad-clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt to embed audio for FAD "
                                                         "instead of the bundle's TinyCLAP")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
-    p.add_argument("--dtype", default="fp32", help="fp32 (the README's numbers) | auto | bf16 | fp16 | int8: "
+    p.add_argument("--dtype", default="fp32", help="fp32 (RESULTS.md's numbers) | auto | bf16 | fp16 | int8: "
                    "judge the fast path of sample.py")
     p.add_argument("--probe", action="store_true", help="Table 8: the linear probe (multi-label tagging) on frozen "
                    "features of the transformer, untrained or trained, TinyCLAP, the VQGAN and log-mel statistics")
@@ -986,7 +986,7 @@ def run(args) -> None:
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:
-        print_judges(run_judges(pipe, args.per_kind, args.seed, cfg_ramp=not args.constant_cfg), args.per_kind)
+        print_judges(run_judges(pipe, args.per_kind, args.seed, cfg_ramp=not args.no_cfg_ramp), args.per_kind)
     if args.ablations:
         embed, embed_name = make_embedder(pipe, args.fad_clap_ckpt)
         print_ablations(run_ablations(pipe, embed, args.n, args.seed, args.quick), embed_name)

@@ -4,18 +4,16 @@ fast.py — the inference speed-ups, kept out of the model files so that those r
 Paper: Sec. 1, Sec. 5.1 and Fig. 2 make speed the method's point (a 9.85 s clip in 16 steps, faster
 than real time on 4 CPU cores). The model files hold the version a student should read; each section
 here is one trick, with why it pays. benchmark.py times every one of them against the plain path
-(the measured figures are in the README, not here). A student can skip this file entirely.
+(the measured figures are in RESULTS.md, not here). A student can skip this file entirely.
 
   int8 linears              quantize_int8: the transformer's nn.Linear layers with int8 weights (CPUs)
-  the plain variants        what a first implementation of Eq. 2 does, for benchmark.py's slow rows
   CUDA graphs               GraphedTransformer: the 24 blocks replayed as one graph per batch shape
   the CPU's dtype           measure_cpu_dtype: fp32, bf16 or int8, chosen by timing them once here;
-                            pick_inference_dtype: sample.py's choice, which uses it for large models
+                            inference_dtype: sample.py's choice, which uses it for large models
   bf16 weights              hold_weights_in: converted once, not by autocast on every forward pass
   chunked vocoder           HiFiGAN over cache-sized chunks
 """
 
-import contextlib
 import gc
 import json
 import os
@@ -28,7 +26,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from runtime import DTYPES, UserError, pick_dtype, write_atomically
+from runtime import DTYPES, UserError, native_dtype, write_atomically
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -43,7 +41,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     its min and max), multiplied by the int8 weight with int32 accumulation, and the result turned back
     into fp32. Integer multiply-adds (VNNI, or AVX2's 8-bit products) do about twice the work of fp32 ones
     per instruction, and the weights take a quarter of the memory traffic. The logits move by a few %
-    and the judges score the demo's clips the same (README, "Speed"). The embeddings, LayerNorms,
+    and the judges score the demo's clips the same (RESULTS.md). The embeddings, LayerNorms,
     attention softmax and the small CLAP projection stay fp32. Inference only: the int8 weights have no
     gradients. Changes `model` in place and returns it (a copy would hold 170 M fp32 weights twice in
     memory); quantise a copy.deepcopy(model) to keep the fp32 one. A PyTorch without the (deprecated)
@@ -70,65 +68,10 @@ def quantize_linears(model: nn.Module, which: set) -> nn.Module:
     """PyTorch's dynamic int8 quantisation, per output channel, of the nn.Linear layers inside `which`
     (submodule names or module types), in place. The one place that calls the quantisation API."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    with warnings.catch_warnings():   # PyTorch 2.13 marks this API deprecated (for torchao); it still works
+    with warnings.catch_warnings():   # the API is deprecated in favour of torchao, and still works
         warnings.simplefilter("ignore")
         quantize_dynamic(model, {w: per_channel_dynamic_qconfig for w in which}, inplace=True)
     return model
-
-
-# ---------------------------------------------------------------------------------------------------
-# The plain variants: Eq. 2 as a first implementation writes it, so benchmark.py can show what
-# specmaskgit.guided_logits's two shortcuts (skip l_c at t = 0, one batch of 2B) buy.
-# ---------------------------------------------------------------------------------------------------
-
-def guided_logits_separate(model, tokens, cond, masked, t, skip_zero_scale=False):
-    """Eq. 2 as first written: the unconditional pass, then the conditional one, one after the other."""
-    B, n = tokens.shape
-    grid = tokens.view(B, model.cfg.rows, model.cfg.cols)
-    mask = masked.view_as(grid)
-    l_u = model(grid, None, mask)                                               # (B, n, K)
-    if skip_zero_scale and t == 0:
-        return l_u
-    l_c = model(grid, cond, mask)                                               # (B, n, K)
-    return l_u + t * (l_c - l_u)                                                # Eq. 2
-
-
-@contextlib.contextmanager
-def using_guide(guide):
-    """Inside `with using_guide(fn):` specmaskgit.generate computes Eq. 2 with `fn` instead of
-    specmaskgit.guided_logits; generate itself keeps no parameter that only the benchmark needs."""
-    import specmaskgit
-    original = specmaskgit.guided_logits
-    specmaskgit.guided_logits = guide
-    try:
-        yield
-    finally:
-        specmaskgit.guided_logits = original
-
-
-@torch.no_grad()
-def generate_on_host(model, cond, steps=16, cfg=3.0, temperature=1.5, seed=0):
-    """specmaskgit.generate as a first version runs it on a GPU: the logits come to the CPU every step and
-    softmax, drawing, Gumbel noise and ranking run there (text-to-audio only: nothing known)."""
-    import specmaskgit
-    c, device = model.cfg, next(model.parameters()).device
-    B, n = cond.shape[0], c.rows * c.cols
-    g = torch.Generator().manual_seed(seed)
-    tokens, masked = torch.zeros(B, n, dtype=torch.long), torch.ones(B, n, dtype=torch.bool)
-    keep = torch.tensor(specmaskgit.masked_counts([n] * B, steps, c.mask_schedule))   # (B, S)
-    for s in range(steps):
-        t = cfg * s / max(1, steps - 1)                                          # Eq. 2 ramp
-        t_g = temperature * (1 - (s + 1) / steps)                                # Eq. 3 anneal
-        logits = specmaskgit.guided_logits(model, tokens.to(device), cond, masked.to(device), t).float().cpu()
-        probs = logits.softmax(-1)                                               # (B, n, K) on the host
-        drawn = torch.multinomial(probs.view(B * n, -1), 1, generator=g).view(B, n)
-        drawn = torch.where(masked, drawn, tokens)
-        logp = probs.gather(-1, drawn[..., None])[..., 0].clamp_min(1e-30).log()
-        noise = -torch.log(-torch.log(torch.rand(B, n, generator=g).clamp(1e-20, 1 - 1e-7)))
-        confidence = (logp + t_g * noise).masked_fill(~masked, float("inf"))    # Eq. 3
-        remask = confidence.argsort(1).argsort(1) < keep[:, s, None]
-        tokens, masked = drawn, remask & masked
-    return tokens.view(B, c.rows, c.cols).to(device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -349,7 +292,7 @@ def measure_cpu_dtype(width: int, timer=time_candidate, cache=CACHE, verbose=Tru
     return choice
 
 
-def pick_inference_dtype(device: str, name: str | None, width: int, verbose: bool = True) -> torch.dtype:
+def inference_dtype(device: str, name: str | None, width: int, verbose: bool = True) -> torch.dtype:
     """sample.py's choice for a transformer of this `width`; may be torch.qint8 (fast.quantize_int8).
 
     `name` ("fp32", "bf16", "fp16", "int8") overrides. "auto" (or None) picks what pays on this machine:
@@ -364,7 +307,7 @@ def pick_inference_dtype(device: str, name: str | None, width: int, verbose: boo
     if name == "int8":
         dtype, why = torch.qint8, "asked for with --dtype"
     elif name not in (None, "auto"):
-        return pick_dtype(device, name, verbose)
+        return native_dtype(device, name, verbose)
     elif device == "cuda":
         dtype, why = torch.bfloat16, "tensor cores on CUDA"
     elif width < 512:
@@ -458,23 +401,3 @@ def vocoder_forward_chunked(generator, log_mel: torch.Tensor, chunk: int = 128) 
             offset = a
         out.append(generator.post(x)[..., s * rates[-1] - offset:e * rates[-1] - offset])
     return torch.cat(out, dim=-1)                                           # (B, 1, 256 F)
-
-
-@torch.inference_mode()
-def vocode_chunked(generator, log_mel: torch.Tensor, dtype: torch.dtype, chunk: int = 128) -> torch.Tensor:
-    """hifigan_format.vocode(generator, log_mel, dtype), with the network run `chunk` frames at a time on a CPU.
-
-    Same arguments and result: log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32.
-    On other devices (whose caches are not the bottleneck), or with chunk=0, it is hifigan_format.vocode.
-    """
-    import hifigan_format                                                   # the plain path and the weight-norm fold
-    if not chunk or log_mel.device.type != "cpu":
-        return hifigan_format.vocode(generator, log_mel, dtype)
-    if hifigan_format.has_weight_norm(generator):
-        hifigan_format.remove_weight_norm(generator)
-    squeeze = log_mel.dim() == 2
-    x = (log_mel[None] if squeeze else log_mel).to(generator.conv_pre.weight.dtype)   # (B, 80, F)
-    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        wav = vocoder_forward_chunked(generator, x, chunk)                  # (B, 1, 256 F)
-    wav = wav[:, 0].float()                                                 # (B, 256 F)
-    return wav[0] if squeeze else wav

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils import parametrize
 
-from runtime import UserError, check_config, config_from_dict, load_checkpoint, pick_dtype
+import fast
+from runtime import UserError, autocast, check_config, config_from_dict, load_checkpoint, native_dtype, same_value
 from vocoder import PRESETS, Config, Generator
 
 # The generator fields: what a checkpoint's tensor shapes (and the official config files) determine.
@@ -89,24 +90,11 @@ def infer_config(state: dict) -> tuple:
     found = infer_generator_fields(state)
     for name in ("v1", "v2", "v3"):
         cfg = PRESETS[name]
-        if all(_same(getattr(cfg, k), v) for k, v in found.items()):
+        if all(same_value(getattr(cfg, k), v) for k, v in found.items()):
             return name, cfg
     shown = ", ".join(f"{k}={v}" for k, v in found.items())
     raise UserError(f"the vocoder checkpoint's shapes ({shown}) match none of the HiFiGAN configs v1, v2, v3; "
                     f"pass a Config that matches.")
-
-
-def _same(a, b) -> bool:
-    norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v   # tuples == lists
-    return norm(a) == norm(b)
-
-
-def _check_shapes(cfg: Config, state: dict, what: str) -> None:
-    """UserError naming every generator field where `state`'s shapes disagree with `cfg`."""
-    found = infer_generator_fields(state)
-    diffs = [f"{k}={v!r} (asked for {getattr(cfg, k)!r})" for k, v in found.items() if not _same(getattr(cfg, k), v)]
-    if diffs:
-        raise UserError(f"the {what} was made with another config: " + "; ".join(diffs) + ".")
 
 
 def _resolve(config) -> Config | None:
@@ -165,7 +153,7 @@ def load_vocoder(path_or_dict, config=None) -> Generator:
     if cfg is None:
         _, cfg = infer_config(state)
     else:
-        _check_shapes(cfg, state, what)
+        check_config(cfg, infer_generator_fields(state), what, only_saved_fields=True)   # its tensor shapes
     return _build(cfg, state, what)
 
 
@@ -206,22 +194,25 @@ def has_weight_norm(generator: Generator) -> bool:
 
 
 @torch.inference_mode()
-def vocode(generator: Generator, log_mel: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def vocode(generator: Generator, log_mel: torch.Tensor, dtype: torch.dtype | None = None, chunk: int = 0) -> torch.Tensor:
     """log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32.
 
     Weight norm is folded first if still present. `dtype` None picks what the device runs natively
-    (runtime.pick_dtype): bf16 on CUDA and on CPUs with AMX/AVX-512 BF16, fp32 elsewhere, where emulated
+    (runtime.native_dtype): bf16 on CUDA and on CPUs with AMX/AVX-512 BF16, fp32 elsewhere, where emulated
     bf16 convolutions are far slower. Weights stay fp32; a lower `dtype` is applied with autocast.
-    fast.vocode_chunked is the same with the network run over short stretches of time.
+    chunk > 0 on a CPU: the network runs `chunk` frames at a time, while its activations fit in cache
+    (fast.vocoder_forward_chunked; the same result up to float rounding).
     """
     if has_weight_norm(generator):
         remove_weight_norm(generator)
     squeeze = log_mel.dim() == 2
-    x = log_mel[None] if squeeze else log_mel                            # (B, 80, F)
-    device = x.device.type
+    x = (log_mel[None] if squeeze else log_mel).to(generator.conv_pre.weight.dtype)   # (B, 80, F)
     if dtype is None:
-        dtype = pick_dtype(device, None, verbose=False)
-    with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
-        wav = generator(x.to(generator.conv_pre.weight.dtype))           # (B, 1, 256 F)
+        dtype = native_dtype(x.device.type, None, verbose=False)
+    with autocast(x.device, dtype):
+        if chunk and x.device.type == "cpu":
+            wav = fast.vocoder_forward_chunked(generator, x, chunk)      # (B, 1, 256 F)
+        else:
+            wav = generator(x)                                           # (B, 1, 256 F)
     wav = wav[:, 0].float()                                              # (B, 256 F)
     return wav[0] if squeeze else wav

@@ -214,11 +214,11 @@ def logits_with_guidance(model, tokens, cond, masked, scale, attn_mask):
     """Eq. 2 with a per-sample scale (B,): l_u + scale (l_c - l_u), both halves in one batch of 2B."""
     B, n = tokens.shape
     grid, mask = tokens.view(B, model.cfg.rows, model.cfg.cols), masked.view(B, model.cfg.rows, model.cfg.cols)
-    extra = {} if attn_mask is None else {"attn_mask": attn_mask}
+    attention = {} if attn_mask is None else {"attn_mask": attn_mask}
     if cond is None:
-        return model(grid, None, mask, **extra)
+        return model(grid, None, mask, **attention)
     both = model(torch.cat([grid, grid]), torch.cat([cond, cond]), torch.cat([mask, mask]),
-                 drop_cond=torch.arange(2 * B, device=tokens.device) >= B, **extra)   # (2B, n, K)
+                 drop_cond=torch.arange(2 * B, device=tokens.device) >= B, **attention)   # (2B, n, K)
     l_c, l_u = both[:B], both[B:]
     return l_u + scale[:, None, None] * (l_c - l_u)
 
@@ -291,7 +291,7 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
         if on_step is not None:
             on_step(dict(step=step, steps=total, left=int(masked.sum()), committed=committed, masked=masked,
                          known=known, belief=tokens, logp_drawn=p_self.clamp_min(1e-30).log(),
-                         cfg_scale=float(scale.mean()), temperature=temp))
+                         cfg_scale=float(scale.mean()), temperature=temp, schedule="MAGNeT's span schedule"))
 
     # 1. the hybrid's prefix, one column per pass
     for col in range(prefix_cols):

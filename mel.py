@@ -62,6 +62,12 @@ def mel_to_hz(m):
     return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
 
 
+def mel_points(n_mels: int = N_MELS, fmin: float = FMIN, fmax: float = FMAX) -> np.ndarray:
+    """(n_mels + 2,) equally spaced mels from fmin to fmax: filter i of mel_filterbank rises from point i,
+    peaks at point i + 1 and falls to point i + 2."""
+    return np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)
+
+
 def mel_filterbank(sr: int = SR, n_fft: int = N_FFT, n_mels: int = N_MELS, fmin: float = FMIN, fmax: float = FMAX) -> torch.Tensor:
     """(n_mels, n_fft // 2 + 1) triangular filters, Slaney-normalised to equal area.
 
@@ -70,7 +76,7 @@ def mel_filterbank(sr: int = SR, n_fft: int = N_FFT, n_mels: int = N_MELS, fmin:
     same, so wide high-frequency filters do not collect more energy than narrow low ones.
     """
     fft_hz = np.linspace(0, sr / 2, n_fft // 2 + 1)                               # (513,)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))   # (82,)
+    edges = mel_to_hz(mel_points(n_mels, fmin, fmax))                               # (82,)
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]    # (80, 1) each
     rising = (fft_hz[None, :] - lower) / (centre - lower)
     falling = (upper - fft_hz[None, :]) / (upper - centre)
@@ -413,10 +419,17 @@ def save_wav(path: str, wav: torch.Tensor, sr: int = SR) -> None:
     The wav is encoded in memory and written by Python, whose write reports a full disk as an OSError;
     libsndfile writing to the disk itself would only say "System error".
     """
+    data = wav_bytes(wav, sr)
+    write_atomically(path, lambda f: f.write(data))                        # temporary file, then rename
+
+
+def wav_bytes(wav: torch.Tensor, sr: int = SR, subtype: str = "PCM_16") -> bytes:
+    """A mono waveform (T,) as the bytes of a WAV file, clipped to [-1, 1] (subtype: soundfile's, e.g.
+    "PCM_U8" for the decoding page's small previews)."""
     x = wav.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy()
     buffer = io.BytesIO()
-    sf.write(buffer, x, sr, subtype="PCM_16", format="WAV")
-    write_atomically(path, lambda f: f.write(buffer.getvalue()))          # temporary file, then rename
+    sf.write(buffer, x, sr, subtype=subtype, format="WAV")
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------

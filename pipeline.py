@@ -26,7 +26,7 @@ import torch
 
 import fast
 import mel
-from runtime import UserError, build_model, load_checkpoint, vqgan_hash
+from runtime import UserError, autocast, build_model, load_checkpoint, vqgan_hash
 
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
@@ -48,7 +48,7 @@ class Pipeline:
 
 def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="cpu", dtype="fp32",
                   verbose=True) -> Pipeline:
-    """dtype: "fp32" | "bf16" | "fp16" | "int8" | "auto" (fast.pick_inference_dtype: the machine's fast one)."""
+    """dtype: "fp32" | "bf16" | "fp16" | "int8" | "auto" (fast.inference_dtype: the machine's fast one)."""
     import clap_format
     import hifigan_format
     import specmaskgit
@@ -70,17 +70,18 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
             or num_samples % (16 * mel.HOP)):
         raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of token "
                         f"columns (a multiple of {16 * mel.HOP} samples) up to {MAX_CLIP_SAMPLES}.")
-    vq = rebuild(ckpt, "vqgan", lambda e: build_model(vqgan.VQGAN, vqgan.Config, e, "vqgan"), bundle["vqgan"]).to(device)
-    transformer = rebuild(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config, e,
-                                                                     "transformer"), bundle["transformer"]).to(device)
+    vq = build_or_explain(ckpt, "vqgan", lambda e: build_model(vqgan.VQGAN, vqgan.Config, e, "vqgan"), bundle["vqgan"]).to(device)
+    transformer = build_or_explain(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config,
+                                                                              e, "transformer"),
+                                   bundle["transformer"]).to(device)
     # Stages of two runs in one file (a transformer trained on another codebook or clip length, bundled by
-    # hand or by an older train.py): the sampler drew ids the VQGAN does not have, an IndexError in decode.
+    # hand): the sampler would draw ids the VQGAN does not have, an IndexError in decode.
     grid = (vq.cfg.n_codes, vq.cfg.n_mels // 16, num_samples // (16 * mel.HOP))
     if (transformer.cfg.n_codes, transformer.cfg.rows, transformer.cfg.cols) != grid:
         raise UserError(f"{ckpt}'s transformer ({transformer.cfg.n_codes} codes, {transformer.cfg.rows} x "
                         f"{transformer.cfg.cols} tokens) does not fit its VQGAN and clip ({grid[0]} codes, "
                         f"{grid[1]} x {grid[2]}); retrain it with train.py --stage transformer.")
-    dtype = fast.pick_inference_dtype(device, dtype, transformer.cfg.width, verbose)
+    dtype = fast.inference_dtype(device, dtype, transformer.cfg.width, verbose)
     if dtype == torch.qint8:                                   # int8 linears in the transformer, fp32 elsewhere
         transformer, dtype = fast.quantize_int8(transformer), torch.float32
     transformer = fast.hold_weights_in(transformer, dtype)    # bf16: converted once, not by autocast every pass
@@ -89,13 +90,13 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
     if clap_ckpt:
         conditioner = clap_format.load_clap("laion", clap_ckpt, device=device)
     elif "clap" in bundle:
-        conditioner = rebuild(ckpt, "clap", clap_format.load_tiny, bundle["clap"]).to(device)
+        conditioner = build_or_explain(ckpt, "clap", clap_format.load_tiny, bundle["clap"]).to(device)
     else:
         raise UserError(f"{ckpt} holds no CLAP model; pass --clap-ckpt 630k-audioset-best.pt.")
     if vocoder_ckpt:
-        voc = rebuild(vocoder_ckpt, "vocoder", hifigan_format.load_vocoder, vocoder_ckpt)
+        voc = build_or_explain(vocoder_ckpt, "vocoder", hifigan_format.load_vocoder, vocoder_ckpt)
     elif "vocoder" in bundle:
-        voc = rebuild(ckpt, "vocoder", hifigan_format.load_vocoder, bundle["vocoder"])
+        voc = build_or_explain(ckpt, "vocoder", hifigan_format.load_vocoder, bundle["vocoder"])
     else:
         voc = None
         if verbose:
@@ -105,7 +106,7 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
     return Pipeline(vq, transformer, conditioner, voc, num_samples, device, dtype)
 
 
-def rebuild(ckpt: str, stage: str, build, entry):
+def build_or_explain(ckpt: str, stage: str, build, entry):
     """build(entry), with a hand-edited or truncated checkpoint as one sentence naming what is wrong.
 
     The model files check what they know to check (runtime.config_from_dict); what slips past them (a
@@ -133,7 +134,7 @@ def rebuild(ckpt: str, stage: str, build, entry):
 def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | None = None):
     """(B, rows, cols) token ids -> log-mels (B, 80, 16 cols) -> waveforms (B, 256 x frames).
     gl_iterations: Griffin-Lim's iterations when there is no vocoder (None = mel.griffin_lim's default)."""
-    with torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
+    with autocast(pipe.device, pipe.dtype):
         log_mel = mel.denormalize(pipe.vq.decode(tokens).float())                     # (B, 80, F)
     return log_mel, mel_to_audio(pipe, log_mel, gl_iterations)
 
@@ -141,10 +142,11 @@ def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | N
 def mel_to_audio(pipe: Pipeline, log_mel: torch.Tensor, gl_iterations: int | None = None) -> torch.Tensor:
     """Log-mels (B, 80, F) -> waveforms (B, 256 F) on the CPU: the pipeline's vocoder, or Griffin-Lim (on
     the mels' device)."""
+    import hifigan_format
     if pipe.vocoder is None:
         iterations = {} if gl_iterations is None else {"n_iter": gl_iterations}
         return mel.griffin_lim(log_mel, **iterations).cpu()
-    return fast.vocode_chunked(pipe.vocoder, log_mel, pipe.dtype).cpu()
+    return hifigan_format.vocode(pipe.vocoder, log_mel, pipe.dtype, chunk=128).cpu()
 
 
 def peak_normalised(wav: torch.Tensor, name: str | None = None) -> torch.Tensor:
@@ -189,12 +191,12 @@ def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
     return pipe.clap.embed_text(prompts).to(pipe.device)
 
 
-def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, known_mask=None, verbose=True,
+def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=None, known_mask=None, verbose=True,
                   cfg_ramp=True, record=None, magnet_options=None):
     """Run the MaskGIT sampler (specmaskgit.generate), printing one progress line per step.
     `record`: a list that receives decoding_page.step_record of every step (for the page), or None.
     magnet_options: a dict of magnet.generate's settings to sample with MAGNeT's decoding instead (then
-    steps, cfg, temperature and cfg_ramp are unused)."""
+    steps, guidance, temperature and cfg_ramp are unused)."""
     import decoding_page
     import specmaskgit
     t0 = time.time()
@@ -206,12 +208,12 @@ def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, 
         if record is not None:
             record.append(decoding_page.step_record(info))
 
-    with torch.inference_mode(), torch.autocast(pipe.device, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32):
+    with torch.inference_mode(), autocast(pipe.device, pipe.dtype):
         if magnet_options is not None:
             import magnet
             return magnet.generate(pipe.transformer, cond, known_tokens=known_tokens, known_mask=known_mask, seed=seed,
                                    on_step=on_step, record_order=True, **magnet_options)
-        return specmaskgit.generate(pipe.transformer, cond, steps=steps, cfg=cfg, temperature=temperature,
+        return specmaskgit.generate(pipe.transformer, cond, steps=steps, guidance=guidance, temperature=temperature,
                                     known_tokens=known_tokens, known_mask=known_mask, seed=seed,
                                     on_step=on_step, record_order=True, cfg_ramp=cfg_ramp)
 
@@ -220,11 +222,11 @@ def sample_tokens(pipe, cond, steps, cfg, temperature, seed, known_tokens=None, 
 # The three tasks.
 # ---------------------------------------------------------------------------------------------------
 
-def text_to_audio(pipe, prompts, n=1, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True, cfg_ramp=True,
+def text_to_audio(pipe, prompts, n=1, steps=16, guidance=3.0, temperature=1.5, seed=0, verbose=True, cfg_ramp=True,
                   record=None, magnet_options=None):
     """Every prompt n times, in one batch: returns waveforms (P*n, T), log-mels, decoding orders, tokens."""
     cond = embed_prompts(pipe, prompts).repeat_interleave(n, dim=0)                   # (P n, 512)
-    tokens, order = sample_tokens(pipe, cond, steps, cfg, temperature, seed, verbose=verbose, cfg_ramp=cfg_ramp,
+    tokens, order = sample_tokens(pipe, cond, steps, guidance, temperature, seed, verbose=verbose, cfg_ramp=cfg_ramp,
                                   record=record, magnet_options=magnet_options)
     log_mel, wav = tokens_to_audio(pipe, tokens)
     return wav, log_mel, order, tokens
@@ -242,7 +244,7 @@ def clip_window(length: int, clip: int, start: int, end: int) -> int:
     return offset + col if end - offset > clip else offset
 
 
-def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True,
+def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, guidance=3.0, temperature=1.5, seed=0, verbose=True,
             record=None):
     """Regenerate the token columns that cover [start_s, end_s] seconds; keep every other token.
 
@@ -273,7 +275,7 @@ def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, cfg=3.0, temperatu
         print(f"inpainting token columns {first}-{last - 1} ({first * 4096 / mel.SR + offset / mel.SR:.2f}-"
               f"{last * 4096 / mel.SR + offset / mel.SR:.2f} s) of {before.shape[-1]}")
     cond = embed_prompts(pipe, [prompt]) if prompt else None
-    after, order = sample_tokens(pipe, cond, steps, cfg if cond is not None else 0.0, temperature, seed,
+    after, order = sample_tokens(pipe, cond, steps, guidance if cond is not None else 0.0, temperature, seed,
                                  known_tokens=before, known_mask=known, verbose=verbose, record=record)
     log_mel, out = tokens_to_audio(pipe, after)
     out = peak_normalised(out, "the inpainted window" if verbose else None)     # the input around it stays as it is
@@ -291,7 +293,7 @@ def low_frequency_replacement(generated: torch.Tensor, original: torch.Tensor, c
     return torch.fft.irfft(torch.where(hz < cutoff_hz, o, g), n=n)
 
 
-def bandwidth_extension(pipe, wav, prompt=None, lfr=False, steps=16, cfg=3.0, temperature=1.5, seed=0, verbose=True,
+def bandwidth_extension(pipe, wav, prompt=None, lfr=False, steps=16, guidance=3.0, temperature=1.5, seed=0, verbose=True,
                         record=None):
     """Keep the low token rows, regenerate the top row (mel bins 64-79, above ~4.3 kHz).
     A long input goes clip by clip; the tokens, mel, order and `record` returned are the last clip's."""
@@ -310,7 +312,7 @@ def bandwidth_extension(pipe, wav, prompt=None, lfr=False, steps=16, cfg=3.0, te
         known = torch.ones_like(before, dtype=torch.bool)
         known[:, -1, :] = False                                                         # the top row: bins 64-79
         cond = embed_prompts(pipe, [prompt]) if prompt else None
-        after, order = sample_tokens(pipe, cond, steps, cfg if cond is not None else 0.0, temperature, seed,
+        after, order = sample_tokens(pipe, cond, steps, guidance if cond is not None else 0.0, temperature, seed,
                                      known_tokens=before, known_mask=known, verbose=verbose, record=record)
         log_mel, gen = tokens_to_audio(pipe, after)
         n = min(clip, length - offset)

@@ -14,6 +14,7 @@ commands do the loading and checking for them).
   load_checkpoint       read it back with weights_only=True, checking its stage and entries (check_entries)
   non_finite_entry      the first NaN or infinite tensor in a checkpoint, by name
   check_config          name the fields where a checkpoint's config differs from the model's
+  same_value            config values equal, tuples and lists alike
   config_from_dict      rebuild a Config from a checkpoint, every entry type- and range-checked first
   check_config_values   one sentence for a config value no model can be built with (value_rule)
   load_weights          load_state_dict with a missing or misshapen weight as one sentence
@@ -25,8 +26,10 @@ commands do the loading and checking for them).
   ArgumentParser        argparse whose rejections are UserErrors
   pick_device           "cuda" when there is a GPU, else "cpu"
   cpu_has_native_bf16   AMX or AVX-512 BF16 on this CPU
-  pick_dtype            the precision the device runs natively (never bf16 on a CPU without it);
-                        fast.pick_inference_dtype is sample.py's choice, which may measure
+  autocast              torch.autocast to a dtype, off for fp32 and int8
+  native_dtype          the precision the device runs natively, or --dtype (never bf16 on a CPU without
+                        it); inference's choice (fast.inference_dtype) and training's (train.training_dtype)
+                        start from it
 """
 
 import argparse
@@ -242,10 +245,13 @@ def vqgan_hash(vq_ckpt: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def check_config(config, saved: dict, what: str = "checkpoint") -> None:
-    """Raise UserError naming every field where `saved` (a dict) differs from the dataclass `config`."""
+def check_config(config, saved: dict, what: str = "checkpoint", only_saved_fields: bool = False) -> None:
+    """Raise UserError naming every field where `saved` (a dict) differs from the dataclass `config`.
+    only_saved_fields: compare just the fields `saved` names (e.g. those read off a checkpoint's tensor
+    shapes, hifigan_format), with no complaint about the others."""
     mine = dataclasses.asdict(config)
-    diffs = [f"{k}={saved.get(k)!r} (model has {v!r})" for k, v in mine.items() if _norm(saved.get(k)) != _norm(v)]
+    names = [k for k in mine if k in saved] if only_saved_fields else list(mine)
+    diffs = [f"{k}={saved.get(k)!r} (model has {mine[k]!r})" for k in names if not same_value(saved.get(k), mine[k])]
     unknown = sorted(set(saved) - set(mine))
     if unknown:
         diffs.append("unknown fields " + ", ".join(unknown))
@@ -253,9 +259,11 @@ def check_config(config, saved: dict, what: str = "checkpoint") -> None:
         raise UserError(f"the {what} was made with another config: " + "; ".join(diffs) + ".")
 
 
-def _norm(v):
-    """Tuples and lists compare equal (a config saved with torch.save comes back with lists)."""
-    return [_norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+def same_value(a, b) -> bool:
+    """Config values compare equal with tuples and lists alike (a config saved with torch.save comes back
+    with lists)."""
+    norm = lambda v: [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return norm(a) == norm(b)
 
 
 def config_from_dict(cls, saved: dict, what: str = "checkpoint"):
@@ -470,7 +478,7 @@ def pick_device(name: str | None = None) -> str:
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has AMX or AVX-512 BF16 instructions.
 
-    Without them PyTorch emulates bf16 matmuls, many times slower than fp32 (the README's speed section
+    Without them PyTorch emulates bf16 matmuls, many times slower than fp32 (RESULTS.md
     has the figures), so training's autocast picks bf16 on a CPU only where this returns True.
     """
     try:
@@ -484,8 +492,16 @@ def cpu_has_native_bf16() -> bool:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def pick_dtype(device: str, name: str | None = None, verbose: bool = True) -> torch.dtype:
-    """The compute dtype: `name` if given ("fp32", "bf16", "fp16"), else what `device` runs natively."""
+def autocast(device, dtype: torch.dtype):
+    """torch.autocast to `dtype` on `device` ("cuda:1" or a torch.device too); off for fp32, and for int8,
+    whose transformer linears hold their own int8 weights (fast.quantize_int8) and autocast cannot make."""
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
+
+
+def native_dtype(device: str, name: str | None = None, verbose: bool = True) -> torch.dtype:
+    """The compute dtype: `name` if given ("fp32", "bf16", "fp16"), else what `device` runs natively.
+    The vocoder and the benchmark's training rows use it as it is; fast.inference_dtype adds int8 and a
+    measurement for large transformers, train.training_dtype refuses fp16 and keeps the tiny preset in fp32."""
     if name not in (None, "auto"):
         if name not in DTYPES:
             raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}, not {name!r}.")

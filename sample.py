@@ -14,7 +14,7 @@ Out: one 22050 Hz wav per prompt and take; with --png a labelled picture of its 
      decoding order (the step at which each token was committed); with --html a self-contained page
      that plays the sampling steps (decoding_page.py)
 
-  python sample.py "rain on a roof"                       # the bundled toy model, a few seconds on a CPU
+  python sample.py "rain on a roof"                       # the bundled toy model, on a CPU
   python sample.py "a dog barking" "a siren" --n 4 --png
   python sample.py "a church bell" --html                 # samples/a_church_bell.html: the 16 steps
   python sample.py "rain on a roof" --out rain.wav        # exactly that file
@@ -116,10 +116,10 @@ def parse_args(argv=None):
     check_magnet_args(args)
     if args.steps < 1 or args.steps > 256:
         raise UserError(f"--steps must be between 1 and 256, not {args.steps}.")
-    # written so that NaN fails too (every comparison with NaN is False); an infinite scale or temperature
-    # made NaN logits (a traceback in torch.multinomial) or NaN confidences (a silent run in no order)
     if args.no_cfg_ramp and (args.inpaint or args.bwe):
         raise UserError("--no-cfg-ramp is for text to audio; inpainting and bandwidth extension use the ramp.")
+    # written so that NaN fails too (every comparison with NaN is False): an infinite or NaN scale or
+    # temperature would make NaN logits or confidences, and the decoding order would be arbitrary
     if not 0 <= args.cfg <= MAX_CFG:
         raise UserError(f"--cfg must be between 0 (no guidance) and {MAX_CFG:g} (the paper uses 3), not {args.cfg}.")
     if not 0 <= args.temperature <= MAX_TEMPERATURE:
@@ -203,7 +203,7 @@ def magnet_options(args, pipe) -> dict:
         entry = ckpt.get("transformer") if ckpt.get("stage") == "bundle" else ckpt
         if not isinstance(entry, dict):
             raise UserError(f"{args.rescore_ckpt} holds no transformer checkpoint.")
-        rescorer = pipeline.rebuild(args.rescore_ckpt, "transformer", lambda e: build_model(
+        rescorer = pipeline.build_or_explain(args.rescore_ckpt, "transformer", lambda e: build_model(
             specmaskgit.SpecMaskGIT, specmaskgit.Config, e, "transformer"), entry).to(pipe.device)
         r = rescorer.cfg
         if (r.n_codes, r.rows, r.cols) != (c.n_codes, c.rows, c.cols):
@@ -406,7 +406,7 @@ def run(args) -> None:
 
 def make_takes(args, pipe, claimed: list) -> None:
     exts = OUTPUT_EXTS[:1] + ((".png",) if args.png else ()) + ((".html",) if args.html else ())
-    common = dict(steps=args.steps, cfg=args.cfg, temperature=args.temperature, seed=args.seed)
+    common = dict(steps=args.steps, guidance=args.cfg, temperature=args.temperature, seed=args.seed)
     record = [] if args.html else None                   # generate's per-step record, for the page
     if args.inpaint or args.bwe:
         path = args.inpaint or args.bwe

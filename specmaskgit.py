@@ -206,17 +206,23 @@ def mask_schedule(step: int, steps: int, n_tokens: int, kind: str = "cosine") ->
     return math.floor(n_tokens * MASK_SCHEDULES[kind]((step + 1) / steps))
 
 
-def guided_logits(model, tokens, cond, masked, t):
+def guided_logits(model, tokens, cond, masked, t, separate_passes=False, skip_zero_scale=True):
     """Eq. 2: l_u + t (l_c - l_u), from the model's logits with the prompt (l_c) and without it (l_u).
-    Both passes run as one batch of 2B (one weight read per layer); at t = 0 Eq. 2 is l_u alone."""
+    Both passes run as one batch of 2B (one weight read per layer); at t = 0 Eq. 2 is l_u alone.
+    separate_passes=True, skip_zero_scale=False: Eq. 2 as a first implementation computes it, one pass
+    after the other and l_c even at t = 0 (benchmark.py times what the two shortcuts buy)."""
     B, n = tokens.shape
     grid = tokens.view(B, model.cfg.rows, model.cfg.cols)
     mask = masked.view_as(grid)
-    if cond is None or t == 0:
+    if cond is None or (t == 0 and skip_zero_scale):
         return model(grid, None, mask)                                          # l_u only
-    both = model(torch.cat([grid, grid]), torch.cat([cond, cond]), torch.cat([mask, mask]),
-                 drop_cond=torch.arange(2 * B, device=tokens.device) >= B)      # (2B, n, K): first B conditional
-    l_c, l_u = both[:B], both[B:]
+    if separate_passes:
+        l_u = model(grid, None, mask)                                           # (B, n, K)
+        l_c = model(grid, cond, mask)                                           # (B, n, K)
+    else:
+        both = model(torch.cat([grid, grid]), torch.cat([cond, cond]), torch.cat([mask, mask]),
+                     drop_cond=torch.arange(2 * B, device=tokens.device) >= B)  # (2B, n, K): first B conditional
+        l_c, l_u = both[:B], both[B:]
     return l_u + t * (l_c - l_u)                                                # Eq. 2
 
 
@@ -226,11 +232,11 @@ def masked_counts(n_unknown: list, steps: int, kind: str = "cosine") -> list:
     and commits at least one (with fewer unknown tokens than steps, committing wins); the last commits all."""
     counts = []
     for u in n_unknown:
-        left, row = u, []
+        still_masked, row = u, []
         for s in range(steps):
-            keep = 0 if s == steps - 1 else min(max(mask_schedule(s, steps, u, kind), 1), left - 1)
-            left = max(keep, 0)
-            row.append(left)
+            target = 0 if s == steps - 1 else min(max(mask_schedule(s, steps, u, kind), 1), still_masked - 1)
+            still_masked = max(target, 0)
+            row.append(still_masked)
         counts.append(row)
     return counts
 
@@ -242,21 +248,23 @@ def gumbel(shape, generator, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None, known_mask=None, seed=None,
-             batch_size=None, cfg_ramp=True, record_order=False, on_step=None):
+def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=None, known_mask=None, seed=None,
+             batch_size=None, cfg_ramp=True, record_order=False, on_step=None, guide_options=None, loop_device=None):
     """MaskGIT sampling of (B, rows, cols) token grids.
 
     Start with every unknown position masked. At step s of S:
       1. one forward pass predicts logits at every position, with and without the prompt; the guided
-         logits are l_u + t (l_c - l_u), t ramped linearly from 0 to `cfg` (Eq. 2: early steps explore,
+         logits are l_u + t (l_c - l_u), t ramped linearly from 0 to `guidance` (Eq. 2: early steps explore,
          late steps follow the prompt);
       2. every masked position draws a token from softmax(guided logits);
       3. confidence = log p(drawn token) + t_g * Gumbel noise, t_g annealed linearly from `temperature`
          to 0 (Eq. 3: randomness in *which* tokens are kept, large early, none at the end);
       4. the masked_counts(s) least confident newly drawn tokens are masked again; the rest are kept.
     Known positions (inpainting, bandwidth extension) are never masked and never re-drawn.
-    cfg_ramp=False keeps the scale at `cfg` from the first step (Table 1's "w/o CFG linear scheduler").
+    cfg_ramp=False keeps the scale at `guidance` from the first step (Table 1's "w/o CFG linear scheduler").
     The loop stays on the model's device, random numbers included, so a GPU never waits for the host.
+    benchmark.py's slower rows pass guide_options (guided_logits's separate_passes, skip_zero_scale) and
+    loop_device="cpu" (drawing and ranking on the host, the logits copied there every step).
     on_step(info): called after every step with that step's tensors (on the device; the decoding page
     copies them). Returns tokens, and with record_order also the step at which each position was
     committed (-1 = known).
@@ -264,7 +272,8 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
     c = model.cfg
     n = c.rows * c.cols
     B = cond.shape[0] if cond is not None else (known_tokens.shape[0] if known_tokens is not None else (batch_size or 1))
-    device = next(model.parameters()).device
+    model_device = next(model.parameters()).device
+    device = model_device if loop_device is None else torch.device(loop_device)   # where drawing and ranking run
     g = torch.Generator(device).manual_seed(0 if seed is None else seed)
     if known_tokens is None:
         tokens = torch.zeros(B, n, dtype=torch.long, device=device)
@@ -276,16 +285,17 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
     masked = ~known                                                             # (B, n)
     n_unknown = masked.sum(1).tolist()                                          # differs per sample only by the caller
     counts = masked_counts(n_unknown, steps, c.mask_schedule)                   # [B][S], known before the loop
-    keep = torch.tensor(counts, dtype=torch.long, device=device).view(B, steps)  # (B, S)
-    left = [sum(row[s] for row in counts) for s in range(steps)]               # still masked after step s, all samples
-    before = [sum(n_unknown)] + left[:-1]                                       # still masked before step s
+    n_masked_after = torch.tensor(counts, dtype=torch.long, device=device).view(B, steps)  # (B, S)
+    total_after = [sum(row[s] for row in counts) for s in range(steps)]        # still masked after step s, all samples
+    total_before = [sum(n_unknown)] + total_after[:-1]                          # still masked before step s
     order = torch.full((B, n), -1, dtype=torch.long, device=device)
     for s in range(steps):
-        if before[s] == 0:                                                      # nothing left to draw
+        if total_before[s] == 0:                                                # nothing left to draw
             break
-        t = cfg * s / max(1, steps - 1) if cfg_ramp else cfg                    # Eq. 2 ramp: 0 -> cfg
+        t = guidance * s / max(1, steps - 1) if cfg_ramp else guidance          # Eq. 2 ramp: 0 -> guidance
         t_g = temperature * (1 - (s + 1) / steps)                               # Eq. 3 anneal: -> 0
-        logp = guided_logits(model, tokens, cond, masked, t).float().log_softmax(-1)   # (B, n, K)
+        logits = guided_logits(model, tokens.to(model_device), cond, masked.to(model_device), t, **(guide_options or {}))
+        logp = logits.to(device).float().log_softmax(-1)                        # (B, n, K)
         drawn = (logp + gumbel(logp.shape, g, device)).argmax(-1)              # 2. Gumbel-max: a draw from softmax
         drawn = torch.where(masked, drawn, tokens)                              # (B, n)
         logp_drawn = logp.gather(-1, drawn[..., None])[..., 0]                  # (B, n) log p(drawn token)
@@ -294,14 +304,15 @@ def generate(model, cond, steps=16, cfg=3.0, temperature=1.5, known_tokens=None,
         # a position's rank = how many positions are less confident: argsort lists positions from least to
         # most confident, and argsort of that list gives each position its place in it
         rank = confidence.argsort(dim=1).argsort(dim=1)                         # (B, n): 0 = least confident
-        remask = rank < keep[:, s, None]                                        # 4. the least confident stay masked
+        remask = rank < n_masked_after[:, s, None]                              # 4. the least confident stay masked
         newly = masked & ~remask
         order.masked_fill_(newly, s)
         tokens = drawn
         masked = remask & masked
         if on_step is not None:
-            on_step(dict(step=s, steps=steps, left=left[s], committed=newly, masked=masked, known=known,
-                         belief=tokens, logp_drawn=logp_drawn, cfg_scale=t, temperature=t_g))
+            on_step(dict(step=s, steps=steps, left=total_after[s], committed=newly, masked=masked, known=known,
+                         belief=tokens, logp_drawn=logp_drawn, cfg_scale=t, temperature=t_g,
+                         schedule=f"{c.mask_schedule} schedule"))
     tokens = tokens.view(B, c.rows, c.cols)
     return (tokens, order.view(B, c.rows, c.cols).cpu()) if record_order else tokens
 

@@ -32,7 +32,7 @@ from runtime import UserError
 # ("a puppy yapping" is a high-pitched dog). That is what makes the captions carry information about
 # the sound beyond its kind, as real captions do.
 #
-# Three tricks keep the synthesis fast (a 3 s clip in a few milliseconds):
+# Three tricks keep the synthesis fast (far cheaper than a training step, so clips are made on the fly):
 #   - noise of any colour is made directly in the frequency domain (one inverse FFT);
 #   - short events (raindrops, key presses, footsteps) are rows of a matrix (events, length),
 #     computed in one vectorised expression and added into the clip with np.bincount;

@@ -18,7 +18,7 @@ checkpoints. `run` calls it once per stage. The rest of the file is the loop's p
 checkpoints and resume, the transformer's token cache, the bundle, DDP, and the command line.
 
 Examples:
-  python train.py --data toy --stage all          # the bundled demo model (README: time on 2 CPU cores)
+  python train.py --data toy --stage all          # the bundled demo model (RESULTS.md: time on 2 CPU cores)
   python train.py --data audiocaps --root AUDIOCAPS --clap-ckpt 630k-audioset-best.pt --preset full
   torchrun --nproc_per_node 4 train.py --data audiocaps ...   # several GPUs (DistributedDataParallel)
 """
@@ -38,7 +38,7 @@ import time
 import torch
 
 from runtime import (ArgumentParser, UserError, build_model, check_config, check_config_values, load_checkpoint,
-                     make_output_folder, non_finite_entry, pick_device, pick_dtype, run_command,
+                     make_output_folder, native_dtype, non_finite_entry, pick_device, run_command,
                      save_checkpoint, vqgan_hash)
 from toyworld import P_MIX
 
@@ -46,7 +46,7 @@ STAGES = ["vqgan", "vocoder", "clap", "transformer"]
 
 # Per-stage defaults. The tiny preset's are for the toy world on 2 CPU cores: its learning rates were
 # measured there (the paper's values are for batches 6-30x larger and days of training), and its step
-# counts fit `--stage all` into the README's time budget. The full preset's are the papers': the
+# counts fit `--stage all` into the time budget RESULTS.md reports. The full preset's are the papers': the
 # transformer's batch 48, 250k steps and 5k warm-up (Sec. 4); lr None = the stage's own rule
 # (stage_hparams: MAE's 1e-3 x batch / 256 for the transformer, Taming's 4.5e-6 x batch for the VQGAN,
 # the Trainer's default for the others, HiFiGAN's 2e-4 for the vocoder). schedule "constant": the lr stays at
@@ -252,10 +252,10 @@ def run(args) -> None:
         torch.manual_seed(args.seed + rank)                  # each stage from the same seed: alone or in --stage all,
         cfg = configs[stage]                                 # a stage trained on the same inputs is the same model
         steps, batch, warmup, lr = stage_hparams(stage, args, world)
-        extra = {}
+        trainer_options = {}
         if stage == "clap":
             import clap
-            extra["vocab"] = clap.build_vocab(training_captions(dataset))
+            trainer_options["vocab"] = clap.build_vocab(training_captions(dataset))
         if stage == "transformer":                           # the grid and the CLAP width come from the cache
             cache = build_cache(dataset, args, device, rank)
             vq_ckpt = load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")
@@ -263,7 +263,7 @@ def run(args) -> None:
                                       cols=cache["tokens"].shape[2], cond_dim=cache["cond"].shape[1])
             if cfg.span_len > cfg.cols:
                 raise UserError(f"--transformer.span_len must be at most the grid's {cfg.cols} columns, not {cfg.span_len}.")
-        trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank, world)
+        trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, trainer_options, rank, world)
         if stage == "transformer" and source is not None and trainer.start_step == 0:
             init_weights(trainer, source, args.init_from, rank)
         if stage == "transformer":                           # which VQGAN's tokens it learns (write_bundle checks)
@@ -342,10 +342,10 @@ def cache_batches(cache: dict, start_step, batch_size, seed, rank, world, device
 # Checkpoints, resume, and a loss that stops being finite.
 # ===================================================================================================
 
-def build_trainer(stage, cfg, args, device, amp_dtype, lr, extra, rank=0, world=1):
+def build_trainer(stage, cfg, args, device, amp_dtype, lr, trainer_options, rank=0, world=1):
     """Build the stage's Trainer and, with --resume, load its last state: step, weights, optimisers and
     the random streams, so that the resumed run continues exactly as the uninterrupted one would."""
-    kwargs = dict(device=device, amp_dtype=amp_dtype, **extra)
+    kwargs = dict(device=device, amp_dtype=amp_dtype, **trainer_options)
     if stage == "vqgan":                                     # the codebook's upkeep agrees across processes
         kwargs["world"] = world
     if stage == "transformer":                               # each process draws its own masks
@@ -578,7 +578,7 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     import hifigan_format
     import mel
     import vocoder
-    measure = vocoder.loss_mel                       # HiFiGAN's loss mel, 0-11 kHz: (N, T) -> (N, 80, F)
+    loss_mel = vocoder.loss_mel                      # HiFiGAN's loss mel, 0-11 kHz: (N, T) -> (N, 80, F)
     n = HELDOUT_CLIPS if args.data == "toy" else None
     try:
         heldout = data.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n)
@@ -587,14 +587,14 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
         return None
     wav = torch.stack([heldout[i]["wav"] for i in range(min(HELDOUT_CLIPS, len(heldout)))])  # (N, T)
     source = mel.mel_spectrogram(wav)                                                        # (N, 80, F) input mel
-    target = measure(wav)
+    target = loss_mel(wav)
     path = os.path.join(args.out, "vocoder.pt")
     ckpt = load_checkpoint(path, "vocoder")
     generator = hifigan_format.load_vocoder(ckpt).to(device)
     # in fp32 on every device: the verdict decides what the bundle holds, and should not depend on where it ran
     outputs = {"vocoder": hifigan_format.vocode(generator, source.to(device), torch.float32).cpu(),
                "griffin_lim": mel.griffin_lim(source)}
-    result = {name: (measure(out[:, :wav.shape[1]]) - target).abs().mean().item() for name, out in outputs.items()}
+    result = {name: (loss_mel(out[:, :wav.shape[1]]) - target).abs().mean().item() for name, out in outputs.items()}
     result["clips"] = len(wav)
     ckpt["heldout_mel_l1"] = result
     save_checkpoint(ckpt, path)
@@ -936,7 +936,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=None,
                    help="clip length in samples (default 65536 for toy, 217088 otherwise); a multiple of 4096")
     p.add_argument("--n-clips", type=int, default=4000,
-                   help="toy world: training clips (2000 left the transformer ~0.3 nats better on them than on new ones)")
+                   help="toy world: training clips (enough that the transformer does not learn them by heart)")
     p.add_argument("--clap", default=None, choices=["tiny", "laion"], help="conditioner; default tiny for toy")
     p.add_argument("--clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt (for --clap laion)")
     p.add_argument("--vocoder-ckpt", default=None, help="an official HiFiGAN generator: skip the vocoder stage")
@@ -1069,7 +1069,7 @@ def training_dtype(args, device: str, verbose: bool = True) -> torch.dtype:
         if verbose:
             print(f"compute dtype: float32 on {device} (the tiny preset trains in fp32 everywhere)")
         return torch.float32
-    return pick_dtype(device.split(":")[0], args.dtype, verbose)
+    return native_dtype(device.split(":")[0], args.dtype, verbose)
 
 
 def main(argv=None) -> int:

@@ -71,7 +71,7 @@ PRESETS = {
 PRESETS["full"] = PRESETS["v1"]   # SpecMaskGIT uses the official V1 (Sec. 3.1)
 # The toy world (toyworld.py): V3's layout at half width (~0.4 M parameters, still 8 x 8 x 4 = 256x), with
 # discriminators ~1/8 as wide. The toy recipe (train.py, 250 steps) trains the mel loss alone for 200 steps,
-# what helps on a CPU within minutes; the last 50 add the adversary to show every loss at work.
+# what helps most in a short run on a CPU; the last 50 add the adversary to show every loss at work.
 PRESETS["tiny"] = dataclasses.replace(PRESETS["v3"], upsample_initial_channel=128, mpd_width=4, msd_width=16,
                                       disc_start=200)
 

@@ -73,7 +73,7 @@ PRESETS = {
     "tiny": Config(base_channels=8, channel_mult=(1, 2, 4, 8, 8), n_res_blocks=1, dec_res_blocks=1,
                    norm_groups=4, z_channels=64, n_codes=256, code_dim=64, dead_code_steps=50,
                    disc_start=800, disc_channels=16, disc_layers=2,
-                   min_adapt_weight=0.0, max_adapt_weight=1e4),   # Taming's unclamped weight, as the toy recipe was tuned
+                   min_adapt_weight=0.0, max_adapt_weight=1e4),   # Taming's unclamped weight, which the toy recipe's settings assume
 }
 
 DOWNSAMPLE = 16   # four 2x downsamplings: one token per 16 x 16 patch (Sec. 3.1, Fig. 3)

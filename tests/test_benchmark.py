@@ -38,8 +38,8 @@ def test_separate_cfg_passes_give_the_batched_guided_logits():
     with torch.no_grad():
         for t in (0.0, 1.0, 3.0):
             batched = specmaskgit.guided_logits(model, tokens, cond, masked, t)
-            plain = fast.guided_logits_separate(model, tokens, cond, masked, t)
-            skipped = fast.guided_logits_separate(model, tokens, cond, masked, t, skip_zero_scale=True)
+            plain = specmaskgit.guided_logits(model, tokens, cond, masked, t, separate_passes=True, skip_zero_scale=False)
+            skipped = specmaskgit.guided_logits(model, tokens, cond, masked, t, separate_passes=True)
             assert torch.allclose(batched, plain, atol=1e-4), t
             assert torch.allclose(batched, skipped, atol=1e-4), t
 
@@ -84,7 +84,7 @@ def test_folding_weight_norm_and_chunking_keep_the_vocoders_output():
         plain = gen(log_mel)[:, 0]
     folded = vocoder.Generator(cfg).eval()
     folded.load_state_dict(gen.state_dict())
-    chunked = fast.vocode_chunked(folded, log_mel, torch.float32)
+    chunked = hifigan_format.vocode(folded, log_mel, torch.float32, chunk=128)
     assert hifigan_format.has_weight_norm(gen) and not hifigan_format.has_weight_norm(folded)
     assert torch.allclose(plain, chunked, atol=1e-5)
 
@@ -114,19 +114,19 @@ def test_auto_dtype_is_measured_on_a_cpu_for_large_models_only(monkeypatch):
     widths = []
     choice = ["int8"]
     monkeypatch.setattr(fast, "measure_cpu_dtype", lambda width, verbose=True: widths.append(width) or choice[0])
-    assert fast.pick_inference_dtype("cpu", "auto", 768, verbose=False) == torch.qint8
+    assert fast.inference_dtype("cpu", "auto", 768, verbose=False) == torch.qint8
     choice[0] = "bf16"
-    assert fast.pick_inference_dtype("cpu", None, 768, verbose=False) == torch.bfloat16
+    assert fast.inference_dtype("cpu", None, 768, verbose=False) == torch.bfloat16
     assert widths == [768, 768]
-    assert fast.pick_inference_dtype("cpu", "auto", 192, verbose=False) == torch.float32   # the toy stays fp32
-    assert fast.pick_inference_dtype("cuda", "auto", 768, verbose=False) == torch.bfloat16
-    assert fast.pick_inference_dtype("cpu", "fp32", 768, verbose=False) == torch.float32   # --dtype overrides
-    assert fast.pick_inference_dtype("cpu", "int8", 192, verbose=False) == torch.qint8
+    assert fast.inference_dtype("cpu", "auto", 192, verbose=False) == torch.float32   # the toy stays fp32
+    assert fast.inference_dtype("cuda", "auto", 768, verbose=False) == torch.bfloat16
+    assert fast.inference_dtype("cpu", "fp32", 768, verbose=False) == torch.float32   # --dtype overrides
+    assert fast.inference_dtype("cpu", "int8", 192, verbose=False) == torch.qint8
     assert widths == [768, 768]                                  # none of those measured
     with pytest.raises(runtime.UserError, match="--dtype must be one of"):
-        fast.pick_inference_dtype("cpu", "int4", 768, verbose=False)
+        fast.inference_dtype("cpu", "int4", 768, verbose=False)
     with pytest.raises(runtime.UserError, match="for CPUs"):
-        fast.pick_inference_dtype("cuda", "int8", 768, verbose=False)
+        fast.inference_dtype("cuda", "int8", 768, verbose=False)
 
 
 def test_sample_py_int8_writes_a_clip_like_fp32(tmp_path):

@@ -148,7 +148,7 @@ def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
         return evaluate.generate_clips(pipe, [prompt], 16, temperature=1.5, seed=0, **setting)
 
     assert not torch.equal(clip("rain on a roof", evaluate.NO_CFG), clip("a dog barking", evaluate.NO_CFG))
-    unconditional = {"cfg": 0.0, "cfg_ramp": True}
+    unconditional = {"guidance": 0.0, "cfg_ramp": True}
     assert torch.equal(clip("rain on a roof", unconditional), clip("a dog barking", unconditional))
 
 
@@ -207,7 +207,7 @@ def test_one_step_fill_keeps_the_visible_tokens_and_fills_the_hidden_ones_with_t
     real = pipeline.audio_to_tokens(pipe, wavs)                                    # (2, 5, 16)
     evaluate.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=0.0)
     assert torch.equal(decoded[-1], real)                                        # nothing hidden: the codec's tokens
-    evaluate.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=1.0, cfg=2.0)
+    evaluate.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=1.0, guidance=2.0)
     cond = pipe.clap.embed_text(["rain on a roof", "a dog barking"])
     everything = torch.ones(2, real[0].numel(), dtype=torch.bool)
     with torch.no_grad():                                                        # Eq. 2 by hand, then the argmax

@@ -143,12 +143,12 @@ class PositionEcho(torch.nn.Module):
 
 def test_generate_puts_the_token_of_flat_position_r_cols_plus_c_at_grid_place_r_c():
     cfg = dataclasses.replace(TINY_T, rows=5, cols=7, n_codes=64)
-    out = specmaskgit.generate(PositionEcho(cfg), None, steps=4, cfg=0.0, temperature=0.0, batch_size=2)
+    out = specmaskgit.generate(PositionEcho(cfg), None, steps=4, guidance=0.0, temperature=0.0, batch_size=2)
     assert torch.equal(out, torch.arange(35).view(1, 5, 7).expand(2, -1, -1))
     known = torch.zeros(2, 5, 7, dtype=torch.long)
     known_mask = torch.zeros(2, 5, 7, dtype=torch.bool)
     known_mask[:, 1, 3] = True                                                   # place (1, 3) is given: token 0
-    out = specmaskgit.generate(PositionEcho(cfg), None, steps=4, cfg=0.0, temperature=0.0,
+    out = specmaskgit.generate(PositionEcho(cfg), None, steps=4, guidance=0.0, temperature=0.0,
                                known_tokens=known, known_mask=known_mask)
     assert out[0, 1, 3] == 0 and out[0, 1, 4] == 11 and out[0, 2, 3] == 17
 

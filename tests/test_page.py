@@ -154,6 +154,16 @@ def test_the_pages_numbers_are_generates_record(pipe):  # noqa: F811
     assert record[0]["cfg_scale"] == 0 and record[-1]["cfg_scale"] == 3.0       # Eq. 2's ramp, shown as recorded
 
 
+def test_the_page_names_the_models_mask_schedule(pipe):  # noqa: F811
+    record = []
+    pipeline.text_to_audio(pipe, ["rain on a roof"], steps=STEPS, verbose=False, record=record)
+    assert record[0]["schedule"] == f"{pipe.transformer.cfg.mask_schedule} schedule"
+    record[0]["schedule"] = "sqrt schedule"                                  # as a model of exercise 7 records it
+    page_text = decoding_page.page_html(record[:1], 0, 5, CLIP // 4096, torch.zeros(1, 80, CLIP // mel.HOP),
+                                        torch.zeros(CLIP), {"prompt": "rain on a roof"})
+    assert "(sqrt schedule)" in page_text and "cosine" not in page_text
+
+
 # ---------------------------------------------------------------------------------------------------
 # Inpainting and bandwidth extension: the given tokens are marked as given, never committed
 # ---------------------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_transformer_full_preset_is_the_papers():
 def test_sampling_defaults_are_the_papers_16_steps_cfg_3_gumbel_1_5():
     for fn in (specmaskgit.generate, pipeline.text_to_audio, pipeline.inpaint, pipeline.bandwidth_extension):
         p = inspect.signature(fn).parameters
-        assert (p["steps"].default, p["cfg"].default, p["temperature"].default) == (16, 3.0, 1.5), fn.__name__
+        assert (p["steps"].default, p["guidance"].default, p["temperature"].default) == (16, 3.0, 1.5), fn.__name__
     args = sample.parse_args(["rain on a roof"])
     assert (args.steps, args.cfg, args.temperature) == (16, 3.0, 1.5)
     assert (benchmark.STEPS, benchmark.CFG, benchmark.TEMPERATURE) == (16, 3.0, 1.5)   # what the speed table times

@@ -148,8 +148,8 @@ def test_every_position_is_committed_on_the_schedule():
 
 def test_cfg_zero_does_not_depend_on_the_condition():
     model = small_model()
-    a = smg.generate(model, torch.randn(2, 16), steps=4, cfg=0.0, seed=3)
-    b = smg.generate(model, torch.randn(2, 16), steps=4, cfg=0.0, seed=3)
+    a = smg.generate(model, torch.randn(2, 16), steps=4, guidance=0.0, seed=3)
+    b = smg.generate(model, torch.randn(2, 16), steps=4, guidance=0.0, seed=3)
     assert torch.equal(a, b)
 
 
@@ -174,7 +174,7 @@ def test_a_tiny_model_learns_class_conditional_grids():
         losses.append(m["loss"])
     assert sum(losses[-20:]) / 20 < 0.5 * math.log(32), losses[-20:]
     model = trainer.model.eval()
-    out = smg.generate(model, class_vec[torch.tensor([0, 0, 0, 0, 3, 3, 3, 3])], steps=8, cfg=3.0, seed=0)
+    out = smg.generate(model, class_vec[torch.tensor([0, 0, 0, 0, 3, 3, 3, 3])], steps=8, guidance=3.0, seed=0)
     share = lambda rows, k: (out[rows] // 8 == k).float().mean().item()  # share of class k's codes
     first, second = slice(0, 4), slice(4, 8)
     assert share(first, 0) > 0.75 and share(second, 3) > 0.75, (share(first, 0), share(second, 3))
@@ -185,9 +185,9 @@ def test_without_the_cfg_ramp_the_first_step_is_already_guided():
     model = small_model()
     c1, c2 = torch.randn(2, 16), torch.randn(2, 16)
     # one step: the ramp's scale is 0 there (Eq. 2), so the prompt cannot matter; a constant scale uses it
-    assert torch.equal(smg.generate(model, c1, steps=1, cfg=3.0, seed=0), smg.generate(model, c2, steps=1, cfg=3.0, seed=0))
-    assert not torch.equal(smg.generate(model, c1, steps=1, cfg=3.0, seed=0, cfg_ramp=False),
-                           smg.generate(model, c2, steps=1, cfg=3.0, seed=0, cfg_ramp=False))
+    assert torch.equal(smg.generate(model, c1, steps=1, guidance=3.0, seed=0), smg.generate(model, c2, steps=1, guidance=3.0, seed=0))
+    assert not torch.equal(smg.generate(model, c1, steps=1, guidance=3.0, seed=0, cfg_ramp=False),
+                           smg.generate(model, c2, steps=1, guidance=3.0, seed=0, cfg_ramp=False))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,11 +277,11 @@ def test_eq2_guided_logits_and_the_ramp_recorded_per_step():
         expected = l_u + t * (l_c - l_u)                                         # Eq. 2
         torch.testing.assert_close(smg.guided_logits(stub, tokens, cond, masked, t), expected.expand(2, -1, -1))
     record = []
-    smg.generate(stub, cond, steps=5, cfg=3.0, temperature=1.5, on_step=lambda i: record.append(step_record(i)))
+    smg.generate(stub, cond, steps=5, guidance=3.0, temperature=1.5, on_step=lambda i: record.append(step_record(i)))
     assert [r["cfg_scale"] for r in record] == pytest.approx([3.0 * s / 4 for s in range(5)])
     assert [r["temperature"] for r in record] == pytest.approx([1.5 * (1 - (s + 1) / 5) for s in range(5)])
     record = []
-    smg.generate(stub, cond, steps=5, cfg=3.0, cfg_ramp=False, on_step=lambda i: record.append(step_record(i)))
+    smg.generate(stub, cond, steps=5, guidance=3.0, cfg_ramp=False, on_step=lambda i: record.append(step_record(i)))
     assert [r["cfg_scale"] for r in record] == [3.0] * 5
 
 
