@@ -198,3 +198,25 @@ def test_span_len_needs_the_span_mask_and_old_configs_load_with_per_token_masks(
         assert "span_mask" in str(e)
     saved = {k: v for k, v in dataclasses.asdict(TINY).items() if k != "span_len"}   # a checkpoint from before
     assert config_from_dict(specmaskgit.Config, saved).span_len == 1
+
+
+def test_both_maskings_train_and_the_sampler_runs_at_the_full_presets_grid():
+    """The full preset's grid (5 x 53 tokens, 1024 codes; a narrow model so that the test stays small):
+    a span-masked training step and MAGNeT's sampler with every option, shapes and ranges as at full size."""
+    full = specmaskgit.PRESETS["full"]
+    cfg = dataclasses.replace(full, n_layers=1, width=32, n_heads=2, mlp=64, span_len=3)
+    assert (cfg.rows, cfg.cols, cfg.n_codes) == (5, 53, 1024)
+    g = torch.Generator().manual_seed(9)
+    mask = magnet.span_mask(64, cfg.rows * cfg.cols, cfg, g).view(64, cfg.rows, cfg.cols)
+    assert runs_per_row(mask.reshape(-1, cfg.cols)) and min(runs_per_row(mask.reshape(-1, cfg.cols))) >= 3
+    batch = {"tokens": torch.randint(0, 1024, (2, 5, 53), generator=g), "cond": torch.randn(2, 512, generator=g)}
+    for draw in (specmaskgit.sample_mask, magnet.span_mask):
+        trainer = specmaskgit.Trainer(dataclasses.replace(cfg, span_len=1 if draw is specmaskgit.sample_mask else 3),
+                                      draw_mask=draw)
+        metrics = trainer.step(batch, 0)
+        assert torch.isfinite(metrics["loss"])
+    model = specmaskgit.SpecMaskGIT(cfg).eval()
+    tokens, order = magnet.generate(model, torch.randn(2, 512), span_len=3, context=2, prefix_cols=2, seed=0,
+                                    rescorer=specmaskgit.SpecMaskGIT(cfg).eval(), record_order=True)
+    assert tokens.shape == (2, 5, 53) and 0 <= tokens.min() and tokens.max() < 1024
+    assert (order >= 0).all()                                                  # every token decoded
