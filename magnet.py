@@ -251,18 +251,12 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
     c = model.cfg
     R, C, n = c.rows, c.cols, c.rows * c.cols
     L = span_len or c.span_len
-    B = cond.shape[0] if cond is not None else (known_tokens.shape[0] if known_tokens is not None else (batch_size or 1))
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(0 if seed is None else seed)
     row_steps = tuple(row_steps)
     assert len(row_steps) in (1, R) and min(row_steps) >= 1 and 1 <= L <= C and 0 <= prefix_cols <= C
-    if known_tokens is None:
-        tokens = torch.zeros(B, n, dtype=torch.long, device=device)
-        known = torch.zeros(B, n, dtype=torch.bool, device=device)
-    else:
-        tokens = known_tokens.reshape(B, n).to(device)
-        known = (known_mask.reshape(B, n).to(device) if known_mask is not None else torch.ones_like(tokens, dtype=torch.bool))
-        tokens = torch.where(known, tokens, 0)
+    tokens, known = specmaskgit.start_grid(n, cond, known_tokens, known_mask, batch_size, device)   # (B, n), (B, n)
+    B = tokens.shape[0]
     masked = ~known                                                           # (B, n) not decided yet
     order = torch.full((B, n), -1, dtype=torch.long, device=device)
     attn_mask = None if context is None else context_mask(R, C, context, device)

@@ -1,13 +1,9 @@
 """
 sample.py — text to audio with a trained SpecMaskGIT, zero-shot inpainting and bandwidth extension.
 
-Paper: "SpecMaskGIT" (ISMIR 2024).
-  Sec. 3.3-3.4  prompt -> CLAP text embedding -> MaskGIT sampling of a token grid (Eq. 2, 3)
-                -> SpecVQGAN decoder -> mel -> HiFiGAN -> waveform
-  Sec. 4, 5.2   zero-shot tasks: time inpainting (regenerate the token columns of a gap) and bandwidth
-                extension (regenerate the top token row, mel bins 64-79, optionally followed by
-                low-frequency replacement, Table 7). "Zero-shot" because the model was never trained
-                for them: they are just sampling with some tokens given.
+Paper: "SpecMaskGIT" (ISMIR 2024), Sec. 3.3-3.4 and the zero-shot tasks of Sec. 4, 5.2 and Table 7:
+the path itself (text -> tokens -> mel -> wav, inpainting, bandwidth extension) is pipeline.py's; this
+file is the command line around it: flags, output names, wavs, PNGs and pages.
 
 In:  prompts, or an audio file (any length, rate, channel count) for --inpaint / --bwe
 Out: one 22050 Hz wav per prompt and take; with --png a labelled picture of its mel and of the MaskGIT

@@ -248,6 +248,21 @@ def gumbel(shape, generator, device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def start_grid(n: int, cond, known_tokens=None, known_mask=None, batch_size=None, device="cpu"):
+    """The grid a sampler starts from: token ids (B, n) and which of them are known (B, n) bool.
+    Without known tokens nothing is known; with them, known_mask says which (default: all). B comes from
+    the prompts, else the known tokens, else batch_size (unconditional sampling)."""
+    B = cond.shape[0] if cond is not None else (known_tokens.shape[0] if known_tokens is not None else (batch_size or 1))
+    if known_tokens is None:
+        tokens = torch.zeros(B, n, dtype=torch.long, device=device)
+        known = torch.zeros(B, n, dtype=torch.bool, device=device)
+    else:
+        tokens = known_tokens.reshape(B, n).to(device)
+        known = (known_mask.reshape(B, n).to(device) if known_mask is not None else torch.ones_like(tokens, dtype=torch.bool))
+        tokens = torch.where(known, tokens, 0)                                  # what masked positions hold is never read
+    return tokens, known
+
+
 def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=None, known_mask=None, seed=None,
              batch_size=None, cfg_ramp=True, record_order=False, on_step=None, guide_options=None, loop_device=None):
     """MaskGIT sampling of (B, rows, cols) token grids.
@@ -271,17 +286,11 @@ def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=
     """
     c = model.cfg
     n = c.rows * c.cols
-    B = cond.shape[0] if cond is not None else (known_tokens.shape[0] if known_tokens is not None else (batch_size or 1))
     model_device = next(model.parameters()).device
     device = model_device if loop_device is None else torch.device(loop_device)   # where drawing and ranking run
     g = torch.Generator(device).manual_seed(0 if seed is None else seed)
-    if known_tokens is None:
-        tokens = torch.zeros(B, n, dtype=torch.long, device=device)
-        known = torch.zeros(B, n, dtype=torch.bool, device=device)
-    else:
-        tokens = known_tokens.reshape(B, n).to(device)
-        known = (known_mask.reshape(B, n).to(device) if known_mask is not None else torch.ones_like(tokens, dtype=torch.bool))
-        tokens = torch.where(known, tokens, 0)                                  # what masked positions hold is never read
+    tokens, known = start_grid(n, cond, known_tokens, known_mask, batch_size, device)   # (B, n), (B, n)
+    B = tokens.shape[0]
     masked = ~known                                                             # (B, n)
     n_unknown = masked.sum(1).tolist()                                          # differs per sample only by the caller
     counts = masked_counts(n_unknown, steps, c.mask_schedule)                   # [B][S], known before the loop
