@@ -247,7 +247,6 @@ def gumbel(shape, generator, device) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
-@torch.no_grad()
 def start_grid(n: int, cond, known_tokens=None, known_mask=None, batch_size=None, device="cpu"):
     """The grid a sampler starts from: token ids (B, n) and which of them are known (B, n) bool.
     Without known tokens nothing is known; with them, known_mask says which (default: all). B comes from
@@ -263,6 +262,7 @@ def start_grid(n: int, cond, known_tokens=None, known_mask=None, batch_size=None
     return tokens, known
 
 
+@torch.no_grad()
 def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=None, known_mask=None, seed=None,
              batch_size=None, cfg_ramp=True, record_order=False, on_step=None, guide_options=None, loop_device=None):
     """MaskGIT sampling of (B, rows, cols) token grids.
