@@ -51,6 +51,7 @@ class Config:
     # vector quantiser (Sec. 4: 1024 codes x 256 dims)
     n_codes: int = 1024
     code_dim: int = 256
+    l2_codes: bool = False            # look codes up by cosine on the unit sphere (ViT-VQGAN's factorised codes, below)
     beta: float = 0.25                # commitment weight (VQ-VAE, Eq. 3 of van den Oord et al.)
     dead_code_steps: int = 200        # a code not chosen for this many training steps is re-seeded (0: never)
     # losses (SpecVQGAN's configs/vggsound_codebook.yaml; no LPAPS, Sec. 4)
@@ -240,7 +241,7 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
-        self.n_codes, self.code_dim, self.beta = cfg.n_codes, cfg.code_dim, cfg.beta
+        self.n_codes, self.code_dim, self.beta, self.l2 = cfg.n_codes, cfg.code_dim, cfg.beta, cfg.l2_codes
         self.dead_code_steps = cfg.dead_code_steps
         self.codebook = nn.Embedding(cfg.n_codes, cfg.code_dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / cfg.n_codes, 1.0 / cfg.n_codes)   # Taming's init
@@ -252,14 +253,14 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z):                                              # (B, D, R, C)
         B, D, R, C = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, D)                    # (N = B*R*C, D)
+        flat = self.project(z.permute(0, 2, 3, 1).reshape(-1, D))      # (N = B*R*C, D)
         # The search in fp32 even under autocast: bf16 distances round near-ties differently, and the
         # token cache (encoded without autocast) would then hold other codes than training chose.
         with torch.autocast(flat.device.type, enabled=False):
-            x, w = flat.detach().float(), self.codebook.weight.float()   # (N, D), (K, D)
+            x, w = flat.detach().float(), self.project(self.codebook.weight.float())   # (N, D), (K, D)
             d = x.pow(2).sum(1, keepdim=True) - 2 * x @ w.t() + w.pow(2).sum(1)[None]   # ||z||^2 - 2 z.e_k + ||e_k||^2, (N, K)
             ids = d.argmin(1)                                          # (N,) argmin_k ||z - e_k||^2: the tokens
-        e = self.codebook(ids).to(flat.dtype)                          # (N, D)
+        e = self.lookup(ids).to(flat.dtype)                            # (N, D)
         codebook_loss = F.mse_loss(e, flat.detach())                   # ||sg[z] - e||^2
         commit_loss = F.mse_loss(flat, e.detach())                     # ||z - sg[e]||^2
         vq_loss = codebook_loss + self.beta * commit_loss              # VQ-VAE Eq. 3
@@ -273,6 +274,16 @@ class VectorQuantizer(nn.Module):
         if self.training:
             self.remember(flat, counts)
         return q, vq_loss, ids.view(B, R, C), info
+
+    def project(self, v):
+        """With l2_codes, vectors and codes live on the unit sphere (ViT-VQGAN, Yu et al. 2022, Sec. 3.2):
+        the nearest code is the one of highest cosine, so a code's length cannot make it win or lose
+        everywhere, and in few dimensions (8-32) many more codes stay in use. Without it, the identity."""
+        return F.normalize(v, dim=-1) if self.l2 else v
+
+    def lookup(self, ids):
+        """Token ids (...) -> code vectors (..., D), the ones the search compared against."""
+        return self.project(self.codebook(ids))
 
     # --- keeping the codebook alive (our addition, the "codebook restart" of Jukebox, Dhariwal et al. 2020) ---
     # Only chosen codes get a gradient, so a code far from every encoder output never moves ("dead code").
@@ -344,7 +355,7 @@ class VQGAN(nn.Module):
 
     def decode(self, tokens):
         """Tokens (B, 5, F/16) long -> normalised mel (B, 80, F). Not clipped (mel.denormalize clips)."""
-        q = self.quantizer.codebook(tokens).permute(0, 3, 1, 2)        # (B, 5, C, D) -> (B, D, 5, C)
+        q = self.quantizer.lookup(tokens).permute(0, 3, 1, 2)          # (B, 5, C, D) -> (B, D, 5, C)
         return self.decode_latent(q)
 
     def forward(self, mel):
