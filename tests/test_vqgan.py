@@ -60,6 +60,28 @@ def test_quantiser_outputs_codebook_entries_and_passes_gradients_straight_throug
     assert torch.allclose(z.grad, g)
 
 
+def test_l2_codes_choose_by_angle_and_hand_on_unit_vectors():
+    # ViT-VQGAN's lookup: the code of highest cosine, whatever its length
+    vq = vqgan.VectorQuantizer(dataclasses.replace(TINY, n_codes=2, code_dim=2, l2_codes=True)).eval()
+    plain = vqgan.VectorQuantizer(dataclasses.replace(TINY, n_codes=2, code_dim=2)).eval()
+    with torch.no_grad():
+        for q in (vq, plain):
+            q.codebook.weight.copy_(torch.tensor([[5.0, 0.0], [0.1, 0.1]]))
+    z = torch.tensor([3.0, 1.5]).reshape(1, 2, 1, 1)               # 27 degrees: nearer e_0, closer in angle to e_1
+    assert plain(z)[2].item() == 0 and vq(z)[2].item() == 1
+    assert torch.allclose(vq(z)[0].flatten(), torch.tensor([1.0, 1.0]) / 2 ** 0.5)   # the unit code, not (0.1, 0.1)
+    # on random vectors: the argmax of cosine similarity, and decode's lookup is the same unit vector
+    torch.manual_seed(0)
+    vq = vqgan.VectorQuantizer(dataclasses.replace(TINY, n_codes=32, code_dim=8, l2_codes=True)).eval()
+    z = torch.randn(2, 8, 5, 3)
+    q, _, ids, _ = vq(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 8)
+    cosine = torch.nn.functional.cosine_similarity(flat[:, None], vq.codebook.weight[None].detach(), dim=-1)   # (30, 32)
+    assert torch.equal(ids.flatten(), cosine.argmax(1))
+    assert torch.allclose(q.permute(0, 2, 3, 1).reshape(-1, 8), vq.lookup(ids.flatten()), atol=1e-6)
+    assert torch.allclose(vq.lookup(ids).norm(dim=-1), torch.ones(ids.shape))
+
+
 def two_code_quantiser():
     """A 2-code, 2-dim quantiser in float64 with codes e_0 = (0, 0) and e_1 = (1, 1)."""
     vq = vqgan.VectorQuantizer(dataclasses.replace(TINY, n_codes=2, code_dim=2)).double().eval()
