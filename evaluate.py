@@ -1,5 +1,5 @@
 """
-evaluate.py — the paper's evaluation in miniature: FAD, CLAP score, two judges, and the ablations.
+evaluate.py — the paper's evaluation in miniature: FAD, CLAP score, three judges, and the ablations.
 
 Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms ..." (ISMIR 2024).
   Sec. 4     every table scores audio with the Fréchet audio distance (FAD, Kilgour et al. 2019):
@@ -16,14 +16,16 @@ Everything runs on the toy sound world of toyworld.py, with the small bundled mo
     trained on exactly this world), and a LAION-CLAP checkpoint can be given instead. FAD values are
     therefore on another scale than the paper's: compare the *shape* of the curves, not the numbers;
   - the reference set is held-out toy clips (ToyDataset("test")); the prompts are their captions;
-  - two judges say whether "a dog barking" came out as a dog: TinyCLAP zero-shot (the kind whose name
-    is nearest in the CLAP space) and a nearest-centroid classifier on mel statistics (below). On
-    real toy clips the same judges give the ceiling.
+  - three judges say whether "a dog barking" came out as a dog: TinyCLAP zero-shot (the kind whose name
+    is nearest in the CLAP space), a nearest-centroid classifier on statistics of the model's mel, and
+    a pitch-and-MFCC judge that uses neither (5 nearest neighbours on MFCCs, a pitch track, zero
+    crossings and the loudness's rhythm, computed from the samples up to 8 kHz; below). On real toy
+    clips the same judges give the ceiling.
 
 In:  a bundle written by train.py --bundle (default: sample.py's, checkpoints/toy.pt)
 Out: markdown tables on stdout (copy them into RESULTS.md)
   python evaluate.py --quick            # everything, small sets
-  python evaluate.py --judges           # only the two judges, 12 kinds x 8 clips
+  python evaluate.py --judges           # only the three judges, 12 kinds x 8 clips
   python evaluate.py --ablations --n 64 # only the FAD tables, 64 clips per set
 """
 
@@ -122,7 +124,7 @@ def gap_seconds(num_samples: int, share: float = 0.3) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The two judges: does a clip generated from "a dog barking" sound like the dog kind?
+# The judges: does a clip generated from "a dog barking" sound like the dog kind?
 # ---------------------------------------------------------------------------------------------------
 #
 # To check what a trained model generates for "a dog barking" we need something that recognises a
@@ -466,7 +468,7 @@ JUDGED_SETS = {
 
 
 def run_judges(pipe, per_kind: int, seed: int, steps=16, guidance=3.0, temperature=1.5, cfg_ramp=True) -> dict:
-    """Both judges on `per_kind` clips of every kind in each of JUDGED_SETS."""
+    """The three judges on `per_kind` clips of every kind in each of JUDGED_SETS."""
     kinds = torch.arange(len(toyworld.KINDS)).repeat_interleave(per_kind)        # (K n,) the asked-for kind
     prompts = [toyworld.KINDS[k] for k in kinds]
     t0 = time.time()
@@ -475,6 +477,7 @@ def run_judges(pipe, per_kind: int, seed: int, steps=16, guidance=3.0, temperatu
     real, real_kinds = single_kind_clips("test", per_kind, num_samples=generated.shape[-1], seed=0)
     kind_emb = pipe.clap.embed_text(toyworld.KINDS).float().cpu()                 # (K, D)
     judge = train_judge(per_kind=40, num_samples=generated.shape[-1])
+    third_judge = train_pitch_mfcc_judge(per_kind=40, num_samples=generated.shape[-1], seed=1)
     results = {"seconds_per_clip": t_gen / len(prompts), "cfg_ramp": cfg_ramp}
     real_prompts = [toyworld.KINDS[k] for k in real_kinds]
     sets = (("real", real, real_kinds), ("vocoder", vocoder_round_trip(pipe, real), real_kinds),
@@ -483,7 +486,8 @@ def run_judges(pipe, per_kind: int, seed: int, steps=16, guidance=3.0, temperatu
             ("generated", generated, kinds))
     for name, wavs, truth in sets:
         audio_emb = pipe.clap.embed_audio(wavs.to(pipe.device)).float().cpu()   # (K n, D)
-        heard = {"CLAP zero-shot": zero_shot_kinds(audio_emb, kind_emb), "mel-statistics judge": judge.predict(mel_features(wavs))}
+        heard = {"CLAP zero-shot": zero_shot_kinds(audio_emb, kind_emb), "mel-statistics judge": judge.predict(mel_features(wavs)),
+                 "pitch-and-MFCC judge": third_judge.predict(waveform_features(wavs))}
         results[name] = {j: accuracy_by_kind(p, truth, len(toyworld.KINDS)) for j, p in heard.items()}
         results[name]["clap_score"] = clap_score(kind_emb[truth], audio_emb)
         results.setdefault("heard as", {})[name] = {j: (p, truth) for j, p in heard.items()}
@@ -499,7 +503,11 @@ def usual_mistake(predicted: torch.Tensor, truth: torch.Tensor, kind: int) -> st
 def print_judges(results: dict, per_kind: int) -> None:
     judges = [j for j in results["generated"] if j != "clap_score"]
     sets = list(JUDGED_SETS)
-    print(f"\n### The two judges, {per_kind} clips of every kind in each set\n")
+    print(f"\n### The three judges, {per_kind} clips of every kind in each set\n")
+    print("TinyCLAP zero-shot (the kind name nearest in CLAP space), the mel-statistics judge (nearest centroid "
+          "on the model's log-mel) and the pitch-and-MFCC judge (5 nearest neighbours on MFCCs, a pitch track, "
+          "zero crossings and the loudness's rhythm, from the samples up to 8 kHz: neither CLAP nor the model's "
+          "mel), each on:\n")
     for name in sets:
         constant = name == "generated" and not results.get("cfg_ramp", True)
         print(f"- **{name}**: {JUDGED_SETS[name]}" + (", the CFG scale 3 from the first step (no ramp)" if constant else ""))
@@ -1122,11 +1130,11 @@ MAX_SEED = 2 ** 62   # torch's generators take seeds below 2**63; the clip sets 
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the two judges.",
+    p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the three judges.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default=pipeline.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
     p.add_argument("--quick", action="store_true", help="small sets (everything, quickly)")
-    p.add_argument("--judges", action="store_true", help="run the two judges (default: judges and ablations)")
+    p.add_argument("--judges", action="store_true", help="run the three judges (default: judges and ablations)")
     p.add_argument("--ablations", action="store_true", help="run the FAD tables (default: judges and ablations)")
     p.add_argument("--n", type=int, default=None, help="clips per FAD set (default 48, --quick 16)")
     p.add_argument("--per-kind", type=int, default=None, help="generated clips per kind for the judges (default 8, --quick 4)")
