@@ -121,12 +121,15 @@ def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypat
     monkeypatch.setattr(evaluate, "single_kind_clips", real_clips)
     monkeypatch.setattr(evaluate, "train_judge", lambda **kwargs: StubJudge())
     monkeypatch.setattr(evaluate, "mel_features", lambda wav: wav[:, :1])
+    monkeypatch.setattr(evaluate, "train_pitch_mfcc_judge", lambda **kwargs: StubJudge())
+    monkeypatch.setattr(evaluate, "waveform_features", lambda wav: wav[:, :1])
     pipe = type("Pipe", (), {"clap": StubCLAP(), "device": "cpu"})()
     r = evaluate.run_judges(pipe, per_kind=3, seed=0)
 
     assert sorted(asked) == sorted(toyworld.KINDS * 3)
     expected_right = [0 if k == siren else 3 for k in range(len(toyworld.KINDS))]
-    for judge in ("CLAP zero-shot", "mel-statistics judge"):
+    assert list(r["generated"])[:3] == ["CLAP zero-shot", "mel-statistics judge", "pitch-and-MFCC judge"]
+    for judge in ("CLAP zero-shot", "mel-statistics judge", "pitch-and-MFCC judge"):
         right, total, overall = r["generated"][judge]
         assert right == expected_right and total == [3] * len(toyworld.KINDS)
         assert abs(overall - 11 / 12) < 1e-9
@@ -136,7 +139,8 @@ def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypat
     assert abs(r["real"]["clap_score"] - 1) < 1e-6
     evaluate.print_judges(r, 3)
     table = capsys.readouterr().out
-    assert re.search(r"^\| a siren \| 3/3 \| 3/3 \| 3/3 \| 3/3 \| 0/3 \| footsteps \|$", table, re.M)   # heard as footsteps
+    rows = re.findall(r"^\| a siren \| 3/3 \| 3/3 \| 3/3 \| 3/3 \| 0/3 \| footsteps \|$", table, re.M)   # heard as footsteps
+    assert len(rows) == 3 and "\npitch-and-MFCC judge:\n" in table                  # one table per judge
 
 
 def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
@@ -234,3 +238,93 @@ def test_vocoder_round_trip_rebuilds_the_clips_own_clipped_mel_at_their_length()
     to_clipped = (out - mel.griffin_lim(clipped)[:, :wavs.shape[-1]]).abs().max()      # float32 dB round trip
     to_unclipped = (out - mel.griffin_lim(mel.mel_spectrogram(wavs))[:, :wavs.shape[-1]]).abs().max()
     assert to_clipped < 1e-3 and to_clipped < to_unclipped / 4                  # the clipped mel, not the raw one
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pitch-and-MFCC judge
+# ---------------------------------------------------------------------------------------------------
+
+SECONDS = torch.arange(mel.TOY_SAMPLES // 2, dtype=torch.float64) / mel.SR     # 1.5 s
+
+
+def test_pitch_track_finds_a_tones_f0_and_hears_a_glide_and_no_pitch_in_noise():
+    f0 = torch.tensor([110.0, 440.0, 1760.0], dtype=torch.float64)[:, None]   # low, middle and high
+    track, peak = evaluate.pitch_track(torch.sin(2 * np.pi * f0 * SECONDS).float())   # (3, frames)
+    assert (track / f0 - 1).abs().max() < 0.02 and peak.min() > evaluate.VOICED    # all within 2 %, all voiced
+    # a chirp from 300 to 1500 Hz: f(t) = 300 + a t, so d log2 f / dt = a / (f ln 2)
+    a = 1200 / SECONDS[-1].item()
+    chirp = torch.sin(2 * np.pi * (300 * SECONDS + a / 2 * SECONDS ** 2)).float()
+    steady = torch.sin(2 * np.pi * 900 * SECONDS).float()
+    noise = torch.randn(len(SECONDS), generator=torch.Generator().manual_seed(0))
+    glide, hold, hiss = (evaluate.waveform_features(w)[36:40] for w in (chirp, steady, noise))
+    mid = 900.0                                                         # the chirp's median pitch
+    per_hop = a / (mid * np.log(2)) * evaluate.PITCH_HOP / mel.SR      # octaves per pitch hop at the median
+    assert glide[0] == 1 and hold[0] == 1                               # both voiced throughout
+    assert abs(glide[3] - per_hop) < 0.2 * per_hop and hold[3] < 0.1 * per_hop
+    assert abs(hold[1] - np.log2(900 / 1000)) < 0.01 and abs(glide[1] - np.log2(mid / 1000)) < 0.05
+    assert hiss[0] < 0.05                                               # white noise: (almost) no frame voiced
+
+
+def test_dct_matrix_is_the_orthonormal_dct_ii_summed_by_hand():
+    x = np.random.default_rng(0).standard_normal(evaluate.N_BANDS)
+    n = np.arange(evaluate.N_BANDS)
+    by_hand = [np.sqrt((1 if k == 0 else 2) / len(x)) * np.sum(x * np.cos(np.pi * k * (2 * n + 1) / (2 * len(x))))
+               for k in range(evaluate.N_MFCC)]
+    assert np.allclose(evaluate.dct_matrix().double().numpy() @ x, by_hand, atol=1e-5)
+    full = evaluate.dct_matrix(evaluate.N_BANDS, evaluate.N_BANDS)
+    assert torch.allclose(full @ full.T, torch.eye(evaluate.N_BANDS), atol=1e-5)   # orthonormal
+
+
+def test_filterbank_ignores_everything_above_8_khz_and_covers_the_band_below():
+    bank = evaluate.triangular_filterbank()                             # (40, 513)
+    hz = torch.fft.rfftfreq(evaluate.FEATURE_FFT, 1 / mel.SR)
+    assert bank[:, hz > evaluate.FEATURE_FMAX].abs().max() == 0
+    first, last = hz[bank[0].argmax()], hz[bank[-1].argmax()]          # the outermost bands' peaks
+    inside = (hz > first) & (hz < last)
+    assert torch.allclose(bank[:, inside].sum(0), torch.ones(int(inside.sum())), atol=1e-5)   # triangles overlap to 1
+
+
+def test_waveform_features_ignore_level_and_what_lies_above_8_khz():
+    wav = evaluate.single_kind_clips("test", 1, num_samples=mel.TOY_SAMPLES // 2)[0][:3]   # rain, dog, birds
+    feats = evaluate.waveform_features(wav)
+    assert feats.shape == (3, 44) and torch.isfinite(feats).all()
+    assert torch.allclose(evaluate.waveform_features(0.1 * wav), feats, atol=1e-3)
+    hz = torch.fft.rfftfreq(wav.shape[-1], 1 / mel.SR)
+    hiss = torch.fft.irfft(torch.randn(len(hz), generator=torch.Generator().manual_seed(1)) * (hz > 9000), n=wav.shape[-1])
+    assert torch.allclose(evaluate.waveform_features(wav + 0.5 * hiss / hiss.std()), feats, atol=1e-3)
+    assert torch.allclose(evaluate.waveform_features(wav[1]), feats[1], atol=1e-4)   # one clip in, one row out
+
+
+def test_envelope_rhythm_finds_the_period_of_a_click_train_and_none_in_steady_noise():
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(2, len(SECONDS), generator=g)
+    beat = ((SECONDS % 0.5) < 0.03).float()                             # a 30 ms burst every 0.5 s
+    rhythm = evaluate.envelope_rhythm(noise * torch.stack([beat, torch.ones_like(beat)]))
+    assert rhythm[0, 0] > 0.5 and abs(10 ** rhythm[0, 1].item() - 0.5) < 0.02   # repeats strongly, every 0.5 s
+    assert rhythm[1, 0] < 0.3 * rhythm[0, 0]                            # steady noise: no repetition stands out
+
+def test_k_nearest_votes_by_majority_and_breaks_ties_by_the_nearest():
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0], [11.0, 10.0], [10.0, 11.0]])
+    labels = torch.tensor([7, 7, 7, 3, 3, 3])                           # class ids need not be 0..K-1
+    judge = evaluate.KNearest(k=3).fit(points, labels)
+    assert judge.predict(torch.tensor([[0.5, 0.5], [10.5, 10.5], [4.0, 4.0]])).tolist() == [7, 3, 7]
+    assert judge.predict(torch.tensor([10.0, 9.0])).item() == 3         # one vector in, one label out
+    # k = 2 between one point of each class: a 1-1 tie, won by the nearer one
+    two = evaluate.KNearest(k=2).fit(torch.tensor([[0.0], [1.0], [5.0]]), torch.tensor([1, 2, 2]))
+    assert two.predict(torch.tensor([[0.4], [0.6]])).tolist() == [1, 2]
+    # features are scaled by the training spread: the 2nd feature's large units do not decide alone
+    wide = evaluate.KNearest(k=1).fit(torch.tensor([[0.0, 0.0], [1.0, 1000.0]]), torch.tensor([0, 1]))
+    assert wide.predict(torch.tensor([0.9, 400.0])).item() == 1         # 0.9 of the way in x, 0.4 in y
+
+
+def test_pitch_mfcc_judge_tells_the_toy_kinds_apart_and_travels_in_a_checkpoint(tmp_path):
+    n = mel.TOY_SAMPLES // 2                                            # 1.5 s clips keep the test fast
+    judge = evaluate.train_pitch_mfcc_judge(per_kind=12, num_samples=n, seed=1)
+    wavs, kinds = evaluate.single_kind_clips("test", 6, num_samples=n, seed=0)
+    features = evaluate.waveform_features(wavs)
+    accuracy = (judge.predict(features) == kinds).float().mean().item()
+    assert accuracy > 0.85                                              # chance is 1/12 = 0.083
+    path = tmp_path / "judge.pt"
+    torch.save(judge.state_dict(), path)
+    again = evaluate.KNearest.from_state_dict(torch.load(path, weights_only=True))
+    assert again.k == 5 and torch.equal(again.predict(features), judge.predict(features))

@@ -353,7 +353,7 @@ def test_exercise_6_without_the_conditional_mask_and_without_cfg_training(runs, 
     capsys.readouterr()
     assert evaluate.main(command(6, "evaluate.py") + ["--n", "2", "--per-kind", "1"]) == 0
     out = capsys.readouterr().out
-    assert "evaluating runs/nocm/model.pt" in out and "### The two judges" in out
+    assert "evaluating runs/nocm/model.pt" in out and "### The three judges" in out
     row = re.search(r"^\| SpecMaskGIT, CFG 3 with the linear ramp \| 16 \| ([0-9.]+) \|", out, re.M)
     assert row and np.isfinite(float(row.group(1)))
 
