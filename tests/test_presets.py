@@ -109,8 +109,7 @@ def test_vqgan_full_encoder_has_attention_only_at_the_lowest_resolution():
 def test_vqgan_tiny_preset_is_the_toy_recipes():
     tiny = vqgan.PRESETS["tiny"]
     assert (tiny.base_channels, as_tuples(tiny.channel_mult), tiny.n_res_blocks, tiny.dec_res_blocks) == (8, (1, 2, 4, 8, 8), 1, 1)
-    assert (tiny.n_codes, tiny.code_dim, tiny.z_channels, tiny.disc_start) == (1024, 64, 64, 800)  # 1024 x 64 codebook
-    assert not tiny.l2_codes and not vqgan.PRESETS["full"].l2_codes       # SpecVQGAN's Euclidean lookup in both
+    assert (tiny.n_codes, tiny.code_dim, tiny.z_channels, tiny.disc_start) == (256, 64, 64, 800)   # 256 x 64 codebook
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -142,8 +141,7 @@ def test_transformer_training_defaults_are_the_papers():
 
 def test_transformer_tiny_preset_is_the_demos():
     tiny = specmaskgit.PRESETS["tiny"]
-    assert (tiny.n_layers, tiny.width, tiny.n_heads, tiny.mlp, tiny.n_codes, tiny.rows, tiny.cols) == (6, 192, 4, 768, 1024, 5, 16)
-    assert tiny.n_codes == vqgan.PRESETS["tiny"].n_codes                  # one output per code of the toy codebook
+    assert (tiny.n_layers, tiny.width, tiny.n_heads, tiny.mlp, tiny.n_codes, tiny.rows, tiny.cols) == (6, 192, 4, 768, 256, 5, 16)
     assert (tiny.label_smoothing, tiny.mask_mean) == (0.1, 0.55)          # the method's values stay
 
 
