@@ -67,13 +67,12 @@ class Config:
 PRESETS = {
     # 72.1 M parameters without the discriminator, 74.9 M with it: the paper's "around 75M" (Sec. 4)
     "full": Config(),
-    # The toy world (toyworld.py): 256-frame clips -> 5 x 16 tokens, 0.98 M parameters. The full-resolution
-    # levels, where a CPU spends most of its time, are only 8 and 16 channels wide. 1024 codes of 64 dims, as
-    # many codes as the paper's: a 16 x 16 patch (186 ms) holds a click at any of 16 places or a glide at any
-    # slope, and with 256 codes every one of them was in use and the decoder drew their average. The
-    # discriminator joins halfway (800 of train.py's 1600 steps): without it the decoder blurs clicks and trills.
+    # The toy world (toyworld.py): 256-frame clips -> 5 x 16 tokens, 0.94 M parameters. The full-resolution
+    # levels, where a CPU spends most of its time, are only 8 and 16 channels wide. 256 codes of 64 dims:
+    # enough for the 12 kinds of sound, few enough that all see use. The discriminator joins halfway (800 of
+    # train.py's 1600 steps): without it the decoder draws the blurred average of a click or a trill.
     "tiny": Config(base_channels=8, channel_mult=(1, 2, 4, 8, 8), n_res_blocks=1, dec_res_blocks=1,
-                   norm_groups=4, z_channels=64, n_codes=1024, code_dim=64, dead_code_steps=50,
+                   norm_groups=4, z_channels=64, n_codes=256, code_dim=64, dead_code_steps=50,
                    disc_start=800, disc_channels=16, disc_layers=2,
                    min_adapt_weight=0.0, max_adapt_weight=1e4),   # Taming's unclamped weight, which the toy recipe's settings assume
 }
