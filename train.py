@@ -27,6 +27,7 @@ Examples:
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -476,6 +477,10 @@ def main(argv=None) -> int:
     finally:                                         # torchrun: leave the process group before exiting, or
         edges.release_output_folder()
         if torch.distributed.is_available() and torch.distributed.is_initialized():   # its threads abort it
+            # DistributedDataParallel sits in a reference cycle and holds the group: collected only at exit, the
+            # group's threads would be torn down while Python shuts down ("terminate called without an active
+            # exception"). Collect the wrappers now, while the interpreter is whole, then leave the group.
+            gc.collect()
             torch.distributed.destroy_process_group()
 
 
