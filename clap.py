@@ -376,7 +376,7 @@ class Trainer:
 
     def step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         opt = self.optimizers[0]
-        model = self.model                                     # under torchrun: train.Replicated, which reads like it
+        model = self.model                         # under torchrun: training_edges.Replicated, which reads like it
         self.model.train()
         wav = batch["wav"].to(self.device, torch.float32, non_blocking=True)         # (B, T)
         captions = list(batch["caption"])

@@ -11,6 +11,7 @@ Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms ..." (ISMI
   AudioCapsDataset               AudioCaps: train.csv/val.csv/test.csv + a folder of clips (Part 1)
   FolderDataset                  every audio file under a folder, optional captions.csv (Part 2)
   make_dataset                   "toy" | "audiocaps" | a folder path -> one of these or toyworld.ToyDataset
+  collate                        items -> a batch, for train.py's and its token cache's DataLoaders
 
 The toy sound world that trains on a laptop (the paper's data stand-in) is toyworld.py.
 
@@ -261,6 +262,14 @@ def make_dataset(data: str, split: str = "train", root: str | None = None, num_s
         raise UserError(f"--data must be toy, audiocaps or a folder of audio; {data!r} is not a folder.")
     folder = os.path.join(data, split) if os.path.isdir(os.path.join(data, split)) else data
     return FolderDataset(folder, num_samples=num_samples or CLIP_SAMPLES, n=n)
+
+
+
+def collate(items: list[dict]) -> dict:
+    """A list of dataset items -> one batch: wavs stacked (B, T), captions kept as a list, kinds as a tensor."""
+    return {"wav": torch.stack([it["wav"] for it in items]),
+            "caption": [it["caption"] for it in items],
+            "kind": torch.tensor([it["kind"] for it in items])}
 
 
 if __name__ == "__main__":

@@ -283,7 +283,7 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
 
     def report(committed, p_self, scale, temp):
         if on_step is not None:
-            on_step(dict(step=step, steps=total, left=int(masked.sum()), committed=committed, masked=masked,
+            on_step(dict(step=step, steps=total, n_masked=int(masked.sum()), committed=committed, masked=masked,
                          known=known, belief=tokens, logp_drawn=p_self.clamp_min(1e-30).log(),
                          cfg_scale=float(scale.mean()), temperature=temp, schedule="MAGNeT's span schedule"))
 

@@ -203,7 +203,7 @@ def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=N
 
     def on_step(info):
         if verbose:
-            print(f"  step {info['step'] + 1:2d}/{info['steps']}: {info['left']:4d} tokens still masked "
+            print(f"  step {info['step'] + 1:2d}/{info['steps']}: {info['n_masked']:4d} tokens still masked "
                   f"({time.time() - t0:.1f} s)", flush=True)
         if record is not None:
             record.append(decoding_page.step_record(info))

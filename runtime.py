@@ -54,7 +54,7 @@ def partial_path(path: str) -> str:
     """Where `path` is written before it is renamed into place: `<path>.partial-<process id>`.
 
     Only this project makes such names, so a run can remove what a killed run of its own left behind
-    (train.remove_partial_files) without ever touching a user's files.
+    (training_edges.remove_partial_files) without ever touching a user's files.
     """
     return f"{path}.partial-{os.getpid()}"
 

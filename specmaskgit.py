@@ -319,7 +319,7 @@ def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=
         tokens = drawn
         masked = remask & masked
         if on_step is not None:
-            on_step(dict(step=s, steps=steps, left=total_after[s], committed=newly, masked=masked, known=known,
+            on_step(dict(step=s, steps=steps, n_masked=total_after[s], committed=newly, masked=masked, known=known,
                          belief=tokens, logp_drawn=logp_drawn, cfg_scale=t, temperature=t_g,
                          schedule=f"{c.mask_schedule} schedule"))
     tokens = tokens.view(B, c.rows, c.cols)

@@ -18,6 +18,7 @@ import torch
 
 import specmaskgit
 import train
+import training_edges
 from runtime import load_checkpoint
 from test_resume import prerequisites  # noqa: F401  (a VQGAN, a TinyCLAP and the token cache)
 from test_train import TOY
@@ -29,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIM = r"""
 import builtins, os, sys
 import torch
-import runtime, specmaskgit, train
+import runtime, specmaskgit, train, training_edges
 dump, argv = sys.argv[1], sys.argv[2:]
 rank = int(os.environ["RANK"])
 out = os.path.abspath(argv[argv.index("--out") + 1])
@@ -60,7 +61,7 @@ if rank != 0:
     builtins.open = guarded_open
     def refuse(obj, path):
         raise RuntimeError(f"rank {rank} saved {path}")
-    runtime.save_checkpoint = train.save_checkpoint = refuse
+    runtime.save_checkpoint = training_edges.save_checkpoint = refuse
 sys.exit(train.main(argv))
 """
 
@@ -176,7 +177,7 @@ def test_the_divergence_flag_goes_to_the_collective_on_the_training_device(monke
     monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
     for device in ("meta", "cpu"):
         with pytest.raises(Collective):
-            train.stop_unless_finite("vqgan", [(0, {"loss": torch.tensor(1.0)})], str(tmp_path), world=2, device=device)
+            training_edges.stop_unless_finite("vqgan", [(0, {"loss": torch.tensor(1.0)})], str(tmp_path), world=2, device=device)
     assert seen == [torch.device("meta"), torch.device("cpu")]
 
 
@@ -193,10 +194,10 @@ def test_a_group_that_maps_devices_as_nccl_does_refuses_a_host_flag_and_gloo_tak
         try:
             if backend == "cuda:gloo":
                 with pytest.raises(RuntimeError, match="device type cpu"):
-                    train.stop_unless_finite("vqgan", losses_ok, str(tmp_path), world=2, device="cpu")
+                    training_edges.stop_unless_finite("vqgan", losses_ok, str(tmp_path), world=2, device="cpu")
             else:
-                train.stop_unless_finite("vqgan", losses_ok, str(tmp_path), world=2, device="cpu")
+                training_edges.stop_unless_finite("vqgan", losses_ok, str(tmp_path), world=2, device="cpu")
                 with pytest.raises(UserError, match="stopped being finite at step 1"):
-                    train.stop_unless_finite("vqgan", losses_nan, str(tmp_path), world=2, device="cpu")
+                    training_edges.stop_unless_finite("vqgan", losses_nan, str(tmp_path), world=2, device="cpu")
         finally:
             dist.destroy_process_group()

@@ -28,6 +28,7 @@ import pipeline
 import runtime
 import sample
 import train
+import training_edges
 from runtime import UserError, load_checkpoint, save_checkpoint
 from test_robustness import CLAP_RUN, refused, toy_run  # noqa: F401  (toy_run: a module fixture)
 from test_sample import bundle  # noqa: F401
@@ -122,7 +123,7 @@ def test_two_sample_runs_into_one_folder_keep_all_four_takes(bundle, tmp_path):
 def test_a_second_train_run_into_a_locked_out_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    with open(out / train.LOCK_NAME, "a") as lock:
+    with open(out / training_edges.LOCK_NAME, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)                      # what a running train.py holds
         refused(capsys, train.main, CLAP_RUN + ["--steps", "1", "--out", str(out)], ["another", str(out)], out)
     assert train.main(CLAP_RUN + ["--steps", "1", "--out", str(out)]) == 0   # released: the next run goes ahead

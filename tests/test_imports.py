@@ -79,3 +79,10 @@ def test_no_command_imports_another():
     graph = project_graph()
     for name in sorted(COMMANDS & PROJECT):
         assert not graph[name] & COMMANDS, f"{name}.py imports {sorted(graph[name] & COMMANDS)}"
+
+
+def test_only_the_commands_stand_on_the_top_floor():
+    """No file below the commands imports one (training_edges.py stands beside train.py, under it)."""
+    graph = project_graph()
+    for name in sorted(PROJECT - COMMANDS):
+        assert not graph[name] & COMMANDS, f"{name}.py imports {sorted(graph[name] & COMMANDS)}"

@@ -25,6 +25,7 @@ import runtime
 import pipeline
 import specmaskgit
 import train
+import training_edges
 from runtime import UserError, load_checkpoint, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,8 +92,8 @@ def test_the_vocoder_is_measured_against_griffin_lim_on_held_out_clips(toy_run):
     import mel
     import vocoder
     heldout = load_checkpoint(str(toy_run / "vocoder.pt"), "vocoder")["heldout_mel_l1"]
-    val = data.make_dataset("toy", "val", num_samples=16384, n=train.HELDOUT_CLIPS)
-    wav = torch.stack([val[i]["wav"] for i in range(train.HELDOUT_CLIPS)])
+    val = data.make_dataset("toy", "val", num_samples=16384, n=training_edges.HELDOUT_CLIPS)
+    wav = torch.stack([val[i]["wav"] for i in range(training_edges.HELDOUT_CLIPS)])
     measure = vocoder.loss_mel
     gl = (measure(mel.griffin_lim(mel.mel_spectrogram(wav))[:, :16384]) - measure(wav)).abs().mean().item()
     assert heldout["clips"] == 16 and heldout["griffin_lim"] == pytest.approx(gl, rel=1e-5)
@@ -107,7 +108,7 @@ def test_the_bundle_keeps_a_vocoder_only_when_it_beats_griffin_lim(toy_run, tmp_
         ckpt = load_checkpoint(str(run / "vocoder.pt"), "vocoder")
         ckpt["heldout_mel_l1"] = {"vocoder": vocoder_l1, "griffin_lim": 0.12, "clips": 16}
         save_checkpoint(ckpt, str(run / "vocoder.pt"))
-        train.write_bundle(args)
+        training_edges.write_bundle(args)
         assert ("vocoder" in load_checkpoint(str(run / "b.pt"), "bundle")) == kept
         assert ("the vocoder is left out" in capsys.readouterr().out) != kept
 
@@ -379,7 +380,7 @@ def test_clips_load_in_worker_processes_by_default_only_on_a_gpu(tmp_path):
     """On a GPU, clips read one by one in the main process starve it; on a CPU, workers compete with the
     training for the same cores; the toy world's clips are cached in memory."""
     (tmp_path / "a.wav").write_bytes(b"")                               # parse_args only needs a folder
-    assert train.parse_args(["--data", str(tmp_path), "--device", "cuda"]).workers == min(8, train.MAX_WORKERS)
+    assert train.parse_args(["--data", str(tmp_path), "--device", "cuda"]).workers == min(8, training_edges.MAX_WORKERS)
     assert train.parse_args(["--data", str(tmp_path), "--device", "cpu"]).workers == 0
     assert train.parse_args(["--data", "toy", "--device", "cuda"]).workers == 0
     assert train.parse_args(["--data", str(tmp_path), "--device", "cuda", "--workers", "1"]).workers == 1
@@ -432,7 +433,7 @@ def test_init_from_carries_the_weights_and_not_the_optimiser(toy_run, tmp_path, 
     assert load_checkpoint(str(toy_run / "transformer.state.pt"))["trainer"]["optimizer"]["state"]
     assert trainer.start_step == 0 and len(trainer.optimizers[0].state) == 0
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3)   # the tiny preset's fresh peak lr
-    assert train.same_weights(load_checkpoint(str(tmp_path / "ft" / "vqgan.pt"), "vqgan"),
+    assert training_edges.same_weights(load_checkpoint(str(tmp_path / "ft" / "vqgan.pt"), "vqgan"),
                               load_checkpoint(str(toy_run / "vqgan.pt"), "vqgan"))    # its tokenizer came along
 
 
