@@ -315,7 +315,9 @@ def resume_trainer(trainer, stage, cfg, args, rank=0, world=1) -> None:
     check_resume_state(state, path_state)
     if state.get("preset") != args.preset:
         raise UserError(f"{path_state} was trained with --preset {state.get('preset')}, not {args.preset}.")
-    check_config(cfg, state["config"], f"{stage} run in {path_state}")
+    # a field the saved run predates had its default then (e.g. vqgan's l2_codes, off before it existed)
+    saved = {**dataclasses.asdict(type(cfg)()), **state["config"]}
+    check_config(cfg, saved, f"{stage} run in {path_state}")
     if stage == "clap" and list(state["trainer"].get("vocab", [])) != trainer.model.vocab:
         raise UserError(f"{path_state} was trained with another vocabulary than this run's captions give.")
     rng = state.get("rng", [])

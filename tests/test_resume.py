@@ -100,3 +100,20 @@ def test_resume_with_nothing_to_resume_says_so_and_starts_at_step_0(tmp_path, ca
     printed = capsys.readouterr().out
     assert f"clap: nothing to resume ({out / 'clap.state.pt'} does not exist); starting at step 0" in printed
     assert load_checkpoint(str(out / "clap.state.pt"), "clap")["step"] == 1
+
+
+def test_a_run_saved_before_a_config_field_existed_resumes_and_one_saved_with_another_value_is_refused(tmp_path, capsys):
+    """A field the saved state lacks had its default when it was written (vqgan's l2_codes is one such)."""
+    out = tmp_path / "run"
+    assert train.main(TOY + ["--stage", "vqgan", "--steps", "1", "--out", str(out)]) == 0
+    state_path = out / "vqgan.state.pt"
+    state = load_checkpoint(str(state_path), "vqgan")
+    del state["config"]["l2_codes"]                                            # as an older train.py wrote it
+    torch.save(state, state_path)
+    assert train.main(TOY + ["--stage", "vqgan", "--steps", "2", "--out", str(out), "--resume"]) == 0
+    assert load_checkpoint(str(state_path), "vqgan")["step"] == 2
+    capsys.readouterr()
+    assert train.main(TOY + ["--stage", "vqgan", "--steps", "3", "--out", str(out), "--resume",
+                             "--vqgan.l2_codes", "true"]) == 2
+    assert "l2_codes" in capsys.readouterr().err
+    assert load_checkpoint(str(state_path), "vqgan")["step"] == 2                # nothing lost
