@@ -241,6 +241,7 @@ def train_judge(per_kind: int = 40, num_samples: int = mel.TOY_SAMPLES, seed: in
 # spectrum's shape, from our own STFT and filterbank), a pitch track (does the sound have a pitch, which,
 # and does it glide?), the zero-crossing rate, and how regularly the loudness repeats. Everything above
 # 8 kHz is ignored: the pipeline's Griffin-Lim leaves 8-11 kHz empty, and a judge must not punish that.
+# Frames are cut with x.unfold(-1, size, hop): (B, T) -> (B, 1 + (T - size) // hop, size), no padding.
 
 FEATURE_FFT, FEATURE_HOP = 1024, 256      # 46 ms frames every 11.6 ms (the usual MFCC framing at 22 kHz)
 FEATURE_FMAX = 8000.0                     # Hz: the band every stage of the pipeline keeps
@@ -251,11 +252,6 @@ PITCH_FFT = 2560                          # >= frame + longest lag (276) + 1, an
 VOICED = 0.5                              # normalised autocorrelation peak above which a frame has a pitch
 QUIET_DB = 40.0                           # frames this far below the loudest are not pitch-tracked
 RHYTHM_LAGS_S = (0.05, 2.0)               # envelope periods looked for: a trill's notes to a slow clock
-
-
-def frames(wav: torch.Tensor, size: int, hop: int) -> torch.Tensor:
-    """Cut (B, T) into overlapping frames: (B, n, size), n = 1 + (T - size) // hop (no padding)."""
-    return wav.unfold(-1, size, hop)
 
 
 def triangular_filterbank(n_bands: int = N_BANDS, n_fft: int = FEATURE_FFT, sr: int = mel.SR,
@@ -288,7 +284,7 @@ def mfcc(wav: torch.Tensor) -> torch.Tensor:
     The floor of the log is relative to the clip's loudest band, so scaling a clip shifts every log band
     by the same amount; the DCT puts that constant into c0 alone.
     """
-    spec = torch.fft.rfft(frames(wav, FEATURE_FFT, FEATURE_HOP) * torch.hann_window(FEATURE_FFT), dim=-1)   # (B, n, 513)
+    spec = torch.fft.rfft(wav.unfold(-1, FEATURE_FFT, FEATURE_HOP) * torch.hann_window(FEATURE_FFT), dim=-1)   # (B, n, 513)
     bands = (spec.real ** 2 + spec.imag ** 2) @ triangular_filterbank().T   # (B, n, 40) power per band
     floor = 1e-8 * bands.amax((-1, -2), keepdim=True) + 1e-30            # 80 dB below the loudest
     return torch.log(bands + floor) @ dct_matrix().T                     # (B, n, 13)
@@ -304,7 +300,7 @@ def pitch_track(wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     the lags of F0_MAX and F0_MIN and refined by a parabola through it and its two neighbours.
     Returns (B, n) and (B, n).
     """
-    x = frames(wav, PITCH_FRAME, PITCH_HOP)                               # (B, n, 2048)
+    x = wav.unfold(-1, PITCH_FRAME, PITCH_HOP)                            # (B, n, 2048)
     x = F.pad(x - x.mean(-1, keepdim=True), (0, PITCH_FFT - PITCH_FRAME))   # (B, n, 2560)
     spec = torch.fft.rfft(x, dim=-1)
     lo, hi = int(mel.SR / F0_MAX), int(math.ceil(mel.SR / F0_MIN))        # lags 11 .. 276 samples
@@ -348,7 +344,7 @@ def envelope_rhythm(wav: torch.Tensor) -> torch.Tensor:
     """How regularly the loudness repeats: (B, T) -> (B, 2), the highest normalised autocorrelation of
     the frame-RMS envelope (dB, mean removed) at lags RHYTHM_LAGS_S, and log10 of that lag in seconds.
     Clocks tick, footsteps step and phones ring at a steady rate; rain and wind do not."""
-    x = frames(wav, FEATURE_FFT, FEATURE_HOP)                             # (B, n, 1024)
+    x = wav.unfold(-1, FEATURE_FFT, FEATURE_HOP)                          # (B, n, 1024)
     rms_db = 10 * torch.log10(x.square().mean(-1) + 1e-12)                # (B, n)
     rms_db = rms_db.maximum(rms_db.amax(-1, keepdim=True) - 80)          # quiet frames sit 80 dB down, not at -120
     env = rms_db - rms_db.mean(-1, keepdim=True)
@@ -381,12 +377,12 @@ def waveform_features(wav: torch.Tensor) -> torch.Tensor:
     cepstrum = torch.cat([c.mean(1), c.std(1), c.diff(dim=1).std(1)], -1)   # (B, 36)
 
     f0, peak = pitch_track(wav)                                           # (B, m), (B, m)
-    energy = frames(wav, PITCH_FRAME, PITCH_HOP).square().mean(-1)        # (B, m)
+    energy = wav.unfold(-1, PITCH_FRAME, PITCH_HOP).square().mean(-1)     # (B, m)
     loud = energy > energy.amax(-1, keepdim=True) * 10 ** (-QUIET_DB / 10)
     pitch = torch.stack([pitch_statistics(*track) for track in zip(f0, peak, loud)])   # (B, 4)
 
     changes = ((wav[:, 1:] >= 0) != (wav[:, :-1] >= 0)).float()           # (B, T-1) 1 where the sign flips
-    crossings = frames(changes, FEATURE_HOP, FEATURE_HOP).mean(-1)        # (B, n) rate per 11.6 ms block
+    crossings = changes.unfold(-1, FEATURE_HOP, FEATURE_HOP).mean(-1)     # (B, n) rate per 11.6 ms block
     zcr = torch.stack([crossings.mean(-1), crossings.std(-1)], -1)       # (B, 2)
 
     feats = torch.cat([cepstrum, pitch, zcr, envelope_rhythm(wav)], dim=1)   # (B, 44)
