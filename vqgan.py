@@ -251,6 +251,16 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("chosen", torch.zeros(cfg.n_codes), persistent=False)
         self.recent = None
 
+    def project(self, v):
+        """With l2_codes, vectors and codes live on the unit sphere (ViT-VQGAN, Yu et al. 2022, Sec. 3.2):
+        the nearest code is the one of highest cosine, so a code's length cannot make it win or lose
+        everywhere, and in few dimensions (8-32) many more codes stay in use. Without it, the identity."""
+        return F.normalize(v, dim=-1) if self.l2 else v
+
+    def lookup(self, ids):
+        """Token ids (...) -> code vectors (..., D), the ones the search compared against."""
+        return self.project(self.codebook(ids))
+
     def forward(self, z):                                              # (B, D, R, C)
         B, D, R, C = z.shape
         flat = self.project(z.permute(0, 2, 3, 1).reshape(-1, D))      # (N = B*R*C, D)
@@ -274,16 +284,6 @@ class VectorQuantizer(nn.Module):
         if self.training:
             self.remember(flat, counts)
         return q, vq_loss, ids.view(B, R, C), info
-
-    def project(self, v):
-        """With l2_codes, vectors and codes live on the unit sphere (ViT-VQGAN, Yu et al. 2022, Sec. 3.2):
-        the nearest code is the one of highest cosine, so a code's length cannot make it win or lose
-        everywhere, and in few dimensions (8-32) many more codes stay in use. Without it, the identity."""
-        return F.normalize(v, dim=-1) if self.l2 else v
-
-    def lookup(self, ids):
-        """Token ids (...) -> code vectors (..., D), the ones the search compared against."""
-        return self.project(self.codebook(ids))
 
     # --- keeping the codebook alive (our addition, the "codebook restart" of Jukebox, Dhariwal et al. 2020) ---
     # Only chosen codes get a gradient, so a code far from every encoder output never moves ("dead code").
