@@ -325,6 +325,7 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
     S = len(record)
     frames = belief_log_mels.shape[-1]
     seconds = frames * mel.HOP / mel.SR
+    patch = frames // cols                                             # mel frames per token column
     pal = palette()
     ylab, xt = axes_html(seconds)
     gradient = ",".join(f"rgb({r},{g},{bl})" for r, g, bl in pal[::51])
@@ -361,7 +362,7 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
             f'<div style="display:flex;flex-direction:column;justify-content:space-between;height:240px">'
             f'<span>{mel.DB_MAX:.0f} dB</span><span>{(mel.DB_MAX + mel.DB_MIN) / 2:.0f} dB</span>'
             f'<span>{mel.DB_MIN:.0f} dB</span></div></div></div>'
-            f'<div class="cap">the token grid: each cell is one token (16 mel bins x 16 frames), '
+            f'<div class="cap">the token grid: each cell is one token (16 mel bins x {patch} frames), '
             f'hover for its id</div>'
             f'<div class="rlab">{row_labels}</div><div>{grid}<div class="xt">{xt}</div>'
             f'<div style="text-align:right;font-size:12px">time (s)</div></div>'
@@ -382,7 +383,7 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
         f'step it draws a token for every masked position at once, keeps the most confident and masks the '
         f'rest again. The spectrogram shows the model&rsquo;s <i>belief</i> at that step: the tokens committed '
         f'so far plus its current draw for every still-masked one, decoded by the SpecVQGAN. Each token '
-        f'covers 16 mel bins x 16 frames ({16 * mel.HOP / mel.SR * 1000:.0f} ms); {rows_note}. '
+        f'covers 16 mel bins x {patch} frames ({patch * mel.HOP / mel.SR * 1000:.0f} ms); {rows_note}. '
         f'What made it is listed at the end.</p>'
         f'<div class="controls">final sound: <audio controls src="{data_uri("audio/wav", mel.wav_bytes(final_wav))}">'
         f'</audio><br><button id="play" type="button">play</button> '

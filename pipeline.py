@@ -67,16 +67,19 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
                         f"retrain it with train.py --stage transformer and --bundle again.")
     num_samples = bundle.get("num_samples", mel.CLIP_SAMPLES)
     if (not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 0 < num_samples <= MAX_CLIP_SAMPLES
-            or num_samples % (16 * mel.HOP)):
-        raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of token "
-                        f"columns (a multiple of {16 * mel.HOP} samples) up to {MAX_CLIP_SAMPLES}.")
+            or num_samples % mel.HOP):
+        raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of mel "
+                        f"frames (a multiple of {mel.HOP} samples) up to {MAX_CLIP_SAMPLES}.")
     vq = build_or_explain(ckpt, "vqgan", lambda e: build_model(vqgan.VQGAN, vqgan.Config, e, "vqgan"), bundle["vqgan"]).to(device)
     transformer = build_or_explain(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config,
                                                                               e, "transformer"),
                                    bundle["transformer"]).to(device)
+    if num_samples % column_samples(vq):
+        raise UserError(f"{ckpt}'s num_samples is {num_samples}; it must be a whole number of its VQGAN's token "
+                        f"columns (a multiple of {column_samples(vq)} samples).")
     # Stages of two runs in one file (a transformer trained on another codebook or clip length, bundled by
     # hand): the sampler would draw ids the VQGAN does not have, an IndexError in decode.
-    grid = (vq.cfg.n_codes, vq.cfg.n_mels // 16, num_samples // (16 * mel.HOP))
+    grid = (vq.cfg.n_codes, vq.cfg.n_mels // vqgan.DOWNSAMPLE, num_samples // column_samples(vq))
     if (transformer.cfg.n_codes, transformer.cfg.rows, transformer.cfg.cols) != grid:
         raise UserError(f"{ckpt}'s transformer ({transformer.cfg.n_codes} codes, {transformer.cfg.rows} x "
                         f"{transformer.cfg.cols} tokens) does not fit its VQGAN and clip ({grid[0]} codes, "
@@ -129,6 +132,11 @@ def build_or_explain(ckpt: str, stage: str, build, entry):
 # ---------------------------------------------------------------------------------------------------
 # Tokens -> waveform, and waveform -> tokens.
 # ---------------------------------------------------------------------------------------------------
+
+def column_samples(vq) -> int:
+    """Samples of audio per token column: patch_frames mel frames of mel.HOP (16 x 256 = 4096; 8-frame tokens: 2048)."""
+    return vq.cfg.patch_frames * mel.HOP
+
 
 @torch.inference_mode()
 def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | None = None):
@@ -232,12 +240,11 @@ def text_to_audio(pipe, prompts, n=1, steps=16, guidance=3.0, temperature=1.5, s
     return wav, log_mel, order, tokens
 
 
-def clip_window(length: int, clip: int, start: int, end: int) -> int:
+def clip_window(length: int, clip: int, start: int, end: int, col: int) -> int:
     """Where the model's clip-long window goes in a longer input: centred on [start, end), inside the
-    input, on a token-column boundary (16 frames x 256 samples = 4096 samples). Near the input's end
+    input, on a token-column boundary (every `col` samples, column_samples). Near the input's end
     the boundary below could cut the gap off; then the window starts on the boundary above and its
     last few thousand samples are the zero padding after the input."""
-    col = 16 * mel.HOP
     offset = (start + end) // 2 - clip // 2
     offset = max(0, min(offset, length - clip))
     offset = offset // col * col
@@ -261,19 +268,19 @@ def inpaint(pipe, wav, start_s, end_s, prompt=None, steps=16, guidance=3.0, temp
     if not 0 <= start < end <= length:
         raise UserError(f"--start {start_s} and --end {end_s} must satisfy 0 <= start < end <= {length / mel.SR:.2f} s "
                         f"(the input's length).")
-    offset = clip_window(length, clip, start, end)
+    col = column_samples(pipe.vq)
+    offset = clip_window(length, clip, start, end, col)
     segment = torch.nn.functional.pad(wav[offset:offset + clip], (0, max(0, offset + clip - length)))
     if end - offset > clip:
         raise UserError(f"the gap {start_s}-{end_s} s is longer than the model's clip ({clip / mel.SR:.2f} s).")
     before = audio_to_tokens(pipe, segment[None])                                     # (1, rows, cols)
-    frames_per_col = 16
-    first = (start - offset) // mel.HOP // frames_per_col
-    last = -(-(end - offset) // mel.HOP // frames_per_col)                            # ceil: cover the whole gap
+    first = (start - offset) // col
+    last = -(-(end - offset) // col)                                                  # ceil: cover the whole gap
     known = torch.ones_like(before, dtype=torch.bool)
     known[:, :, first:last] = False
     if verbose:
-        print(f"inpainting token columns {first}-{last - 1} ({first * 4096 / mel.SR + offset / mel.SR:.2f}-"
-              f"{last * 4096 / mel.SR + offset / mel.SR:.2f} s) of {before.shape[-1]}")
+        print(f"inpainting token columns {first}-{last - 1} ({(first * col + offset) / mel.SR:.2f}-"
+              f"{(last * col + offset) / mel.SR:.2f} s) of {before.shape[-1]}")
     cond = embed_prompts(pipe, [prompt]) if prompt else None
     after, order = sample_tokens(pipe, cond, steps, guidance if cond is not None else 0.0, temperature, seed,
                                  known_tokens=before, known_mask=known, verbose=verbose, record=record)

@@ -358,6 +358,9 @@ def check_config_values(cfg, label: str = "--{}") -> None:
         if len(cfg.channel_mult) != 5:
             raise UserError(f"{label.format('channel_mult')} needs 5 levels (four 2x downsamplings = 16x), "
                             f"not {len(cfg.channel_mult)}.")
+        if cfg.patch_frames not in (1, 2, 4, 8, 16):
+            raise UserError(f"{label.format('patch_frames')} must be 1, 2, 4, 8 or 16 (frames per token: a power "
+                            f"of 2 the four downsamplings can reach), not {cfg.patch_frames}.")
         widths = [cfg.base_channels * m for m in cfg.channel_mult] + [cfg.z_channels]
         if any(w % cfg.norm_groups for w in widths):
             raise UserError(f"every width ({widths}) must be divisible by {label.format('norm_groups')} ({cfg.norm_groups}).")

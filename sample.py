@@ -373,7 +373,7 @@ def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
             "conditioner": type(pipe.clap).__name__ + (f" ({args.clap_ckpt})" if args.clap_ckpt else ""),
             "vocoder": (args.vocoder_ckpt or "the bundle's HiFiGAN") if pipe.vocoder is not None else
                        f"Griffin-Lim (the steps' sounds: {PREVIEW_GL_ITERATIONS} iterations)",
-            "clip": f"{pipe.num_samples / mel.SR:.2f} s = {rows} x {pipe.num_samples // (16 * mel.HOP)} tokens",
+            "clip": f"{pipe.num_samples / mel.SR:.2f} s = {rows} x {pipe.num_samples // pipeline.column_samples(pipe.vq)} tokens",
             "device, dtype": f"{pipe.device}, {str(pipe.dtype).replace('torch.', '')}"}
 
 
@@ -414,7 +414,8 @@ def make_takes(args, pipe, claimed: list) -> None:
         clip, length = pipe.num_samples, wav.shape[-1]
         if args.inpaint:
             out, _, _, log_mel, order = pipeline.inpaint(pipe, wav, args.start, args.end, prompt, record=record, **common)
-            offset = pipeline.clip_window(length, clip, int(args.start * mel.SR), int(args.end * mel.SR))
+            offset = pipeline.clip_window(length, clip, int(args.start * mel.SR), int(args.end * mel.SR),
+                                          pipeline.column_samples(pipe.vq))
             task = f"inpainting {args.start:g}-{args.end:g} s of {valid_text(os.path.basename(path))}"
         else:
             out, _, _, log_mel, order = pipeline.bandwidth_extension(pipe, wav, prompt, args.lfr, record=record, **common)

@@ -17,8 +17,9 @@ applied to a spectrogram seen as a 1-channel image. Its three ideas, in the orde
   3. besides the L1 reconstruction loss, a patch discriminator (pix2pix's PatchGAN) whose adversarial
      loss makes the decoder draw sharp, plausible detail instead of the blurry average L1 alone favours.
 
-In:  normalised mels (B, 80, frames) in [-1, 1], frames a multiple of 16
+In:  normalised mels (B, 80, frames) in [-1, 1], frames a multiple of 16 (of Config.patch_frames)
 Out: tokens (B, 5, frames / 16) long in [0, n_codes); reconstructed normalised mels (B, 80, frames)
+     (with patch_frames 8, tokens half as wide in time: (B, 5, frames / 8))
 Run alone: python vqgan.py [full|tiny]   # builds the model and prints its parameter counts
 """
 
@@ -39,6 +40,8 @@ class Config:
     # the input: a normalised log-mel is a 1-channel image of n_mels x frames (Sec. 3.1)
     n_mels: int = 80                  # mel bins (Sec. 4); a multiple of 16 (five token rows for 80)
     in_channels: int = 1
+    patch_frames: int = 16            # frames per token: 16 = the paper's square 16 x 16 patch (Fig. 3); 8 gives
+                                      # twice the tokens, each 93 ms long (a power of 2, the last downsamplings mel-only)
     # encoder / decoder ("VGGSound" codebook config of SpecVQGAN, Sec. 4)
     base_channels: int = 128          # width of the first level
     channel_mult: tuple = (1, 1, 2, 2, 4)   # width per level = base x mult; a 2x downsampling between levels
@@ -77,7 +80,7 @@ PRESETS = {
                    min_adapt_weight=0.0, max_adapt_weight=1e4),   # Taming's unclamped weight, which the toy recipe's settings assume
 }
 
-DOWNSAMPLE = 16   # four 2x downsamplings: one token per 16 x 16 patch (Sec. 3.1, Fig. 3)
+DOWNSAMPLE = 16   # four 2x downsamplings of the mel axis: one token row per 16 mel bins (Sec. 3.1, Fig. 3)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -124,25 +127,29 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W: a stride-2 3x3 conv after padding one row/column at the end (80 -> 40, 848 -> 424)."""
+    """Halve H and W: a stride-2 3x3 conv after padding one row/column at the end (80 -> 40, 848 -> 424).
+    With time=False only H: stride (2, 1), and a column of padding on each side keeps W."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, time: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.pad = (0, 1, 0, 1) if time else (1, 1, 0, 1)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=(2, 2 if time else 1))
 
     def forward(self, x):                                              # (B, C, H, W)
-        return self.conv(F.pad(x, (0, 1, 0, 1)))                       # (B, C, H/2, W/2)
+        return self.conv(F.pad(x, self.pad))                           # (B, C, H/2, W/2) or (B, C, H/2, W)
 
 
 class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour copy, then a 3x3 conv to smooth (no checkerboard artefacts)."""
+    """Double H and W: nearest-neighbour copy, then a 3x3 conv to smooth (no checkerboard artefacts).
+    With time=False only H, the mirror image of Downsample's."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, time: bool = True):
         super().__init__()
+        self.scale = (2.0, 2.0 if time else 1.0)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):                                              # (B, C, H, W)
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))   # (B, C, 2H, 2W)
+        return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))   # (B, C, 2H, 2W) or (B, C, 2H, W)
 
 
 class Level(nn.Module):
@@ -177,18 +184,27 @@ class Middle(nn.Module):
         return self.block2(self.attn(self.block1(x)))
 
 
+def time_halvings(cfg: Config) -> int:
+    """How many of the 2x downsamplings also halve time: log2(patch_frames), 4 for the paper's 16 x 16."""
+    halvings = len(cfg.channel_mult) - 1
+    if cfg.patch_frames not in [2 ** k for k in range(halvings + 1)]:
+        raise ValueError(f"patch_frames must be a power of 2 up to {2 ** halvings}, not {cfg.patch_frames}")
+    return cfg.patch_frames.bit_length() - 1
+
+
 class Encoder(nn.Module):
     """(B, 1, 80, F) -> (B, z_channels, 5, F/16): widths 128, 128, 256, 256, 512 (full preset), a 2x
-    downsampling after every level but the last."""
+    downsampling after every level but the last. The first log2(patch_frames) halve time as well as
+    frequency, the rest frequency only (the tiny preset's last: 5 x F/8)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         widths = [cfg.base_channels * m for m in cfg.channel_mult]
-        n = len(widths)
+        n, halve_time = len(widths), time_halvings(cfg)
         self.conv_in = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
         self.levels = nn.ModuleList(
             Level(widths[max(i - 1, 0)], widths[i], cfg.n_res_blocks, cfg.attn_lowest and i == n - 1,
-                  Downsample(widths[i]) if i < n - 1 else None, cfg)
+                  Downsample(widths[i], time=i < halve_time) if i < n - 1 else None, cfg)
             for i in range(n))
         self.mid = Middle(widths[-1], cfg)
         self.norm_out = nn.GroupNorm(cfg.norm_groups, widths[-1], eps=1e-6)
@@ -197,29 +213,31 @@ class Encoder(nn.Module):
     def forward(self, x):                                              # (B, 1, 80, F)
         h = self.conv_in(x)                                            # (B, 128, 80, F)
         for level in self.levels:
-            h = level(h)                                               # ... -> (B, 512, 5, F/16)
+            h = level(h)                                               # ... -> (B, 512, 5, F/patch_frames)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))                 # (B, z_channels, 5, F/16)
+        return self.conv_out(F.silu(self.norm_out(h)))                 # (B, z_channels, 5, F/patch_frames)
 
 
 class Decoder(nn.Module):
-    """The mirror image: (B, z_channels, 5, F/16) -> (B, 1, 80, F)."""
+    """The mirror image: (B, z_channels, 5, F/16) -> (B, 1, 80, F); the first upsamplings double frequency
+    only where the encoder's last downsamplings halved it alone."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         widths = [cfg.base_channels * m for m in cfg.channel_mult][::-1]   # 512, 256, 256, 128, 128
         n = len(widths)
+        freq_only = n - 1 - time_halvings(cfg)                             # upsamplings before time doubles too
         self.conv_in = nn.Conv2d(cfg.z_channels, widths[0], 3, padding=1)
         self.mid = Middle(widths[0], cfg)
         self.levels = nn.ModuleList(
             Level(widths[max(i - 1, 0)], widths[i], cfg.dec_res_blocks, cfg.attn_lowest and i == 0,
-                  Upsample(widths[i]) if i < n - 1 else None, cfg)
+                  Upsample(widths[i], time=i >= freq_only) if i < n - 1 else None, cfg)
             for i in range(n))
         self.norm_out = nn.GroupNorm(cfg.norm_groups, widths[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(widths[-1], cfg.in_channels, 3, padding=1)   # the "last layer" of the adaptive weight
 
-    def forward(self, z):                                              # (B, z_channels, 5, F/16)
-        h = self.mid(self.conv_in(z))                                  # (B, 512, 5, F/16)
+    def forward(self, z):                                              # (B, z_channels, 5, F/patch_frames)
+        h = self.mid(self.conv_in(z))                                  # (B, 512, 5, F/patch_frames)
         for level in self.levels:
             h = level(h)                                               # ... -> (B, 128, 80, F)
         return self.conv_out(F.silu(self.norm_out(h)))                 # (B, 1, 80, F)
@@ -329,7 +347,7 @@ class VectorQuantizer(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 class VQGAN(nn.Module):
-    """SpecVQGAN (Fig. 3). Normalised mel (B, 80, F) <-> tokens (B, 5, F/16); F a multiple of 16."""
+    """SpecVQGAN (Fig. 3). Normalised mel (B, 80, F) <-> tokens (B, 5, F/16); F a multiple of patch_frames."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -445,12 +463,14 @@ class Trainer:
         self.ddp_modules = ["model", "disc"]                            # train.py may wrap these in DistributedDataParallel
 
     def mels(self, wav: torch.Tensor) -> torch.Tensor:
-        """Audio (B, T) -> the tokenizer's input: HiFiGAN log-mel -> [-1, 1] (Sec. 3.1), (B, 80, F), F a multiple of 16."""
+        """Audio (B, T) -> the tokenizer's input: HiFiGAN log-mel -> [-1, 1] (Sec. 3.1), (B, 80, F), F a multiple of patch_frames."""
         with torch.no_grad():
             x = mel.normalize(mel.mel_spectrogram(wav.to(self.device, non_blocking=True).float()))   # (B, 80, T/256) in [-1, 1]
-        frames = x.shape[-1] // DOWNSAMPLE * DOWNSAMPLE
+        p = self.cfg.patch_frames
+        frames = x.shape[-1] // p * p
         if frames == 0:
-            raise ValueError(f"clips of {wav.shape[-1]} samples are shorter than one token column (16 frames = 4096 samples).")
+            raise ValueError(f"clips of {wav.shape[-1]} samples are shorter than one token column "
+                             f"({p} frames = {p * mel.HOP} samples).")
         return x[..., :frames]                                          # whole token columns only
 
     def _autocast(self):

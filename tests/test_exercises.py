@@ -244,7 +244,7 @@ def test_exercise_4_inpainting_changes_only_the_gaps_columns(full_band_wav, tmp_
     x = read_int16(path)
     clip, col = 65536, 16 * mel.HOP                                   # the demo model's clip and token column
     lo, hi = int(start * mel.SR), int(end * mel.SR)
-    offset = pipeline.clip_window(len(x), clip, lo, hi)
+    offset = pipeline.clip_window(len(x), clip, lo, hi, col)
     assert offset % col == 0 and offset <= lo and hi <= offset + clip
     order = saved[stem + ".wav"][2]
     gap = [c for c in range(clip // col) if offset + c * col < hi and offset + (c + 1) * col > lo]

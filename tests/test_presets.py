@@ -96,7 +96,7 @@ def test_vqgan_full_preset_is_specvqgans_vggsound_codebook_config():
     for field, value in published.items():
         assert as_tuples(getattr(cfg, field)) == value, field
     assert cfg.beta == 0.25 and cfg.disc_channels == 64 and cfg.disc_layers == 3   # Taming's quantiser and PatchGAN
-    assert vqgan.DOWNSAMPLE == 16
+    assert vqgan.DOWNSAMPLE == 16 and cfg.patch_frames == 16            # square 16 x 16 patches (Fig. 3)
 
 
 def test_vqgan_full_encoder_has_attention_only_at_the_lowest_resolution():
@@ -110,6 +110,7 @@ def test_vqgan_tiny_preset_is_the_toy_recipes():
     tiny = vqgan.PRESETS["tiny"]
     assert (tiny.base_channels, as_tuples(tiny.channel_mult), tiny.n_res_blocks, tiny.dec_res_blocks) == (8, (1, 2, 4, 8, 8), 1, 1)
     assert (tiny.n_codes, tiny.code_dim, tiny.z_channels, tiny.disc_start) == (256, 64, 64, 800)   # 256 x 64 codebook
+    assert tiny.patch_frames == 16
 
 
 # ---------------------------------------------------------------------------------------------------

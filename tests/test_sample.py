@@ -28,28 +28,41 @@ CLIP = 8 * 4096                     # the tiny bundle's clip: 32768 samples = 12
 STEPS = "4"                         # MaskGIT iterations in these tests (fast; the default is 16)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """A bundle of four tiny untrained models, saved the way train.py --bundle saves it."""
+def tiny_bundle(folder, patch_frames=16, cols=None) -> str:
+    """A bundle of four tiny untrained models, saved the way train.py --bundle saves it; its VQGAN's tokens
+    are patch_frames mel frames wide, and the transformer's grid has `cols` columns (default: the fitting one)."""
     torch.manual_seed(0)
     vq_cfg = vqgan.Config(base_channels=4, channel_mult=(1, 2, 4, 8, 8), n_res_blocks=1, dec_res_blocks=1,
-                          norm_groups=4, z_channels=16, n_codes=32, code_dim=16, disc_channels=4, disc_layers=2)
+                          norm_groups=4, z_channels=16, n_codes=32, code_dim=16, disc_channels=4, disc_layers=2,
+                          patch_frames=patch_frames)
     voc_cfg = dataclasses.replace(vocoder.PRESETS["tiny"], upsample_initial_channel=16, mpd_width=2, msd_width=16)
     clap_cfg = clap.Config(audio_channels=(4, 8, 8, 8), audio_hidden=16, text_width=16, text_layers=1)
-    tr_cfg = specmaskgit.Config(n_layers=1, width=32, n_heads=2, mlp=64, n_codes=32, rows=5, cols=CLIP // 4096)
+    cols = cols or CLIP // (patch_frames * mel.HOP)
+    tr_cfg = specmaskgit.Config(n_layers=1, width=32, n_heads=2, mlp=64, n_codes=32, rows=5, cols=cols)
     b = {"stage": "bundle", "num_samples": CLIP, "data": "toy",
          "vqgan": vqgan.Trainer(vq_cfg).checkpoint(),
          "vocoder": vocoder.Trainer(voc_cfg).checkpoint(),
          "clap": clap.Trainer(clap_cfg, vocab=clap.build_vocab(toyworld.toy_caption_phrases())).checkpoint(),
          "transformer": specmaskgit.Trainer(tr_cfg).checkpoint()}
-    path = tmp_path_factory.mktemp("bundle") / "tiny.pt"
+    path = folder / f"tiny_{patch_frames}_{cols}.pt"
     save_checkpoint(b, str(path))
     return str(path)
 
 
 @pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
 def pipe(bundle):
     return pipeline.load_pipeline(bundle, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def pipe8(tmp_path_factory):
+    """A bundle whose tokens are 8 frames (2048 samples) wide: twice the columns of the paper's patches."""
+    return pipeline.load_pipeline(tiny_bundle(tmp_path_factory.mktemp("bundle8"), patch_frames=8), verbose=False)
 
 
 def run_ok(argv):
@@ -118,15 +131,17 @@ def test_one_wav_per_prompt_named_after_it_and_png_beside_it(bundle, tmp_path):
 # Inpainting: every token outside the gap is kept; the output is as long as the input
 # ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("which, col", [("pipe", 16 * mel.HOP), ("pipe8", 8 * mel.HOP)])   # samples per column
 @pytest.mark.parametrize("length, start_s, end_s", [(20000, 0.2, 0.5),       # shorter than the clip: padded
                                                     (100000, 2.0, 2.5)])     # longer: a window around the gap
-def test_inpainting_keeps_every_token_outside_the_gap(pipe, length, start_s, end_s):
+def test_inpainting_keeps_every_token_outside_the_gap(request, which, col, length, start_s, end_s):
+    pipe = request.getfixturevalue(which)
     wav = 0.1 * torch.randn(length, generator=torch.Generator().manual_seed(1))
     out, before, after, _, _ = pipeline.inpaint(pipe, wav, start_s, end_s, "birds chirping", steps=4, seed=0,
                                               verbose=False)
-    assert out.shape == wav.shape
-    col = 16 * mel.HOP                                            # samples per token column
-    offset = pipeline.clip_window(length, CLIP, int(start_s * mel.SR), int(end_s * mel.SR))
+    assert out.shape == wav.shape and before.shape == (1, 5, CLIP // col)
+    assert pipeline.column_samples(pipe.vq) == col
+    offset = pipeline.clip_window(length, CLIP, int(start_s * mel.SR), int(end_s * mel.SR), col)
     assert offset % col == 0 and 0 <= offset <= max(0, length - CLIP)
     gap = (int(start_s * mel.SR) - offset, int(end_s * mel.SR) - offset)   # the gap inside the window
     outside = [c for c in range(before.shape[-1]) if (c + 1) * col <= gap[0] or c * col >= gap[1]]
@@ -308,6 +323,8 @@ def test_large_finite_numbers_are_refused_in_one_sentence(capsys, flags, words):
     (lambda b: b["transformer"].pop("config"), "transformer"),
     (lambda b: b["transformer"]["config"].update(width="wide"), "transformer"),
     (lambda b: b["vqgan"]["model"].popitem(), "vqgan"),
+    (lambda b: b["vqgan"]["config"].update(patch_frames=12), "patch_frames"),
+    (lambda b: b.update(num_samples=CLIP + mel.HOP), "num_samples"),          # not a whole token column
 ])
 def test_an_edited_bundle_is_one_sentence_naming_the_entry(bundle, capsys, tmp_path, edit, words):
     b = load_checkpoint(bundle, "bundle")
@@ -315,6 +332,15 @@ def test_an_edited_bundle_is_one_sentence_naming_the_entry(bundle, capsys, tmp_p
     save_checkpoint(b, str(tmp_path / "edited.pt"))
     err = error_of(capsys, ["rain on a roof", "--ckpt", str(tmp_path / "edited.pt"), "--out", str(tmp_path / "o")])
     assert words in err and "edited.pt" in err
+
+
+def test_a_transformer_on_the_16_frame_grid_does_not_fit_a_vqgan_of_8_frame_tokens(tmp_path, capsys):
+    path = tiny_bundle(tmp_path, patch_frames=8, cols=CLIP // (16 * mel.HOP))    # 8 columns; the VQGAN makes 16
+    err = error_of(capsys, ["rain on a roof", "--ckpt", path, "--out", str(tmp_path / "o")])
+    assert "5 x 8 tokens" in err and "5 x 16" in err and "does not fit" in err
+    fitting = pipeline.load_pipeline(tiny_bundle(tmp_path, patch_frames=8), verbose=False)
+    wav, log_mel, _, tokens = pipeline.text_to_audio(fitting, ["rain on a roof"], steps=2, verbose=False)
+    assert tokens.shape == (1, 5, 16) and log_mel.shape == (1, 80, CLIP // mel.HOP) and wav.shape == (1, CLIP)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -327,7 +353,7 @@ def test_inpainting_reaches_the_last_half_second_of_a_file(pipe):
     start_s, end_s = length / mel.SR - 0.5, length / mel.SR
     out, before, after, _, _ = pipeline.inpaint(pipe, wav, start_s, end_s, "rain", steps=2, verbose=False)
     assert out.shape == wav.shape
-    offset = pipeline.clip_window(length, CLIP, int(start_s * mel.SR), length)
+    offset = pipeline.clip_window(length, CLIP, int(start_s * mel.SR), length, 4096)
     assert offset % 4096 == 0 and offset <= int(start_s * mel.SR) and length - offset <= CLIP   # the gap is inside
     assert torch.equal(out[:offset], wav[:offset])                               # before the window: the input
     changed = (after != before).any(1)[0]                                         # (cols,) token columns changed
@@ -349,7 +375,7 @@ def test_a_loud_inpainted_window_is_scaled_and_the_input_around_it_kept_sample_f
     length = 3 * CLIP
     wav = 0.1 * torch.randn(length, generator=torch.Generator().manual_seed(6))
     out, _, _, _, _ = pipeline.inpaint(pipe, wav, 2.0, 2.3, "rain", steps=2, verbose=False)
-    offset = pipeline.clip_window(length, CLIP, int(2.0 * mel.SR), int(2.3 * mel.SR))
+    offset = pipeline.clip_window(length, CLIP, int(2.0 * mel.SR), int(2.3 * mel.SR), 4096)
     assert 0 < offset and offset + CLIP < length
     assert torch.equal(out[:offset], wav[:offset]) and torch.equal(out[offset + CLIP:], wav[offset + CLIP:])
     assert abs(float(out[offset:offset + CLIP].abs().max()) - 1.0) < 1e-6        # full scale, not 50 x

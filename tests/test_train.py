@@ -86,6 +86,16 @@ def test_stage_all_writes_every_checkpoint_and_a_bundle_sample_py_loads(toy_run)
     assert wav.shape == (1, 16384) and torch.isfinite(wav).all()
 
 
+def test_tokens_8_frames_wide_give_the_transformer_twice_the_columns_end_to_end(tmp_path):
+    out = tmp_path / "narrow"
+    assert train.main(TOY + ["--stage", "all", "--steps", "1", "--vqgan.patch_frames", "8", "--out", str(out),
+                             "--bundle", str(out / "bundle.pt")]) == 0
+    pipe = pipeline.load_pipeline(str(out / "bundle.pt"), verbose=False)
+    assert pipe.vq.cfg.patch_frames == 8 and pipeline.column_samples(pipe.vq) == 2048
+    assert (pipe.transformer.cfg.rows, pipe.transformer.cfg.cols) == (5, 16384 // 2048)   # read off the token cache
+    assert torch.load(out / "transformer_cache.pt", weights_only=True)["tokens"].shape[1:] == (5, 8)
+
+
 def test_the_vocoder_is_measured_against_griffin_lim_on_held_out_clips(toy_run):
     """Both reconstruct from the 0-8 kHz input mel; the L1 is measured on HiFiGAN's loss mel (vocoder.loss_mel)."""
     import data

@@ -44,6 +44,29 @@ def test_frames_are_whole_token_columns_and_a_clip_shorter_than_one_is_refused_w
     assert vqgan.VQGAN(TINY).encode(torch.zeros(1, 80, 112)).shape == (1, 5, 7)   # any multiple of 16 works
 
 
+def test_patch_frames_8_halves_time_three_times_only_and_gives_twice_the_columns():
+    cfg8 = dataclasses.replace(TINY, patch_frames=8)
+    torch.manual_seed(0)
+    model, square = vqgan.VQGAN(cfg8).eval(), vqgan.VQGAN(TINY)
+    assert n_params(model) == n_params(square)                          # the same layers; only strides differ
+    strides = [level.resample.conv.stride for level in model.encoder.levels[:-1]]
+    scales = [level.resample.scale for level in model.decoder.levels[:-1]]
+    assert strides == [(2, 2), (2, 2), (2, 2), (2, 1)]                  # the last downsampling: mel bins only
+    assert scales == [(2.0, 1.0), (2.0, 2.0), (2.0, 2.0), (2.0, 2.0)]   # the decoder mirrors it
+    x = torch.rand(2, 80, 256) * 2 - 1
+    with torch.no_grad():
+        tokens = model.encode(x)
+        assert tokens.shape == (2, 5, 32) and square.eval().encode(x).shape == (2, 5, 16)
+        assert model.decode(tokens).shape == (2, 80, 256)
+    trainer = vqgan.Trainer(cfg8)                                       # whole 8-frame columns: 100 -> 96, 12 -> 8
+    assert trainer.mels(torch.zeros(1, 100 * mel.HOP)).shape[-1] == 96
+    assert trainer.mels(torch.zeros(1, 12 * mel.HOP)).shape[-1] == 8
+    with pytest.raises(ValueError, match="power of 2"):
+        vqgan.VQGAN(dataclasses.replace(TINY, patch_frames=12))
+    with pytest.raises(UserError, match="patch_frames"):                # train.py's flag, one sentence
+        runtime.check_config_values(dataclasses.replace(TINY, patch_frames=32), "--vqgan.{}")
+
+
 def test_quantiser_outputs_codebook_entries_and_passes_gradients_straight_through():
     torch.manual_seed(0)
     vq = vqgan.VectorQuantizer(dataclasses.replace(TINY, n_codes=16, code_dim=4))
