@@ -367,7 +367,8 @@ class Trainer:
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         self.model = TinyCLAP(cfg, vocab or []).to(device)
         self.ddp_modules = ["model"]    # train.py wraps these in DistributedDataParallel on several GPUs
-        # no weight decay on gains, biases, word/position tables and the temperature (CLIP does the same)
+        # no weight decay on gains, biases, the word table and the temperature (as CLIP); the (L, W) position
+        # table is a matrix and is decayed with the weights, which CLIP spares
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and not n.startswith("text.words")]
         rest = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and not n.startswith("text.words"))]
         self.optimizers = [torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
