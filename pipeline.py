@@ -140,7 +140,7 @@ def column_samples(vq) -> int:
 
 @torch.inference_mode()
 def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | None = None):
-    """(B, rows, cols) token ids -> log-mels (B, 80, 16 cols) -> waveforms (B, 256 x frames).
+    """(B, rows, cols) token ids -> log-mels (B, 80, patch_frames x cols) -> waveforms (B, 256 x frames).
     gl_iterations: Griffin-Lim's iterations when there is no vocoder (None = mel.griffin_lim's default)."""
     with autocast(pipe.device, pipe.dtype):
         log_mel = mel.denormalize(pipe.vq.decode(tokens).float())                     # (B, 80, F)

@@ -373,7 +373,8 @@ def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
             "conditioner": type(pipe.clap).__name__ + (f" ({args.clap_ckpt})" if args.clap_ckpt else ""),
             "vocoder": (args.vocoder_ckpt or "the bundle's HiFiGAN") if pipe.vocoder is not None else
                        f"Griffin-Lim (the steps' sounds: {PREVIEW_GL_ITERATIONS} iterations)",
-            "clip": f"{pipe.num_samples / mel.SR:.2f} s = {rows} x {pipe.num_samples // pipeline.column_samples(pipe.vq)} tokens",
+            "clip": f"{pipe.num_samples / mel.SR:.2f} s = {rows} x "
+                    f"{pipe.num_samples // pipeline.column_samples(pipe.vq)} tokens",
             "device, dtype": f"{pipe.device}, {str(pipe.dtype).replace('torch.', '')}"}
 
 

@@ -195,7 +195,7 @@ def time_halvings(cfg: Config) -> int:
 class Encoder(nn.Module):
     """(B, 1, 80, F) -> (B, z_channels, 5, F/16): widths 128, 128, 256, 256, 512 (full preset), a 2x
     downsampling after every level but the last. The first log2(patch_frames) halve time as well as
-    frequency, the rest frequency only (the tiny preset's last: 5 x F/8)."""
+    frequency, the rest frequency only (with patch_frames 8, the last: 5 x F/8)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
