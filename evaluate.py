@@ -459,7 +459,7 @@ JUDGED_SETS = {
     "vocoder": "their mel through the vocoder (Griffin-Lim here): the last stage alone",
     "codec": "their tokens through the VQGAN decoder and the vocoder: the ceiling of anything generated",
     "one-step fill": "half of their tokens hidden and refilled by the transformer in one pass, given the kind's name",
-    "generated": "generated from the kind's name (16 steps, CFG 3, T 1.5)",
+    "generated": "generated from the kind's name (16 steps, CFG ramped to 3, T 1.5)",
 }
 
 
@@ -474,7 +474,7 @@ def run_judges(pipe, per_kind: int, seed: int, steps=16, guidance=3.0, temperatu
     kind_emb = pipe.clap.embed_text(toyworld.KINDS).float().cpu()                 # (K, D)
     judge = train_judge(per_kind=40, num_samples=generated.shape[-1])
     third_judge = train_pitch_mfcc_judge(per_kind=40, num_samples=generated.shape[-1], seed=1)
-    results = {"seconds_per_clip": t_gen / len(prompts), "cfg_ramp": cfg_ramp}
+    results = {"seconds_per_clip": t_gen / len(prompts), "cfg_ramp": cfg_ramp, "guidance": guidance}
     real_prompts = [toyworld.KINDS[k] for k in real_kinds]
     sets = (("real", real, real_kinds), ("vocoder", vocoder_round_trip(pipe, real), real_kinds),
             ("codec", codec_round_trip(pipe, real), real_kinds),
@@ -505,8 +505,13 @@ def print_judges(results: dict, per_kind: int) -> None:
           "zero crossings and the loudness's rhythm, from the samples up to 8 kHz: neither CLAP nor the model's "
           "mel), each on:\n")
     for name in sets:
-        constant = name == "generated" and not results.get("cfg_ramp", True)
-        print(f"- **{name}**: {JUDGED_SETS[name]}" + (", the CFG scale 3 from the first step (no ramp)" if constant else ""))
+        text, g = JUDGED_SETS[name], results.get("guidance", 3.0)
+        if name == "generated":
+            how = "ramped to" if results.get("cfg_ramp", True) else "constant at"   # --no-cfg-ramp: no ramp
+            text = text.replace("CFG ramped to 3", f"CFG {how} {g:g}")
+        elif name == "one-step fill" and g != 3.0:
+            text += f" (guidance {g:g})"
+        print(f"- **{name}**: {text}")
     for j in judges:
         heard = results["heard as"]["generated"][j]
         rows = [[kind] + [f"{results[what][j][0][k]}/{results[what][j][1][k]}" for what in sets]
@@ -1139,7 +1144,9 @@ def parse_args(argv=None):
     p.add_argument("--magnet", action="store_true", help="the MAGNeT table (magnet.py); with --ablations after the FAD tables")
     p.add_argument("--magnet-ckpt", default=None,
                    help="with --magnet: a span-masked transformer (train.py --transformer.span_len 3) for its rows")
-    p.add_argument("--no-cfg-ramp", action="store_true", help="the judges' clips with the CFG scale at 3 from the "
+    p.add_argument("--cfg", type=float, default=3.0, help="the judges' generated and refilled clips: the final "
+                   "guidance scale, which the ramp rises to (Eq. 2; the paper's 3)")
+    p.add_argument("--no-cfg-ramp", action="store_true", help="the judges' clips with the CFG scale at --cfg from the "
                    "first step (Table 1's 'w/o CFG linear scheduler') instead of the paper's ramp")
     p.add_argument("--fad-clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt to embed audio for FAD "
                                                         "instead of the bundle's TinyCLAP")
@@ -1170,6 +1177,8 @@ def parse_args(argv=None):
         raise UserError(f"--n must be between 2 and 1000 (FAD needs a covariance of at least 2 clips), not {args.n}.")
     if not 1 <= args.per_kind <= 100:
         raise UserError(f"--per-kind must be between 1 and 100, not {args.per_kind}.")
+    if not 0 <= args.cfg <= pipeline.MAX_CFG:
+        raise UserError(f"--cfg must be between 0 (no guidance) and {pipeline.MAX_CFG:g} (the paper uses 3), not {args.cfg}.")
     if not 0 <= args.seed < MAX_SEED:
         raise UserError(f"--seed must be a whole number from 0 to 2**62 - 1, not {args.seed}.")
     if args.magnet_ckpt and not args.magnet:
@@ -1204,7 +1213,8 @@ def run(args) -> None:
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:
-        print_judges(run_judges(pipe, args.per_kind, args.seed, cfg_ramp=not args.no_cfg_ramp), args.per_kind)
+        print_judges(run_judges(pipe, args.per_kind, args.seed, guidance=args.cfg, cfg_ramp=not args.no_cfg_ramp),
+                     args.per_kind)
     if args.ablations:
         embed, embed_name = make_embedder(pipe, args.fad_clap_ckpt)
         print_ablations(run_ablations(pipe, embed, args.n, args.seed, args.quick), embed_name)

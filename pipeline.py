@@ -32,6 +32,7 @@ from runtime import UserError, autocast, build_model, load_checkpoint, vqgan_has
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
 BWE_CUTOFF_HZ = 4300.0    # ~ mel bin 63's top edge (= bin 64's centre, 4327 Hz); top token row = bins 64-79 (Table 7)
 MAX_CLIP_SAMPLES = 64 * mel.CLIP_SAMPLES   # a bundle's clip length beyond this is a broken file, not a model
+MAX_CFG = 100.0           # guidance scales beyond this only saturate the softmax (the paper uses 3)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import pipeline
 from runtime import ArgumentParser, UserError, build_model, load_checkpoint, make_output_folder, pick_device, run_command
 
 MAX_TAKES = 64            # prompts x --n in one call: they run as one batch
-MAX_CFG = 100.0           # guidance scales beyond this only saturate the softmax (the paper uses 3)
 MAX_TEMPERATURE = 100.0   # Gumbel temperatures beyond this make the order random already (the paper uses 1.5)
 MAX_SECONDS = 86400.0     # --start / --end: a day of audio
 MAX_RUNS = 1000          # --benchmark's timed runs per measurement
@@ -116,8 +115,8 @@ def parse_args(argv=None):
         raise UserError("--no-cfg-ramp is for text to audio; inpainting and bandwidth extension use the ramp.")
     # written so that NaN fails too (every comparison with NaN is False): an infinite or NaN scale or
     # temperature would make NaN logits or confidences, and the decoding order would be arbitrary
-    if not 0 <= args.cfg <= MAX_CFG:
-        raise UserError(f"--cfg must be between 0 (no guidance) and {MAX_CFG:g} (the paper uses 3), not {args.cfg}.")
+    if not 0 <= args.cfg <= pipeline.MAX_CFG:
+        raise UserError(f"--cfg must be between 0 (no guidance) and {pipeline.MAX_CFG:g} (the paper uses 3), not {args.cfg}.")
     if not 0 <= args.temperature <= MAX_TEMPERATURE:
         raise UserError(f"--temperature must be between 0 and {MAX_TEMPERATURE:g} (the paper uses 1.5), "
                         f"not {args.temperature}.")
@@ -168,8 +167,8 @@ def check_magnet_args(args) -> None:
     except ValueError:
         raise UserError(f"--guidance takes two numbers and --row-steps whole numbers, separated by commas, "
                         f"not {args.guidance!r} and {args.row_steps!r}.") from None
-    if len(args.guidance) != 2 or not all(0 <= x <= MAX_CFG for x in args.guidance):
-        raise UserError(f"--guidance must be two scales between 0 and {MAX_CFG:g}, like 10,1.")
+    if len(args.guidance) != 2 or not all(0 <= x <= pipeline.MAX_CFG for x in args.guidance):
+        raise UserError(f"--guidance must be two scales between 0 and {pipeline.MAX_CFG:g}, like 10,1.")
     if not all(1 <= x <= 256 for x in args.row_steps):
         raise UserError(f"--row-steps must each be between 1 and 256, not {args.row_steps}.")
     if not 0 <= args.magnet_temperature <= MAX_TEMPERATURE:

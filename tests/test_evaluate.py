@@ -4,6 +4,7 @@ judges' bookkeeping (which clip was asked to be which kind, and how the right an
 import re
 
 import numpy as np
+import pytest
 import torch
 
 import evaluate
@@ -11,6 +12,7 @@ import mel
 import metrics
 import pipeline
 import toyworld
+from runtime import UserError
 
 
 def gaussian_set(n, mean, var, seed):
@@ -103,10 +105,11 @@ class StubJudge:
 def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypatch, capsys):
     # A stub generator that gets every kind right except "a siren", which always comes out as footsteps.
     siren, footsteps = toyworld.KINDS.index("a siren"), toyworld.KINDS.index("footsteps")
-    asked = []
+    asked, guidance = [], {}
 
-    def generate(pipe, prompts, *args, **kwargs):
+    def generate(pipe, prompts, steps, scale, *args, **kwargs):
         asked.extend(prompts)
+        guidance["generated"] = scale
         ids = [footsteps if p == "a siren" else toyworld.KINDS.index(p) for p in prompts]
         return torch.tensor(ids, dtype=torch.float32)[:, None].repeat(1, 64)
 
@@ -117,16 +120,17 @@ def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypat
     monkeypatch.setattr(evaluate, "generate_clips", generate)
     monkeypatch.setattr(evaluate, "codec_round_trip", lambda pipe, wavs: wavs)   # a perfect codec, ...
     monkeypatch.setattr(evaluate, "vocoder_round_trip", lambda pipe, wavs: wavs)   # ... vocoder ...
-    monkeypatch.setattr(evaluate, "one_step_fill", lambda pipe, wavs, prompts, **kw: wavs)   # ... and transformer
+    monkeypatch.setattr(evaluate, "one_step_fill", lambda pipe, wavs, prompts, **kw: guidance.update(fill=kw["guidance"])
+                        or wavs)                                                  # ... and transformer
     monkeypatch.setattr(evaluate, "single_kind_clips", real_clips)
     monkeypatch.setattr(evaluate, "train_judge", lambda **kwargs: StubJudge())
     monkeypatch.setattr(evaluate, "mel_features", lambda wav: wav[:, :1])
     monkeypatch.setattr(evaluate, "train_pitch_mfcc_judge", lambda **kwargs: StubJudge())
     monkeypatch.setattr(evaluate, "waveform_features", lambda wav: wav[:, :1])
     pipe = type("Pipe", (), {"clap": StubCLAP(), "device": "cpu"})()
-    r = evaluate.run_judges(pipe, per_kind=3, seed=0)
+    r = evaluate.run_judges(pipe, per_kind=3, seed=0, guidance=8.0)               # evaluate.py --judges --cfg 8
 
-    assert sorted(asked) == sorted(toyworld.KINDS * 3)
+    assert sorted(asked) == sorted(toyworld.KINDS * 3) and guidance == {"generated": 8.0, "fill": 8.0}
     expected_right = [0 if k == siren else 3 for k in range(len(toyworld.KINDS))]
     assert list(r["generated"])[:3] == ["CLAP zero-shot", "mel-statistics judge", "pitch-and-MFCC judge"]
     for judge in ("CLAP zero-shot", "mel-statistics judge", "pitch-and-MFCC judge"):
@@ -141,6 +145,10 @@ def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypat
     table = capsys.readouterr().out
     rows = re.findall(r"^\| a siren \| 3/3 \| 3/3 \| 3/3 \| 3/3 \| 0/3 \| footsteps \|$", table, re.M)   # heard as footsteps
     assert len(rows) == 3 and "\npitch-and-MFCC judge:\n" in table                  # one table per judge
+    assert "(16 steps, CFG ramped to 8, T 1.5)" in table and "given the kind's name (guidance 8)" in table
+    assert evaluate.parse_args(["--judges", "--cfg", "8"]).cfg == 8.0 and evaluate.parse_args([]).cfg == 3.0
+    with pytest.raises(UserError, match="--cfg must be between 0"):
+        evaluate.parse_args(["--judges", "--cfg", "101"])
 
 
 def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
