@@ -1178,7 +1178,8 @@ def parse_args(argv=None):
     if not 1 <= args.per_kind <= 100:
         raise UserError(f"--per-kind must be between 1 and 100, not {args.per_kind}.")
     if not 0 <= args.cfg <= pipeline.MAX_CFG:
-        raise UserError(f"--cfg must be between 0 (no guidance) and {pipeline.MAX_CFG:g} (the paper uses 3), not {args.cfg}.")
+        raise UserError(f"--cfg must be between 0 (no guidance) and {pipeline.MAX_CFG:g} (the paper uses 3), "
+                        f"not {args.cfg}.")
     if not 0 <= args.seed < MAX_SEED:
         raise UserError(f"--seed must be a whole number from 0 to 2**62 - 1, not {args.seed}.")
     if args.magnet_ckpt and not args.magnet:

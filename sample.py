@@ -116,7 +116,8 @@ def parse_args(argv=None):
     # written so that NaN fails too (every comparison with NaN is False): an infinite or NaN scale or
     # temperature would make NaN logits or confidences, and the decoding order would be arbitrary
     if not 0 <= args.cfg <= pipeline.MAX_CFG:
-        raise UserError(f"--cfg must be between 0 (no guidance) and {pipeline.MAX_CFG:g} (the paper uses 3), not {args.cfg}.")
+        raise UserError(f"--cfg must be between 0 (no guidance) and {pipeline.MAX_CFG:g} (the paper uses 3), "
+                        f"not {args.cfg}.")
     if not 0 <= args.temperature <= MAX_TEMPERATURE:
         raise UserError(f"--temperature must be between 0 and {MAX_TEMPERATURE:g} (the paper uses 1.5), "
                         f"not {args.temperature}.")

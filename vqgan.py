@@ -463,7 +463,8 @@ class Trainer:
         self.ddp_modules = ["model", "disc"]                            # train.py may wrap these in DistributedDataParallel
 
     def mels(self, wav: torch.Tensor) -> torch.Tensor:
-        """Audio (B, T) -> the tokenizer's input: HiFiGAN log-mel -> [-1, 1] (Sec. 3.1), (B, 80, F), F a multiple of patch_frames."""
+        """Audio (B, T) -> the tokenizer's input: HiFiGAN log-mel -> [-1, 1] (Sec. 3.1), (B, 80, F), F a multiple
+        of patch_frames."""
         with torch.no_grad():
             x = mel.normalize(mel.mel_spectrogram(wav.to(self.device, non_blocking=True).float()))   # (B, 80, T/256) in [-1, 1]
         p = self.cfg.patch_frames
