@@ -459,7 +459,7 @@ JUDGED_SETS = {
     "vocoder": "their mel through the vocoder (Griffin-Lim here): the last stage alone",
     "codec": "their tokens through the VQGAN decoder and the vocoder: the ceiling of anything generated",
     "one-step fill": "half of their tokens hidden and refilled by the transformer in one pass, given the kind's name",
-    "generated": "generated from the kind's name (16 steps, CFG ramped to 3, T 1.5)",
+    "generated": "generated from the kind's name (16 steps, CFG {cfg}, T 1.5)",
 }
 
 
@@ -505,11 +505,10 @@ def print_judges(results: dict, per_kind: int) -> None:
           "zero crossings and the loudness's rhythm, from the samples up to 8 kHz: neither CLAP nor the model's "
           "mel), each on:\n")
     for name in sets:
-        text, g = JUDGED_SETS[name], results.get("guidance", 3.0)
-        if name == "generated":
-            how = "ramped to" if results.get("cfg_ramp", True) else "constant at"   # --no-cfg-ramp: no ramp
-            text = text.replace("CFG ramped to 3", f"CFG {how} {g:g}")
-        elif name == "one-step fill" and g != 3.0:
+        g = results.get("guidance", 3.0)
+        how = "ramped to" if results.get("cfg_ramp", True) else "constant at"      # --no-cfg-ramp: no ramp
+        text = JUDGED_SETS[name].format(cfg=f"{how} {g:g}")
+        if name == "one-step fill" and g != 3.0:
             text += f" (guidance {g:g})"
         print(f"- **{name}**: {text}")
     for j in judges:

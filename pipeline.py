@@ -67,10 +67,9 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
         raise UserError(f"{ckpt}'s transformer learnt the tokens of another VQGAN than the one bundled with it; "
                         f"retrain it with train.py --stage transformer and --bundle again.")
     num_samples = bundle.get("num_samples", mel.CLIP_SAMPLES)
-    if (not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 0 < num_samples <= MAX_CLIP_SAMPLES
-            or num_samples % mel.HOP):
-        raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of mel "
-                        f"frames (a multiple of {mel.HOP} samples) up to {MAX_CLIP_SAMPLES}.")
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 0 < num_samples <= MAX_CLIP_SAMPLES:
+        raise UserError(f"{ckpt}'s num_samples is {str(num_samples)[:40]!r}; it must be a whole number of samples "
+                        f"up to {MAX_CLIP_SAMPLES}.")
     vq = build_or_explain(ckpt, "vqgan", lambda e: build_model(vqgan.VQGAN, vqgan.Config, e, "vqgan"), bundle["vqgan"]).to(device)
     transformer = build_or_explain(ckpt, "transformer", lambda e: build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config,
                                                                               e, "transformer"),

@@ -650,9 +650,11 @@ def write_bundle(args) -> None:
     # A stage retrained alone with another config (--stage vqgan --vqgan.n_codes 64, or another --num-samples)
     # leaves the old transformer.pt beside it; sample.py would draw token ids the VQGAN does not have.
     if "vqgan" in bundle and "transformer" in bundle:
-        vq, tr = bundle["vqgan"]["config"], bundle["transformer"]["config"]
-        column = vq.get("patch_frames", 16) * 256                        # samples per token column (hop 256)
-        grid = (vq["n_codes"], vq["n_mels"] // 16, args.num_samples // column)
+        import mel
+        import vqgan
+        vq = {**dataclasses.asdict(vqgan.Config()), **bundle["vqgan"]["config"]}   # a field it predates: the default
+        tr = bundle["transformer"]["config"]
+        grid = (vq["n_codes"], vq["n_mels"] // vqgan.DOWNSAMPLE, args.num_samples // (vq["patch_frames"] * mel.HOP))
         if (tr["n_codes"], tr["rows"], tr["cols"]) != grid:
             raise UserError(f"{os.path.join(args.out, 'transformer.pt')} was trained on other tokens ({tr['n_codes']} "
                             f"codes, a {tr['rows']} x {tr['cols']} grid) than this vqgan.pt and --num-samples give "
