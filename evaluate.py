@@ -26,6 +26,7 @@ In:  a bundle written by train.py --bundle (default: sample.py's, checkpoints/to
 Out: markdown tables on stdout (copy them into RESULTS.md)
   python evaluate.py --quick            # everything, small sets
   python evaluate.py --judges           # only the three judges, 12 kinds x 8 clips
+  python evaluate.py --judges --condition audio --steps 8   # the generated set sampled otherwise
   python evaluate.py --ablations --n 64 # only the FAD tables, 64 clips per set
 """
 
@@ -61,16 +62,19 @@ def make_embedder(pipe, laion_ckpt: str | None = None):
 # Generating sets of clips (sample.py's three tasks, in batches).
 # ---------------------------------------------------------------------------------------------------
 
-def generate_clips(pipe, prompts, steps=16, guidance=3.0, temperature=1.5, seed=0, batch=16, cfg_ramp=True) -> torch.Tensor:
-    """One clip per prompt with pipeline.text_to_audio, `batch` prompts at a time: (N, T) on the CPU.
+def generate_clips(pipe, prompts, steps=16, guidance=3.0, temperature=1.5, seed=0, batch=16, cfg_ramp=True,
+                   cond=None) -> torch.Tensor:
+    """One clip per prompt, as pipeline.text_to_audio makes it, `batch` prompts at a time: (N, T) on the CPU.
+    cond: CLAP embeddings (N, 512) to condition on instead of the prompts' text embeddings.
 
     Batch i is sampled with seed + i, so the clips do not depend on how many other settings ran before.
     """
     out = []
     for i in range(0, len(prompts), batch):
-        wav, _, _, _ = pipeline.text_to_audio(pipe, prompts[i:i + batch], n=1, steps=steps, guidance=guidance,
-                                            temperature=temperature, seed=seed + i, verbose=False, cfg_ramp=cfg_ramp)
-        out.append(wav.float().cpu())
+        c = pipeline.embed_prompts(pipe, prompts[i:i + batch]) if cond is None else cond[i:i + batch].to(pipe.device)
+        tokens, _ = pipeline.sample_tokens(pipe, c, steps, guidance, temperature, seed + i, verbose=False,
+                                           cfg_ramp=cfg_ramp)                 # (b, R, C)
+        out.append(pipeline.tokens_to_audio(pipe, tokens)[1].float().cpu())
     return torch.cat(out)                                                     # (N, T)
 
 
@@ -459,23 +463,33 @@ JUDGED_SETS = {
     "vocoder": "their mel through the vocoder (Griffin-Lim here): the last stage alone",
     "codec": "their tokens through the VQGAN decoder and the vocoder: the ceiling of anything generated",
     "one-step fill": "half of their tokens hidden and refilled by the transformer in one pass, given the kind's name",
-    "generated": "generated from the kind's name (16 steps, CFG {cfg}, T 1.5)",
+    "generated": "generated from {condition} ({steps} steps, CFG {cfg}, T {temperature})",
 }
+# What the generated set is conditioned on (evaluate.py --condition). The transformer was trained on CLAP
+# *audio* embeddings and samples from *text* ones (Sec. 3.3); "audio" conditions on the audio embedding of
+# a real held-out clip of the kind instead, so the gap between CLAP's two towers drops out of the score.
+CONDITIONS = {"text": "the kind's name", "audio": "the CLAP audio embedding of a real clip of the kind"}
 
 
-def run_judges(pipe, per_kind: int, seed: int, steps=16, guidance=3.0, temperature=1.5, cfg_ramp=True) -> dict:
+def run_judges(pipe, per_kind: int, seed: int, steps=16, guidance=3.0, temperature=1.5, cfg_ramp=True,
+               condition="text") -> dict:
     """The three judges on `per_kind` clips of every kind in each of JUDGED_SETS."""
-    kinds = torch.arange(len(toyworld.KINDS)).repeat_interleave(per_kind)        # (K n,) the asked-for kind
-    prompts = [toyworld.KINDS[k] for k in kinds]
-    t0 = time.time()
-    generated = generate_clips(pipe, prompts, steps, guidance, temperature, seed, cfg_ramp=cfg_ramp)  # (K n, T)
-    t_gen = time.time() - t0
-    real, real_kinds = single_kind_clips("test", per_kind, num_samples=generated.shape[-1], seed=0)
-    kind_emb = pipe.clap.embed_text(toyworld.KINDS).float().cpu()                 # (K, D)
-    judge = train_judge(per_kind=40, num_samples=generated.shape[-1])
-    third_judge = train_pitch_mfcc_judge(per_kind=40, num_samples=generated.shape[-1], seed=1)
-    results = {"seconds_per_clip": t_gen / len(prompts), "cfg_ramp": cfg_ramp, "guidance": guidance}
+    real, real_kinds = single_kind_clips("test", per_kind, num_samples=pipe.num_samples, seed=0)
     real_prompts = [toyworld.KINDS[k] for k in real_kinds]
+    if condition == "audio":                            # one generated clip per real clip, in its order
+        kinds, prompts = real_kinds, real_prompts
+        cond = pipe.clap.embed_audio(real.to(pipe.device)).float()              # (K n, D)
+    else:
+        kinds = torch.arange(len(toyworld.KINDS)).repeat_interleave(per_kind)    # (K n,) the asked-for kind
+        prompts, cond = [toyworld.KINDS[k] for k in kinds], None
+    t0 = time.time()
+    generated = generate_clips(pipe, prompts, steps, guidance, temperature, seed, cfg_ramp=cfg_ramp, cond=cond)  # (K n, T)
+    t_gen = time.time() - t0
+    kind_emb = pipe.clap.embed_text(toyworld.KINDS).float().cpu()                 # (K, D)
+    judge = train_judge(per_kind=40, num_samples=pipe.num_samples)
+    third_judge = train_pitch_mfcc_judge(per_kind=40, num_samples=pipe.num_samples, seed=1)
+    results = {"seconds_per_clip": t_gen / len(prompts), "cfg_ramp": cfg_ramp, "guidance": guidance,
+               "steps": steps, "temperature": temperature, "condition": condition}
     sets = (("real", real, real_kinds), ("vocoder", vocoder_round_trip(pipe, real), real_kinds),
             ("codec", codec_round_trip(pipe, real), real_kinds),
             ("one-step fill", one_step_fill(pipe, real, real_prompts, guidance=guidance, seed=seed), real_kinds),
@@ -507,7 +521,9 @@ def print_judges(results: dict, per_kind: int) -> None:
     for name in sets:
         g = results.get("guidance", 3.0)
         how = "ramped to" if results.get("cfg_ramp", True) else "constant at"      # --no-cfg-ramp: no ramp
-        text = JUDGED_SETS[name].format(cfg=f"{how} {g:g}")
+        text = JUDGED_SETS[name].format(cfg=f"{how} {g:g}", steps=results.get("steps", 16),
+                                        temperature=f"{results.get('temperature', 1.5):g}",
+                                        condition=CONDITIONS[results.get("condition", "text")])
         if name == "one-step fill" and g != 3.0:
             text += f" (guidance {g:g})"
         print(f"- **{name}**: {text}")
@@ -1145,6 +1161,12 @@ def parse_args(argv=None):
                    help="with --magnet: a span-masked transformer (train.py --transformer.span_len 3) for its rows")
     p.add_argument("--cfg", type=float, default=3.0, help="the judges' generated and refilled clips: the final "
                    "guidance scale, which the ramp rises to (Eq. 2; the paper's 3)")
+    p.add_argument("--steps", type=int, default=16, help="the judges' generated clips: MaskGIT iterations (Sec. 3.4)")
+    p.add_argument("--temperature", type=float, default=1.5, help="the judges' generated clips: the initial Gumbel "
+                   "temperature (Eq. 3)")
+    p.add_argument("--condition", default="text", choices=list(CONDITIONS), help="the judges' generated clips: "
+                   "from each kind's name, or from the CLAP audio embedding of a real clip of the kind (what the "
+                   "transformer was trained on)")
     p.add_argument("--no-cfg-ramp", action="store_true", help="the judges' clips with the CFG scale at --cfg from the "
                    "first step (Table 1's 'w/o CFG linear scheduler') instead of the paper's ramp")
     p.add_argument("--fad-clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt to embed audio for FAD "
@@ -1179,6 +1201,11 @@ def parse_args(argv=None):
     if not 0 <= args.cfg <= pipeline.MAX_CFG:
         raise UserError(f"--cfg must be between 0 (no guidance) and {pipeline.MAX_CFG:g} (the paper uses 3), "
                         f"not {args.cfg}.")
+    if not 1 <= args.steps <= pipeline.MAX_STEPS:
+        raise UserError(f"--steps must be between 1 and {pipeline.MAX_STEPS}, not {args.steps}.")
+    if not 0 <= args.temperature <= pipeline.MAX_TEMPERATURE:
+        raise UserError(f"--temperature must be between 0 and {pipeline.MAX_TEMPERATURE:g} (the paper uses 1.5), "
+                        f"not {args.temperature}.")
     if not 0 <= args.seed < MAX_SEED:
         raise UserError(f"--seed must be a whole number from 0 to 2**62 - 1, not {args.seed}.")
     if args.magnet_ckpt and not args.magnet:
@@ -1213,8 +1240,8 @@ def run(args) -> None:
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:
-        print_judges(run_judges(pipe, args.per_kind, args.seed, guidance=args.cfg, cfg_ramp=not args.no_cfg_ramp),
-                     args.per_kind)
+        print_judges(run_judges(pipe, args.per_kind, args.seed, args.steps, args.cfg, args.temperature,
+                                not args.no_cfg_ramp, args.condition), args.per_kind)
     if args.ablations:
         embed, embed_name = make_embedder(pipe, args.fad_clap_ckpt)
         print_ablations(run_ablations(pipe, embed, args.n, args.seed, args.quick), embed_name)

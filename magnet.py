@@ -6,8 +6,9 @@ official code: audiocraft's models/lm_magnet.py (MagnetLMModel) and solvers/magn
 MAGNeT is SpecMaskGIT's closest relative: one bidirectional transformer over audio tokens, trained to fill
 masks and sampled by iterative parallel decoding with classifier-free guidance. Its tokens are EnCodec's
 four residual codebook streams at 50 Hz; ours are a 5 x 53 grid of SpecVQGAN tokens, one row per band of
-16 mel bins, one column per 16 mel frames (16 x 256 / 22050 Hz = 186 ms of audio). This file reuses
-specmaskgit.py's transformer, conditioner interface and masked_counts, and holds only what differs:
+16 mel bins, one column per 16 mel frames by default (16 x 256 / 22050 Hz = 186 ms of audio; see
+vqgan.Config.patch_frames). This file reuses specmaskgit.py's transformer, conditioner interface and
+masked_counts, and holds only what differs:
   Sec. 3.1  span masking in training: spans of span_len columns inside one row (span_mask)
   Sec. 3.1  span-level decoding: whole spans re-masked, scored by 'max' or 'prod' (span_confidence)
   Sec. 3.2  restricted context: a token attends only to tokens within +-k columns (context_mask)
@@ -106,10 +107,10 @@ def span_mask(B: int, n: int, cfg: specmaskgit.Config, generator=None, device="c
 # MAGNeT lets the tokens of codebooks above the first attend only to +-5 time steps (audiocraft's
 # subcodes_context, ~200 ms at 50 Hz): EnCodec's encoder has a bounded receptive field, so a fine code
 # depends on its neighbourhood only. Here every token attends to the tokens of every row within +-k
-# columns (k = 1 is +-186 ms), and to the CLAP token, which carries the prompt (MAGNeT's cross-attention
-# to the text is never restricted either). The CLAP token attends only to itself: were it to read the
-# whole grid, it would carry far tokens into every near one in the next block. Through n blocks a token
-# still hears n k columns away, as in MAGNeT: the limit is per attention layer.
+# columns (k = 1 is +-186 ms with 16-frame tokens), and to the CLAP token, which carries the prompt
+# (MAGNeT's cross-attention to the text is never restricted either). The CLAP token attends only to
+# itself: were it to read the whole grid, it would carry far tokens into every near one in the next block.
+# Through n blocks a token still hears n k columns away, as in MAGNeT: the limit is per attention layer.
 
 def context_mask(rows: int, cols: int, k: int, device="cpu") -> torch.Tensor:
     """(rows cols + 1, rows cols + 1) bool, True = may attend: grid tokens within +-k columns and the

@@ -33,6 +33,8 @@ DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpo
 BWE_CUTOFF_HZ = 4300.0    # ~ mel bin 63's top edge (= bin 64's centre, 4327 Hz); top token row = bins 64-79 (Table 7)
 MAX_CLIP_SAMPLES = 64 * mel.CLIP_SAMPLES   # a bundle's clip length beyond this is a broken file, not a model
 MAX_CFG = 100.0           # guidance scales beyond this only saturate the softmax (the paper uses 3)
+MAX_TEMPERATURE = 100.0   # Gumbel temperatures beyond this make the order random already (the paper uses 1.5)
+MAX_STEPS = 256           # MaskGIT iterations (the paper uses 16); 256 commit about one token each on the full grid
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import pipeline
 from runtime import ArgumentParser, UserError, build_model, load_checkpoint, make_output_folder, pick_device, run_command
 
 MAX_TAKES = 64            # prompts x --n in one call: they run as one batch
-MAX_TEMPERATURE = 100.0   # Gumbel temperatures beyond this make the order random already (the paper uses 1.5)
 MAX_SECONDS = 86400.0     # --start / --end: a day of audio
 MAX_RUNS = 1000          # --benchmark's timed runs per measurement
 PREVIEW_GL_ITERATIONS = 8  # the page's per-step sounds without a vocoder: a quarter of the cost of the final take's
@@ -109,8 +108,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.prompts = [valid_text(prompt) for prompt in args.prompts]
     check_magnet_args(args)
-    if args.steps < 1 or args.steps > 256:
-        raise UserError(f"--steps must be between 1 and 256, not {args.steps}.")
+    if not 1 <= args.steps <= pipeline.MAX_STEPS:
+        raise UserError(f"--steps must be between 1 and {pipeline.MAX_STEPS}, not {args.steps}.")
     if args.no_cfg_ramp and (args.inpaint or args.bwe):
         raise UserError("--no-cfg-ramp is for text to audio; inpainting and bandwidth extension use the ramp.")
     # written so that NaN fails too (every comparison with NaN is False): an infinite or NaN scale or
@@ -118,8 +117,8 @@ def parse_args(argv=None):
     if not 0 <= args.cfg <= pipeline.MAX_CFG:
         raise UserError(f"--cfg must be between 0 (no guidance) and {pipeline.MAX_CFG:g} (the paper uses 3), "
                         f"not {args.cfg}.")
-    if not 0 <= args.temperature <= MAX_TEMPERATURE:
-        raise UserError(f"--temperature must be between 0 and {MAX_TEMPERATURE:g} (the paper uses 1.5), "
+    if not 0 <= args.temperature <= pipeline.MAX_TEMPERATURE:
+        raise UserError(f"--temperature must be between 0 and {pipeline.MAX_TEMPERATURE:g} (the paper uses 1.5), "
                         f"not {args.temperature}.")
     if not 0 <= args.seed < 2 ** 63:                            # torch.Generator.manual_seed's range
         raise UserError(f"--seed must be a whole number from 0 to 2**63 - 1, not {args.seed}.")
@@ -170,10 +169,11 @@ def check_magnet_args(args) -> None:
                         f"not {args.guidance!r} and {args.row_steps!r}.") from None
     if len(args.guidance) != 2 or not all(0 <= x <= pipeline.MAX_CFG for x in args.guidance):
         raise UserError(f"--guidance must be two scales between 0 and {pipeline.MAX_CFG:g}, like 10,1.")
-    if not all(1 <= x <= 256 for x in args.row_steps):
-        raise UserError(f"--row-steps must each be between 1 and 256, not {args.row_steps}.")
-    if not 0 <= args.magnet_temperature <= MAX_TEMPERATURE:
-        raise UserError(f"--magnet-temperature must be between 0 and {MAX_TEMPERATURE:g}, not {args.magnet_temperature}.")
+    if not all(1 <= x <= pipeline.MAX_STEPS for x in args.row_steps):
+        raise UserError(f"--row-steps must each be between 1 and {pipeline.MAX_STEPS}, not {args.row_steps}.")
+    if not 0 <= args.magnet_temperature <= pipeline.MAX_TEMPERATURE:
+        raise UserError(f"--magnet-temperature must be between 0 and {pipeline.MAX_TEMPERATURE:g}, "
+                        f"not {args.magnet_temperature}.")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be above 0 and at most 1, not {args.top_p}.")
     if not 0 <= args.rescore_weight <= 1:

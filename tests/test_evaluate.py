@@ -102,15 +102,18 @@ class StubJudge:
         return features[:, 0].round().long()
 
 
-def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypatch, capsys):
-    # A stub generator that gets every kind right except "a siren", which always comes out as footsteps.
+def stub_pipeline(monkeypatch, calls: dict):
+    """run_judges with every stage stubbed: a clip is its kind id repeated, the codec, vocoder and one-step
+    fill are perfect, the judges read the id back, and the generator gets every kind right except "a
+    siren", which always comes out as footsteps. `calls` receives what the generator and the fill were given."""
     siren, footsteps = toyworld.KINDS.index("a siren"), toyworld.KINDS.index("footsteps")
-    asked, guidance = [], {}
+    calls.update(asked=[])
 
-    def generate(pipe, prompts, steps, scale, *args, **kwargs):
-        asked.extend(prompts)
-        guidance["generated"] = scale
-        ids = [footsteps if p == "a siren" else toyworld.KINDS.index(p) for p in prompts]
+    def generate(pipe, prompts, steps, scale, temperature, seed, cfg_ramp=True, cond=None):
+        calls["asked"].extend(prompts)
+        calls.update(generated=scale, steps=steps, temperature=temperature, cond=cond)
+        wanted = [toyworld.KINDS.index(p) for p in prompts] if cond is None else cond.argmax(-1).tolist()
+        ids = [footsteps if k == siren else k for k in wanted]
         return torch.tensor(ids, dtype=torch.float32)[:, None].repeat(1, 64)
 
     def real_clips(split, per_kind, num_samples, seed):
@@ -118,37 +121,80 @@ def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypat
         return kinds.float()[:, None].repeat(1, num_samples), kinds
 
     monkeypatch.setattr(evaluate, "generate_clips", generate)
-    monkeypatch.setattr(evaluate, "codec_round_trip", lambda pipe, wavs: wavs)   # a perfect codec, ...
-    monkeypatch.setattr(evaluate, "vocoder_round_trip", lambda pipe, wavs: wavs)   # ... vocoder ...
-    monkeypatch.setattr(evaluate, "one_step_fill", lambda pipe, wavs, prompts, **kw: guidance.update(fill=kw["guidance"])
-                        or wavs)                                                  # ... and transformer
+    monkeypatch.setattr(evaluate, "codec_round_trip", lambda pipe, wavs: wavs)
+    monkeypatch.setattr(evaluate, "vocoder_round_trip", lambda pipe, wavs: wavs)
+    monkeypatch.setattr(evaluate, "one_step_fill", lambda pipe, wavs, prompts, **kw: calls.update(fill=kw["guidance"])
+                        or wavs)
     monkeypatch.setattr(evaluate, "single_kind_clips", real_clips)
     monkeypatch.setattr(evaluate, "train_judge", lambda **kwargs: StubJudge())
     monkeypatch.setattr(evaluate, "mel_features", lambda wav: wav[:, :1])
     monkeypatch.setattr(evaluate, "train_pitch_mfcc_judge", lambda **kwargs: StubJudge())
     monkeypatch.setattr(evaluate, "waveform_features", lambda wav: wav[:, :1])
-    pipe = type("Pipe", (), {"clap": StubCLAP(), "device": "cpu"})()
-    r = evaluate.run_judges(pipe, per_kind=3, seed=0, guidance=8.0)               # evaluate.py --judges --cfg 8
+    return type("Pipe", (), {"clap": StubCLAP(), "device": "cpu", "num_samples": 64})()
 
-    assert sorted(asked) == sorted(toyworld.KINDS * 3) and guidance == {"generated": 8.0, "fill": 8.0}
-    expected_right = [0 if k == siren else 3 for k in range(len(toyworld.KINDS))]
+
+def assert_only_sirens_missed(r: dict, per_kind: int) -> None:
+    siren = toyworld.KINDS.index("a siren")
+    expected_right = [0 if k == siren else per_kind for k in range(len(toyworld.KINDS))]
     assert list(r["generated"])[:3] == ["CLAP zero-shot", "mel-statistics judge", "pitch-and-MFCC judge"]
     for judge in ("CLAP zero-shot", "mel-statistics judge", "pitch-and-MFCC judge"):
         right, total, overall = r["generated"][judge]
-        assert right == expected_right and total == [3] * len(toyworld.KINDS)
+        assert right == expected_right and total == [per_kind] * len(toyworld.KINDS)
         assert abs(overall - 11 / 12) < 1e-9
         for name in ("real", "vocoder", "codec", "one-step fill"):
-            assert r[name][judge] == ([3] * len(toyworld.KINDS), [3] * len(toyworld.KINDS), 1.0)
+            assert r[name][judge] == ([per_kind] * len(toyworld.KINDS), [per_kind] * len(toyworld.KINDS), 1.0)
     assert abs(r["generated"]["clap_score"] - 11 / 12) < 1e-6         # one-hot cosines: 1 when right, 0 when wrong
     assert abs(r["real"]["clap_score"] - 1) < 1e-6
+
+
+def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypatch, capsys):
+    calls = {}
+    pipe = stub_pipeline(monkeypatch, calls)
+    r = evaluate.run_judges(pipe, per_kind=3, seed=0, guidance=8.0)               # evaluate.py --judges --cfg 8
+
+    assert sorted(calls["asked"]) == sorted(toyworld.KINDS * 3) and calls["cond"] is None
+    assert (calls["generated"], calls["fill"], calls["steps"], calls["temperature"]) == (8.0, 8.0, 16, 1.5)
+    assert_only_sirens_missed(r, 3)
     evaluate.print_judges(r, 3)
     table = capsys.readouterr().out
     rows = re.findall(r"^\| a siren \| 3/3 \| 3/3 \| 3/3 \| 3/3 \| 0/3 \| footsteps \|$", table, re.M)   # heard as footsteps
     assert len(rows) == 3 and "\npitch-and-MFCC judge:\n" in table                  # one table per judge
-    assert "(16 steps, CFG ramped to 8, T 1.5)" in table and "given the kind's name (guidance 8)" in table
+    assert "from the kind's name (16 steps, CFG ramped to 8, T 1.5)" in table
+    assert "given the kind's name (guidance 8)" in table
     assert evaluate.parse_args(["--judges", "--cfg", "8"]).cfg == 8.0 and evaluate.parse_args([]).cfg == 3.0
     with pytest.raises(UserError, match="--cfg must be between 0"):
         evaluate.parse_args(["--judges", "--cfg", "101"])
+
+
+def test_judges_conditioned_on_real_clips_audio_embeddings_score_against_those_clips_kinds(monkeypatch, capsys):
+    """--condition audio: one generated clip per real clip, conditioned on that clip's CLAP audio embedding,
+    and judged against that clip's kind (the real set's order differs from the kind-by-kind text order)."""
+    calls = {}
+    pipe = stub_pipeline(monkeypatch, calls)
+    args = evaluate.parse_args(["--judges", "--condition", "audio", "--steps", "32", "--temperature", "4.5"])
+    r = evaluate.run_judges(pipe, 2, 0, args.steps, args.cfg, args.temperature, not args.no_cfg_ramp, args.condition)
+
+    real_kinds = torch.arange(len(toyworld.KINDS)).repeat(2)                  # stub_pipeline's real order
+    assert torch.equal(calls["cond"], torch.nn.functional.one_hot(real_kinds, len(toyworld.KINDS)).float())
+    assert calls["asked"] == [toyworld.KINDS[k] for k in real_kinds]
+    assert (calls["steps"], calls["temperature"]) == (32, 4.5)
+    assert_only_sirens_missed(r, 2)
+    evaluate.print_judges(r, 2)
+    table = capsys.readouterr().out
+    assert "from the CLAP audio embedding of a real clip of the kind (32 steps, CFG ramped to 3, T 4.5)" in table
+
+
+def test_generated_clips_are_sample_py_clips_and_a_condition_given_as_embeddings_is_the_same_condition():
+    """generate_clips makes what pipeline.text_to_audio (sample.py) makes for the same prompt and seed, and
+    passing the prompts' CLAP text embeddings as `cond` changes nothing; another embedding changes the clip."""
+    pipe = pipeline.load_pipeline(pipeline.DEFAULT_CKPT, verbose=False)
+    prompts = ["rain on a roof", "a clock ticking"]
+    clips = evaluate.generate_clips(pipe, prompts, steps=4, seed=5)
+    wav = pipeline.text_to_audio(pipe, prompts, steps=4, seed=5, verbose=False)[0]
+    assert torch.equal(clips, wav.float().cpu())
+    text = pipe.clap.embed_text(prompts)
+    assert torch.equal(evaluate.generate_clips(pipe, prompts, steps=4, seed=5, cond=text), clips)
+    assert not torch.equal(evaluate.generate_clips(pipe, prompts, steps=4, seed=5, cond=text.flip(0)), clips)
 
 
 def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
@@ -165,7 +211,8 @@ def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
 
 
 def test_bad_flags_get_one_sentence_and_exit_code_2(capsys, tmp_path):
-    for argv in (["--n", "1"], ["--per-kind", "0"], ["--steps", "4"], ["--ckpt", str(tmp_path / "none.pt")],
+    for argv in (["--n", "1"], ["--per-kind", "0"], ["--steps", "0"], ["--steps", "257"], ["--temperature", "-1"], ["--temperature", "nan"], ["--condition", "image"],
+                 ["--ckpt", str(tmp_path / "none.pt")],
                  ["--seed", str(2 ** 70)], ["--seed", "-1"]):
         assert evaluate.main(argv) == 2
         err = capsys.readouterr().err.strip()
