@@ -1013,8 +1013,7 @@ def run_reconstruction(pipe, embed, n: int, seed: int) -> dict:
             "SpecVQGAN + vocoder (mel -> tokens -> mel -> sound)": codec_round_trip(pipe, real),
             "Generated from the clips' captions (16 steps, CFG 3, T 1.5)": generate_clips(pipe, captions, seed=seed)}
     r = {"n": n, "vocoder": "HiFiGAN (the bundle's)" if pipe.vocoder is not None else "Griffin-Lim (no vocoder in the bundle)",
-         "rate": latent_rate(pipe.vq.cfg.n_mels // 16, pipe.num_samples // pipeline.column_samples(pipe.vq),
-                             pipe.num_samples),
+         "rate": latent_rate(pipe.transformer.cfg.rows, pipe.transformer.cfg.cols, pipe.num_samples),   # the checked grid
          "sets": {}}
     for name, wavs in sets.items():
         probs, feat = classify(wavs)

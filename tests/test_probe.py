@@ -125,8 +125,8 @@ def test_reconstruction_fad_is_measured_against_the_clips_that_went_in(monkeypat
     def fake_generate(pipe, captions, seed=0):
         return other["wavs"]
     monkeypatch.setattr(evaluate, "generate_clips", fake_generate)
-    vq = types.SimpleNamespace(cfg=types.SimpleNamespace(n_mels=80, patch_frames=16))
-    pipe = types.SimpleNamespace(num_samples=16384, vocoder=None, vq=vq)
+    transformer = types.SimpleNamespace(cfg=types.SimpleNamespace(rows=5, cols=4))     # 16384 samples of 16 x 16 tokens
+    pipe = types.SimpleNamespace(num_samples=16384, vocoder=None, transformer=transformer)
     real_val = evaluate.toyworld.ToyDataset("val", n=8, num_samples=16384)
     other["wavs"] = torch.stack([real_val[i]["wav"] for i in range(8)])
 
