@@ -18,7 +18,7 @@ Two models, one interface (every method returns float32 rows of unit length, on 
   TinyCLAP   written out here (0.52 M parameters in the tiny preset, 2.4 M in "full"): a small CNN over
              our log-mel, a transformer over words, small enough to train on a CPU, on the toy sound world
              (`train.py --stage clap --data toy`). Config, towers, model, loss, then its Trainer.
-  LaionCLAP  in clap_format.py (an edge, like hifigan_format.py): a thin wrapper around the laion-clap
+  LaionCLAP  in formats/clap_format.py (an edge, like formats/hifigan_format.py): a thin wrapper around the laion-clap
              package; clap_format.load_clap gives either model from its checkpoint.
 
 The modality gap (Liang et al., "Mind the Gap", NeurIPS 2022): contrastive training leaves the audio and the

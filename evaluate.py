@@ -10,7 +10,7 @@ Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms ..." (ISMI
   Table 7    zero-shot time inpainting and bandwidth extension (BWE, with and without low-frequency
              replacement), scored against the unprocessed (gapped / low-passed) input
 
-Everything runs on the toy sound world of toyworld.py, with the small bundled model:
+Everything runs on the toy sound world of data/toyworld.py, with the small bundled model:
   - the embedding for FAD is pluggable. The paper uses VGGish (the toolbox of its ref. [41]); we have
     no VGGish here, so by default the audio tower of the bundle's TinyCLAP embeds the clips (it was
     trained on exactly this world), and a LAION-CLAP checkpoint can be given instead. FAD values are
@@ -39,10 +39,12 @@ import torch
 import torch.nn.functional as F
 
 import mel
+from ground import audio_io
+from pictures import png
 import pipeline
-import toyworld
-from metrics import clap_score, frechet_distance
-from runtime import ArgumentParser, UserError, pick_device, run_command
+from data import toyworld
+from evaluation.metrics import clap_score, frechet_distance
+from ground.runtime import ArgumentParser, UserError, pick_device, run_command
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -52,7 +54,7 @@ from runtime import ArgumentParser, UserError, pick_device, run_command
 def make_embedder(pipe, laion_ckpt: str | None = None):
     """A function wav (B, T) -> (B, D) on the CPU, and its name for the tables."""
     if laion_ckpt:
-        import clap_format
+        from formats import clap_format
         laion = clap_format.load_clap("laion", laion_ckpt, device=pipe.device)
         return (lambda wav: laion.embed_audio(wav).float().cpu()), "LAION-CLAP audio embedding"
     return (lambda wav: pipe.clap.embed_audio(wav.to(pipe.device)).float().cpu()), "TinyCLAP audio embedding"
@@ -692,7 +694,7 @@ def run_magnet_table(pipe, embed, n: int, per_kind: int, seed: int, span_ckpt: s
     forward passes and seconds per clip, for every row of MAGNET_ROWS (and SPAN_ROWS with span_ckpt)."""
     import copy
     import specmaskgit
-    from runtime import build_model, load_checkpoint
+    from ground.runtime import build_model, load_checkpoint
     reference = toyworld.ToyDataset("test", n=n, num_samples=pipe.num_samples)
     ref_wavs = torch.stack([reference[i]["wav"] for i in range(n)])
     captions = [reference[i]["caption"] for i in range(n)]
@@ -895,7 +897,7 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = PROBE
 
 def probe_scores(train_x, train_y, test_x, test_y, seeds) -> dict:
     """ROC-AUC and mAP (metrics.tagging_scores) of the probe on the test clips, one pair per seed."""
-    from metrics import tagging_scores
+    from evaluation.metrics import tagging_scores
     runs = []
     for seed in seeds:
         probe = train_probe(train_x, train_y, seed)
@@ -908,7 +910,7 @@ def run_probe(pipe, n_train: int, n_test: int, seeds, data_dir=None, labels_csv=
     """The probe table: the toy world's held-out tagging (train split -> test split), or a folder of audio."""
     if data_dir:
         paths, labels, is_test, tags = read_tag_table(data_dir, labels_csv)
-        wavs = torch.stack([mel.load_audio(p, num_samples=pipe.num_samples) for p in paths])
+        wavs = torch.stack([audio_io.load_audio(p, num_samples=pipe.num_samples) for p in paths])
         train = (wavs[~is_test], labels[~is_test])
         test = (wavs[is_test], labels[is_test])
         where = f"{data_dir} ({len(tags)} tags, first {pipe.num_samples / mel.SR:.2f} s of each file)"
@@ -1000,7 +1002,7 @@ def train_kind_classifier(per_kind: int, num_samples: int, seed: int = 0):
 
 def run_reconstruction(pipe, embed, n: int, seed: int) -> dict:
     """FAD (and IS, FID) of n held-out clips: real, vocoder alone, codec + vocoder, and generated ones."""
-    from metrics import inception_score
+    from evaluation.metrics import inception_score
     ref = toyworld.ToyDataset("test", n=n, num_samples=pipe.num_samples)
     real = torch.stack([ref[i]["wav"] for i in range(n)])                      # (n, T) the reference
     captions = [ref[i]["caption"] for i in range(n)]
@@ -1098,9 +1100,9 @@ def draw_number(img, text: str, x: int, y: int, colour, scale: int = 3) -> None:
 
 def curve_png(curve, stop: tuple[int, float], path: str, width: int = 480, height: int = 240) -> None:
     """FAD (up) against steps (right) as a PNG: the curve in blue, the early-stop step as a red line with
-    its step and FAD written beside it (mel.png_bytes, the project's PNG writer)."""
+    its step and FAD written beside it (png.png_bytes, the project's PNG writer)."""
     import numpy as np
-    from runtime import write_atomically
+    from ground.runtime import write_atomically
     img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 20, width - 20, 30, height - 20
     steps = [s for s, _, _ in curve]
@@ -1123,7 +1125,7 @@ def curve_png(curve, stop: tuple[int, float], path: str, width: int = 480, heigh
     img[top:bottom, x_stop] = (210, 40, 40)
     label = f"{stop[0]}"
     draw_number(img, label, min(x_stop + 5, width - 12 * len(label) - 2), 8, (210, 40, 40))
-    write_atomically(path, lambda f: f.write(mel.png_bytes(img)))
+    write_atomically(path, lambda f: f.write(png.png_bytes(img)))
 
 
 def run_curve(run_dir: str, out: str | None) -> None:

@@ -10,7 +10,7 @@ Paper: "SpecMaskGIT" (ISMIR 2024).
                 for them: they are just sampling with some tokens given.
 
 Why a file of its own: three commands walk this path (sample.py for the user, evaluate.py for the
-paper's tables, benchmark.py for the speed table), and a command never imports another command.
+paper's tables, speed/benchmark.py for the speed table), and a command never imports another command.
 So the loading of the four models and the three tasks live here, once; the commands keep only their
 command lines and their output files.
 
@@ -24,9 +24,9 @@ import time
 
 import torch
 
-import fast
+from speed import fast
 import mel
-from runtime import UserError, autocast, build_model, load_checkpoint, vqgan_hash
+from ground.runtime import UserError, autocast, build_model, load_checkpoint, vqgan_hash
 
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "toy.pt")
@@ -52,8 +52,8 @@ class Pipeline:
 def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="cpu", dtype="fp32",
                   verbose=True) -> Pipeline:
     """dtype: "fp32" | "bf16" | "fp16" | "int8" | "auto" (fast.inference_dtype: the machine's fast one)."""
-    import clap_format
-    import hifigan_format
+    from formats import clap_format
+    from formats import hifigan_format
     import specmaskgit
     import vqgan
     bundle = load_checkpoint(ckpt, "bundle")
@@ -152,7 +152,7 @@ def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | N
 def mel_to_audio(pipe: Pipeline, log_mel: torch.Tensor, gl_iterations: int | None = None) -> torch.Tensor:
     """Log-mels (B, 80, F) -> waveforms (B, 256 F) on the CPU: the pipeline's vocoder, or Griffin-Lim (on
     the mels' device)."""
-    import hifigan_format
+    from formats import hifigan_format
     if pipe.vocoder is None:
         iterations = {} if gl_iterations is None else {"n_iter": gl_iterations}
         return mel.griffin_lim(log_mel, **iterations).cpu()
@@ -185,7 +185,7 @@ def audio_to_tokens(pipe: Pipeline, wav: torch.Tensor) -> torch.Tensor:
 def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
     """CLAP text embeddings (B, 512). The toy model knows only its world's words: say which were ignored."""
     import clap
-    import toyworld
+    from data import toyworld
     for p in prompts:
         if not p.strip():
             raise UserError("the prompt is empty; describe a sound, e.g. \"rain on a roof\".")
@@ -207,7 +207,7 @@ def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=N
     `record`: a list that receives decoding_page.step_record of every step (for the page), or None.
     magnet_options: a dict of magnet.generate's settings to sample with MAGNeT's decoding instead (then
     steps, guidance, temperature and cfg_ramp are unused)."""
-    import decoding_page
+    from pictures import decoding_page
     import specmaskgit
     t0 = time.time()
 

@@ -8,7 +8,7 @@ file is the command line around it: flags, output names, wavs, PNGs and pages.
 In:  prompts, or an audio file (any length, rate, channel count) for --inpaint / --bwe
 Out: one 22050 Hz wav per prompt and take; with --png a labelled picture of its mel and of the MaskGIT
      decoding order (the step at which each token was committed); with --html a self-contained page
-     that plays the sampling steps (decoding_page.py)
+     that plays the sampling steps (pictures/decoding_page.py)
 
   python sample.py "rain on a roof"                       # the bundled toy model, on a CPU
   python sample.py "a dog barking" "a siren" --n 4 --png
@@ -16,7 +16,7 @@ Out: one 22050 Hz wav per prompt and take; with --png a labelled picture of its 
   python sample.py "rain on a roof" --out rain.wav        # exactly that file
   python sample.py --inpaint clip.wav --start 1.0 --end 2.0 "birds chirping"
   python sample.py --bwe band_limited.wav --lfr
-  python sample.py --benchmark full                       # speed, plain path to fast path (runs benchmark.py)
+  python sample.py --benchmark full                       # speed, plain path to fast path (runs speed/benchmark.py)
   python sample.py --benchmark full --threads 1,2,4       # Fig. 2: speed against CPU threads
 """
 
@@ -31,8 +31,9 @@ import time
 import torch
 
 import mel
+from ground import audio_io
 import pipeline
-from runtime import ArgumentParser, UserError, build_model, load_checkpoint, make_output_folder, pick_device, run_command
+from ground.runtime import ArgumentParser, UserError, build_model, load_checkpoint, make_output_folder, pick_device, run_command
 
 MAX_TAKES = 64            # prompts x --n in one call: they run as one batch
 MAX_SECONDS = 86400.0     # --start / --end: a day of audio
@@ -82,14 +83,14 @@ def parse_args(argv=None):
                         "or, for a single take, the .wav file itself")
     p.add_argument("--png", action="store_true", help="also write the mel and the decoding order as a labelled PNG")
     p.add_argument("--html", action="store_true",
-                   help="also write a self-contained page that plays the sampling steps (decoding_page.py)")
+                   help="also write a self-contained page that plays the sampling steps (pictures/decoding_page.py)")
     p.add_argument("--inpaint", metavar="FILE", help="regenerate [--start, --end] seconds of FILE")
     p.add_argument("--start", type=float, default=None)
     p.add_argument("--end", type=float, default=None)
     p.add_argument("--bwe", metavar="FILE", help="bandwidth extension of FILE (regenerate above ~4.3 kHz)")
     p.add_argument("--lfr", action="store_true", help="with --bwe: put the input's own low band back (Table 7)")
     p.add_argument("--benchmark", metavar="PRESET", choices=["full", "tiny"],
-                   help="time the pipeline at the preset's size, plain path to fast path (runs benchmark.py)")
+                   help="time the pipeline at the preset's size, plain path to fast path (runs speed/benchmark.py)")
     p.add_argument("--runs", type=int, default=3, help="with --benchmark: timed runs per measurement")
     p.add_argument("--threads", default=None, metavar="N,N,...", help="with --benchmark: instead of the table, the "
                    "fast path's speed on each number of CPU threads, against the real-time line (Fig. 2)")
@@ -321,9 +322,9 @@ def remove_claims(claimed: list) -> None:
 def save_outputs(path_wav, wav, log_mel=None, order=None, png=False) -> torch.Tensor:
     """The take's wav (peak-normalised if it would clip) and, with png, its labelled mel and decoding order.
     Returns the waveform as written."""
-    import decoding_page
+    from pictures import decoding_page
     wav = pipeline.peak_normalised(wav, path_wav)
-    mel.save_wav(path_wav, wav)
+    audio_io.save_wav(path_wav, wav)
     if png and log_mel is not None:
         decoding_page.save_figure(os.path.splitext(path_wav)[0] + ".png", log_mel, order)
     print(f"wrote {path_wav}" + (" (+ .png)" if png else ""))
@@ -335,7 +336,7 @@ def save_page(path_html, pipe, record, b, final_wav, settings) -> None:
     """The decoding page of take `b`: each step's belief (record[s]["belief"]) decoded by the SpecVQGAN
     into a mel and by the vocoder into sound (a preview: Griffin-Lim with few iterations when the
     bundle has no vocoder), then laid out by decoding_page."""
-    import decoding_page
+    from pictures import decoding_page
     rows = pipe.vq.cfg.n_mels // 16
     beliefs = torch.stack([r["belief"][b] for r in record]).view(len(record), rows, -1)    # (S, rows, cols)
     mels, wavs = [], []
@@ -343,7 +344,7 @@ def save_page(path_html, pipe, record, b, final_wav, settings) -> None:
         log_mel, wav = pipeline.tokens_to_audio(pipe, chunk.to(pipe.device), gl_iterations=PREVIEW_GL_ITERATIONS)
         mels.append(log_mel.float().cpu())
         wavs.append(wav.float().cpu())
-    small = mel.resample(torch.cat(wavs), mel.SR, decoding_page.PAGE_SR)                  # (S, T / 2)
+    small = audio_io.resample(torch.cat(wavs), mel.SR, decoding_page.PAGE_SR)                  # (S, T / 2)
     small = small / small.abs().amax(-1, keepdim=True).clamp_min(1.0)                     # no clipping
     title = settings["prompt"] if settings["task"] == "text to audio" else settings["task"]
     page = decoding_page.page_html(record, b, rows, beliefs.shape[-1], torch.cat(mels), final_wav, settings, small,
@@ -383,14 +384,13 @@ def run(args) -> None:
     if args.device == "auto":                           # say which one auto chose, as train.py's dtype line does
         print(f"device: {device} ({'a CUDA GPU is here' if device == 'cuda' else 'no CUDA GPU here'}; "
               f"--device cpu or cuda to choose)")
-    if args.benchmark:                                  # benchmark.py in its own process: no command imports another
-        command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark.py"),
-                   args.benchmark, "--device", device, "--dtype", args.dtype, "--runs", str(args.runs)]
+    if args.benchmark:                                  # speed/benchmark.py in its own process: no command imports another
+        command = [sys.executable, "-m", "speed.benchmark", args.benchmark, "--device", device, "--dtype", args.dtype, "--runs", str(args.runs)]
         if args.threads:
             command += ["--thread-counts", ",".join(map(str, args.threads))]
-        code = subprocess.call(command)
+        code = subprocess.call(command, cwd=os.path.dirname(os.path.abspath(__file__)))
         if code:
-            raise UserError(f"benchmark.py stopped with exit code {code} (its message is above).")
+            raise UserError(f"speed/benchmark.py stopped with exit code {code} (its message is above).")
         return
     torch.manual_seed(args.seed)
     pipe = pipeline.load_pipeline(args.ckpt, args.vocoder_ckpt, args.clap_ckpt, device, args.dtype)
@@ -410,7 +410,7 @@ def make_takes(args, pipe, claimed: list) -> None:
         base = os.path.splitext(os.path.basename(path))[0]
         suffix = "_inpainted" if args.inpaint else "_bwe" + ("_lfr" if args.lfr else "")
         names, = output_names(args.out, [base + suffix], exts, claimed)
-        wav = mel.load_audio(path, report=True)
+        wav = audio_io.load_audio(path, report=True)
         prompt = args.prompts[0] if args.prompts else None
         clip, length = pipe.num_samples, wav.shape[-1]
         if args.inpaint:

@@ -210,7 +210,7 @@ def guided_logits(model, tokens, cond, masked, t, separate_passes=False, skip_ze
     """Eq. 2: l_u + t (l_c - l_u), from the model's logits with the prompt (l_c) and without it (l_u).
     Both passes run as one batch of 2B (one weight read per layer); at t = 0 Eq. 2 is l_u alone.
     separate_passes=True, skip_zero_scale=False: Eq. 2 as a first implementation computes it, one pass
-    after the other and l_c even at t = 0 (benchmark.py times what the two shortcuts buy)."""
+    after the other and l_c even at t = 0 (speed/benchmark.py times what the two shortcuts buy)."""
     B, n = tokens.shape
     grid = tokens.view(B, model.cfg.rows, model.cfg.cols)
     mask = masked.view_as(grid)
@@ -278,7 +278,7 @@ def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=
     Known positions (inpainting, bandwidth extension) are never masked and never re-drawn.
     cfg_ramp=False keeps the scale at `guidance` from the first step (Table 1's "w/o CFG linear scheduler").
     The loop stays on the model's device, random numbers included, so a GPU never waits for the host.
-    benchmark.py's slower rows pass guide_options (guided_logits's separate_passes, skip_zero_scale) and
+    speed/benchmark.py's slower rows pass guide_options (guided_logits's separate_passes, skip_zero_scale) and
     loop_device="cpu" (drawing and ranking on the host, the logits copied there every step).
     on_step(info): called after every step with that step's tensors (on the device; the decoding page
     copies them). Returns tokens, and with record_order also the step at which each position was

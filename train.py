@@ -17,7 +17,7 @@ stage, `train_stage` (linear warm-up then cosine decay of the learning rate, or 
 a progress line every --log-every steps, a JSON-lines log, atomic checkpoints), and `run`, which calls it
 once per stage. What the loop stands on but need not be read first (the flags' ranges, the run folder's
 lock and clean-up, resume, the token cache, the vocoder-against-Griffin-Lim check, the bundle, DDP) is
-training_edges.py, called as `edges.<name>`.
+training/edges.py, called as `edges.<name>`.
 
 Examples:
   python train.py --data toy --stage all          # the bundled demo model (RESULTS.md: time on 2 CPU cores)
@@ -35,10 +35,10 @@ import sys
 
 import torch
 
-import training_edges as edges
-from runtime import (MODEL_STAGES, ArgumentParser, UserError, check_config_values, load_checkpoint, make_output_folder,
+from training import edges
+from ground.runtime import (MODEL_STAGES, ArgumentParser, UserError, check_config_values, load_checkpoint, make_output_folder,
                      native_dtype, pick_device, run_command, vqgan_hash)
-from toyworld import P_MIX
+from data.toyworld import P_MIX
 
 STAGES = list(MODEL_STAGES)        # in the order --stage all trains them: each needs the ones before
 
@@ -254,7 +254,7 @@ def project_schedule(stage, trainer, clock, steps, epoch_steps, args, world) -> 
     print(f"{stage}: {sec:.3f} s/step on {device}: one epoch ({epoch_steps} steps) takes "
           f"{epoch_steps * sec / 3600:.2f} h and the schedule's {steps} steps {steps * sec / 3600:.1f} h here")
     if args.data == "audiocaps":                             # a stand-in folder is smaller than the real thing
-        from data import AUDIOCAPS_TRAIN_ROWS
+        from data.datasets import AUDIOCAPS_TRAIN_ROWS
         real = max(1, AUDIOCAPS_TRAIN_ROWS // (stage_hparams(stage, args, world)[1] * world))
         print(f"{stage}: a real AudioCaps epoch ({AUDIOCAPS_TRAIN_ROWS:,} clips, {real:,} steps) would take "
               f"{real * sec / 3600:.2f} h at this rate")
@@ -281,7 +281,7 @@ def audio_batches(dataset, start_step, batch_size, seed, rank, world, workers, d
     stream, which --resume restores exactly (the VQGAN's code re-seeding draws from it). On CUDA the
     batches go to pinned memory, from which the copy to the GPU runs asynchronously.
     """
-    import data
+    from data import datasets
 
     class StepSampler(torch.utils.data.Sampler):
         def __iter__(self):
@@ -290,7 +290,7 @@ def audio_batches(dataset, start_step, batch_size, seed, rank, world, workers, d
                 yield batch_indices(step, batch_size, len(dataset), seed, rank, world)
                 step += 1
 
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepSampler(), collate_fn=data.collate,
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepSampler(), collate_fn=datasets.collate,
                                          num_workers=workers, persistent_workers=workers > 0,
                                          pin_memory=str(device).startswith("cuda"),
                                          generator=torch.Generator().manual_seed(seed))
@@ -372,7 +372,7 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
                 log.write(json.dumps(row) + "\n")
                 log.flush()
         if hasattr(trainer, "preview") and rank == 0 and done % args.preview_every == 0:
-            from mel import save_png
+            from pictures.png import save_png
             x, y = trainer.preview(batch)
             save_png(os.path.join(out, f"{stage}_preview_{done:06d}.png"), [x[0], y[0]], vmin=-1, vmax=1)
         if evaluate is not None and (done % args.eval_every == 0 or done == steps):
@@ -393,7 +393,7 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
 
 def run(args) -> None:
     """Every asked-for stage in order: build its data and Trainer, resume it, train it, then the bundle."""
-    import data
+    from data import datasets
     device = pick_device(args.device)
     rank, world, device = edges.setup_distributed(device)
     amp_dtype = training_dtype(args, device, verbose=rank == 0)
@@ -413,12 +413,12 @@ def run(args) -> None:
     if args.bundle:                                          # an unwritable or foreign --bundle: now, not after
         edges.check_bundle_target(args.bundle)
     n = args.n_clips if args.data == "toy" else None
-    dataset = data.make_dataset(args.data, "train", root=args.root, num_samples=args.num_samples, n=n,
+    dataset = datasets.make_dataset(args.data, "train", root=args.root, num_samples=args.num_samples, n=n,
                                 toy_mix=args.toy_mix)
     if "clap" in stages:
         edges.check_captions(dataset, args.data)
     if args.clap == "laion" and "transformer" in stages:     # only the transformer's cache needs LAION-CLAP:
-        import clap_format                                   # a missing package or file fails now, not later
+        from formats import clap_format                                   # a missing package or file fails now, not later
         clap_format.load_clap("laion", args.clap_ckpt)
     if rank == 0:
         edges.remove_partial_files(args)

@@ -17,8 +17,8 @@ Speech Synthesis" (NeurIPS 2020), arXiv:2010.05646. Section numbers below marked
                     random 8192-sample segments
 The file follows the official implementation (github.com/jik876/hifi-gan, models.py): its order
 (generator, discriminators, losses) and its parameter names (conv_pre, ups.N, resblocks.N.convs1.M /
-convs2.M or convs.M, conv_post), so the released generators load unchanged. hifigan_format.py loads
-them and runs inference (vocode: weight norm folded, autocast); fast.py has a chunked, faster path.
+convs2.M or convs.M, conv_post), so the released generators load unchanged. formats/hifigan_format.py loads
+them and runs inference (vocode: weight norm folded, autocast); speed/fast.py has a chunked, faster path.
 
 In:  natural-log mel (B, 80, frames) from mel.mel_spectrogram (or mel.denormalize of the VQGAN output)
 Out: waveform (B, frames * 256) at 22050 Hz in [-1, 1]
@@ -69,7 +69,7 @@ PRESETS = {
                  resblock_dilation_sizes=((1, 2), (2, 6), (3, 12))),     # 1.46 M: three upsamplings, ResBlock2
 }
 PRESETS["full"] = PRESETS["v1"]   # SpecMaskGIT uses the official V1 (Sec. 3.1)
-# The toy world (toyworld.py): V3's layout at half width (~0.4 M parameters, still 8 x 8 x 4 = 256x), with
+# The toy world (data/toyworld.py): V3's layout at half width (~0.4 M parameters, still 8 x 8 x 4 = 256x), with
 # discriminators ~1/8 as wide. The toy recipe (train.py, 250 steps) trains the mel loss alone for 200 steps,
 # what helps most in a short run on a CPU; the last 50 add the adversary to show every loss at work.
 PRESETS["tiny"] = dataclasses.replace(PRESETS["v3"], upsample_initial_channel=128, mpd_width=4, msd_width=16,

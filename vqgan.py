@@ -70,7 +70,7 @@ class Config:
 PRESETS = {
     # 72.1 M parameters without the discriminator, 74.9 M with it: the paper's "around 75M" (Sec. 4)
     "full": Config(),
-    # The toy world (toyworld.py): 256-frame clips -> 5 x 16 tokens, 0.94 M parameters. The full-resolution
+    # The toy world (data/toyworld.py): 256-frame clips -> 5 x 16 tokens, 0.94 M parameters. The full-resolution
     # levels, where a CPU spends most of its time, are only 8 and 16 channels wide. 256 codes of 64 dims:
     # enough for the 12 kinds of sound, few enough that all see use. The discriminator joins halfway (800 of
     # train.py's 1600 steps): without it the decoder draws the blurred average of a click or a trill.

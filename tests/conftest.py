@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from ground import audio_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -34,7 +35,7 @@ def band_limited_clips(full_band_clips, tmp_path_factory):
     edges = mel.mel_to_hz(np.linspace(mel.hz_to_mel(mel.FMIN), mel.hz_to_mel(mel.FMAX), mel.N_MELS + 2))
     paths = []
     for path in full_band_clips:
-        x = mel.load_audio(path).double().numpy()
+        x = audio_io.load_audio(path).double().numpy()
         spectrum = np.fft.rfft(x)
         spectrum[np.fft.rfftfreq(len(x), 1 / mel.SR) > edges[64]] = 0           # a brick wall: nothing above
         out = str(folder / (os.path.splitext(os.path.basename(path))[0] + ".wav"))

@@ -1,4 +1,4 @@
-"""benchmark.py and the fast path's pieces: every speed-up must compute the same thing as the plain path.
+"""speed/benchmark.py and the fast path's pieces: every speed-up must compute the same thing as the plain path.
 
 Speed itself is not asserted (a benchmark command prints it); what is checked is that the slow variants
 the benchmark times are faithful, that the int8 transformer stays close to fp32, that the dtype choice
@@ -12,10 +12,10 @@ import re
 import pytest
 import torch
 
-import benchmark
-import fast
-import hifigan_format
-import runtime
+from speed import benchmark
+from speed import fast
+from formats import hifigan_format
+from ground import runtime
 import pipeline
 import sample
 import specmaskgit
@@ -170,13 +170,13 @@ def test_threads_need_benchmark_and_whole_counts(capsys):
 
 
 def test_sample_benchmark_runs_benchmark_py_in_its_own_process_with_the_thread_counts(monkeypatch):
-    """sample.py --benchmark hands over to benchmark.py as a process (a command never imports another)."""
+    """sample.py --benchmark hands over to speed/benchmark.py as a process (a command never imports another)."""
     calls = []
-    monkeypatch.setattr(sample.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(sample.subprocess, "call", lambda argv, cwd: calls.append((argv, cwd)) or 0)
     assert sample.main(["--benchmark", "tiny", "--threads", "1", "--device", "cpu", "--dtype", "fp32", "--runs", "2"]) == 0
-    (argv,) = calls
-    assert os.path.basename(argv[1]) == "benchmark.py" and os.path.isfile(argv[1])
-    assert argv[2:] == ["tiny", "--device", "cpu", "--dtype", "fp32", "--runs", "2", "--thread-counts", "1"]
-    assert benchmark.parse_args(argv[2:]).thread_counts == [1]                # and benchmark.py reads them back
-    monkeypatch.setattr(sample.subprocess, "call", lambda argv: 3)
+    ((argv, cwd),) = calls
+    assert argv[1:3] == ["-m", "speed.benchmark"] and os.path.isfile(os.path.join(cwd, "speed", "benchmark.py"))
+    assert argv[3:] == ["tiny", "--device", "cpu", "--dtype", "fp32", "--runs", "2", "--thread-counts", "1"]
+    assert benchmark.parse_args(argv[3:]).thread_counts == [1]                # and speed/benchmark.py reads them back
+    monkeypatch.setattr(sample.subprocess, "call", lambda argv, cwd: 3)
     assert sample.main(["--benchmark", "tiny", "--device", "cpu"]) == 2       # a failed benchmark is not a success

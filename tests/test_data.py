@@ -1,4 +1,4 @@
-"""Tests for data.py: the AudioCaps and folder loaders, and make_dataset."""
+"""Tests for data/datasets.py: the AudioCaps and folder loaders, and make_dataset."""
 
 import csv
 import os
@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 import torch
 
-import data
-import toyworld
-from runtime import UserError
+from data.datasets import datasets as data
+from data.datasets import toyworld
+from ground.runtime import UserError
 
 SR = 22050
 SHORT = 8192          # 0.37 s: enough to check loading quickly

@@ -18,8 +18,8 @@ import torch
 
 import specmaskgit
 import train
-import training_edges
-from runtime import load_checkpoint
+from training import edges as training_edges
+from ground.runtime import load_checkpoint
 from test_resume import prerequisites  # noqa: F401  (a VQGAN, a TinyCLAP and the token cache)
 from test_train import TOY
 
@@ -30,7 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIM = r"""
 import builtins, os, sys
 import torch
-import runtime, specmaskgit, train, training_edges
+import specmaskgit, train
+from ground import runtime
+from training import edges as training_edges
 dump, argv = sys.argv[1], sys.argv[2:]
 rank = int(os.environ["RANK"])
 out = os.path.abspath(argv[argv.index("--out") + 1])
@@ -186,7 +188,7 @@ def test_a_group_that_maps_devices_as_nccl_does_refuses_a_host_flag_and_gloo_tak
     only, as NCCL does, so a flag on the host has no backend there. With the flag on the device that the
     group serves (here a "cpu:gloo" group and a CPU run), the check runs and stops a diverged run."""
     import torch.distributed as dist
-    from runtime import UserError
+    from ground.runtime import UserError
     losses_ok, losses_nan = [(0, {"loss": torch.tensor(1.0)})], [(0, {"loss": torch.tensor(float("nan"))})]
     for backend in ("cuda:gloo", "cpu:gloo"):
         store = dist.FileStore(str(tmp_path / f"store-{backend.replace(':', '-')}"), 1)

@@ -5,7 +5,7 @@ import os
 import soundfile as sf
 import torch
 
-import toyworld
+from data.datasets import toyworld
 import pipeline
 import sample
 

@@ -9,10 +9,10 @@ import torch
 
 import evaluate
 import mel
-import metrics
+from evaluation import metrics
 import pipeline
-import toyworld
-from runtime import UserError
+from data.datasets import toyworld
+from ground.runtime import UserError
 
 
 def gaussian_set(n, mean, var, seed):

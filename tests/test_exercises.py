@@ -22,14 +22,15 @@ import pytest
 import soundfile as sf
 import torch
 
-import decoding_page
+from pictures import decoding_page
 import evaluate
 import mel
+from ground import audio_io
 import pipeline
 import sample
 import specmaskgit
 import train
-from runtime import build_model, load_checkpoint
+from ground.runtime import build_model, load_checkpoint
 from test_train import TOY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,7 +226,7 @@ def with_repository_input(argv: list[str], flag: str, substitute: str) -> list[s
 def full_band_wav(full_band_clips, tmp_path):
     """The longest recording as the 22050 Hz 16-bit wav sample.py writes, so samples compare one to one."""
     path = str(tmp_path / "alarm-clock.wav")
-    sf.write(path, mel.load_audio(full_band_clips[0]).numpy(), mel.SR, subtype="PCM_16")
+    sf.write(path, audio_io.load_audio(full_band_clips[0]).numpy(), mel.SR, subtype="PCM_16")
     return path
 
 
@@ -276,7 +277,7 @@ def test_exercise_5_bwe_fills_the_top_band_and_lfr_keeps_the_low_band(band_limit
     order = saved[f"{stem}_bwe.wav"][2]
     assert (order[:-1] == -1).all() and (order[-1] >= 0).all()      # only the top token row is generated
 
-    x = mel.load_audio(path)
+    x = audio_io.load_audio(path)
     # the waveforms as sample.py made them: the files are clipped to [-1, 1], and where a generated clip
     # peaks above 1 the clipping spreads distortion over every band, in one file and not the other
     y, z = (saved[f"{stem}_{s}.wav"][0].reshape(-1).float() for s in ("bwe", "bwe_lfr"))

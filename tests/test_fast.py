@@ -1,11 +1,11 @@
-"""fast.py: every speed-up computes what the plain path computes; the CPU dtype choice is measured once
-and cached. Speed itself is not asserted (benchmark.py prints it)."""
+"""speed/fast.py: every speed-up computes what the plain path computes; the CPU dtype choice is measured once
+and cached. Speed itself is not asserted (speed/benchmark.py prints it)."""
 
 import json
 
 import torch
 
-import fast
+from speed import fast
 import specmaskgit
 
 

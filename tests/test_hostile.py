@@ -21,15 +21,16 @@ import pytest
 import soundfile as sf
 import torch
 
-import data
-import fast
+from data.datasets import datasets as data
+from speed import fast
 import mel
+from ground import audio_io
 import pipeline
-import runtime
+from ground import runtime
 import sample
 import train
-import training_edges
-from runtime import UserError, load_checkpoint, save_checkpoint
+from training import edges as training_edges
+from ground.runtime import UserError, load_checkpoint, save_checkpoint
 from test_robustness import CLAP_RUN, refused, toy_run  # noqa: F401  (toy_run: a module fixture)
 from test_sample import bundle  # noqa: F401
 from test_train import TOY
@@ -309,14 +310,14 @@ def wide(tmp_path_factory):
 def test_audio_is_read_in_blocks_and_only_as_far_as_needed(wide, num_samples):
     tracemalloc.start()
     try:
-        wav = mel.load_audio(wide, num_samples=num_samples)
+        wav = audio_io.load_audio(wide, num_samples=num_samples)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert wav.shape == ((num_samples or 20 * mel.SR),)
     assert peak < 12e6, peak                       # the whole file as float32 would be 61 MB
     x, _ = sf.read(wide, dtype="float32", frames=2 * 96000)
-    whole = mel.resample(torch.from_numpy(x.mean(1)), 96000, mel.SR)
+    whole = audio_io.resample(torch.from_numpy(x.mean(1)), 96000, mel.SR)
     n = min(2 * mel.SR - 200, wav.shape[0])        # the blocks' result equals the whole signal's
     assert torch.allclose(wav[:n], whole[:n], atol=1e-6)
 
@@ -328,8 +329,8 @@ def test_a_header_claiming_days_of_audio_is_refused_before_reading(tmp_path):
     b[18:26] = (fields | ((1 << 36) - 1)).to_bytes(8, "big")
     (tmp_path / "liar.flac").write_bytes(bytes(b))
     with pytest.raises(UserError, match="liar.flac.*hours"):
-        mel.load_audio(str(tmp_path / "liar.flac"))
-    assert mel.load_audio(str(tmp_path / "liar.flac"), num_samples=4096).shape == (4096,)   # a prefix is fine
+        audio_io.load_audio(str(tmp_path / "liar.flac"))
+    assert audio_io.load_audio(str(tmp_path / "liar.flac"), num_samples=4096).shape == (4096,)   # a prefix is fine
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -342,7 +343,7 @@ def test_train_sizes_beyond_any_machine_are_refused(tmp_path, capsys, argv, word
 @pytest.mark.parametrize("argv, words", [(["--runs", str(10 ** 9)], ["--runs"]), (["--batch", str(10 ** 9)], ["--batch"]),
                                          (["--batches", f"4,{10 ** 9}"], ["--batches"])])
 def test_benchmark_counts_beyond_any_machine_are_refused(capsys, argv, words):
-    import benchmark
+    from speed import benchmark
     refused(capsys, benchmark.main, ["tiny", *argv], words)
 
 
@@ -400,7 +401,7 @@ def test_a_wav_whose_name_is_not_utf8_is_read(tmp_path):
     path = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9.wav")
     with open(path, "wb") as f:
         sf.write(f, np.full(3000, 0.25, np.float32), mel.SR, format="WAV")
-    wav = mel.load_audio(os.fsdecode(path))
+    wav = audio_io.load_audio(os.fsdecode(path))
     assert wav.shape == (3000,) and torch.allclose(wav, torch.full((3000,), 0.25), atol=1e-4)
 
 

@@ -264,7 +264,7 @@ def test_scale_discriminators_see_the_waveform_then_x2_then_x4_average_pooled():
 # ---------------------------------------------------------------------------------------------------
 
 def test_the_pages_token_row_band_runs_from_the_centre_of_bin_16r_to_that_of_bin_16r_plus_15():
-    import decoding_page
+    from pictures import decoding_page
     fb = mel.mel_filterbank()                                                   # (80, 513)
     peak_hz = fb.argmax(1).double() * mel.SR / mel.N_FFT                         # each filter's peak, to one FFT bin
     for r in range(5):

@@ -9,7 +9,7 @@ import torch
 
 import magnet
 import specmaskgit
-from runtime import config_from_dict
+from ground.runtime import config_from_dict
 
 TINY = specmaskgit.PRESETS["tiny"]
 SMALL = dataclasses.replace(TINY, n_layers=2, width=64, n_heads=4, mlp=128, n_codes=32)

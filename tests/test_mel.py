@@ -10,7 +10,9 @@ import soundfile as sf
 import torch
 
 import mel
-from runtime import UserError
+from ground import audio_io
+from pictures import png
+from ground.runtime import UserError
 
 
 def tone(freq, sr, seconds=1.0, amp=0.5):
@@ -74,14 +76,14 @@ def test_normalize_is_db_clipped_and_denormalize_inverts_it():
 def test_real_recordings_load_at_22050_hz_mono_as_whole_frames(full_band_clips):
     for path in full_band_clips:                                   # 48 kHz stereo, 96 kHz stereo, 48 kHz mono
         info = sf.info(path)
-        wav = mel.load_audio(path)
+        wav = audio_io.load_audio(path)
         assert wav.dim() == 1 and len(wav) == math.ceil(info.frames * mel.SR / info.samplerate)
         assert mel.mel_spectrogram(wav).shape == (80, len(wav) // mel.HOP)
 
 
 def test_band_limited_clips_have_no_energy_in_the_top_16_bins(full_band_clips, band_limited_clips):
     def top_band_db(path):
-        m = mel.mel_spectrogram(mel.load_audio(path))
+        m = mel.mel_spectrogram(audio_io.load_audio(path))
         return (m[64:].exp().mean() / m[:64].exp().mean()).log10().item() * 20       # top vs rest, in dB
 
     for full, limited in zip(full_band_clips, band_limited_clips):
@@ -93,14 +95,14 @@ def test_band_limited_clips_have_no_energy_in_the_top_16_bins(full_band_clips, b
 def test_resampled_tone_stays_at_440_hz(tmp_path, sr):
     path = tmp_path / f"tone_{sr}.wav"
     sf.write(path, tone(440, sr, 1.0).numpy(), sr)
-    wav = mel.load_audio(str(path))
+    wav = audio_io.load_audio(str(path))
     assert wav.shape[0] == 22050
     assert abs(peak_hz(wav[2000:-2000], 22050) - 440) < 3
 
 
 def test_upsampling_16k_adds_nothing_above_the_old_nyquist():
     noise = torch.randn(16000, generator=torch.Generator().manual_seed(1))
-    up = mel.resample(noise, 16000, 22050)
+    up = audio_io.resample(noise, 16000, 22050)
     spec = np.abs(np.fft.rfft(up.numpy())) ** 2
     hz = np.fft.rfftfreq(len(up), 1 / 22050)
     assert spec[hz > 8200].sum() / spec.sum() < 1e-4
@@ -108,7 +110,7 @@ def test_upsampling_16k_adds_nothing_above_the_old_nyquist():
 
 def test_downsampling_48k_removes_tones_above_the_new_nyquist():
     # a 15 kHz tone would alias to 22050 - 15000 = 7050 Hz without the low-pass
-    down = mel.resample(tone(440, 48000) + tone(15000, 48000), 48000, 22050)
+    down = audio_io.resample(tone(440, 48000) + tone(15000, 48000), 48000, 22050)
     spec = np.abs(np.fft.rfft(down[1000:-1000].numpy())) ** 2
     hz = np.fft.rfftfreq(len(down) - 2000, 1 / 22050)
     assert spec[np.abs(hz - 7050) < 50].sum() / spec[np.abs(hz - 440) < 50].sum() < 1e-4
@@ -117,14 +119,14 @@ def test_downsampling_48k_removes_tones_above_the_new_nyquist():
 def test_stereo_is_mixed_to_mono(tmp_path):
     left, right = tone(440, 22050), tone(880, 22050)
     sf.write(tmp_path / "st.wav", torch.stack([left, right], 1).numpy(), 22050, subtype="FLOAT")
-    torch.testing.assert_close(mel.load_audio(str(tmp_path / "st.wav")), (left + right) / 2)
+    torch.testing.assert_close(audio_io.load_audio(str(tmp_path / "st.wav")), (left + right) / 2)
 
 
 def test_crop_and_pad_to_num_samples(tmp_path):
     sf.write(tmp_path / "a.wav", tone(440, 22050, 0.5).numpy(), 22050, subtype="FLOAT")
-    padded = mel.load_audio(str(tmp_path / "a.wav"), num_samples=20000)
+    padded = audio_io.load_audio(str(tmp_path / "a.wav"), num_samples=20000)
     assert padded.shape == (20000,) and padded[11025:].abs().max() == 0
-    assert mel.load_audio(str(tmp_path / "a.wav"), num_samples=1000).shape == (1000,)
+    assert audio_io.load_audio(str(tmp_path / "a.wav"), num_samples=1000).shape == (1000,)
 
 
 def test_griffin_lim_reconstructs_a_mel():
@@ -137,14 +139,14 @@ def test_griffin_lim_reconstructs_a_mel():
 
 def test_save_wav_round_trip(tmp_path):
     wav = tone(440, 22050)
-    mel.save_wav(str(tmp_path / "x.wav"), wav)
+    audio_io.save_wav(str(tmp_path / "x.wav"), wav)
     back, sr = sf.read(tmp_path / "x.wav", dtype="float32")
     assert sr == 22050 and np.abs(back - wav.numpy()).max() < 1e-4
 
 
 def test_save_png_writes_a_decodable_image(tmp_path):
     img = np.array([[0.0, 1.0], [0.5, 0.5]])
-    mel.save_png(str(tmp_path / "x.png"), img, min_height=2)
+    png.save_png(str(tmp_path / "x.png"), img, min_height=2)
     data = (tmp_path / "x.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     w, h = struct.unpack(">II", data[16:24])
@@ -164,7 +166,7 @@ def test_bad_audio_files_each_get_one_clear_error(tmp_path):
              "zero.wav": "no samples", "nan.wav": "NaN"}
     for name, words in cases.items():
         with pytest.raises(UserError, match=words):
-            mel.load_audio(str(tmp_path / name))
+            audio_io.load_audio(str(tmp_path / name))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ RATE_PAIRS = [(48000, 22050), (44100, 22050), (16000, 22050), (22050, 48000), (2
 def test_resampled_sine_is_the_same_sine_at_the_new_rate(orig, new):
     """Amplitude and delay at once: a 1 kHz sine read at the new instants, to 1 % of its amplitude."""
     t_in = torch.arange(orig // 2, dtype=torch.float64) / orig                       # 0.5 s
-    out = mel.resample(0.5 * torch.sin(2 * math.pi * 1000 * t_in).float(), orig, new)
+    out = audio_io.resample(0.5 * torch.sin(2 * math.pi * 1000 * t_in).float(), orig, new)
     t_out = torch.arange(out.shape[0], dtype=torch.float64) / new
     expected = 0.5 * torch.sin(2 * math.pi * 1000 * t_out)
     middle = slice(new // 20, -new // 20)                                            # away from the edges' zero padding
@@ -193,7 +195,7 @@ def test_a_click_stays_where_it_was(orig, new):
     k = orig // 7
     click = torch.zeros(orig // 4)
     click[k] = 1.0
-    out = mel.resample(click, orig, new).double()
+    out = audio_io.resample(click, orig, new).double()
     i = int(out.argmax())
     a, b, c = out[i - 1].item(), out[i].item(), out[i + 1].item()
     peak = i + 0.5 * (a - c) / (a - 2 * b + c)                                       # parabolic interpolation
@@ -202,17 +204,17 @@ def test_a_click_stays_where_it_was(orig, new):
 
 @pytest.mark.parametrize("orig", [48000, 44056, 96000])
 def test_a_tone_above_the_new_nyquist_is_attenuated_by_more_than_40_db(orig):
-    above = mel.resample(tone(15000, orig, 0.5), orig, 22050)                       # would alias to 7050 Hz
-    inside = mel.resample(tone(3000, orig, 0.5), orig, 22050)
+    above = audio_io.resample(tone(15000, orig, 0.5), orig, 22050)                       # would alias to 7050 Hz
+    inside = audio_io.resample(tone(3000, orig, 0.5), orig, 22050)
     middle = slice(1000, -1000)
     assert above[middle].pow(2).mean() / inside[middle].pow(2).mean() < 1e-4          # -40 dB in power
 
 
 def test_per_output_filters_equal_the_polyphase_bank(monkeypatch):
     x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(0))
-    bank = mel.resample(x, 48000, 22050)
+    bank = audio_io.resample(x, 48000, 22050)
     monkeypatch.setattr(mel, "MAX_BANK", 0)                                         # force filters per output
-    torch.testing.assert_close(mel.resample(x, 48000, 22050), bank, atol=1e-5, rtol=0)
+    torch.testing.assert_close(audio_io.resample(x, 48000, 22050), bank, atol=1e-5, rtol=0)
 
 
 def test_odd_rates_resample_in_bounded_memory_and_time():
@@ -224,7 +226,7 @@ def test_odd_rates_resample_in_bounded_memory_and_time():
         "resource.setrlimit(resource.RLIMIT_AS, (vm + 2 ** 30, resource.RLIM_INFINITY))\n"
         "for sr in (22051, 44056, 11026):\n"
         "    start = time.time()\n"
-        "    y = mel.resample(torch.zeros(3 * sr), sr, 22050)\n"
+        "    y = audio_io.resample(torch.zeros(3 * sr), sr, 22050)\n"
         "    assert y.shape == (66150,), y.shape\n"
         "    print(sr, round(time.time() - start, 2))\n")
     import os, subprocess, sys
@@ -246,30 +248,30 @@ def test_an_absurd_header_rate_is_refused_in_one_sentence(tmp_path):
     for rate in (2 ** 31 - 1, 800_000, 999, 1):
         write_wav_header_rate(tmp_path / "odd.wav", rate)
         with pytest.raises(UserError, match=f"claims a sampling rate of {rate} Hz") as e:
-            mel.load_audio(str(tmp_path / "odd.wav"))
+            audio_io.load_audio(str(tmp_path / "odd.wav"))
         assert "\n" not in str(e.value)
     for rate in (1000, 768_000):                                                    # the ends of the real range load
         write_wav_header_rate(tmp_path / "edge.wav", rate, n=rate // 10)
-        assert mel.load_audio(str(tmp_path / "edge.wav")).shape[0] == math.ceil(22050 / 10)
+        assert audio_io.load_audio(str(tmp_path / "edge.wav")).shape[0] == math.ceil(22050 / 10)
 
 
 def test_a_folder_given_as_an_audio_file_is_called_a_folder(tmp_path):
     (tmp_path / "clips.wav").mkdir()
     with pytest.raises(UserError, match="is a folder, not an audio file"):
-        mel.load_audio(str(tmp_path / "clips.wav"))
+        audio_io.load_audio(str(tmp_path / "clips.wav"))
 
 
 def test_a_full_disk_is_one_sentence_and_the_old_file_stays(tmp_path):
     """Writes beyond a file-size limit fail in the kernel as a full disk does (EFBIG instead of ENOSPC)."""
     import resource, signal
     path = tmp_path / "out.wav"
-    mel.save_wav(str(path), tone(440, 22050, 0.1))
+    audio_io.save_wav(str(path), tone(440, 22050, 0.1))
     before = path.read_bytes()
     old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         resource.setrlimit(resource.RLIMIT_FSIZE, (20000, old_limit[1]))
         with pytest.raises(UserError, match=f"could not save {path}") as e:
-            mel.save_wav(str(path), tone(440, 22050, 2.0))                            # 88 kB > 20 kB
+            audio_io.save_wav(str(path), tone(440, 22050, 2.0))                            # 88 kB > 20 kB
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
         signal.signal(signal.SIGXFSZ, old_handler)
@@ -280,7 +282,7 @@ def test_a_full_disk_is_one_sentence_and_the_old_file_stays(tmp_path):
 def test_enospc_while_writing_a_png_is_one_sentence(tmp_path, monkeypatch):
     import errno
     path = tmp_path / "x.png"
-    mel.save_png(str(path), np.eye(3), min_height=3)
+    png.save_png(str(path), np.eye(3), min_height=3)
     before = path.read_bytes()
 
     def full_disk(rgb):
@@ -288,7 +290,7 @@ def test_enospc_while_writing_a_png_is_one_sentence(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mel, "png_bytes", full_disk)
     with pytest.raises(UserError, match="No space left on device"):
-        mel.save_png(str(path), np.eye(4), min_height=3)
+        png.save_png(str(path), np.eye(4), min_height=3)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
 
 
@@ -297,7 +299,7 @@ def test_the_mel_and_the_resampler_run_on_their_inputs_device(device):
     """"meta" stands in for a GPU: any constant built on the host would meet the input there and raise."""
     wav = torch.randn(2, 4800, device=device)
     for orig, new in ((48000, 22050), (22051, 22050)):                       # the filter bank, then one filter per sample
-        out = mel.resample(wav, orig, new)
+        out = audio_io.resample(wav, orig, new)
         assert out.device == wav.device and out.shape == (2, -(-4800 * new // orig))
     m = mel.mel_spectrogram(torch.randn(2, 4096, device=device))
     assert m.device.type == device and m.shape == (2, 80, 16)

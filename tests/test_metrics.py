@@ -1,12 +1,12 @@
-"""metrics.py: ROC-AUC, average precision and the Inception Score against computations done by hand."""
+"""evaluation/metrics.py: ROC-AUC, average precision and the Inception Score against computations done by hand."""
 
 import math
 
 import pytest
 import torch
 
-import metrics
-from runtime import UserError
+from evaluation import metrics
+from ground.runtime import UserError
 
 
 def test_roc_auc_counts_the_pairs_a_positive_wins_by_hand():

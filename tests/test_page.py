@@ -1,4 +1,4 @@
-"""decoding_page.py through sample.py --html and --png: the page of the decoding steps and the labelled PNG.
+"""pictures/decoding_page.py through sample.py --html and --png: the page of the decoding steps and the labelled PNG.
 
 The page is read back with html.parser, as a browser would, and checked against what generate
 recorded: one frame per step, each with the model's grid, the cells committed at that step exactly
@@ -18,15 +18,15 @@ import soundfile as sf
 import torch
 
 import clap
-import decoding_page
+from pictures import decoding_page
 import mel
 import pipeline
 import sample
 import specmaskgit
-import toyworld
+from data.datasets import toyworld
 import vocoder
 import vqgan
-from runtime import save_checkpoint
+from ground.runtime import save_checkpoint
 from test_sample import CLIP, bundle, pipe  # noqa: F401  (fixtures)
 
 STEPS = 4

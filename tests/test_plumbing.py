@@ -12,15 +12,15 @@ import pytest
 import torch
 
 import clap
-import data
-import fast
+from data.datasets import datasets as data
+from speed import fast
 import mel
 import specmaskgit
 import train
-import training_edges
+from training import edges as training_edges
 import vocoder
 import vqgan
-from runtime import build_model, save_checkpoint
+from ground.runtime import build_model, save_checkpoint
 
 
 def decay_groups(optimizer, named_parameters):
@@ -225,7 +225,7 @@ class RunsCodeWhenUnpickled:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
-    from runtime import UserError, load_checkpoint
+    from ground.runtime import UserError, load_checkpoint
     path = tmp_path / "evil.pt"
     torch.save({"stage": "vqgan", "payload": RunsCodeWhenUnpickled()}, path)
     with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):

@@ -14,9 +14,9 @@ import inspect
 
 import pytest
 
-import benchmark
+from speed import benchmark
 import clap
-import clap_format
+from formats import clap_format
 import mel
 import pipeline
 import sample

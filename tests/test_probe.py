@@ -13,7 +13,7 @@ import torch
 
 import evaluate
 import mel
-import metrics
+from evaluation import metrics
 
 
 def tagged_features(n, informative, seed):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import train
-from runtime import load_checkpoint
+from ground.runtime import load_checkpoint
 from test_train import TOY, log_rows
 
 STEPS, STOP = 4, 2

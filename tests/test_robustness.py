@@ -25,13 +25,14 @@ import pytest
 import soundfile as sf
 import torch
 
-import toyworld
+from data.datasets import toyworld
 import mel
+from ground import audio_io
 import pipeline
 import sample
 import train
 import vqgan
-from runtime import UserError, config_from_dict, load_checkpoint, save_checkpoint
+from ground.runtime import UserError, config_from_dict, load_checkpoint, save_checkpoint
 from test_sample import bundle  # noqa: F401  (bundle: four tiny untrained models, a module fixture)
 from test_train import TOY, log_rows, transformer_run_from
 
@@ -298,7 +299,7 @@ def test_an_unusable_audio_file_is_one_sentence(bundle, audio, capsys, tmp_path,
                                         ("rate_8000", "resampled 8000 -> 22050 Hz"), ("silent", None),
                                         ("shorter_than_a_token_column", None)])
 def test_an_unusual_audio_file_is_processed_and_keeps_its_length(bundle, audio, capsys, tmp_path, task, name, note):
-    """mel.load_audio mixes to mono and resamples (it refuses nothing here); a truncated wav is read as far as
+    """audio_io.load_audio mixes to mono and resamples (it refuses nothing here); a truncated wav is read as far as
     its samples go; a clip shorter than the model's window or one token column is padded and cropped back."""
     path = audio / f"{name}.wav"
     assert sample.main([f"--{task}", str(path), *TASKS[task], "--ckpt", bundle, "--steps", "2",
@@ -651,7 +652,7 @@ def test_a_huge_lr_is_refused_or_caught_and_nan_weights_never_load(tmp_path, cap
 
 
 def test_a_full_disk_while_saving_is_one_sentence_and_the_old_checkpoint_stays(tmp_path, capsys, monkeypatch):
-    import runtime
+    from ground import runtime
     out = tmp_path / "run"
     assert train.main(CLAP_RUN + ["--steps", "1", "--out", str(out)]) == 0
     before = {n: (out / n).read_bytes() for n in ("clap.pt", "clap.state.pt")}
@@ -753,7 +754,7 @@ def test_a_bundle_holding_nonsense_is_one_sentence_naming_the_file_and_entry(bun
 
 
 def test_a_weight_of_the_wrong_shape_is_one_sentence():
-    import runtime
+    from ground import runtime
     model = torch.nn.Linear(3, 2)
     with pytest.raises(UserError, match=r"'weight' is \(2, 4\), where its config needs \(2, 3\)"):
         runtime.load_weights(model, {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}, "test checkpoint")

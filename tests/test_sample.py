@@ -15,14 +15,15 @@ import soundfile as sf
 import torch
 
 import clap
-import toyworld
+from data.datasets import toyworld
 import mel
+from ground import audio_io
 import pipeline
 import sample
 import specmaskgit
 import vocoder
 import vqgan
-from runtime import load_checkpoint, save_checkpoint
+from ground.runtime import load_checkpoint, save_checkpoint
 
 CLIP = 8 * 4096                     # the tiny bundle's clip: 32768 samples = 128 frames = 5 x 8 tokens
 STEPS = "4"                         # MaskGIT iterations in these tests (fast; the default is 16)
@@ -172,7 +173,7 @@ def test_bwe_keeps_the_low_token_rows(pipe):
 
 
 def test_bwe_adds_energy_above_the_cutoff_of_a_real_band_limited_clip(pipe, band_limited_clips):
-    wav = mel.load_audio(band_limited_clips[0])
+    wav = audio_io.load_audio(band_limited_clips[0])
     assert wav.shape[-1] > 2 * CLIP                               # longer than the tiny model's clip: 3 windows
     out, before, after, _, order = pipeline.bandwidth_extension(pipe, wav, steps=2, verbose=False)
     assert out.shape == wav.shape
@@ -188,7 +189,7 @@ def test_bwe_with_lfr_keeps_the_inputs_low_band(bundle, band_limited_clips, tmp_
     run_ok(["--bwe", band_limited_clips[0], "--lfr", "--ckpt", bundle, "--steps", "2", "--out", str(tmp_path)])
     name = os.path.splitext(os.path.basename(band_limited_clips[0]))[0] + "_bwe_lfr.wav"
     y, sr = sf.read(tmp_path / name, dtype="float32")
-    x = mel.load_audio(band_limited_clips[0]).numpy()
+    x = audio_io.load_audio(band_limited_clips[0]).numpy()
     assert sr == mel.SR and len(y) == len(x)
     hz = np.fft.rfftfreq(CLIP, 1 / mel.SR)
     for offset in range(0, len(x) - CLIP + 1, CLIP):             # LFR works window by window

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import specmaskgit as smg
-from decoding_page import step_record
-from runtime import count_parameters
+from pictures.decoding_page import step_record
+from ground.runtime import count_parameters
 
 SMALL = smg.Config(n_layers=2, width=64, n_heads=4, mlp=128, n_codes=32, rows=5, cols=8, cond_dim=16)
 

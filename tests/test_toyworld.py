@@ -1,17 +1,17 @@
-"""toyworld.py: the toy sound world — reproducible clips, levels, every kind captioned by its own words."""
+"""data/toyworld.py: the toy sound world — reproducible clips, levels, every kind captioned by its own words."""
 
 import re
 
 import pytest
 import torch
 
-import toyworld
-from runtime import UserError
+from data.datasets import toyworld
+from ground.runtime import UserError
 
 SR = 22050
 SHORT = 8192          # 0.37 s: enough to check captions and levels quickly
 
-# Words that name each kind, written here independently of toyworld.py's caption lists.
+# Words that name each kind, written here independently of data/toyworld.py's caption lists.
 KEYWORDS = {
     "rain on a roof": {"rain", "rains", "raindrops", "downpour", "drizzle"},
     "a dog barking": {"dog", "puppy"},

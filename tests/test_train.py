@@ -21,12 +21,12 @@ import soundfile as sf
 import torch
 
 import mel
-import runtime
+from ground import runtime
 import pipeline
 import specmaskgit
 import train
-import training_edges
-from runtime import UserError, load_checkpoint, save_checkpoint
+from training import edges as training_edges
+from ground.runtime import UserError, load_checkpoint, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,7 +98,7 @@ def test_tokens_8_frames_wide_give_the_transformer_twice_the_columns_end_to_end(
 
 def test_the_vocoder_is_measured_against_griffin_lim_on_held_out_clips(toy_run):
     """Both reconstruct from the 0-8 kHz input mel; the L1 is measured on HiFiGAN's loss mel (vocoder.loss_mel)."""
-    import data
+    from data.datasets import datasets as data
     import mel
     import vocoder
     heldout = load_checkpoint(str(toy_run / "vocoder.pt"), "vocoder")["heldout_mel_l1"]
@@ -461,10 +461,10 @@ def test_init_from_refuses_another_tokenizer_and_other_stages(toy_run, tmp_path,
 
 
 def test_eval_every_logs_held_out_fad_computed_against_the_val_clips(toy_run, tmp_path):
-    import clap_format
-    import hifigan_format
-    import metrics
-    import toyworld
+    from formats import clap_format
+    from formats import hifigan_format
+    from evaluation import metrics
+    from data.datasets import toyworld
     import vqgan
     out = tmp_path / "ft"
     assert train.main(TOY + ["--stage", "transformer", "--init-from", str(toy_run / "transformer.pt"), "--out", str(out),

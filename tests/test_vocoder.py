@@ -1,5 +1,5 @@
-"""vocoder.py: HiFiGAN sizes and shapes, discriminators, losses and training; hifigan_format.py: the
-official checkpoint format, weight-norm folding and vocode; fast.py's chunked inference."""
+"""vocoder.py: HiFiGAN sizes and shapes, discriminators, losses and training; formats/hifigan_format.py: the
+official checkpoint format, weight-norm folding and vocode; speed/fast.py's chunked inference."""
 
 import copy
 import dataclasses
@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import fast
-import hifigan_format
-import runtime
+from speed import fast
+from formats import hifigan_format
+from ground import runtime
 import mel
 import vocoder
-from runtime import UserError, count_parameters
+from ground.runtime import UserError, count_parameters
 
 TINY = vocoder.PRESETS["tiny"]
 

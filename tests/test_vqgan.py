@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import mel
-import runtime
+from ground import audio_io
+from ground import runtime
 import vqgan
-from runtime import UserError, load_checkpoint, load_into, save_checkpoint
+from ground.runtime import UserError, load_checkpoint, load_into, save_checkpoint
 
 TINY = vqgan.PRESETS["tiny"]
 
@@ -297,7 +298,7 @@ def test_trainer_switches_the_discriminator_on_at_disc_start_and_resumes_exactly
 
 def test_tiny_model_overfits_one_real_clip(full_band_clips):
     voice = next(p for p in full_band_clips if "front-center" in p)              # a voice: formants and pauses
-    x = mel.normalize(mel.mel_spectrogram(mel.load_audio(voice)))               # (80, 122)
+    x = mel.normalize(mel.mel_spectrogram(audio_io.load_audio(voice)))               # (80, 122)
     start = max(range(0, x.shape[1] - 64 + 1, 16), key=lambda s: x[:, s:s + 64].std())
     x = x[None, :, start:start + 64]                                    # the liveliest 64 frames (0.74 s), (1, 80, 64)
     baseline = (x - x.median()).abs().mean().item()                     # L1 of the best constant guess (the median)

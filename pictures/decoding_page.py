@@ -1,5 +1,5 @@
 """
-decoding_page.py — pictures of MaskGIT's decoding for a reader: a self-contained HTML page that plays
+pictures/decoding_page.py — pictures of MaskGIT's decoding for a reader: a self-contained HTML page that plays
 the sampling steps one by one, and a labelled PNG of a take's mel and decoding order.
 
 Paper: "SpecMaskGIT" (ISMIR 2024).
@@ -12,7 +12,7 @@ In:  step_record(info) of each step of specmaskgit.generate(on_step=...), the me
 Out: one .html file (no network, nothing outside itself: images and sounds are data: URIs, the
      script and style are inline) and one .png (>= 800 px wide, axes in seconds and Hz, colour legends)
 
-Not the method: HTML and a bitmap font (the PNG encoder is mel.png_bytes). Its own file so that sample.py stays the
+Not the method: HTML and a bitmap font (the PNG encoder is png.png_bytes). Its own file so that sample.py stays the
 sampler's command line. sample.py --html and --png call it.
 """
 
@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 import mel
-from runtime import write_atomically
+from ground import audio_io
+from pictures import png
+from ground.runtime import write_atomically
 
 PAGE_SR = 11025                                # each step's belief as sound: 11025 Hz, 8 bit (size, not quality)
 HZ_TICKS = (250, 500, 1000, 2000, 4000, 7000)  # marked on the mel-scale frequency axis
@@ -52,8 +54,8 @@ def step_record(info: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 def palette() -> np.ndarray:
-    """(256, 3) uint8: mel.colorize's colour map (dark = quiet, yellow = loud) as a lookup table."""
-    return mel.colorize(np.linspace(0.0, 1.0, 256)[None, :], 0.0, 1.0)[0]
+    """(256, 3) uint8: png.colorize's colour map (dark = quiet, yellow = loud) as a lookup table."""
+    return png.colorize(np.linspace(0.0, 1.0, 256)[None, :], 0.0, 1.0)[0]
 
 
 def db_index(log_mel) -> np.ndarray:
@@ -211,7 +213,7 @@ def figure(log_mel: torch.Tensor, order: torch.Tensor | None = None, min_width: 
 
 
 def save_figure(path: str, log_mel: torch.Tensor, order: torch.Tensor | None = None) -> None:
-    write_bytes(path, mel.png_bytes(figure(log_mel.float(), order)))
+    write_bytes(path, png.png_bytes(figure(log_mel.float(), order)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -339,7 +341,7 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
         belief = rec["belief"][b].view(rows, cols)
         grid = grid_html(committed, masked, known, belief, order_so_far)
         order_so_far[committed] = s
-        img = data_uri("image/png", mel.png_bytes(db_index(belief_log_mels[s]), pal))
+        img = data_uri("image/png", png.png_bytes(db_index(belief_log_mels[s]), pal))
         n_now = int(committed.sum())
         nums = (f'<table class="nums"><tr><td>tokens committed at this step: <b class="ncommitted">{n_now}</b></td>'
                 f'<td>still masked after it: <b>{int(rec["n_masked"][b])}</b> of {int((~known).sum())} '
@@ -350,7 +352,7 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
         sound = ""
         if belief_wavs is not None:
             sound = (f'<p>this step&rsquo;s belief as sound ({PAGE_SR} Hz, 8 bit): <audio controls preload="metadata" '
-                     f'src="{data_uri("audio/wav", mel.wav_bytes(belief_wavs[s], PAGE_SR, "PCM_U8"))}"></audio></p>')
+                     f'src="{data_uri("audio/wav", audio_io.wav_bytes(belief_wavs[s], PAGE_SR, "PCM_U8"))}"></audio></p>')
         parts.append(
             f'<section class="frame" id="step{s + 1}" data-step="{s + 1}">'
             f'<h2>step {s + 1} of {S}</h2>{nums}'
@@ -385,7 +387,7 @@ def page_html(record: list[dict], b: int, rows: int, cols: int, belief_log_mels:
         f'so far plus its current draw for every still-masked one, decoded by the SpecVQGAN. Each token '
         f'covers 16 mel bins x {patch} frames ({patch * mel.HOP / mel.SR * 1000:.0f} ms); {rows_note}. '
         f'What made it is listed at the end.</p>'
-        f'<div class="controls">final sound: <audio controls src="{data_uri("audio/wav", mel.wav_bytes(final_wav))}">'
+        f'<div class="controls">final sound: <audio controls src="{data_uri("audio/wav", audio_io.wav_bytes(final_wav))}">'
         f'</audio><br><button id="play" type="button">play</button> '
         f'<input id="slider" type="range" min="1" max="{S}" value="1" aria-label="sampling step"> '
         f'<b id="steplabel">step 1 of {S}</b> <small>(arrow keys step; open with #step=8 to start there)</small></div>'

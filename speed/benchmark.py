@@ -1,5 +1,5 @@
 """
-benchmark.py — how fast is text-to-audio here, and what each speed-up buys.
+speed/benchmark.py — how fast is text-to-audio here, and what each speed-up buys.
 
 Paper: Sec. 1, Sec. 5.1 and Fig. 2: a 9.85 s clip in 16 sampling steps runs in real time on 4 Xeon
 cores and 30x faster than real time on one RTX A6000.
@@ -14,14 +14,14 @@ one speed-up per row, cumulatively. Each of the three stages is timed on its own
 a fresh Python process per row, once per round; a row's figure is its median over --runs rounds and
 its total the sum of its stages; a stage a row does not change is not timed again. On CUDA two more rows
 follow: the sampler on the device (the plain rows bring the logits to the host every step) and the
-transformer's blocks as a CUDA graph (fast.py). The last lines time the fast path end to end (the calls
+transformer's blocks as a CUDA graph (speed/fast.py). The last lines time the fast path end to end (the calls
 sample.py makes: generate, decode, vocode), again in a fresh process, with its peak memory, and the
 throughput of batches of clips (--batches).
 
-  python benchmark.py tiny                       # the toy demo's sizes
-  python benchmark.py full                       # the paper's sizes (3 runs per row)
-  python benchmark.py full --device cuda --batches 16,64   # the same, with batched throughput
-  python benchmark.py full --train --batch 4     # training throughput of the transformer stage
+  python -m speed.benchmark tiny                       # the toy demo's sizes
+  python -m speed.benchmark full                       # the paper's sizes (3 runs per row)
+  python -m speed.benchmark full --device cuda --batches 16,64   # the same, with batched throughput
+  python -m speed.benchmark full --train --batch 4     # training throughput of the transformer stage
 """
 
 import argparse
@@ -38,14 +38,14 @@ from dataclasses import dataclass
 
 import torch
 
-import fast
-import hifigan_format
+from speed import fast
+from formats import hifigan_format
 import mel
 import specmaskgit
 import vocoder
 import vqgan
-from fast import inference_dtype
-from runtime import DTYPES, ArgumentParser, UserError, autocast, pick_device, run_command
+from speed.fast import inference_dtype
+from ground.runtime import DTYPES, ArgumentParser, UserError, autocast, pick_device, run_command
 
 STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # 16 iterations and CFG 3.0 (Sec. 5.1), Gumbel 1.5 (Fig. 7 left)
 CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}
@@ -223,10 +223,11 @@ def time_end_to_end(preset: str, device: str, dtype: torch.dtype, runs: int, bat
 
 
 def in_fresh_process(argv: list) -> dict:
-    """Run `python benchmark.py <argv>` and return the JSON dict it prints last."""
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True)
+    """Run `python -m speed.benchmark <argv>` and return the JSON dict it prints last."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))                 # the repository
+    done = subprocess.run([sys.executable, "-m", "speed.benchmark", *argv], capture_output=True, text=True, cwd=root)
     if done.returncode != 0:
-        raise RuntimeError(f"benchmark.py {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"speed/benchmark.py {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -309,7 +310,7 @@ def speed_against_threads(preset: str, device: str, dtype_name: str | None, runs
 # ---------------------------------------------------------------------------------------------------
 
 def train_throughput(preset: str, device: str, dtype_name: str | None, batch: int, runs: int) -> None:
-    from runtime import native_dtype
+    from ground.runtime import native_dtype
     amp = native_dtype(device, dtype_name)
     cfg = specmaskgit.PRESETS[preset]
     trainer = specmaskgit.Trainer(cfg, device=device, amp_dtype=amp)

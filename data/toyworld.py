@@ -1,5 +1,5 @@
 """
-toyworld.py — a synthetic "toy sound world" with captions: a stand-in for AudioCaps that trains on a laptop.
+data/toyworld.py — a synthetic "toy sound world" with captions: a stand-in for AudioCaps that trains on a laptop.
 
 Not the paper. SpecMaskGIT (ISMIR 2024, Sec. 4) trains its tokenizer and vocoder on AudioSet and its
 text-to-audio model on AudioCaps: days to download and weeks of GPU time. So that every stage of the
@@ -14,7 +14,7 @@ so nothing is stored on disk and every run sees the same data.
 
 In:  a seed and an index
 Out: dict items {"wav": (T,) float32 at 22050 Hz, "caption": str, "kind": int, "id": str}
-Run alone: python toyworld.py   # prints some captions and times 1000 toy clips
+Run alone: python -m data.toyworld   # prints some captions and times 1000 toy clips
 """
 
 import time
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mel import SR, TOY_SAMPLES
-from runtime import UserError
+from ground.runtime import UserError
 
 
 # Every kind of sound is a small synthesiser: a function (rng, n) -> (waveform (n,), tag). The

@@ -1,12 +1,12 @@
 """
-clap_format.py — the conditioner's checkpoints: our TinyCLAP's, and LAION-CLAP's official one.
+formats/clap_format.py — the conditioner's checkpoints: our TinyCLAP's, and LAION-CLAP's official one.
 
 Paper: "SpecMaskGIT" (ISMIR 2024), Sec. 3.3: the paper conditions on LAION-CLAP's public
 "630k-audioset-best.pt" (HTSAT-tiny audio tower + RoBERTa text tower, no fusion).
 
 Why a file of its own: clap.py holds the method (TinyCLAP, its loss and its Trainer) and imports only
 torch, numpy and mel.py. Loading a checkpoint, with its one-sentence errors, and wrapping the laion-clap
-package (imported only when asked for) belong at the edge, as hifigan_format.py does for HiFiGAN.
+package (imported only when asked for) belong at the edge, as formats/hifigan_format.py does for HiFiGAN.
 
   load_tiny   a TinyCLAP from its checkpoint dict (config, vocabulary and weights all come from it)
   LaionCLAP   laion-clap's model with clap.py's interface: resamples our 22050 Hz audio to the 48 kHz
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 import clap
 import mel
-from runtime import UserError, build_model, load_checkpoint
+from ground import audio_io
+from ground.runtime import UserError, build_model, load_checkpoint
 
 LAION_SR = 48000         # LAION-CLAP's audio tower (HTSAT) was trained on 48 kHz audio
 
@@ -59,7 +60,7 @@ class LaionCLAP:
     """LAION-CLAP ("630k-audioset-best.pt": HTSAT-tiny + RoBERTa, non-fusion, Sec. 3.3) with our interface.
 
     Everything model-specific stays inside laion-clap; this class only converts: our 22050 Hz audio ->
-    48 kHz (mel.resample), batches of `batch_size`, tensors in and out, unit length. The module it wraps
+    48 kHz (audio_io.resample), batches of `batch_size`, tensors in and out, unit length. The module it wraps
     may be anything with laion-clap's two calls (`from_module`), which is how the tests check this logic
     without the 600 MB checkpoint.
     """
@@ -111,7 +112,7 @@ class LaionCLAP:
         repetition to its 10 s input (480,000 samples).
         """
         wav = wav[None] if wav.dim() == 1 else wav
-        x = mel.resample(wav.detach().float().cpu(), mel.SR, LAION_SR)               # (B, T * 48000 / 22050)
+        x = audio_io.resample(wav.detach().float().cpu(), mel.SR, LAION_SR)               # (B, T * 48000 / 22050)
         out = []
         for i in range(0, x.shape[0], self.batch_size):
             e = self.module.get_audio_embedding_from_data(x[i:i + self.batch_size].to(self.device), use_tensor=True)

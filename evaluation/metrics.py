@@ -1,5 +1,5 @@
 """
-metrics.py — the scores the paper's tables are made of, shared by evaluate.py and train.py --eval-every.
+evaluation/metrics.py — the scores the paper's tables are made of, shared by evaluate.py and train.py --eval-every.
 
 Paper: "SpecMaskGIT" (ISMIR 2024).
   Sec. 4     FAD, the Fréchet audio distance of generated and real clips (Kilgour et al. 2019), and the
@@ -17,7 +17,7 @@ Only torch: the numbers are written out here so that a student can check them by
 import torch
 import torch.nn.functional as F
 
-from runtime import UserError
+from ground.runtime import UserError
 
 
 # ---------------------------------------------------------------------------------------------------

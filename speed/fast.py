@@ -1,9 +1,9 @@
 """
-fast.py — the inference speed-ups, kept out of the model files so that those read like the paper.
+speed/fast.py — the inference speed-ups, kept out of the model files so that those read like the paper.
 
 Paper: Sec. 1, Sec. 5.1 and Fig. 2 make speed the method's point (a 9.85 s clip in 16 steps, faster
 than real time on 4 CPU cores). The model files hold the version a student should read; each section
-here is one trick, with why it pays. benchmark.py times every one of them against the plain path
+here is one trick, with why it pays. speed/benchmark.py times every one of them against the plain path
 (the measured figures are in RESULTS.md, not here). A student can skip this file entirely.
 
   int8 linears              quantize_int8: the transformer's nn.Linear layers with int8 weights (CPUs)
@@ -26,7 +26,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from runtime import DTYPES, UserError, native_dtype, write_atomically
+from ground.runtime import DTYPES, UserError, native_dtype, write_atomically
 
 
 # ---------------------------------------------------------------------------------------------------

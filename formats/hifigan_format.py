@@ -1,5 +1,5 @@
 """
-hifigan_format.py — HiFiGAN generators for inference: our checkpoints and the official released ones,
+formats/hifigan_format.py — HiFiGAN generators for inference: our checkpoints and the official released ones,
 loaded, with weight norm folded, and run (vocode).
 
 The official implementation (github.com/jik876/hifi-gan, models.py) saves its generators
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils import parametrize
 
-import fast
-from runtime import UserError, autocast, check_config, config_from_dict, load_checkpoint, native_dtype, same_value
+from speed import fast
+from ground.runtime import UserError, autocast, check_config, config_from_dict, load_checkpoint, native_dtype, same_value
 from vocoder import PRESETS, Config, Generator
 
 # The generator fields: what a checkpoint's tensor shapes (and the official config files) determine.

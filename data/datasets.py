@@ -1,5 +1,5 @@
 """
-data.py — what the models learn from: AudioCaps, and any folder of audio.
+data/datasets.py — what the models learn from: AudioCaps, and any folder of audio.
 
 Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms ..." (ISMIR 2024).
   Sec. 4    the tokenizer and vocoders are trained on AudioSet, the text-to-audio model on AudioCaps
@@ -13,11 +13,11 @@ Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms ..." (ISMI
   make_dataset                   "toy" | "audiocaps" | a folder path -> one of these or toyworld.ToyDataset
   collate                        items -> a batch, for train.py's and its token cache's DataLoaders
 
-The toy sound world that trains on a laptop (the paper's data stand-in) is toyworld.py.
+The toy sound world that trains on a laptop (the paper's data stand-in) is data/toyworld.py.
 
 In:  a folder of audio files (+ CSV captions), or "toy"
 Out: dict items {"wav": (T,) float32 at 22050 Hz, "caption": str, "kind": int, "id": str}
-Run alone: python data.py FOLDER   # lists what a folder (or an AudioCaps root) would give for training
+Run alone: python data/datasets.py FOLDER   # lists what a folder (or an AudioCaps root) would give for training
 """
 
 import csv
@@ -30,9 +30,10 @@ import soundfile as sf
 import torch
 
 import mel
+from ground import audio_io
 from mel import SR, TOY_SAMPLES, CLIP_SAMPLES
-from runtime import UserError
-from toyworld import P_MIX, SPLIT_SIZES, ToyDataset
+from ground.runtime import UserError
+from data.toyworld import P_MIX, SPLIT_SIZES, ToyDataset
 
 
 # ===================================================================================================
@@ -127,7 +128,7 @@ class AudioFiles(torch.utils.data.Dataset):
             if path in self.failed:
                 continue
             try:
-                wav = mel.load_audio(path, SR, self.num_samples)
+                wav = audio_io.load_audio(path, SR, self.num_samples)
             except UserError as e:
                 if not self.failed:
                     print(f"skipping unreadable clips from now on, the first: {e}")
@@ -274,7 +275,7 @@ def collate(items: list[dict]) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python data.py FOLDER   (a folder of audio, or an AudioCaps root with train.csv)")
+        sys.exit("usage: python data/datasets.py FOLDER   (a folder of audio, or an AudioCaps root with train.csv)")
     try:
         root = sys.argv[1]
         ds = make_dataset("audiocaps", root=root) if os.path.isfile(os.path.join(root, "train.csv")) else make_dataset(root)

@@ -1,5 +1,5 @@
 """
-runtime.py — the few things every stage shares: user errors, checkpoints, device and dtype.
+ground/runtime.py — the few things every stage shares: user errors, checkpoints, device and dtype.
 
 Why a file of its own: every stage saves and loads checkpoints, and every command picks a device and
 a compute precision and turns bad input into one sentence. Writing that once means every stage gets the

@@ -1,5 +1,5 @@
 """
-training_edges.py — what train.py's loop stands on, kept beside it so that train.py reads as the loop:
+training/edges.py — what train.py's loop stands on, kept beside it so that train.py reads as the loop:
 the flags' ranges, the run folder, resume, the transformer's token cache, the checks between stages, the
 bundle, DDP.
 
@@ -30,9 +30,9 @@ import time
 
 import torch
 
-from runtime import (MODEL_STAGES, UserError, build_model, check_config, load_checkpoint, make_output_folder,
+from ground.runtime import (MODEL_STAGES, UserError, build_model, check_config, load_checkpoint, make_output_folder,
                      non_finite_entry, save_checkpoint, vqgan_hash)
-from toyworld import P_MIX
+from data.toyworld import P_MIX
 
 
 # ===================================================================================================
@@ -163,7 +163,7 @@ def process_alive(pid: int) -> bool:
 
 def check_official_vocoder(path: str) -> None:
     """--vocoder-ckpt read now, before any training: a damaged file is one sentence, as in sample.py."""
-    import hifigan_format
+    from formats import hifigan_format
     try:
         hifigan_format.load_vocoder(path)
     except UserError as e:
@@ -176,7 +176,7 @@ def check_official_vocoder(path: str) -> None:
 
 def training_captions(dataset) -> list[str]:
     """The captions TinyCLAP's vocabulary is read from (no audio is loaded for this)."""
-    import toyworld
+    from data import toyworld
     if isinstance(dataset, toyworld.ToyDataset):
         return toyworld.toy_caption_phrases()
     return [caption for _, caption, _ in dataset.items]
@@ -239,7 +239,7 @@ def same_weights(a: dict, b: dict) -> bool:
 def init_weights(trainer, source: dict, path: str, rank: int = 0) -> None:
     """Weights only: the optimiser's moments and the schedule start afresh at step 0 (a fine-tuning run
     has its own warm-up and cosine, Sec. 4: 5k warm-up on AudioCaps)."""
-    from runtime import load_into
+    from ground.runtime import load_into
     load_into(trainer.model, source["transformer"], "transformer")
     if rank == 0:
         print(f"transformer: weights from {path}; a new optimiser and schedule from step 0")
@@ -250,7 +250,7 @@ def init_weights(trainer, source: dict, path: str, rank: int = 0) -> None:
 # ===================================================================================================
 
 def load_conditioner(args, device):
-    import clap_format
+    from formats import clap_format
     if args.clap == "laion":
         return clap_format.load_clap("laion", args.clap_ckpt, device=device)
     return clap_format.load_clap("tiny", os.path.join(args.out, "clap.pt"), device=device)
@@ -267,7 +267,7 @@ def build_cache(dataset, args, device, rank=0):
     """
     import mel
     import vqgan
-    from data import collate
+    from data.datasets import collate
     path_vq = os.path.join(args.out, "vqgan.pt")
     if not os.path.exists(path_vq):
         raise UserError(f"{path_vq} does not exist: the transformer learns the VQGAN's tokens, so train "
@@ -498,14 +498,14 @@ def heldout_evaluator(args, device, trainer):
     by this run's VQGAN and vocoder (Griffin-Lim without one), and scored against the real clips in the run's
     CLAP audio space (evaluate.py's FAD). The sampler's seed is the same every time, so the curve's steps
     differ by the model alone. The global random stream is restored afterwards (--resume replays it)."""
-    import data
-    import hifigan_format
+    from data import datasets
+    from formats import hifigan_format
     import mel
     import specmaskgit
     import vqgan
-    from metrics import clap_score, frechet_distance
+    from evaluation.metrics import clap_score, frechet_distance
     n = args.eval_clips if args.data == "toy" else None
-    heldout = data.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n, toy_mix=args.toy_mix)
+    heldout = datasets.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n, toy_mix=args.toy_mix)
     count = min(args.eval_clips, len(heldout))
     items = [heldout[i] for i in range(count)]
     real = torch.stack([it["wav"] for it in items])                                # (N, T)
@@ -561,14 +561,14 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     HiFiGAN needs days of training; minutes on a CPU give one that knows the spectral envelope but not
     yet the phase).
     """
-    import data
-    import hifigan_format
+    from data import datasets
+    from formats import hifigan_format
     import mel
     import vocoder
     loss_mel = vocoder.loss_mel                      # HiFiGAN's loss mel, 0-11 kHz: (N, T) -> (N, 80, F)
     n = HELDOUT_CLIPS if args.data == "toy" else None
     try:
-        heldout = data.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n)
+        heldout = datasets.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n)
     except UserError as e:                           # e.g. an AudioCaps folder without val.csv: keep the vocoder
         print(f"vocoder: not compared with Griffin-Lim, there are no held-out clips ({e})")
         return None
