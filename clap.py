@@ -232,8 +232,8 @@ class TinyCLAP(nn.Module):
     def forward(self, wav: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-space embeddings of B clips and their B captions: (B, D) and (B, D).
 
-        Training goes through forward (not the two methods above) because DistributedDataParallel
-        synchronises the gradients of what a forward call computed.
+        Training goes through forward (not the two methods above) because the training loop's stand-in that
+        shares gradients between copies of the model (training/edges.py) sees only what a forward call computed.
         """
         return self.audio_features(wav), self.text_features(ids)
 
@@ -366,7 +366,9 @@ class Trainer:
                  weight_decay: float = 0.01):
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         self.model = TinyCLAP(cfg, vocab or []).to(device)
-        self.ddp_modules = ["model"]    # train.py wraps these in DistributedDataParallel on several GPUs
+        # what step() calls for the pass that learns: the model itself, unless the training loop puts a
+        # stand-in here that also shares the gradients between copies of the model (training/edges.py)
+        self.step_modules = {"model": self.model}
         # no weight decay on gains, biases, the word table and the temperature (as CLIP); the (L, W) position
         # table is a matrix and is decayed with the weights, which CLIP spares
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and not n.startswith("text.words")]
@@ -377,8 +379,8 @@ class Trainer:
 
     def step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         opt = self.optimizers[0]
-        model = self.model                         # under torchrun: training_edges.Replicated, which reads like it
-        self.model.train()
+        model = self.model
+        model.train()
         wav = batch["wav"].to(self.device, torch.float32, non_blocking=True)         # (B, T)
         captions = list(batch["caption"])
         # Pairs with the same words are matches too (the toy world repeats captions within a batch).
@@ -386,7 +388,7 @@ class Trainer:
         positives = torch.tensor([[a == b for b in key] for a in key]).to(self.device, non_blocking=True)   # (B, B)
         with torch.autocast(torch.device(self.device).type, dtype=self.amp_dtype,
                             enabled=self.amp_dtype != torch.float32):
-            a, t = self.model(wav, model.tokenize(captions))                         # (B, D), (B, D)
+            a, t = self.step_modules["model"](wav, model.tokenize(captions))         # (B, D), (B, D)
             loss = contrastive_loss(a.float(), t.float(), model.logit_scale, positives)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -206,12 +206,18 @@ def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=N
     """Run the MaskGIT sampler (specmaskgit.generate), printing one progress line per step.
     `record`: a list that receives decoding_page.step_record of every step (for the page), or None.
     magnet_options: a dict of magnet.generate's settings to sample with MAGNeT's decoding instead (then
-    steps, guidance, temperature and cfg_ramp are unused)."""
+    steps, guidance, temperature and cfg_ramp are unused). Returns the tokens (B, rows, cols) and the decoding
+    order (B, rows, cols) on the host: the step that committed each position (-1 = known), read from on_step."""
     from pictures import decoding_page
     import specmaskgit
     t0 = time.time()
+    order = None                                            # (B, n): the step that committed each position, -1 = known
 
     def on_step(info):
+        nonlocal order
+        if order is None:
+            order = torch.full_like(info["committed"], -1, dtype=torch.long)
+        order.masked_fill_(info["committed"], info["step"])
         if verbose:
             print(f"  step {info['step'] + 1:2d}/{info['steps']}: {info['n_masked']:4d} tokens still masked "
                   f"({time.time() - t0:.1f} s)", flush=True)
@@ -221,11 +227,15 @@ def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=N
     with torch.inference_mode(), autocast(pipe.device, pipe.dtype):
         if magnet_options is not None:
             import magnet
-            return magnet.generate(pipe.transformer, cond, known_tokens=known_tokens, known_mask=known_mask, seed=seed,
-                                   on_step=on_step, record_order=True, **magnet_options)
-        return specmaskgit.generate(pipe.transformer, cond, steps=steps, guidance=guidance, temperature=temperature,
-                                    known_tokens=known_tokens, known_mask=known_mask, seed=seed,
-                                    on_step=on_step, record_order=True, cfg_ramp=cfg_ramp)
+            tokens = magnet.generate(pipe.transformer, cond, known_tokens=known_tokens, known_mask=known_mask, seed=seed,
+                                     on_step=on_step, **magnet_options)
+        else:
+            tokens = specmaskgit.generate(pipe.transformer, cond, steps=steps, guidance=guidance,
+                                          temperature=temperature, known_tokens=known_tokens, known_mask=known_mask,
+                                          seed=seed, cfg_ramp=cfg_ramp, on_step=on_step)
+    if order is None:                                       # no step ran: every position was known
+        order = torch.full(tokens.shape, -1, dtype=torch.long)
+    return tokens, order.view(tokens.shape).cpu()
 
 
 # ---------------------------------------------------------------------------------------------------

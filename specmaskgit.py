@@ -206,23 +206,18 @@ def mask_schedule(step: int, steps: int, n_tokens: int, kind: str = "cosine") ->
     return math.floor(n_tokens * MASK_SCHEDULES[kind]((step + 1) / steps))
 
 
-def guided_logits(model, tokens, cond, masked, t, separate_passes=False, skip_zero_scale=True):
+def guided_logits(model, tokens, cond, masked, t):
     """Eq. 2: l_u + t (l_c - l_u), from the model's logits with the prompt (l_c) and without it (l_u).
-    Both passes run as one batch of 2B (one weight read per layer); at t = 0 Eq. 2 is l_u alone.
-    separate_passes=True, skip_zero_scale=False: Eq. 2 as a first implementation computes it, one pass
-    after the other and l_c even at t = 0 (speed/benchmark.py times what the two shortcuts buy)."""
+    Both passes run as one batch of 2B (one weight read per layer); at t = 0 Eq. 2 is l_u alone, so the
+    conditional pass is left out there (speed/benchmark.py times what the two shortcuts buy)."""
     B, n = tokens.shape
     grid = tokens.view(B, model.cfg.rows, model.cfg.cols)
     mask = masked.view_as(grid)
-    if cond is None or (t == 0 and skip_zero_scale):
+    if cond is None or t == 0:
         return model(grid, None, mask)                                          # l_u only
-    if separate_passes:
-        l_u = model(grid, None, mask)                                           # (B, n, K)
-        l_c = model(grid, cond, mask)                                           # (B, n, K)
-    else:
-        both = model(torch.cat([grid, grid]), torch.cat([cond, cond]), torch.cat([mask, mask]),
-                     drop_cond=torch.arange(2 * B, device=tokens.device) >= B)  # (2B, n, K): first B conditional
-        l_c, l_u = both[:B], both[B:]
+    both = model(torch.cat([grid, grid]), torch.cat([cond, cond]), torch.cat([mask, mask]),
+                 drop_cond=torch.arange(2 * B, device=tokens.device) >= B)      # (2B, n, K): first B conditional
+    l_c, l_u = both[:B], both[B:]
     return l_u + t * (l_c - l_u)                                                # Eq. 2
 
 
@@ -264,7 +259,7 @@ def start_grid(n: int, cond, known_tokens=None, known_mask=None, batch_size=None
 
 @torch.no_grad()
 def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=None, known_mask=None, seed=None,
-             batch_size=None, cfg_ramp=True, record_order=False, on_step=None, guide_options=None, loop_device=None):
+             batch_size=None, cfg_ramp=True, on_step=None):
     """MaskGIT sampling of (B, rows, cols) token grids.
 
     Start with every unknown position masked. At step s of S:
@@ -278,16 +273,13 @@ def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=
     Known positions (inpainting, bandwidth extension) are never masked and never re-drawn.
     cfg_ramp=False keeps the scale at `guidance` from the first step (Table 1's "w/o CFG linear scheduler").
     The loop stays on the model's device, random numbers included, so a GPU never waits for the host.
-    speed/benchmark.py's slower rows pass guide_options (guided_logits's separate_passes, skip_zero_scale) and
-    loop_device="cpu" (drawing and ranking on the host, the logits copied there every step).
     on_step(info): called after every step with that step's tensors (on the device; the decoding page
-    copies them). Returns tokens, and with record_order also the step at which each position was
-    committed (-1 = known).
+    copies them): info["committed"] marks the positions committed at step info["step"], from which a caller
+    reads the decoding order (pipeline.sample_tokens). Returns tokens (B, rows, cols).
     """
     c = model.cfg
     n = c.rows * c.cols
-    model_device = next(model.parameters()).device
-    device = model_device if loop_device is None else torch.device(loop_device)   # where drawing and ranking run
+    device = next(model.parameters()).device                                    # drawing and ranking run here too
     g = torch.Generator(device).manual_seed(0 if seed is None else seed)
     tokens, known = start_grid(n, cond, known_tokens, known_mask, batch_size, device)   # (B, n), (B, n)
     B = tokens.shape[0]
@@ -297,14 +289,13 @@ def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=
     n_masked_after = torch.tensor(counts, dtype=torch.long, device=device).view(B, steps)  # (B, S)
     total_after = [sum(row[s] for row in counts) for s in range(steps)]        # still masked after step s, all samples
     total_before = [sum(n_unknown)] + total_after[:-1]                          # still masked before step s
-    order = torch.full((B, n), -1, dtype=torch.long, device=device)
     for s in range(steps):
         if total_before[s] == 0:                                                # nothing left to draw
             break
         t = guidance * s / max(1, steps - 1) if cfg_ramp else guidance          # Eq. 2 ramp: 0 -> guidance
         t_g = temperature * (1 - (s + 1) / steps)                               # Eq. 3 anneal: -> 0
-        logits = guided_logits(model, tokens.to(model_device), cond, masked.to(model_device), t, **(guide_options or {}))
-        logp = logits.to(device).float().log_softmax(-1)                        # (B, n, K)
+        logits = guided_logits(model, tokens, cond, masked, t)                  # (B, n, K)
+        logp = logits.float().log_softmax(-1)                                   # (B, n, K)
         drawn = (logp + gumbel(logp.shape, g, device)).argmax(-1)              # 2. Gumbel-max: a draw from softmax
         drawn = torch.where(masked, drawn, tokens)                              # (B, n)
         logp_drawn = logp.gather(-1, drawn[..., None])[..., 0]                  # (B, n) log p(drawn token)
@@ -315,15 +306,13 @@ def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=
         rank = confidence.argsort(dim=1).argsort(dim=1)                         # (B, n): 0 = least confident
         remask = rank < n_masked_after[:, s, None]                              # 4. the least confident stay masked
         newly = masked & ~remask
-        order.masked_fill_(newly, s)
         tokens = drawn
         masked = remask & masked
         if on_step is not None:
             on_step(dict(step=s, steps=steps, n_masked=total_after[s], committed=newly, masked=masked, known=known,
                          belief=tokens, logp_drawn=logp_drawn, cfg_scale=t, temperature=t_g,
                          schedule=f"{c.mask_schedule} schedule"))
-    tokens = tokens.view(B, c.rows, c.cols)
-    return (tokens, order.view(B, c.rows, c.cols).cpu()) if record_order else tokens
+    return tokens.view(B, c.rows, c.cols)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -336,13 +325,17 @@ class Trainer:
     draw_mask: how training masks are drawn; cfg.span_len > 1 needs MAGNeT's (magnet.span_mask)."""
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,
-                 amp_dtype: torch.dtype = torch.float32, rank: int = 0, world: int = 1, draw_mask=sample_mask):
+                 amp_dtype: torch.dtype = torch.float32, draw_mask=sample_mask):
         if cfg.span_len > 1 and draw_mask is sample_mask:
             raise ValueError(f"span_len {cfg.span_len} needs span masks: pass draw_mask=magnet.span_mask.")
         self.cfg, self.device, self.amp_dtype, self.draw_mask = cfg, device, amp_dtype, draw_mask
-        self.rank, self.world = rank, world                                     # this process of `world` (torchrun)
         self.model = SpecMaskGIT(cfg).to(device)
-        self.ddp_modules = ["model"]
+        # what step() calls for the pass that learns: the model itself, unless the training loop puts a
+        # stand-in here that also shares the gradients between copies of the model (training/edges.py)
+        self.step_modules = {"model": self.model}
+        # the masks of step s come from the seed s * mask_streams + mask_stream: one stream here; the training
+        # loop may run several side by side, each copy of the model drawing its own masks (training/edges.py)
+        self.mask_streams, self.mask_stream = 1, 0
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         rest = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizers = [torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
@@ -353,9 +346,9 @@ class Trainer:
         self.model.train()
         tokens = batch["tokens"].to(self.device, non_blocking=True)             # queued: the host does not wait
         cond = batch["cond"].to(self.device, non_blocking=True)
-        g = torch.Generator().manual_seed(step * self.world + self.rank)        # masks replay on --resume; GPUs differ
+        g = torch.Generator().manual_seed(step * self.mask_streams + self.mask_stream)   # masks replay on --resume
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
-            loss, acc = masked_loss(self.model, tokens, cond, generator=g, draw_mask=self.draw_mask)
+            loss, acc = masked_loss(self.step_modules["model"], tokens, cond, generator=g, draw_mask=self.draw_mask)
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()

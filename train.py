@@ -217,10 +217,6 @@ def training_dtype(args, device: str, verbose: bool = True) -> torch.dtype:
 def build_trainer(stage, cfg, args, device, amp_dtype, lr, trainer_options, rank=0, world=1):
     """Build the stage's Trainer at step 0 or, with --resume, where the stage's last state left it."""
     kwargs = dict(device=device, amp_dtype=amp_dtype, **trainer_options)
-    if stage == "vqgan":                                     # the codebook's upkeep agrees across processes
-        kwargs["world"] = world
-    if stage == "transformer":                               # each process draws its own masks
-        kwargs.update(rank=rank, world=world)
     if lr is not None:
         kwargs["lr"] = lr
     if stage == "transformer" and cfg.span_len > 1:          # MAGNeT's span masks (magnet.py, Sec. 3.1)
@@ -319,7 +315,8 @@ def cache_batches(cache: dict, start_step, batch_size, seed, rank, world, device
 #                               device, and one per step would keep it idle between steps.
 #   state_dict(), load_state_dict(d)   everything --resume needs: weights and optimiser moments
 #   checkpoint() -> dict        the inference checkpoint: {"stage", "config", "model", ...}
-#   ddp_modules                 names of the attributes DistributedDataParallel wraps under torchrun
+#   step_modules                {name: module} its step calls for the passes that learn; under torchrun
+#                               edges.wrap_ddp puts DistributedDataParallel wrappers in their place
 #   preview(batch)              optional: (input, output) mels for a PNG every --preview-every steps
 #   lr_factor(step, epoch_steps)   optional: the stage's own schedule, used instead of warm-up + cosine
 # ===================================================================================================
@@ -448,7 +445,7 @@ def run(args) -> None:
             edges.init_weights(trainer, source, args.init_from, rank)
         if stage == "transformer":                           # which VQGAN's tokens it learns (write_bundle checks)
             trainer.made_from = {"vqgan_hash": vqgan_hash(vq_ckpt)}
-        edges.wrap_ddp(trainer, device, world)
+        edges.wrap_ddp(trainer, device, rank, world)     # under torchrun: shared gradients, codebook, mask streams
         if rank == 0:
             describe(stage, trainer, args, steps, batch, warmup)
         if stage == "transformer":

@@ -325,7 +325,9 @@ class Trainer:
         self.opt_g = torch.optim.AdamW(self.generator.parameters(), **adamw)
         self.opt_d = torch.optim.AdamW(list(self.mpd.parameters()) + list(self.msd.parameters()), **adamw)
         self.optimizers = [self.opt_g, self.opt_d]
-        self.ddp_modules = ["generator", "mpd", "msd"]                       # train.py wraps these for DDP
+        # what step() calls for the passes that learn: the modules themselves, unless the training loop puts
+        # stand-ins here that also share the gradients between copies of the model (training/edges.py)
+        self.step_modules = {"generator": self.generator, "mpd": self.mpd, "msd": self.msd}
 
     def lr_factor(self, step: int, epoch_steps: int) -> float:
         """HiFiGAN's schedule (Sec. 4): lr x 0.999 ** epoch, no warm-up (ExponentialLR stepped per epoch).
@@ -358,17 +360,18 @@ class Trainer:
             y_mel_loss = loss_mel(y)                                         # (B, 80, 32) the loss mel, 0-11 kHz
         y = y[:, None]                                                       # (B, 1, 8192), as the discriminators take it
         use_gan = step >= self.cfg.disc_start
+        generator, mpd, msd = (self.step_modules[name] for name in ("generator", "mpd", "msd"))
         with self._autocast():
-            y_hat = self.generator(y_mel)                                    # (B, 1, 8192)
+            y_hat = generator(y_mel)                                         # (B, 1, 8192)
         metrics = {}
 
         # --- 1. discriminators: real -> 1, generated -> 0 (Eq. 1) ---
         if use_gan:
             with self._autocast():
-                real_p, _ = self.mpd(y)
-                fake_p, _ = self.mpd(y_hat.detach())
-                real_s, _ = self.msd(y)
-                fake_s, _ = self.msd(y_hat.detach())
+                real_p, _ = mpd(y)
+                fake_p, _ = mpd(y_hat.detach())
+                real_s, _ = msd(y)
+                fake_s, _ = msd(y_hat.detach())
                 loss_d = discriminator_loss(real_p, fake_p) + discriminator_loss(real_s, fake_s)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.float().backward()
@@ -383,10 +386,10 @@ class Trainer:
             self.msd.requires_grad_(False)
             with self._autocast():
                 with torch.no_grad():                                        # real features are targets only
-                    _, real_fp = self.mpd(y)
-                    _, real_fs = self.msd(y)
-                fake_p, fake_fp = self.mpd(y_hat)
-                fake_s, fake_fs = self.msd(y_hat)
+                    _, real_fp = mpd(y)
+                    _, real_fs = msd(y)
+                fake_p, fake_fp = mpd(y_hat)
+                fake_s, fake_fs = msd(y_hat)
                 loss_adv = generator_adv_loss(fake_p) + generator_adv_loss(fake_s)
                 loss_fm = feature_matching_loss(real_fp, fake_fp) + feature_matching_loss(real_fs, fake_fs)
             loss = loss + loss_adv.float() + self.cfg.fm_weight * loss_fm.float()

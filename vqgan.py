@@ -28,7 +28,6 @@ import sys
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -320,21 +319,22 @@ class VectorQuantizer(nn.Module):
     def reseed_dead_codes(self, all_reduce=None, broadcast=None) -> torch.Tensor:
         """After each optimizer.step: re-seed the dead codes, return how many (0-d). Every code draws a
         candidate and only the dead ones take it: a fixed amount of work, no wait for the host.
-        Under torchrun the trainer passes `all_reduce` (sum a tensor over the processes, in place) and
-        `broadcast` (copy process 0's tensor to every process), so that every copy of the codebook agrees."""
+        When several copies of the model train side by side, the training loop passes `all_reduce` (sum a tensor
+        over the copies, in place) and `broadcast` (copy the first copy's tensor to all), so that every copy of
+        the codebook agrees (Trainer.codebook_sync)."""
         if all_reduce is not None:
-            all_reduce(self.chosen)                                    # count the picks of every process
-        self.steps_unused.add_(1).masked_fill_(self.chosen > 0, 0)     # in place: DDP keeps references to buffers
+            all_reduce(self.chosen)                                    # count the picks of every copy
+        self.steps_unused.add_(1).masked_fill_(self.chosen > 0, 0)     # in place: wrappers keep references to buffers
         self.chosen.zero_()
         if self.dead_code_steps <= 0 or self.recent is None:
             return torch.zeros((), dtype=torch.long)
-        dead = self.steps_unused >= self.dead_code_steps               # (K,) bool, the same on every process
+        dead = self.steps_unused >= self.dead_code_steps               # (K,) bool, the same on every copy
         w = self.codebook.weight
         pick = torch.randint(len(self.recent), (self.n_codes,), device=w.device)
         noise = 0.01 * self.recent.std() * torch.randn(self.n_codes, self.code_dim, device=w.device)
         w.copy_(torch.where(dead[:, None], (self.recent[pick] + noise).to(w.dtype), w))   # two picks of one vector drift apart
         if broadcast is not None:
-            broadcast(w.data)                                          # process 0's new codes, so every copy stays equal
+            broadcast(w.data)                                          # the first copy's new codes for all
         return dead.sum()
 
     def alive_fraction(self) -> torch.Tensor:
@@ -444,23 +444,22 @@ class Trainer:
     Discriminator (from `disc_start` on): hinge loss on real mels vs the detached reconstructions.
     """
 
-    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 3.6e-5, amp_dtype: torch.dtype = torch.float32,
-                 world: int = 1):
+    def __init__(self, cfg: Config, device: str = "cpu", lr: float = 3.6e-5, amp_dtype: torch.dtype = torch.float32):
         # lr: Taming's (and SpecVQGAN's) 4.5e-6 x batch x GPUs, 3.6e-5 for batch 8 on one GPU (train.py sets it)
         self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
         self.model = VQGAN(cfg).to(device).train()
         self.disc = PatchDiscriminator(cfg).to(device).train()
-        # train.py may wrap self.model and self.disc in DistributedDataParallel; the generator's verdict and the
-        # preview (rank 0 alone) must run the modules themselves, without DDP's synchronisation
-        self.bare_model, self.bare_disc = self.model, self.disc
-        # torchrun: the codebook's upkeep sums the picks of every process and takes process 0's new codes
-        self.codebook_sync = {} if world == 1 else dict(all_reduce=dist.all_reduce,
-                                                         broadcast=lambda t: dist.broadcast(t, src=0))
+        # what step() calls for the passes that learn: the modules themselves, unless the training loop puts
+        # stand-ins here that also share the gradients between copies of the model (training/edges.py). The
+        # generator's verdict and the preview call self.disc and self.model: nothing of theirs is shared.
+        self.step_modules = {"model": self.model, "disc": self.disc}
+        # the codebook's upkeep (VectorQuantizer.reseed_dead_codes): alone here; the training loop fills in
+        # all_reduce and broadcast when copies of the model train side by side (training/edges.py)
+        self.codebook_sync = {}
         fused = device.startswith("cuda")                              # one optimiser kernel for all weights on a GPU
         self.opt_ae = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
         self.optimizers = [self.opt_ae, self.opt_disc]
-        self.ddp_modules = ["model", "disc"]                            # train.py may wrap these in DistributedDataParallel
 
     def mels(self, wav: torch.Tensor) -> torch.Tensor:
         """Audio (B, T) -> the tokenizer's input: HiFiGAN log-mel -> [-1, 1] (Sec. 3.1), (B, 80, F), F a multiple
@@ -480,17 +479,17 @@ class Trainer:
     def step(self, batch: dict, step: int) -> dict:
         x = self.mels(batch["wav"])                                     # audio (B, T) -> normalised mel (B, 80, F)
         disc_on = step >= self.cfg.disc_start
-        model, disc = self.model, self.bare_disc
+        model, disc = self.model, self.disc
 
         # --- generator (encoder, quantiser, decoder) ---
         with self._autocast():
-            recon, vq_loss, info = self.model(x)                        # (B, 80, F)
+            recon, vq_loss, info = self.step_modules["model"](x)        # (B, 80, F)
         rec_loss = (recon.float() - x).abs().mean()                     # L1 (no LPAPS, Sec. 4)
         loss = rec_loss + self.cfg.codebook_weight * vq_loss.float()
         metrics = {}
         if disc_on:
             disc.requires_grad_(False)                                  # only the decoder learns from this verdict
-            with self._autocast():                                      # (the bare module: no DDP gradient sync needed)
+            with self._autocast():                                      # (the module itself: nothing to share)
                 g_loss = -disc(recon).float().mean()                    # the decoder wants high "real" logits
             lam = adaptive_weight(rec_loss, g_loss, model.decoder.conv_out.weight, self.cfg.disc_weight,
                                   self.cfg.min_adapt_weight, self.cfg.max_adapt_weight)
@@ -505,7 +504,7 @@ class Trainer:
         # --- discriminator ---
         if disc_on:
             with self._autocast():
-                d_loss = hinge_d_loss(self.disc(x), self.disc(recon.detach()))
+                d_loss = hinge_d_loss(self.step_modules["disc"](x), self.step_modules["disc"](recon.detach()))
             self.opt_disc.zero_grad(set_to_none=True)
             d_loss.float().backward()
             self.opt_disc.step()
@@ -519,7 +518,7 @@ class Trainer:
     def preview(self, batch: dict):
         """(input, reconstruction) of the batch's first clip, normalised mels (1, 80, F) each, for the PNG."""
         x = self.mels(batch["wav"][:1])                                 # (1, 80, F)
-        model = self.bare_model.eval()
+        model = self.model.eval()
         recon = model(x)[0].float().clamp(-1, 1)                        # (1, 80, F)
         model.train()
         return x.cpu(), recon.cpu()

@@ -14,6 +14,7 @@ import io
 import math
 import os
 
+import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F

@@ -94,6 +94,65 @@ def float_dtype(tricks: Tricks) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The plain rows' sampler: specmaskgit.generate as a first implementation writes it, each shortcut a switch.
+# ---------------------------------------------------------------------------------------------------
+
+def plain_guided_logits(model, tokens, cond, masked, t, batched_cfg=False, skip_zero_scale=False):
+    """Eq. 2, l_u + t (l_c - l_u), as a first implementation computes it: l_u and l_c one pass after the other
+    (each reads every weight), and l_c even at t = 0, where Eq. 2 is l_u alone, unless skip_zero_scale.
+    batched_cfg: specmaskgit.guided_logits itself (one batch of 2B, and l_u alone at t = 0)."""
+    if batched_cfg:
+        return specmaskgit.guided_logits(model, tokens, cond, masked, t)
+    B, n = tokens.shape
+    grid = tokens.view(B, model.cfg.rows, model.cfg.cols)
+    mask = masked.view_as(grid)
+    if cond is None or (t == 0 and skip_zero_scale):
+        return model(grid, None, mask)                                          # l_u only
+    l_u = model(grid, None, mask)                                               # (B, n, K)
+    l_c = model(grid, cond, mask)                                               # (B, n, K)
+    return l_u + t * (l_c - l_u)                                                # Eq. 2
+
+
+def plain_generate(model, cond, steps=STEPS, guidance=CFG, temperature=TEMPERATURE, seed=0, batched_cfg=False,
+                   skip_zero_scale=False, loop_device=None):
+    """specmaskgit.generate's loop (text prompts, the CFG ramp; no known tokens, no on_step) with
+    plain_guided_logits's switches, and loop_device="cpu": drawing and ranking on the host, the logits
+    copied there every step. The same random numbers in the same order as generate draws them, so the tokens
+    are generate's wherever the logits agree (tests/test_benchmark.py). No @torch.no_grad(): the caller's
+    grad mode decides (the plain row records every operation for autograd)."""
+    c = model.cfg
+    n = c.rows * c.cols
+    model_device = next(model.parameters()).device
+    device = model_device if loop_device is None else torch.device(loop_device)   # where drawing and ranking run
+    g = torch.Generator(device).manual_seed(seed)
+    tokens, known = specmaskgit.start_grid(n, cond, device=device)             # (B, n), (B, n)
+    B = tokens.shape[0]
+    masked = ~known                                                             # (B, n)
+    n_unknown = masked.sum(1).tolist()
+    counts = specmaskgit.masked_counts(n_unknown, steps, c.mask_schedule)      # [B][S]
+    n_masked_after = torch.tensor(counts, dtype=torch.long, device=device).view(B, steps)  # (B, S)
+    total_before = [sum(n_unknown)] + [sum(row[s] for row in counts) for s in range(steps - 1)]
+    for s in range(steps):
+        if total_before[s] == 0:
+            break
+        t = guidance * s / max(1, steps - 1)                                    # Eq. 2 ramp: 0 -> guidance
+        t_g = temperature * (1 - (s + 1) / steps)                               # Eq. 3 anneal: -> 0
+        logits = plain_guided_logits(model, tokens.to(model_device), cond, masked.to(model_device), t,
+                                     batched_cfg, skip_zero_scale)
+        logp = logits.to(device).float().log_softmax(-1)                        # (B, n, K)
+        drawn = (logp + specmaskgit.gumbel(logp.shape, g, device)).argmax(-1)  # Gumbel-max: a draw from softmax
+        drawn = torch.where(masked, drawn, tokens)                              # (B, n)
+        logp_drawn = logp.gather(-1, drawn[..., None])[..., 0]                  # (B, n)
+        confidence = logp_drawn + t_g * specmaskgit.gumbel((B, n), g, device)   # Eq. 3
+        confidence = confidence.masked_fill(~masked, float("inf"))
+        rank = confidence.argsort(dim=1).argsort(dim=1)                         # (B, n): 0 = least confident
+        remask = rank < n_masked_after[:, s, None]
+        tokens = drawn
+        masked = remask & masked
+    return tokens.view(B, c.rows, c.cols)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The three stages, each a function of the tricks that concern it.
 # ---------------------------------------------------------------------------------------------------
 
@@ -121,16 +180,18 @@ def run_transformer(m: Models, cond, tricks: Tricks, steps: int = STEPS):
     model = m.int8 if tricks.dtype == torch.qint8 else m.transformer
     if tricks.cuda_graph:
         model = m.graphed = getattr(m, "graphed", None) or fast.GraphedTransformer(model)   # graphs recorded once
-    guide_options = {"separate_passes": not tricks.batched_cfg,
-                     "skip_zero_scale": tricks.skip_zero_scale or tricks.batched_cfg}
     # the plain CUDA rows draw and rank on the host, the logits copied there every step
     loop_device = "cpu" if m.device == "cuda" and not tricks.device_sampler else None
-    # generate() is decorated with @torch.no_grad(); its __wrapped__ is the undecorated function, so
-    # the plain row really runs with autograd recording every operation, as a first version would.
-    sampler = specmaskgit.generate if tricks.inference_mode else specmaskgit.generate.__wrapped__
     with grad_mode(tricks), autocast(m.device, tricks.dtype):
-        tokens = sampler(model, cond, steps=steps, guidance=CFG, temperature=TEMPERATURE, seed=0,
-                         guide_options=guide_options, loop_device=loop_device)
+        if tricks.batched_cfg and loop_device is None:          # the sampler sample.py runs
+            # generate() is decorated with @torch.no_grad(); its __wrapped__ is the undecorated function, so
+            # a row without inference_mode really runs with autograd recording every operation
+            sampler = specmaskgit.generate if tricks.inference_mode else specmaskgit.generate.__wrapped__
+            tokens = sampler(model, cond, steps=steps, guidance=CFG, temperature=TEMPERATURE, seed=0)
+        else:                                                    # a first implementation's (below)
+            tokens = plain_generate(model, cond, steps=steps, guidance=CFG, temperature=TEMPERATURE, seed=0,
+                                    batched_cfg=tricks.batched_cfg, skip_zero_scale=tricks.skip_zero_scale,
+                                    loop_device=loop_device)
     return tokens.to(m.device)
 
 

@@ -38,10 +38,44 @@ def test_separate_cfg_passes_give_the_batched_guided_logits():
     with torch.no_grad():
         for t in (0.0, 1.0, 3.0):
             batched = specmaskgit.guided_logits(model, tokens, cond, masked, t)
-            plain = specmaskgit.guided_logits(model, tokens, cond, masked, t, separate_passes=True, skip_zero_scale=False)
-            skipped = specmaskgit.guided_logits(model, tokens, cond, masked, t, separate_passes=True)
+            plain = benchmark.plain_guided_logits(model, tokens, cond, masked, t)
+            skipped = benchmark.plain_guided_logits(model, tokens, cond, masked, t, skip_zero_scale=True)
+            assert torch.equal(benchmark.plain_guided_logits(model, tokens, cond, masked, t, batched_cfg=True), batched)
             assert torch.allclose(batched, plain, atol=1e-4), t
             assert torch.allclose(batched, skipped, atol=1e-4), t
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = specmaskgit.Config(n_layers=2, width=64, n_heads=4, mlp=128, n_codes=32, rows=5, cols=8, cond_dim=16)
+    return specmaskgit.SpecMaskGIT(cfg).eval()
+
+
+def test_the_benchmarks_plain_variants_draw_the_same_tokens_as_generate():
+    model = small_model()
+    cond = torch.randn(2, 16)
+    calls = []
+
+    def counting_forward(*args, **kwargs):
+        calls.append(args[0].shape[0])                                # the batch of each forward pass
+        return forward(*args, **kwargs)
+    forward, model.forward = model.forward, counting_forward
+    with torch.no_grad():
+        plain = benchmark.plain_generate(model, cond, steps=4, seed=1, loop_device="cpu")
+    assert calls == [2] * 8                                           # two passes of B = 2 per step, t = 0 included
+    calls.clear()
+    fast_one = specmaskgit.generate(model, cond, steps=4, seed=1)
+    assert calls == [2] + [4] * 3                                     # l_u alone at t = 0, then one batch of 2B
+    assert torch.equal(plain, fast_one)
+
+
+def test_a_sampler_loop_on_the_host_commits_the_same_tokens():
+    model = small_model()
+    cond = torch.randn(2, 16)
+    with torch.no_grad():
+        host = benchmark.plain_generate(model, cond, steps=5, seed=4, guidance=3.0, temperature=1.5,
+                                        batched_cfg=True, skip_zero_scale=True, loop_device="cpu")
+    assert host.device.type == "cpu" and torch.equal(host, specmaskgit.generate(model, cond, steps=5, seed=4))
 
 
 def test_the_plain_sampler_with_autograd_on_draws_the_same_tokens_as_the_fast_one():

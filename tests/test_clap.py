@@ -304,7 +304,7 @@ TOY_LEN = 16384   # 0.74 s clips: short enough to train in seconds, long enough 
 
 def toy_pairs(split, n):
     """(wavs (n, T), captions, kinds) from the toy sound world (data/toyworld.py)."""
-    from data.datasets import toyworld
+    from data import toyworld
     ds = toyworld.ToyDataset(split, n, TOY_LEN)
     items = [ds[i] for i in range(n)]
     return (torch.stack([it["wav"] for it in items]), [it["caption"] for it in items],
@@ -314,7 +314,7 @@ def toy_pairs(split, n):
 def test_tiny_clap_learns_the_toy_world():
     """150 steps (about 10 s) on 256 short toy clips; then held-out clips of the 12 kinds are classified
     zero-shot from the kind names alone, and each kind name retrieves a clip of its kind."""
-    from data.datasets import toyworld
+    from data import toyworld
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # on a shared 2-core machine two threads that wait on each other run ~10x slower
     try:

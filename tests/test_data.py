@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.datasets import datasets as data
-from data.datasets import toyworld
+from data import datasets as data
+from data import toyworld
 from ground.runtime import UserError
 
 SR = 22050

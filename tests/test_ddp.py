@@ -46,11 +46,11 @@ train.batch_indices = batch_indices
 real_step = specmaskgit.Trainer.step
 def step(self, batch, s):
     if s == 0:
-        record["before"] = {k: v.clone() for k, v in self.model.module.state_dict().items()}
+        record["before"] = {k: v.clone() for k, v in self.model.state_dict().items()}
         record["batch"] = batch
     metrics = real_step(self, batch, s)
     if s == 0:
-        record["grad"] = {n: p.grad.clone() for n, p in self.model.module.named_parameters() if p.grad is not None}
+        record["grad"] = {n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}
         torch.save(record, os.path.join(dump, f"rank{rank}.pt"))
     return metrics
 specmaskgit.Trainer.step = step

@@ -5,7 +5,7 @@ import os
 import soundfile as sf
 import torch
 
-from data.datasets import toyworld
+from data import toyworld
 import pipeline
 import sample
 

@@ -9,9 +9,9 @@ import torch
 
 import evaluate
 import mel
-from evaluation import metrics
+from evaluation import ablations, clips, judges, metrics
 import pipeline
-from data.datasets import toyworld
+from data import toyworld
 from ground.runtime import UserError
 
 
@@ -28,9 +28,9 @@ def test_fad_of_a_set_with_itself_is_zero_also_with_fewer_clips_than_dimensions(
     g = torch.Generator().manual_seed(0)
     many = torch.randn(300, 16, generator=g)
     few = torch.randn(20, 64, generator=g)                              # singular covariance (rank 19)
-    assert evaluate.frechet_distance(many, many) < 1e-9
-    assert evaluate.frechet_distance(few, few) < 1e-6
-    assert evaluate.frechet_distance(few, few) < 1e-4 * evaluate.frechet_distance(few, few + 0.1)
+    assert metrics.frechet_distance(many, many) < 1e-9
+    assert metrics.frechet_distance(few, few) < 1e-6
+    assert metrics.frechet_distance(few, few) < 1e-4 * metrics.frechet_distance(few, few + 0.1)
 
 
 def test_fad_of_two_gaussians_matches_the_closed_form_for_diagonal_covariances():
@@ -39,7 +39,7 @@ def test_fad_of_two_gaussians_matches_the_closed_form_for_diagonal_covariances()
     mu_b, var_b = [1.0, 1.0, 0.0, 0.0], [9.0, 1.0, 0.25, 0.5]
     a, b = gaussian_set(500, mu_a, var_a, 1), gaussian_set(700, mu_b, var_b, 2)
     expected = sum((x - y) ** 2 for x, y in zip(mu_a, mu_b)) + sum((x ** 0.5 - y ** 0.5) ** 2 for x, y in zip(var_a, var_b))
-    assert abs(evaluate.frechet_distance(a, b) - expected) < 1e-9 * expected
+    assert abs(metrics.frechet_distance(a, b) - expected) < 1e-9 * expected
 
 
 def test_fad_matches_numpy_eigenvalues_of_the_product_for_full_covariances():
@@ -50,17 +50,17 @@ def test_fad_matches_numpy_eigenvalues_of_the_product_for_full_covariances():
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     tr_sqrt = np.sqrt(np.linalg.eigvals(s_a @ s_b).real.clip(0)).sum()
     expected = np.square(a.mean(0) - b.mean(0)).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_sqrt
-    assert abs(evaluate.frechet_distance(torch.from_numpy(a), torch.from_numpy(b)) - expected) < 1e-8 * expected
+    assert abs(metrics.frechet_distance(torch.from_numpy(a), torch.from_numpy(b)) - expected) < 1e-8 * expected
 
 
 def test_fad_is_symmetric_and_a_shift_of_the_mean_adds_its_squared_length():
     g = torch.Generator().manual_seed(4)
     a = torch.randn(40, 32, generator=g, dtype=torch.float64)
     b = torch.randn(30, 32, generator=g, dtype=torch.float64) * 1.5
-    ab, ba = evaluate.frechet_distance(a, b), evaluate.frechet_distance(b, a)
+    ab, ba = metrics.frechet_distance(a, b), metrics.frechet_distance(b, a)
     assert ab == ba                                               # symmetric by construction, on every CPU
     shift = torch.randn(32, generator=g, dtype=torch.float64)
-    assert abs(evaluate.frechet_distance(a, a + shift) - shift.square().sum().item()) < 1e-7
+    assert abs(metrics.frechet_distance(a, a + shift) - shift.square().sum().item()) < 1e-7
 
 
 def test_matrix_square_root_squared_gives_back_the_matrix():
@@ -75,15 +75,15 @@ def test_matrix_square_root_squared_gives_back_the_matrix():
 def test_clap_score_is_the_mean_cosine_of_the_pairs():
     t = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
     a = torch.tensor([[5.0, 0.0], [0.0, -1.0], [1.0, 1.0]])            # cosines 1, -1, 1/sqrt(2)
-    assert abs(evaluate.clap_score(t, a) - (1 - 1 + 2 ** -0.5) / 3) < 1e-9
+    assert abs(metrics.clap_score(t, a) - (1 - 1 + 2 ** -0.5) / 3) < 1e-9
 
 
 def test_zero_shot_picks_the_nearest_kind_and_the_counts_are_per_kind():
     kinds = torch.eye(3, 5)                                             # three kinds, 5-dim embeddings
     audio = torch.tensor([[0.9, 0.1, 0, 0, 0], [0.2, 0.1, 0.8, 0, 0], [0, 3.0, 0, 1, 1], [0.5, 0.6, 0, 0, 0]])
-    predicted = evaluate.zero_shot_kinds(audio, kinds)
+    predicted = judges.zero_shot_kinds(audio, kinds)
     assert predicted.tolist() == [0, 2, 1, 1]
-    right, total, overall = evaluate.accuracy_by_kind(predicted, torch.tensor([0, 0, 1, 1]), 3)
+    right, total, overall = judges.accuracy_by_kind(predicted, torch.tensor([0, 0, 1, 1]), 3)
     assert right == [1, 2, 0] and total == [2, 2, 0] and overall == 0.75    # kind 2 had no clip
 
 
@@ -120,16 +120,16 @@ def stub_pipeline(monkeypatch, calls: dict):
         kinds = torch.arange(len(toyworld.KINDS)).repeat(per_kind)          # another order than the generated set
         return kinds.float()[:, None].repeat(1, num_samples), kinds
 
-    monkeypatch.setattr(evaluate, "generate_clips", generate)
-    monkeypatch.setattr(evaluate, "codec_round_trip", lambda pipe, wavs: wavs)
-    monkeypatch.setattr(evaluate, "vocoder_round_trip", lambda pipe, wavs: wavs)
-    monkeypatch.setattr(evaluate, "one_step_fill", lambda pipe, wavs, prompts, **kw: calls.update(fill=kw["guidance"])
+    monkeypatch.setattr(judges, "generate_clips", generate)
+    monkeypatch.setattr(judges, "codec_round_trip", lambda pipe, wavs: wavs)
+    monkeypatch.setattr(judges, "vocoder_round_trip", lambda pipe, wavs: wavs)
+    monkeypatch.setattr(judges, "one_step_fill", lambda pipe, wavs, prompts, **kw: calls.update(fill=kw["guidance"])
                         or wavs)
-    monkeypatch.setattr(evaluate, "single_kind_clips", real_clips)
-    monkeypatch.setattr(evaluate, "train_judge", lambda **kwargs: StubJudge())
-    monkeypatch.setattr(evaluate, "mel_features", lambda wav: wav[:, :1])
-    monkeypatch.setattr(evaluate, "train_pitch_mfcc_judge", lambda **kwargs: StubJudge())
-    monkeypatch.setattr(evaluate, "waveform_features", lambda wav: wav[:, :1])
+    monkeypatch.setattr(judges, "single_kind_clips", real_clips)
+    monkeypatch.setattr(judges, "train_judge", lambda **kwargs: StubJudge())
+    monkeypatch.setattr(judges, "mel_features", lambda wav: wav[:, :1])
+    monkeypatch.setattr(judges, "train_pitch_mfcc_judge", lambda **kwargs: StubJudge())
+    monkeypatch.setattr(judges, "waveform_features", lambda wav: wav[:, :1])
     return type("Pipe", (), {"clap": StubCLAP(), "device": "cpu", "num_samples": 64})()
 
 
@@ -150,12 +150,12 @@ def assert_only_sirens_missed(r: dict, per_kind: int) -> None:
 def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypatch, capsys):
     calls = {}
     pipe = stub_pipeline(monkeypatch, calls)
-    r = evaluate.run_judges(pipe, per_kind=3, seed=0, guidance=8.0)               # evaluate.py --judges --cfg 8
+    r = judges.run_judges(pipe, per_kind=3, seed=0, guidance=8.0)               # evaluate.py --judges --cfg 8
 
     assert sorted(calls["asked"]) == sorted(toyworld.KINDS * 3) and calls["cond"] is None
     assert (calls["generated"], calls["fill"], calls["steps"], calls["temperature"]) == (8.0, 8.0, 16, 1.5)
     assert_only_sirens_missed(r, 3)
-    evaluate.print_judges(r, 3)
+    judges.print_judges(r, 3)
     table = capsys.readouterr().out
     rows = re.findall(r"^\| a siren \| 3/3 \| 3/3 \| 3/3 \| 3/3 \| 0/3 \| footsteps \|$", table, re.M)   # heard as footsteps
     assert len(rows) == 3 and "\npitch-and-MFCC judge:\n" in table                  # one table per judge
@@ -172,14 +172,14 @@ def test_judges_conditioned_on_real_clips_audio_embeddings_score_against_those_c
     calls = {}
     pipe = stub_pipeline(monkeypatch, calls)
     args = evaluate.parse_args(["--judges", "--condition", "audio", "--steps", "32", "--temperature", "4.5"])
-    r = evaluate.run_judges(pipe, 2, 0, args.steps, args.cfg, args.temperature, not args.no_cfg_ramp, args.condition)
+    r = judges.run_judges(pipe, 2, 0, args.steps, args.cfg, args.temperature, not args.no_cfg_ramp, args.condition)
 
     real_kinds = torch.arange(len(toyworld.KINDS)).repeat(2)                  # stub_pipeline's real order
     assert torch.equal(calls["cond"], torch.nn.functional.one_hot(real_kinds, len(toyworld.KINDS)).float())
     assert calls["asked"] == [toyworld.KINDS[k] for k in real_kinds]
     assert (calls["steps"], calls["temperature"]) == (32, 4.5)
     assert_only_sirens_missed(r, 2)
-    evaluate.print_judges(r, 2)
+    judges.print_judges(r, 2)
     table = capsys.readouterr().out
     assert "from the CLAP audio embedding of a real clip of the kind (32 steps, CFG ramped to 3, T 4.5)" in table
 
@@ -189,12 +189,12 @@ def test_generated_clips_are_sample_py_clips_and_a_condition_given_as_embeddings
     passing the prompts' CLAP text embeddings as `cond` changes nothing; another embedding changes the clip."""
     pipe = pipeline.load_pipeline(pipeline.DEFAULT_CKPT, verbose=False)
     prompts = ["rain on a roof", "a clock ticking"]
-    clips = evaluate.generate_clips(pipe, prompts, steps=4, seed=5)
+    made = clips.generate_clips(pipe, prompts, steps=4, seed=5)
     wav = pipeline.text_to_audio(pipe, prompts, steps=4, seed=5, verbose=False)[0]
-    assert torch.equal(clips, wav.float().cpu())
+    assert torch.equal(made, wav.float().cpu())
     text = pipe.clap.embed_text(prompts)
-    assert torch.equal(evaluate.generate_clips(pipe, prompts, steps=4, seed=5, cond=text), clips)
-    assert not torch.equal(evaluate.generate_clips(pipe, prompts, steps=4, seed=5, cond=text.flip(0)), clips)
+    assert torch.equal(clips.generate_clips(pipe, prompts, steps=4, seed=5, cond=text), made)
+    assert not torch.equal(clips.generate_clips(pipe, prompts, steps=4, seed=5, cond=text.flip(0)), made)
 
 
 def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
@@ -203,9 +203,9 @@ def test_without_cfg_means_the_conditional_logits_so_the_prompt_matters():
     pipe = pipeline.load_pipeline(pipeline.DEFAULT_CKPT, verbose=False)
 
     def clip(prompt, setting):
-        return evaluate.generate_clips(pipe, [prompt], 16, temperature=1.5, seed=0, **setting)
+        return clips.generate_clips(pipe, [prompt], 16, temperature=1.5, seed=0, **setting)
 
-    assert not torch.equal(clip("rain on a roof", evaluate.NO_CFG), clip("a dog barking", evaluate.NO_CFG))
+    assert not torch.equal(clip("rain on a roof", ablations.NO_CFG), clip("a dog barking", ablations.NO_CFG))
     unconditional = {"guidance": 0.0, "cfg_ramp": True}
     assert torch.equal(clip("rain on a roof", unconditional), clip("a dog barking", unconditional))
 
@@ -228,7 +228,7 @@ def test_nearest_centroid_on_points_with_known_centres():
     centres = torch.tensor([[0.0, 0.0, 100.0], [5.0, 0.0, 100.0], [0.0, 5.0, 300.0]])   # 3rd feature in other units
     labels = torch.arange(3).repeat_interleave(50)
     points = centres[labels] + torch.randn(150, 3, generator=g) * torch.tensor([1.0, 1.0, 20.0])
-    judge = evaluate.NearestCentroid().fit(points, labels)
+    judge = judges.NearestCentroid().fit(points, labels)
     assert torch.equal(judge.predict(centres), torch.arange(3))
     assert judge.predict(centres[2]).item() == 2                    # one vector in, one label out
     # the centroids are the class means after scaling every feature by its spread
@@ -237,10 +237,10 @@ def test_nearest_centroid_on_points_with_known_centres():
 
 
 def test_judge_tells_the_toy_kinds_apart_on_held_out_clips(tmp_path):
-    judge = evaluate.train_judge(per_kind=20)
-    wavs, kinds = evaluate.single_kind_clips("test", 10)
+    judge = judges.train_judge(per_kind=20)
+    wavs, kinds = judges.single_kind_clips("test", 10)
     assert set(kinds.tolist()) == set(range(len(toyworld.KINDS)))
-    features = evaluate.mel_features(wavs)
+    features = judges.mel_features(wavs)
     assert features.shape == (len(kinds), features.shape[1]) and torch.isfinite(features).all()
     accuracy = (judge.predict(features) == kinds).float().mean().item()
     print(f"nearest-centroid accuracy on {len(kinds)} held-out single-kind toy clips: {accuracy:.3f}")
@@ -248,14 +248,14 @@ def test_judge_tells_the_toy_kinds_apart_on_held_out_clips(tmp_path):
     # the judge travels in a checkpoint as plain tensors
     path = tmp_path / "judge.pt"
     torch.save(judge.state_dict(), path)
-    again = evaluate.NearestCentroid.from_state_dict(torch.load(path, weights_only=True))
+    again = judges.NearestCentroid.from_state_dict(torch.load(path, weights_only=True))
     assert torch.equal(again.predict(features), judge.predict(features))
-    assert torch.allclose(evaluate.mel_features(wavs[0]), features[0], atol=1e-4)
+    assert torch.allclose(judges.mel_features(wavs[0]), features[0], atol=1e-4)
 
 
 def test_judge_features_ignore_loudness():
     wav = toyworld.toy_clip(0, 1)[0]
-    assert torch.allclose(evaluate.mel_features(wav), evaluate.mel_features(0.5 * wav), atol=0.05)
+    assert torch.allclose(judges.mel_features(wav), judges.mel_features(0.5 * wav), atol=0.05)
 
 
 def test_one_step_fill_keeps_the_visible_tokens_and_fills_the_hidden_ones_with_the_guided_argmax(monkeypatch):
@@ -264,9 +264,9 @@ def test_one_step_fill_keeps_the_visible_tokens_and_fills_the_hidden_ones_with_t
     decoded = []
     monkeypatch.setattr(pipeline, "tokens_to_audio", lambda pipe, tokens: decoded.append(tokens) or (None, wavs))
     real = pipeline.audio_to_tokens(pipe, wavs)                                    # (2, 5, 16)
-    evaluate.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=0.0)
+    clips.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=0.0)
     assert torch.equal(decoded[-1], real)                                        # nothing hidden: the codec's tokens
-    evaluate.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=1.0, guidance=2.0)
+    clips.one_step_fill(pipe, wavs, ["rain on a roof", "a dog barking"], share=1.0, guidance=2.0)
     cond = pipe.clap.embed_text(["rain on a roof", "a dog barking"])
     everything = torch.ones(2, real[0].numel(), dtype=torch.bool)
     with torch.no_grad():                                                        # Eq. 2 by hand, then the argmax
@@ -279,14 +279,14 @@ def test_usual_mistake_names_the_kind_most_often_heard_instead():
     dog, siren, bell = (toyworld.KINDS.index(k) for k in ("a dog barking", "a siren", "a church bell"))
     truth = torch.tensor([dog, dog, dog, dog, siren])
     heard = torch.tensor([dog, bell, siren, bell, siren])
-    assert evaluate.usual_mistake(heard, truth, dog) == "a church bell"        # twice, against the siren's once
-    assert evaluate.usual_mistake(heard, truth, siren) == "-"                   # never mistaken
+    assert judges.usual_mistake(heard, truth, dog) == "a church bell"        # twice, against the siren's once
+    assert judges.usual_mistake(heard, truth, siren) == "-"                   # never mistaken
 
 
 def test_vocoder_round_trip_rebuilds_the_clips_own_clipped_mel_at_their_length():
     pipe = pipeline.load_pipeline(pipeline.DEFAULT_CKPT, verbose=False)            # no vocoder: Griffin-Lim
     wavs = torch.stack([toyworld.ToyDataset("test", n=2, num_samples=pipe.num_samples)[i]["wav"] for i in range(2)])
-    out = evaluate.vocoder_round_trip(pipe, wavs)
+    out = clips.vocoder_round_trip(pipe, wavs)
     assert out.shape == wavs.shape
     clipped = mel.mel_spectrogram(wavs).clamp(min=mel.DB_MIN / mel.DB_PER_NEPER,
                                               max=mel.DB_MAX / mel.DB_PER_NEPER)   # [-80, 20] dB, in nepers
@@ -304,16 +304,16 @@ SECONDS = torch.arange(mel.TOY_SAMPLES // 2, dtype=torch.float64) / mel.SR     #
 
 def test_pitch_track_finds_a_tones_f0_and_hears_a_glide_and_no_pitch_in_noise():
     f0 = torch.tensor([110.0, 440.0, 1760.0], dtype=torch.float64)[:, None]   # low, middle and high
-    track, peak = evaluate.pitch_track(torch.sin(2 * np.pi * f0 * SECONDS).float())   # (3, frames)
-    assert (track / f0 - 1).abs().max() < 0.02 and peak.min() > evaluate.VOICED    # all within 2 %, all voiced
+    track, peak = judges.pitch_track(torch.sin(2 * np.pi * f0 * SECONDS).float())   # (3, frames)
+    assert (track / f0 - 1).abs().max() < 0.02 and peak.min() > judges.VOICED    # all within 2 %, all voiced
     # a chirp from 300 to 1500 Hz: f(t) = 300 + a t, so d log2 f / dt = a / (f ln 2)
     a = 1200 / SECONDS[-1].item()
     chirp = torch.sin(2 * np.pi * (300 * SECONDS + a / 2 * SECONDS ** 2)).float()
     steady = torch.sin(2 * np.pi * 900 * SECONDS).float()
     noise = torch.randn(len(SECONDS), generator=torch.Generator().manual_seed(0))
-    glide, hold, hiss = (evaluate.waveform_features(w)[36:40] for w in (chirp, steady, noise))
+    glide, hold, hiss = (judges.waveform_features(w)[36:40] for w in (chirp, steady, noise))
     mid = 900.0                                                         # the chirp's median pitch
-    per_hop = a / (mid * np.log(2)) * evaluate.PITCH_HOP / mel.SR      # octaves per pitch hop at the median
+    per_hop = a / (mid * np.log(2)) * judges.PITCH_HOP / mel.SR      # octaves per pitch hop at the median
     assert glide[0] == 1 and hold[0] == 1                               # both voiced throughout
     assert abs(glide[3] - per_hop) < 0.2 * per_hop and hold[3] < 0.1 * per_hop
     assert abs(hold[1] - np.log2(900 / 1000)) < 0.01 and abs(glide[1] - np.log2(mid / 1000)) < 0.05
@@ -321,65 +321,65 @@ def test_pitch_track_finds_a_tones_f0_and_hears_a_glide_and_no_pitch_in_noise():
 
 
 def test_dct_matrix_is_the_orthonormal_dct_ii_summed_by_hand():
-    x = np.random.default_rng(0).standard_normal(evaluate.N_BANDS)
-    n = np.arange(evaluate.N_BANDS)
+    x = np.random.default_rng(0).standard_normal(judges.N_BANDS)
+    n = np.arange(judges.N_BANDS)
     by_hand = [np.sqrt((1 if k == 0 else 2) / len(x)) * np.sum(x * np.cos(np.pi * k * (2 * n + 1) / (2 * len(x))))
-               for k in range(evaluate.N_MFCC)]
-    assert np.allclose(evaluate.dct_matrix().double().numpy() @ x, by_hand, atol=1e-5)
-    full = evaluate.dct_matrix(evaluate.N_BANDS, evaluate.N_BANDS)
-    assert torch.allclose(full @ full.T, torch.eye(evaluate.N_BANDS), atol=1e-5)   # orthonormal
+               for k in range(judges.N_MFCC)]
+    assert np.allclose(judges.dct_matrix().double().numpy() @ x, by_hand, atol=1e-5)
+    full = judges.dct_matrix(judges.N_BANDS, judges.N_BANDS)
+    assert torch.allclose(full @ full.T, torch.eye(judges.N_BANDS), atol=1e-5)   # orthonormal
 
 
 def test_filterbank_ignores_everything_above_8_khz_and_covers_the_band_below():
-    bank = evaluate.triangular_filterbank()                             # (40, 513)
-    hz = torch.fft.rfftfreq(evaluate.FEATURE_FFT, 1 / mel.SR)
-    assert bank[:, hz > evaluate.FEATURE_FMAX].abs().max() == 0
+    bank = judges.triangular_filterbank()                             # (40, 513)
+    hz = torch.fft.rfftfreq(judges.FEATURE_FFT, 1 / mel.SR)
+    assert bank[:, hz > judges.FEATURE_FMAX].abs().max() == 0
     first, last = hz[bank[0].argmax()], hz[bank[-1].argmax()]          # the outermost bands' peaks
     inside = (hz > first) & (hz < last)
     assert torch.allclose(bank[:, inside].sum(0), torch.ones(int(inside.sum())), atol=1e-5)   # triangles overlap to 1
 
 
 def test_waveform_features_ignore_level_and_what_lies_above_8_khz():
-    wav = evaluate.single_kind_clips("test", 1, num_samples=mel.TOY_SAMPLES // 2)[0][:3]   # rain, dog, birds
-    feats = evaluate.waveform_features(wav)
+    wav = judges.single_kind_clips("test", 1, num_samples=mel.TOY_SAMPLES // 2)[0][:3]   # rain, dog, birds
+    feats = judges.waveform_features(wav)
     assert feats.shape == (3, 44) and torch.isfinite(feats).all()
-    assert torch.allclose(evaluate.waveform_features(0.1 * wav), feats, atol=1e-3)
+    assert torch.allclose(judges.waveform_features(0.1 * wav), feats, atol=1e-3)
     hz = torch.fft.rfftfreq(wav.shape[-1], 1 / mel.SR)
     hiss = torch.fft.irfft(torch.randn(len(hz), generator=torch.Generator().manual_seed(1)) * (hz > 9000), n=wav.shape[-1])
-    assert torch.allclose(evaluate.waveform_features(wav + 0.5 * hiss / hiss.std()), feats, atol=1e-3)
-    assert torch.allclose(evaluate.waveform_features(wav[1]), feats[1], atol=1e-4)   # one clip in, one row out
+    assert torch.allclose(judges.waveform_features(wav + 0.5 * hiss / hiss.std()), feats, atol=1e-3)
+    assert torch.allclose(judges.waveform_features(wav[1]), feats[1], atol=1e-4)   # one clip in, one row out
 
 
 def test_envelope_rhythm_finds_the_period_of_a_click_train_and_none_in_steady_noise():
     g = torch.Generator().manual_seed(2)
     noise = torch.randn(2, len(SECONDS), generator=g)
     beat = ((SECONDS % 0.5) < 0.03).float()                             # a 30 ms burst every 0.5 s
-    rhythm = evaluate.envelope_rhythm(noise * torch.stack([beat, torch.ones_like(beat)]))
+    rhythm = judges.envelope_rhythm(noise * torch.stack([beat, torch.ones_like(beat)]))
     assert rhythm[0, 0] > 0.5 and abs(10 ** rhythm[0, 1].item() - 0.5) < 0.02   # repeats strongly, every 0.5 s
     assert rhythm[1, 0] < 0.3 * rhythm[0, 0]                            # steady noise: no repetition stands out
 
 def test_k_nearest_votes_by_majority_and_breaks_ties_by_the_nearest():
     points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0], [11.0, 10.0], [10.0, 11.0]])
     labels = torch.tensor([7, 7, 7, 3, 3, 3])                           # class ids need not be 0..K-1
-    judge = evaluate.KNearest(k=3).fit(points, labels)
+    judge = judges.KNearest(k=3).fit(points, labels)
     assert judge.predict(torch.tensor([[0.5, 0.5], [10.5, 10.5], [4.0, 4.0]])).tolist() == [7, 3, 7]
     assert judge.predict(torch.tensor([10.0, 9.0])).item() == 3         # one vector in, one label out
     # k = 2 between one point of each class: a 1-1 tie, won by the nearer one
-    two = evaluate.KNearest(k=2).fit(torch.tensor([[0.0], [1.0], [5.0]]), torch.tensor([1, 2, 2]))
+    two = judges.KNearest(k=2).fit(torch.tensor([[0.0], [1.0], [5.0]]), torch.tensor([1, 2, 2]))
     assert two.predict(torch.tensor([[0.4], [0.6]])).tolist() == [1, 2]
     # features are scaled by the training spread: the 2nd feature's large units do not decide alone
-    wide = evaluate.KNearest(k=1).fit(torch.tensor([[0.0, 0.0], [1.0, 1000.0]]), torch.tensor([0, 1]))
+    wide = judges.KNearest(k=1).fit(torch.tensor([[0.0, 0.0], [1.0, 1000.0]]), torch.tensor([0, 1]))
     assert wide.predict(torch.tensor([0.9, 400.0])).item() == 1         # 0.9 of the way in x, 0.4 in y
 
 
 def test_pitch_mfcc_judge_tells_the_toy_kinds_apart_and_travels_in_a_checkpoint(tmp_path):
     n = mel.TOY_SAMPLES // 2                                            # 1.5 s clips keep the test fast
-    judge = evaluate.train_pitch_mfcc_judge(per_kind=12, num_samples=n, seed=1)
-    wavs, kinds = evaluate.single_kind_clips("test", 6, num_samples=n, seed=0)
-    features = evaluate.waveform_features(wavs)
+    judge = judges.train_pitch_mfcc_judge(per_kind=12, num_samples=n, seed=1)
+    wavs, kinds = judges.single_kind_clips("test", 6, num_samples=n, seed=0)
+    features = judges.waveform_features(wavs)
     accuracy = (judge.predict(features) == kinds).float().mean().item()
     assert accuracy > 0.85                                              # chance is 1/12 = 0.083
     path = tmp_path / "judge.pt"
     torch.save(judge.state_dict(), path)
-    again = evaluate.KNearest.from_state_dict(torch.load(path, weights_only=True))
+    again = judges.KNearest.from_state_dict(torch.load(path, weights_only=True))
     assert again.k == 5 and torch.equal(again.predict(features), judge.predict(features))

@@ -28,31 +28,6 @@ def test_graphed_transformer_falls_back_to_the_same_logits_and_tokens_on_a_cpu()
     assert torch.equal(specmaskgit.generate(graphed, cond, steps=4, seed=2), specmaskgit.generate(model, cond, steps=4, seed=2))
 
 
-def test_the_benchmarks_plain_variants_pass_through_generate_and_draw_the_same_tokens():
-    model = small_model()
-    cond = torch.randn(2, 16)
-    calls = []
-
-    def counting_forward(*args, **kwargs):
-        calls.append(args[0].shape[0])                                # the batch of each forward pass
-        return forward(*args, **kwargs)
-    forward, model.forward = model.forward, counting_forward
-    plain = specmaskgit.generate(model, cond, steps=4, seed=1, loop_device="cpu",
-                                 guide_options={"separate_passes": True, "skip_zero_scale": False})
-    assert calls == [2] * 8                                           # two passes of B = 2 per step, t = 0 included
-    calls.clear()
-    fast_one = specmaskgit.generate(model, cond, steps=4, seed=1)
-    assert calls == [2] + [4] * 3                                     # l_u alone at t = 0, then one batch of 2B
-    assert torch.equal(plain, fast_one)
-
-
-def test_a_sampler_loop_on_the_host_commits_the_same_tokens():
-    model = small_model()
-    cond = torch.randn(2, 16)
-    host = specmaskgit.generate(model, cond, steps=5, seed=4, loop_device="cpu")
-    assert host.device.type == "cpu" and torch.equal(host, specmaskgit.generate(model, cond, steps=5, seed=4))
-
-
 def fake_timer(rates):
     calls = []
 

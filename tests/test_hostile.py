@@ -21,12 +21,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.datasets import datasets as data
+from data import datasets as data
 from speed import fast
 import mel
 from ground import audio_io
 import pipeline
 from ground import runtime
+from ground import sample_edges
 import sample
 import train
 from training import edges as training_edges
@@ -102,8 +103,8 @@ def test_a_dangling_symlink_at_an_output_name_is_never_replaced(bundle, tmp_path
 
 def test_output_names_are_claimed_when_chosen(tmp_path):
     """Two runs choosing names in one folder before either has written: they get different names."""
-    first = sample.output_names(str(tmp_path), ["rain", "rain"], (".wav", ".png"))
-    second = sample.output_names(str(tmp_path), ["rain"], (".wav",))
+    first = sample_edges.output_names(str(tmp_path), ["rain", "rain"], (".wav", ".png"))
+    second = sample_edges.output_names(str(tmp_path), ["rain"], (".wav",))
     assert len({names[".wav"] for names in first + second}) == 3
     assert sorted(os.listdir(tmp_path)) == ["rain-2.png", "rain-2.wav", "rain-3.wav", "rain.png", "rain.wav"]
 

@@ -23,7 +23,7 @@ import mel
 import pipeline
 import sample
 import specmaskgit
-from data.datasets import toyworld
+from data import toyworld
 import vocoder
 import vqgan
 from ground.runtime import save_checkpoint

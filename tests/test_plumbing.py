@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import clap
-from data.datasets import datasets as data
+from data import datasets as data
 from speed import fast
 import mel
 import specmaskgit

@@ -13,7 +13,7 @@ import torch
 
 import evaluate
 import mel
-from evaluation import metrics
+from evaluation import curve, judges, metrics, probe, reconstruction
 
 
 def tagged_features(n, informative, seed):
@@ -28,7 +28,7 @@ def tagged_features(n, informative, seed):
 
 def test_the_probe_learns_tags_that_the_features_carry():
     (xa, ya), (xb, yb) = tagged_features(200, True, 0), tagged_features(100, True, 1)
-    got = evaluate.probe_scores(xa, ya, xb, yb, seeds=[0])
+    got = probe.probe_scores(xa, ya, xb, yb, seeds=[0])
     assert got["roc_auc"][0] > 0.9 and got["map"][0] > 0.8
 
 
@@ -39,9 +39,9 @@ def test_shuffled_training_labels_give_chance_roc_auc_on_the_test_clips():
     aucs = []
     for s in range(4):
         shuffled = ya[torch.randperm(len(ya), generator=torch.Generator().manual_seed(s))]
-        aucs += evaluate.probe_scores(xa, shuffled, xb, yb, seeds=[0])["roc_auc"]
+        aucs += probe.probe_scores(xa, shuffled, xb, yb, seeds=[0])["roc_auc"]
     assert abs(sum(aucs) / len(aucs) - 0.5) < 0.06
-    assert evaluate.probe_scores(xa, ya, xb, yb, seeds=[0])["roc_auc"][0] > 0.9   # the same data, labels kept
+    assert probe.probe_scores(xa, ya, xb, yb, seeds=[0])["roc_auc"][0] > 0.9   # the same data, labels kept
 
 
 def test_the_probe_is_scored_on_clips_it_never_saw():
@@ -49,12 +49,12 @@ def test_the_probe_is_scored_on_clips_it_never_saw():
     # scored on the clips it learnt from would look good; on the held-out clips it must be at chance.
     (xa, ya), (xb, yb) = tagged_features(40, False, 0), tagged_features(200, False, 1)
     xa, xb = torch.randn(40, 64), torch.randn(200, 64)
-    assert evaluate.probe_scores(xa, ya, xa, ya, seeds=[0])["roc_auc"][0] > 0.9
-    assert abs(evaluate.probe_scores(xa, ya, xb, yb, seeds=[0])["roc_auc"][0] - 0.5) < 0.1
+    assert probe.probe_scores(xa, ya, xa, ya, seeds=[0])["roc_auc"][0] > 0.9
+    assert abs(probe.probe_scores(xa, ya, xb, yb, seeds=[0])["roc_auc"][0] - 0.5) < 0.1
 
 
 def test_the_toy_tagging_set_carries_both_kinds_of_a_mixture():
-    wavs, labels = evaluate.toy_tagging_set("test", 24, 4096)
+    wavs, labels = probe.toy_tagging_set("test", 24, 4096)
     assert wavs.shape == (24, 4096) and set(labels.sum(1).tolist()) <= {1.0, 2.0}
     assert (labels.sum(1) == 2).any()                                    # some clips mix two kinds
     assert all(labels[i, i % 12] == 1 for i in range(24))                # the first kind cycles with the index
@@ -97,7 +97,7 @@ def test_a_magnatagatune_like_table_is_read_with_its_columns():
             f.write("clip_id\tguitar\tpiano\tmp3_path\n")
             for i in range(8):
                 f.write(f"{i}\t{i % 2}\t{int(i < 3)}\t0/clip{i}.wav\n")
-        paths, labels, is_test, tags = evaluate.read_tag_table(d, path)
+        paths, labels, is_test, tags = probe.read_tag_table(d, path)
     assert tags == ["guitar", "piano"] and labels.shape == (8, 2)
     assert paths[3] == os.path.join(d, "0/clip3.wav") and labels[3].tolist() == [1.0, 0.0]
     assert is_test.tolist() == [False, False, False, True] * 2          # no split column: every fourth file
@@ -111,29 +111,29 @@ def test_a_tag_that_is_not_0_or_1_is_one_sentence(tmp_path, capsys):
 
 
 def test_the_latent_rate_of_both_presets_is_the_papers_27_hz():
-    assert evaluate.latent_rate(5, 53, 217088) == pytest.approx(26.9, abs=0.05)   # 265 tokens / 9.845 s
-    assert evaluate.latent_rate(5, 16, 65536) == pytest.approx(26.9, abs=0.05)    # the toy: 80 / 2.97 s
+    assert reconstruction.latent_rate(5, 53, 217088) == pytest.approx(26.9, abs=0.05)   # 265 tokens / 9.845 s
+    assert reconstruction.latent_rate(5, 16, 65536) == pytest.approx(26.9, abs=0.05)    # the toy: 80 / 2.97 s
 
 
 def test_reconstruction_fad_is_measured_against_the_clips_that_went_in(monkeypatch):
     # Stages that change nothing must score FAD 0 and FID 0: that holds only if the reference is the very
     # clips that went through them. Generated clips that are the other real set score the floor.
-    monkeypatch.setattr(evaluate, "vocoder_round_trip", lambda pipe, w: w.clone())
-    monkeypatch.setattr(evaluate, "codec_round_trip", lambda pipe, w: w.clone())
+    monkeypatch.setattr(reconstruction, "vocoder_round_trip", lambda pipe, w: w.clone())
+    monkeypatch.setattr(reconstruction, "codec_round_trip", lambda pipe, w: w.clone())
     other = {}
 
     def fake_generate(pipe, captions, seed=0):
         return other["wavs"]
-    monkeypatch.setattr(evaluate, "generate_clips", fake_generate)
+    monkeypatch.setattr(reconstruction, "generate_clips", fake_generate)
     transformer = types.SimpleNamespace(cfg=types.SimpleNamespace(rows=5, cols=4))     # 16384 samples of 16 x 16 tokens
     pipe = types.SimpleNamespace(num_samples=16384, vocoder=None, transformer=transformer)
-    real_val = evaluate.toyworld.ToyDataset("val", n=8, num_samples=16384)
+    real_val = reconstruction.toyworld.ToyDataset("val", n=8, num_samples=16384)
     other["wavs"] = torch.stack([real_val[i]["wav"] for i in range(8)])
 
     def embed(w):
         m = mel.mel_spectrogram(w)
         return torch.cat([m.mean(-1), m.std(-1)], 1)
-    r = evaluate.run_reconstruction(pipe, embed, n=8, seed=0)
+    r = reconstruction.run_reconstruction(pipe, embed, n=8, seed=0)
     sets = list(r["sets"].values())
     floor, vocoder, codec, generated = sets
     assert vocoder[0] == pytest.approx(0, abs=1e-6) and codec[0] == pytest.approx(0, abs=1e-6)
@@ -155,9 +155,9 @@ def test_the_curve_reads_the_eval_rows_and_stops_at_the_earliest_lowest_fad(tmp_
                          {"step": 30, "eval_fad": 0.9, "eval_clap_score": 0.3},
                          {"step": 30, "eval_fad": 0.4, "eval_clap_score": 0.3},   # a resumed run's row replaces it
                          '{"step": 40, "eval_f'])                                 # cut by a kill
-    curve = evaluate.read_curve(str(tmp_path))
-    assert [s for s, _, _ in curve] == [0, 10, 20, 30] and curve[-1][1] == 0.4
-    assert evaluate.early_stop(curve) == (10, 0.3)
+    rows = curve.read_curve(str(tmp_path))
+    assert [s for s, _, _ in rows] == [0, 10, 20, 30] and rows[-1][1] == 0.4
+    assert curve.early_stop(rows) == (10, 0.3)
     assert evaluate.main(["--curve", str(tmp_path)]) == 0
     assert "Early stop: step 10" in capsys.readouterr().out
     with open(tmp_path / "fad_curve.png", "rb") as f:
@@ -171,8 +171,8 @@ def test_a_curve_without_eval_rows_is_one_sentence(tmp_path, capsys):
 
 
 def test_the_kind_classifier_of_is_and_fid_recognises_real_clips():
-    classify = evaluate.train_kind_classifier(per_kind=10, num_samples=16384)
-    wavs, kinds = evaluate.single_kind_clips("test", 3, num_samples=16384)
+    classify = reconstruction.train_kind_classifier(per_kind=10, num_samples=16384)
+    wavs, kinds = judges.single_kind_clips("test", 3, num_samples=16384)
     probs, features = classify(wavs)
     assert (probs.argmax(1) == kinds).float().mean() > 0.6
     assert metrics.inception_score(probs) > 4                                  # 12 kinds, mostly told apart

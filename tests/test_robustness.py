@@ -25,7 +25,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.datasets import toyworld
+from data import toyworld
 import mel
 from ground import audio_io
 import pipeline

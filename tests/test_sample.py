@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 
 import clap
-from data.datasets import toyworld
+from data import toyworld
 import mel
 from ground import audio_io
 import pipeline

@@ -110,14 +110,27 @@ def test_conditional_mask_shows_the_condition_at_masked_positions():
         torch.testing.assert_close(x[0, -1], model.cond_proj(cond)[0] + model.cond_pos)   # the CLAP token
 
 
+def generate_with_order(model, cond, **options):
+    """generate's tokens and the step that committed each position (-1 = known), read from on_step's
+    `committed`, as pipeline.sample_tokens reads it."""
+    grid = model.cfg.rows, model.cfg.cols
+    order = {}
+
+    def on_step(info):
+        order.setdefault("steps", torch.full_like(info["committed"], -1, dtype=torch.long))
+        order["steps"].masked_fill_(info["committed"], info["step"])
+    tokens = smg.generate(model, cond, on_step=on_step, **options)
+    return tokens, order["steps"].view(-1, *grid)
+
+
 def test_known_positions_come_back_unchanged():
     model = small_model()
     known_tokens = torch.randint(0, 32, (2, 5, 8))
     known_mask = torch.zeros(2, 5, 8, dtype=torch.bool)
     known_mask[:, :, :3] = True
     known_mask[:, 4, :] = True
-    out, order = smg.generate(model, torch.randn(2, 16), steps=6, known_tokens=known_tokens, known_mask=known_mask,
-                              seed=0, record_order=True)
+    out, order = generate_with_order(model, torch.randn(2, 16), steps=6, known_tokens=known_tokens,
+                                     known_mask=known_mask, seed=0)
     assert torch.equal(out[known_mask], known_tokens[known_mask])
     assert (order[known_mask] == -1).all() and (order[~known_mask] >= 0).all()
 
@@ -140,7 +153,7 @@ def test_same_seed_same_output_different_seed_different_output():
 
 def test_every_position_is_committed_on_the_schedule():
     model = small_model()
-    _, order = smg.generate(model, torch.randn(1, 16), steps=8, seed=0, record_order=True)
+    _, order = generate_with_order(model, torch.randn(1, 16), steps=8, seed=0)
     counts = torch.bincount(order.flatten(), minlength=8)
     remaining = [40 - int(counts[:s + 1].sum()) for s in range(8)]
     assert remaining == [smg.mask_schedule(s, 8, 40) for s in range(8)]

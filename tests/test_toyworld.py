@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from data.datasets import toyworld
+from data import toyworld
 from ground.runtime import UserError
 
 SR = 22050

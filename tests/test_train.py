@@ -98,7 +98,7 @@ def test_tokens_8_frames_wide_give_the_transformer_twice_the_columns_end_to_end(
 
 def test_the_vocoder_is_measured_against_griffin_lim_on_held_out_clips(toy_run):
     """Both reconstruct from the 0-8 kHz input mel; the L1 is measured on HiFiGAN's loss mel (vocoder.loss_mel)."""
-    from data.datasets import datasets as data
+    from data import datasets as data
     import mel
     import vocoder
     heldout = load_checkpoint(str(toy_run / "vocoder.pt"), "vocoder")["heldout_mel_l1"]
@@ -328,7 +328,7 @@ class OneWeightTrainer:
         size: int = 3
 
     def __init__(self, own_schedule=False):
-        self.cfg, self.ddp_modules, self.start_step = self.Config(), [], 0
+        self.cfg, self.step_modules, self.start_step = self.Config(), {}, 0
         self.w = torch.nn.Parameter(torch.ones(3))
         self.optimizers = [torch.optim.SGD([self.w], lr=0.1)]
         self.lrs, self.reads = [], []
@@ -464,7 +464,7 @@ def test_eval_every_logs_held_out_fad_computed_against_the_val_clips(toy_run, tm
     from formats import clap_format
     from formats import hifigan_format
     from evaluation import metrics
-    from data.datasets import toyworld
+    from data import toyworld
     import vqgan
     out = tmp_path / "ft"
     assert train.main(TOY + ["--stage", "transformer", "--init-from", str(toy_run / "transformer.pt"), "--out", str(out),

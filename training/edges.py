@@ -368,9 +368,8 @@ def set_rng_state(state: dict) -> None:
 # ===================================================================================================
 
 class Replicated(torch.nn.parallel.DistributedDataParallel):
-    """DistributedDataParallel that reads like the module it wraps: its attributes (cfg, submodules) and
-    its state_dict / load_state_dict are the module's, so a Trainer's code and its checkpoints are the
-    same with one process or many. The one place where the project unwraps DDP."""
+    """DistributedDataParallel that reads like the module it wraps: its attributes (cfg, submodules) are the
+    module's, so a Trainer's step can hand it to code that reads them (specmaskgit.masked_loss reads cfg)."""
 
     def __getattr__(self, name):
         try:
@@ -378,26 +377,30 @@ class Replicated(torch.nn.parallel.DistributedDataParallel):
         except AttributeError:
             return getattr(self.module, name)
 
-    def state_dict(self, *args, **kwargs):
-        return self.module.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, *args, **kwargs):
-        return self.module.load_state_dict(*args, **kwargs)
+def wrap_ddp(trainer, device: str, rank: int, world: int) -> None:
+    """Under torchrun, give a Trainer what its processes share; with one process nothing changes.
 
-
-def bare(module: torch.nn.Module) -> torch.nn.Module:
-    """The module itself, out of its Replicated wrapper (for what one process does alone)."""
-    return module.module if isinstance(module, Replicated) else module
-
-
-def wrap_ddp(trainer, device: str, world: int) -> None:
-    """Wrap each module named in `trainer.ddp_modules` in DistributedDataParallel (Replicated): it
-    broadcasts rank 0's weights at the start and averages the gradients of all processes in backward."""
+    - Each module in `trainer.step_modules` (what its step calls for the passes that learn) is replaced there
+      by DistributedDataParallel (Replicated): it broadcasts rank 0's weights at the start and averages the
+      gradients of all processes in backward. The Trainer's own attributes (trainer.model, ...) stay the
+      modules themselves: what one process runs alone (the VQGAN's preview, the held-out evaluation), what
+      needs no gradient sync (the VQGAN discriminator's verdict on the generator), and the checkpoints.
+    - A VQGAN's codebook upkeep (`trainer.codebook_sync`) sums the picks of every process and takes rank
+      0's new codes, so every copy of the codebook stays equal.
+    - The transformer's masks (`trainer.mask_streams`, `trainer.mask_stream`): step s of rank r is seeded
+      s * world + r, so the processes draw different masks and --resume replays them.
+    """
     if world == 1:
         return
+    import torch.distributed as dist
     ids = [torch.device(device).index] if device.startswith("cuda") else None
-    for name in trainer.ddp_modules:
-        setattr(trainer, name, Replicated(getattr(trainer, name), device_ids=ids))
+    for name, module in list(trainer.step_modules.items()):
+        trainer.step_modules[name] = Replicated(module, device_ids=ids)
+    if hasattr(trainer, "codebook_sync"):
+        trainer.codebook_sync = dict(all_reduce=dist.all_reduce, broadcast=lambda t: dist.broadcast(t, src=0))
+    if hasattr(trainer, "mask_stream"):
+        trainer.mask_streams, trainer.mask_stream = world, rank
 
 
 # ===================================================================================================
@@ -520,7 +523,7 @@ def heldout_evaluator(args, device, trainer):
     @torch.inference_mode()
     def evaluate(step: int) -> dict:
         rng = torch.get_rng_state()
-        model = bare(trainer.model)                                             # rank 0 alone: no DDP forward
+        model = trainer.model                                                   # the module itself: rank 0 alone
         was_training = model.training
         model.eval()
         tokens = specmaskgit.generate(model, text_emb.to(device), seed=args.seed)   # (N, rows, cols)
