@@ -41,7 +41,7 @@ This file is the command: its flags, and the order the tables run in. Each evalu
   probe.py           Table 8, the linear probe (--probe)
   reconstruction.py  Table 3, reconstruction FAD, IS and FID (--reconstruction)
   curve.py           Fig. 8, FAD against training steps (--curve)
-  metrics.py         FAD, CLAP score, ROC-AUC, mAP and IS themselves
+  evaluation/metrics.py         FAD, CLAP score, ROC-AUC, mAP and IS themselves
 """
 
 import argparse

@@ -88,17 +88,26 @@ def span_mask(B: int, n: int, cfg: specmaskgit.Config, generator=None, device="c
     (specmaskgit.mask_ratios), the number of spans whose expected coverage is that ratio
     (spans_for_ratio), that many distinct start places, and each start masks span_len columns.
     Spans may overlap or touch, so a masked run is span_len long or longer. Same signature as
-    specmaskgit.sample_mask, so specmaskgit.Trainer(draw_mask=span_mask) trains with it."""
+    specmaskgit.sample_mask, so specmaskgit.Trainer(draw_mask=span_mask) trains with it.
+
+    The ratios and span counts are drawn on the host from `generator` (a CPU one), B numbers copied over
+    without waiting; the places are drawn and the mask is built on `device`, by a generator there seeded
+    from `generator`, so a seeded step draws the same mask again and no (B, n) tensor crosses to the device."""
     R, C, L = cfg.rows, cfg.cols, cfg.span_len
     assert n == R * C and 1 <= L <= C, "span masks need the grid of the config"
-    u = spans_for_ratio(specmaskgit.mask_ratios(B, cfg, generator), R, C, L, generator)  # (B,)
+    u = spans_for_ratio(specmaskgit.mask_ratios(B, cfg, generator), R, C, L, generator)  # (B,) on the host
+    u = u.to(device, non_blocking=True)
+    on_device = None
+    if generator is not None:                                                   # its seed is read on the host
+        on_device = torch.Generator(device).manual_seed(int(torch.randint(2**62, (), generator=generator)))
     places = R * (C - L + 1)                                                    # where a whole span fits
-    rank = torch.rand(B, places, generator=generator).argsort(dim=1).argsort(dim=1)     # a random order per sample
+    keys = torch.rand(B, places, generator=on_device, device=device)            # (B, places)
+    rank = keys.argsort(dim=1).argsort(dim=1)                                   # a random order per sample
     starts = (rank < u[:, None]).view(B, R, C - L + 1)                          # (B, R, C - L + 1)
-    mask = torch.zeros(B, R, C, dtype=torch.bool)
+    mask = torch.zeros(B, R, C, dtype=torch.bool, device=device)
     for offset in range(L):                                                     # each start covers L columns
         mask[:, :, offset:offset + C - L + 1] |= starts
-    return mask.view(B, n).to(device)
+    return mask.view(B, n)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,6 +257,9 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
     Known positions (inpainting) are never masked nor re-drawn; rows of later phases stay masked meanwhile.
     span_len None: the model's training span (cfg.span_len). context k: restricted attention (Sec. 3.2).
     on_step gets the same record as specmaskgit.generate's (decoding_page.step_record reads it).
+    The loop stays on the model's device, as specmaskgit.generate's does: which phases run is settled before
+    it starts, the per-sample span counts are kept there, and nothing is read back while it runs but for
+    on_step's two numbers (one copy per step, made only when there is a hook).
     """
     c = model.cfg
     R, C, n = c.rows, c.cols, c.rows * c.cols
@@ -262,8 +274,19 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
     order = torch.full((B, n), -1, dtype=torch.long, device=device)
     attn_mask = None if context is None else context_mask(R, C, context, device)
     ids = span_ids(R, C, L, device)                                           # (n,)
-    n_spans = int(ids.max()) + 1
+    index = ids.expand(B, -1)                                                 # (B, n) each position's span
+    n_spans = R * -(-C // L)                                                  # span_ids' count: rows x ceil(C / L)
     row_of, col_of = torch.arange(n, device=device) // C, torch.arange(n, device=device) % C
+    phases = [torch.ones(n, dtype=torch.bool, device=device)] if len(row_steps) == 1 else \
+             [row_of == r for r in range(R)]
+    # A phase with nothing to draw in any sample (inpainting a whole row) is skipped. The prefix decides all
+    # of its columns, so what a phase will find masked is known now: one read before the loop, none in it,
+    # and none at all without known tokens (text to audio), where every phase has work.
+    if known_tokens is None:
+        has_work = [True] * len(phases)
+    else:
+        unknown = masked & (col_of >= prefix_cols)                            # (B, n) left after the prefix
+        has_work = torch.stack([(unknown & in_phase).any() for in_phase in phases]).tolist()
     total = prefix_cols + sum(row_steps)
     step = 0
 
@@ -283,10 +306,11 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
         return drawn, p_self, conf
 
     def report(committed, p_self, scale, temp):
-        if on_step is not None:
-            on_step(dict(step=step, steps=total, n_masked=int(masked.sum()), committed=committed, masked=masked,
+        if on_step is not None:                                               # its two numbers in one copy
+            n_masked, cfg_scale = torch.stack([masked.sum().float(), scale.mean()]).tolist()
+            on_step(dict(step=step, steps=total, n_masked=int(n_masked), committed=committed, masked=masked,
                          known=known, belief=tokens, logp_drawn=p_self.clamp_min(1e-30).log(),
-                         cfg_scale=float(scale.mean()), temperature=temp, schedule="MAGNeT's span schedule"))
+                         cfg_scale=cfg_scale, temperature=temp, schedule="MAGNeT's span schedule"))
 
     # 1. the hybrid's prefix, one column per pass
     for col in range(prefix_cols):
@@ -301,28 +325,30 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
         step += 1
 
     # 2. the rest in parallel: one phase per row (or all rows in one phase)
-    phases = [torch.ones(n, dtype=torch.bool, device=device)] if len(row_steps) == 1 else \
-             [row_of == r for r in range(R)]
-    for in_phase, S in zip(phases, row_steps):
+    for in_phase, S, work in zip(phases, row_steps, has_work):
+        if not work:
+            continue
         todo = masked & in_phase                                              # (B, n) positions of this phase
-        span_todo = torch.zeros(B, n_spans, dtype=torch.bool, device=device).scatter_reduce(
-            1, ids.expand(B, -1), todo, "amax")                               # (B, n_spans) spans with work
-        n_b = span_todo.sum(1).tolist()                                       # spans per sample
-        span_masked = span_todo.clone()
+        per_span = torch.zeros(B, n_spans, dtype=torch.long, device=device)
+        per_span.scatter_add_(1, index, todo.long())                          # (B, n_spans) positions to draw
+        span_masked = per_span > 0                                            # (B, n_spans) spans with work
+        n_b = span_masked.sum(1)                                              # (B,) spans per sample
+        # no step finds the phase done early: a sample with work keeps >= 1 span masked until the last step
         for s in range(S):
-            if not span_masked.any():
-                break
-            now = todo & span_masked.gather(1, ids.expand(B, -1))            # (B, n) masked positions of the phase
-            gamma = torch.tensor([masked_share(s, S) for _ in range(B)], device=device)
+            now = todo & span_masked.gather(1, index)                         # (B, n) masked positions of the phase
+            gamma = torch.full((B,), masked_share(s, S), device=device)       # one share for every sample: (B,)
             scale = guidance[0] * gamma + guidance[1] * (1 - gamma)           # guidance_scale, per sample
             temp = temperature(s, S, temperature_start)
             drawn, p_self, conf = draw(now, scale, temp)
             score = span_confidence(conf, ids, now, n_spans, scoring)         # (B, n_spans)
             score = score.masked_fill(~span_masked, float("inf"))             # committed spans stay committed
-            keep = torch.tensor([spans_masked(s + 1, S, u) if s < S - 1 and u else 0 for u in n_b], device=device)
+            if s < S - 1:                                                     # spans_masked(s + 1, S, u) of each u
+                keep = torch.minimum(n_b, (masked_share(s + 1, S) * n_b.double()).long().clamp(min=1))   # (B,)
+            else:
+                keep = torch.zeros_like(n_b)                                  # the last step commits them all
             rank = score.argsort(dim=1).argsort(dim=1)                        # 0 = least confident span
             span_masked = span_masked & (rank < keep[:, None])
-            committed = now & ~span_masked.gather(1, ids.expand(B, -1))
+            committed = now & ~span_masked.gather(1, index)
             tokens = torch.where(now, drawn, tokens)                          # beliefs at still-masked positions
             masked = masked & ~committed
             todo = todo & ~committed

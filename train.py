@@ -197,17 +197,10 @@ def stage_hparams(stage, args, world=1):
 
 
 def training_dtype(args, device: str, verbose: bool = True) -> torch.dtype:
-    """The autocast dtype. fp16 is refused: its small range makes gradients underflow to zero unless the
-    loss is scaled (a GradScaler), which this loop does not do; bf16 has fp32's range and needs none.
-    The tiny preset trains in fp32 on every machine unless --dtype says otherwise, so that the toy recipe
-    writes the same model on every CPU kind (bf16 rounding changes what its steps learn)."""
-    if args.dtype == "fp16":
-        raise UserError("--dtype fp16 cannot train here: without loss scaling its gradients underflow; use bf16 or fp32.")
-    if args.preset == "tiny" and args.dtype in (None, "auto"):
-        if verbose:
-            print(f"compute dtype: float32 on {device} (the tiny preset trains in fp32 everywhere)")
-        return torch.float32
-    return native_dtype(device.split(":")[0], args.dtype, verbose)
+    """The autocast dtype for --preset and --dtype on `device` (runtime.training_dtype: fp16 refused, the
+    tiny preset in fp32 everywhere, then bf16 where the device has it natively)."""
+    from ground import runtime
+    return runtime.training_dtype(args.preset, device, args.dtype, verbose)
 
 
 # ===================================================================================================
@@ -434,7 +427,7 @@ def run(args) -> None:
             import clap
             trainer_options["vocab"] = clap.build_vocab(edges.training_captions(dataset))
         if stage == "transformer":                           # the grid and the CLAP width come from the cache
-            cache = edges.build_cache(dataset, args, device, rank)
+            cache = edges.build_cache(dataset, args, device, rank, world)
             vq_ckpt = load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")
             cfg = dataclasses.replace(cfg, n_codes=vq_ckpt["config"]["n_codes"], rows=cache["tokens"].shape[1],
                                       cols=cache["tokens"].shape[2], cond_dim=cache["cond"].shape[1])

@@ -9,8 +9,9 @@ torch, numpy and mel.py. Loading a checkpoint, with its one-sentence errors, and
 package (imported only when asked for) belong at the edge, as formats/hifigan_format.py does for HiFiGAN.
 
   load_tiny   a TinyCLAP from its checkpoint dict (config, vocabulary and weights all come from it)
-  LaionCLAP   laion-clap's model with clap.py's interface: resamples our 22050 Hz audio to the 48 kHz
-              CLAP was trained on, batches, L2-normalises
+  to_laion_rate  our 22050 Hz audio at the 48 kHz CLAP was trained on, on the audio's device
+  LaionCLAP   laion-clap's model with clap.py's interface: resamples (to_laion_rate, on the model's
+              device), batches, L2-normalises
   load_clap   what train.py and sample.py call: "tiny" (our checkpoint) or "laion" (the paper's)
 
 In:  a checkpoint path; waveforms (B, T) at 22050 Hz, captions (list of str)
@@ -56,13 +57,19 @@ def _import_laion_clap():
     return laion_clap
 
 
+def to_laion_rate(wav: torch.Tensor) -> torch.Tensor:
+    """Our 22050 Hz audio (..., T) at LAION-CLAP's 48 kHz, computed on `wav`'s own device: audio_io.resample
+    builds its filter bank there and runs one strided convolution, torch ops only."""
+    return audio_io.resample(wav, mel.SR, LAION_SR)                                  # (..., ceil(T * 960 / 441))
+
+
 class LaionCLAP:
     """LAION-CLAP ("630k-audioset-best.pt": HTSAT-tiny + RoBERTa, non-fusion, Sec. 3.3) with our interface.
 
     Everything model-specific stays inside laion-clap; this class only converts: our 22050 Hz audio ->
-    48 kHz (audio_io.resample), batches of `batch_size`, tensors in and out, unit length. The module it wraps
-    may be anything with laion-clap's two calls (`from_module`), which is how the tests check this logic
-    without the 600 MB checkpoint.
+    48 kHz (to_laion_rate, on the model's device), batches of `batch_size`, tensors in and out, unit
+    length. The module it wraps may be anything with laion-clap's two calls (`from_module`), which is how
+    the tests check this logic without the 600 MB checkpoint.
     """
 
     def __init__(self, ckpt_path: str, device: str = "cpu", batch_size: int = 16):
@@ -112,7 +119,9 @@ class LaionCLAP:
         repetition to its 10 s input (480,000 samples).
         """
         wav = wav[None] if wav.dim() == 1 else wav
-        x = audio_io.resample(wav.detach().float().cpu(), mel.SR, LAION_SR)               # (B, T * 48000 / 22050)
+        # the 22 kHz audio goes to the model's device first, and is resampled there: fewer samples to
+        # copy than at 48 kHz, and on a GPU the filter is one convolution there instead of the host's work
+        x = to_laion_rate(wav.detach().float().to(self.device))                     # (B, T * 48000 / 22050)
         out = []
         for i in range(0, x.shape[0], self.batch_size):
             e = self.module.get_audio_embedding_from_data(x[i:i + self.batch_size].to(self.device), use_tensor=True)

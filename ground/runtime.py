@@ -27,9 +27,10 @@ commands do the loading and checking for them).
   pick_device           "cuda" when there is a GPU, else "cpu"
   cpu_has_native_bf16   AMX or AVX-512 BF16 on this CPU
   autocast              torch.autocast to a dtype, off for fp32 and int8
-  native_dtype          the precision the device runs natively, or --dtype (never bf16 on a CPU without
-                        it); inference's choice (fast.inference_dtype) and training's (train.training_dtype)
-                        start from it
+  auto_dtype            --dtype auto's rule: small models fp32 everywhere, then bf16 on CUDA from compute
+                        capability 8.0 and on CPUs with native bf16, fp32 elsewhere
+  native_dtype          that rule, or --dtype, printed; inference's choice (fast.inference_dtype) starts from it
+  training_dtype        training's choice (train.py, the benchmarks): no fp16, the tiny preset in fp32
 """
 
 import argparse
@@ -501,20 +502,69 @@ def autocast(device, dtype: torch.dtype):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
 
 
-def native_dtype(device: str, name: str | None = None, verbose: bool = True) -> torch.dtype:
-    """The compute dtype: `name` if given ("fp32", "bf16", "fp16"), else what `device` runs natively.
-    The vocoder and the benchmark's training rows use it as it is; fast.inference_dtype adds int8 and a
-    measurement for large transformers, train.training_dtype refuses fp16 and keeps the tiny preset in fp32."""
+# --dtype auto, the rule for every stage and command, in this order:
+#   1. a small model (the tiny preset, width 192) runs in fp32 on every device: its matrices are too
+#      small for bf16 to pay, and the demo's tokens on a GPU are then the CPU's tokens;
+#   2. CUDA: bf16 from compute capability 8.0 (Ampere) on, whose tensor cores multiply bf16; older cards
+#      (7.0 V100, 7.5 T4) have no bf16 units and emulate it, so they get fp32 (fp16 would need loss
+#      scaling to train, which train.py refuses);
+#   3. a CPU: bf16 where it has native bf16 instructions (cpu_has_native_bf16), fp32 elsewhere.
+# The residual stream at inference: with bf16 weights (fast.hold_weights_in) the transformer's 24
+# residual additions round to bf16 (8 significant bits), where training's autocast keeps them in fp32.
+# We accept that rather than keep an fp32 copy of the stream: each addition's rounding is a relative
+# 2^-9, the final LayerNorm rescales the sum, and the sampler draws every token from softmax(logits)
+# with Gumbel noise, so an error of that size moves near-ties, not the distribution. It has not been
+# measured against an fp32 residual on a GPU; a small model never meets it (rule 1).
+
+SMALL_WIDTH = 512          # a transformer narrower than this is small (rule 1): the tiny preset is 192 wide
+BF16_CAPABILITY = (8, 0)   # NVIDIA's compute capability of the first tensor cores with bf16 (Ampere, A100)
+
+
+def auto_dtype(device, small: bool = False) -> tuple[torch.dtype, str]:
+    """(dtype, why) for --dtype auto on `device` ("cpu", "cuda", "cuda:1"), by the rule above. `small`:
+    the model is small (a transformer narrower than SMALL_WIDTH, the tiny preset), fp32 everywhere.
+    fast.inference_dtype measures large models on a CPU instead of taking rule 3."""
+    cuda = torch.device(device).type == "cuda"
+    if small:
+        return torch.float32, ("a small model runs in fp32 on every device, as on the CPU" if cuda
+                               else "a small model on a CPU: lower precision does not pay")
+    if cuda:
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) >= BF16_CAPABILITY:
+            return torch.bfloat16, f"bf16 tensor cores on CUDA, compute capability {major}.{minor}"
+        return torch.float32, (f"compute capability {major}.{minor} has no bf16 tensor cores "
+                               f"(they start at {BF16_CAPABILITY[0]}.{BF16_CAPABILITY[1]})")
+    if cpu_has_native_bf16():
+        return torch.bfloat16, "this CPU has AMX/AVX-512 BF16"
+    return torch.float32, "this CPU has no native bf16; emulated bf16 is several times slower"
+
+
+def native_dtype(device: str, name: str | None = None, verbose: bool = True, small: bool = False) -> torch.dtype:
+    """The compute dtype: `name` if given ("fp32", "bf16", "fp16"), else auto_dtype's rule for `device`
+    and a model that is `small` or not. The vocoder and the benchmark's rows use it as it is;
+    fast.inference_dtype adds int8 and a measurement for large transformers on a CPU, training_dtype
+    refuses fp16 and keeps the tiny preset in fp32."""
     if name not in (None, "auto"):
         if name not in DTYPES:
             raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}, not {name!r}.")
         dtype, why = DTYPES[name], "asked for with --dtype"
-    elif device == "cuda":
-        dtype, why = torch.bfloat16, "tensor cores on CUDA"
-    elif cpu_has_native_bf16():
-        dtype, why = torch.bfloat16, "this CPU has AMX/AVX-512 BF16"
     else:
-        dtype, why = torch.float32, "this CPU has no native bf16; emulated bf16 is several times slower"
+        dtype, why = auto_dtype(device, small)
     if verbose:
         print(f"compute dtype: {str(dtype).replace('torch.', '')} on {device} ({why})")
     return dtype
+
+
+def training_dtype(preset: str, device: str, name: str | None = None, verbose: bool = True) -> torch.dtype:
+    """The autocast dtype of training (train.py) and of the benchmarks' training rows. fp16 is refused:
+    its small range makes gradients underflow to zero unless the loss is scaled (a GradScaler), which
+    the loop does not do; bf16 has fp32's range and needs none. The tiny preset trains in fp32 on every
+    machine unless `name` says otherwise, so that the toy recipe writes the same model on every CPU kind
+    and GPU (bf16 rounding changes what its steps learn)."""
+    if name == "fp16":
+        raise UserError("--dtype fp16 cannot train here: without loss scaling its gradients underflow; use bf16 or fp32.")
+    if preset == "tiny" and name in (None, "auto"):
+        if verbose:
+            print(f"compute dtype: float32 on {device} (the tiny preset trains in fp32 everywhere)")
+        return torch.float32
+    return native_dtype(device, name, verbose)

@@ -14,20 +14,23 @@ one speed-up per row, cumulatively. Each of the three stages is timed on its own
 a fresh Python process per row, once per round; a row's figure is its median over --runs rounds and
 its total the sum of its stages; a stage a row does not change is not timed again. On CUDA two more rows
 follow: the sampler on the device (the plain rows bring the logits to the host every step) and the
-transformer's blocks as a CUDA graph (speed/fast.py). The last lines time the fast path end to end (the calls
-sample.py makes: generate, decode, vocode), again in a fresh process, with its peak memory, and the
-throughput of batches of clips (--batches).
+transformer's blocks as a CUDA graph (speed/fast.py); the chunked vocoder's row is a CPU's only (vocode does
+not chunk on CUDA). The last lines time the fast path end to end (the calls sample.py makes: generate,
+decode, vocode), again in a fresh process: its first call (cold: kernel choice, allocator, graph capture)
+beside the steady state, its peak memory, and the throughput of batches of clips (--batches).
 
   python -m speed.benchmark tiny                       # the toy demo's sizes
   python -m speed.benchmark full                       # the paper's sizes (3 runs per row)
   python -m speed.benchmark full --device cuda --batches 16,64   # the same, with batched throughput
   python -m speed.benchmark full --train --batch 4     # training throughput of the transformer stage
+  python -m speed.benchmark full --gpu-check           # speed/gpu_check.py's table (its docstring says what each row is)
 """
 
 import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
 import resource
 import statistics
@@ -37,15 +40,19 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from speed import fast
 from formats import hifigan_format
+import magnet
 import mel
+import pipeline
 import specmaskgit
 import vocoder
 import vqgan
 from speed.fast import inference_dtype
-from ground.runtime import DTYPES, ArgumentParser, UserError, autocast, pick_device, run_command
+from ground.runtime import (DTYPES, ArgumentParser, UserError, autocast, make_output_folder, pick_device, run_command,
+                     training_dtype)
 
 STEPS, CFG, TEMPERATURE = 16, 3.0, 1.5          # 16 iterations and CFG 3.0 (Sec. 5.1), Gumbel 1.5 (Fig. 7 left)
 CLIP_SAMPLES = {"full": mel.CLIP_SAMPLES, "tiny": mel.TOY_SAMPLES}
@@ -65,15 +72,18 @@ class Tricks:
 
 
 def rows(dtype: torch.dtype, device: str = "cpu") -> list:
-    """(label, Tricks) from the plain path to the fast one; the last two only on CUDA."""
+    """(label, Tricks) from the plain path to the fast one. Only the rows that change something on `device`:
+    the chunked vocoder on a CPU, the device sampler and the CUDA graph on CUDA, a dtype other than fp32."""
     shown = "int8 transformer linears" if dtype == torch.qint8 else str(dtype).replace("torch.", "")
     steps = [("plain fp32: autograd on, two CFG passes per step, weight norm", {}),
              ("+ inference_mode", {"inference_mode": True}),
              ("+ no conditional pass while the CFG scale is 0", {"skip_zero_scale": True}),
              ("+ conditional and unconditional in one batch", {"batched_cfg": True}),
-             ("+ vocoder weight norm folded", {"fold_weight_norm": True}),
-             ("+ vocoder in cache-sized chunks", {"chunked_vocoder": True})] + ([
-             (f"+ {shown}", {"dtype": dtype})] if dtype != torch.float32 else [])
+             ("+ vocoder weight norm folded", {"fold_weight_norm": True})]
+    if device != "cuda":              # hifigan_format.vocode chunks on a CPU only: the row would time nothing new
+        steps += [("+ vocoder in cache-sized chunks", {"chunked_vocoder": True})]
+    if dtype != torch.float32:
+        steps += [(f"+ {shown}", {"dtype": dtype})]
     if device == "cuda":
         steps += [("+ sampler on the GPU (no host round trip per step)", {"device_sampler": True}),
                   ("+ transformer blocks as a CUDA graph", {"cuda_graph": True})]
@@ -211,16 +221,7 @@ def run_vocoder(m: Models, log_mel, tricks: Tricks):
 def median_seconds(fn, runs: int, device: str, warm_up=None) -> float:
     """Warm up once (allocator, kernel choice, caches), then the median of `runs` timed calls."""
     (warm_up or fn)()
-    times = []
-    for _ in range(runs):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds_of(fn, device) for _ in range(runs))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,29 +259,59 @@ def time_stages(preset: str, device: str, tricks: Tricks, stages: list, runs: in
     return {stage: median_seconds(run[stage], runs, device, warm_up.get(stage)) for stage in stages}
 
 
-def time_end_to_end(preset: str, device: str, dtype: torch.dtype, runs: int, batch: int = 1) -> dict:
-    """The fast path, the calls sample.py makes (generate, decode, vocode) with every speed-up on:
-    median seconds for `batch` clips, and the peak memory."""
+@dataclass
+class FastPath:
+    """The models of the fast path (sample.py's calls with every speed-up on), built once: the transformer
+    as sampled (a GraphedTransformer on CUDA) and `plain`, the same model without graphs."""
+    transformer: torch.nn.Module
+    plain: torch.nn.Module
+    vq: torch.nn.Module
+    vocoder: torch.nn.Module
+    amp: torch.dtype                   # the autocast dtype of the stages int8 does not touch
+    device: str
+
+
+def build_fast_path(preset: str, device: str, dtype: torch.dtype) -> FastPath:
+    """Random-weight models of `preset` on `device`, held in `dtype` as pipeline.load_pipeline holds them."""
     torch.manual_seed(0)
     transformer = specmaskgit.SpecMaskGIT(specmaskgit.PRESETS[preset]).to(device).eval()
     if dtype == torch.qint8:              # first, so that its fp32 weights are gone before the rest is built
         fast.quantize_int8(transformer)
     fast.hold_weights_in(transformer, dtype)
-    if device == "cuda":
-        transformer = fast.GraphedTransformer(transformer)
+    graphed = fast.GraphedTransformer(transformer) if device == "cuda" else transformer
     vq = vqgan.VQGAN(vqgan.PRESETS[preset]).to(device).eval()
     gen = hifigan_format.remove_weight_norm(vocoder.Generator(vocoder.PRESETS[preset]).to(device).eval())
     fast.hold_weights_in(gen, dtype)
-    amp = float_dtype(Tricks(dtype=dtype))
-    cond = torch.randn(batch, transformer.cfg.cond_dim, device=device)
+    return FastPath(graphed, transformer, vq, gen, float_dtype(Tricks(dtype=dtype)), device)
 
-    def once():
-        with torch.inference_mode(), autocast(device, amp):
-            tokens = specmaskgit.generate(transformer, cond, steps=STEPS, guidance=CFG, temperature=TEMPERATURE, seed=0)
-            log_mel = mel.denormalize(vq.decode(tokens).float())                  # (B, 80, F)
-        return hifigan_format.vocode(gen, log_mel, amp, chunk=128).cpu()          # (B, 256 F)
-    seconds = median_seconds(once, runs, device)
-    return {"seconds": seconds, "peak_gb": peak_memory_gb(device)}
+
+def run_fast_path(fp: FastPath, cond: torch.Tensor) -> torch.Tensor:
+    """CLAP embeddings (B, 512) -> waveforms (B, 256 F) on the host: generate, decode, vocode."""
+    with torch.inference_mode(), autocast(fp.device, fp.amp):
+        tokens = specmaskgit.generate(fp.transformer, cond, steps=STEPS, guidance=CFG, temperature=TEMPERATURE, seed=0)
+        log_mel = mel.denormalize(fp.vq.decode(tokens).float())                   # (B, 80, F)
+    return hifigan_format.vocode(fp.vocoder, log_mel, fp.amp, chunk=128).cpu()    # (B, 256 F)
+
+
+def seconds_of(fn, device: str) -> float:
+    """Wall-clock seconds of one call of `fn`, the device's queue drained before and after."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_end_to_end(preset: str, device: str, dtype: torch.dtype, runs: int, batch: int = 1) -> dict:
+    """The fast path for `batch` clips: the first call's seconds (cold: kernel choice, allocator, CUDA-graph
+    capture), the median of `runs` calls after it (warm), and the peak memory."""
+    fp = build_fast_path(preset, device, dtype)
+    cond = torch.randn(batch, fp.plain.cfg.cond_dim, device=device)
+    first = seconds_of(lambda: run_fast_path(fp, cond), device)
+    seconds = median_seconds(lambda: run_fast_path(fp, cond), runs, device, warm_up=lambda: None)
+    return {"seconds": seconds, "first_seconds": first, "peak_gb": peak_memory_gb(device)}
 
 
 def in_fresh_process(argv: list) -> dict:
@@ -333,10 +364,11 @@ def benchmark(preset: str, device: str, dtype_name: str | None, runs: int, batch
         baseline = baseline or total
         print(f"| {label:<62} | {t:.2f} | {d:.2f} | {v:.2f} | {total:.2f} | {baseline / total:.2f}x |")
     seconds = statistics.median(f["seconds"] for f in fast_path)
+    first = statistics.median(f["first_seconds"] for f in fast_path)
     peak = max(f["peak_gb"] for f in fast_path)
     where = "max allocated on the GPU" if device == "cuda" else "resident, the whole process"
-    print(f"\nfast path end to end (generate, decode, vocode): {seconds:.2f} s, "
-          f"{baseline / seconds:.2f}x the plain path; peak memory {peak:.2f} GB ({where})")
+    print(f"\nfast path end to end (generate, decode, vocode): {seconds:.2f} s warm, {baseline / seconds:.2f}x "
+          f"the plain path; first call in the process {first:.2f} s (cold); peak memory {peak:.2f} GB ({where})")
     for b, times in batched.items():
         print(f"batch of {b}: {statistics.median(times):.3f} s, {b / statistics.median(times):.2f} clips per second")
     print(f"rtf={seconds / audio_seconds:.4f} seconds={seconds:.3f} "
@@ -370,9 +402,8 @@ def speed_against_threads(preset: str, device: str, dtype_name: str | None, runs
 # Training throughput of the transformer stage (Sec. 4: batch 48, 250k steps on AudioCaps).
 # ---------------------------------------------------------------------------------------------------
 
-def train_throughput(preset: str, device: str, dtype_name: str | None, batch: int, runs: int) -> None:
-    from ground.runtime import native_dtype
-    amp = native_dtype(device, dtype_name)
+def seconds_per_training_step(preset: str, device: str, amp: torch.dtype, batch: int, runs: int) -> float:
+    """Median seconds of one transformer Trainer.step (forward, backward, AdamW) on random token grids."""
     cfg = specmaskgit.PRESETS[preset]
     trainer = specmaskgit.Trainer(cfg, device=device, amp_dtype=amp)
     g = torch.Generator().manual_seed(0)
@@ -383,11 +414,141 @@ def train_throughput(preset: str, device: str, dtype_name: str | None, batch: in
     def one():
         step[0] += 1
         trainer.step(data, step[0])
-    seconds = median_seconds(one, runs, device)
+    return median_seconds(one, runs, device)
+
+
+def train_throughput(preset: str, device: str, dtype_name: str | None, batch: int, runs: int) -> None:
+    amp = training_dtype(preset, device, dtype_name)
+    cfg = specmaskgit.PRESETS[preset]
+    seconds = seconds_per_training_step(preset, device, amp, batch, runs)
     tokens_per_s = batch * cfg.rows * cfg.cols / seconds
     paper = 250_000 * 48 * cfg.rows * cfg.cols / tokens_per_s / 3600
     print(f"train: preset {preset}, batch {batch}, {device}, {str(amp).replace('torch.', '')}: {seconds:.3f} s/step, "
           f"{tokens_per_s:,.0f} tokens/s; the paper's 250k steps of batch 48 would take {paper:,.1f} h at this rate")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The GPU check (python -m speed.gpu_check, which runs this file with --gpu-check in a process of its own):
+# the figures that say whether the GPU path works and pays, in one table. Its docstring says what
+# each row measures.
+# ---------------------------------------------------------------------------------------------------
+
+TRAIN_BATCH = 48          # the paper's batch for the transformer (Sec. 4)
+GRAPH_CALLS = 24          # calls of the graphed transformer timed: its eager passes, the capture, the replays
+SYNC_OPS = {"_local_scalar_dense", "item"}
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts the operations that read a device value back to the host (tests/test_host_sync.py's way)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ in SYNC_OPS
+        return func(*args, **(kwargs or {}))
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device == "cuda" else fast.cpu_name()
+
+
+def host_syncs(sampler: str, model, cond: torch.Tensor, amp: torch.dtype) -> tuple[int, int]:
+    """(host reads, sampling steps) of one sampling of `cond` with `sampler` ("specmaskgit" | "magnet").
+    The plain model: the sampler's reads are what is counted, and a graph is not recorded under a mode."""
+    with HostSyncs() as mode, torch.inference_mode(), autocast(cond.device, amp):
+        if sampler == "magnet":
+            magnet.generate(model, cond, seed=0)
+            steps = sum(magnet.ROW_STEPS)
+        else:
+            specmaskgit.generate(model, cond, steps=STEPS, guidance=CFG, temperature=TEMPERATURE, seed=0)
+            steps = STEPS
+    return mode.count, steps
+
+
+def magnet_sample(fp: FastPath, preset: str, cond: torch.Tensor, out: str) -> str:
+    """One clip with MAGNeT's decoding (its defaults) through pipeline.py, written to out/magnet_sample.wav."""
+    pipe = pipeline.Pipeline(fp.vq, fp.transformer, None, fp.vocoder, CLIP_SAMPLES[preset], fp.device, fp.amp)
+    tokens, _ = pipeline.sample_tokens(pipe, cond, STEPS, CFG, TEMPERATURE, seed=0, verbose=False, magnet_options={})
+    _, wav = pipeline.tokens_to_audio(pipe, tokens)                                  # (1, T) on the host
+    path = os.path.join(out, "magnet_sample.wav")
+    audio_io.save_wav(path, pipeline.peak_normalised(wav[0]))
+    return path
+
+
+def graph_cost(fp: FastPath, runs: int) -> dict:
+    """Seconds of an eager pass of one clip's CFG batch (2), of a replayed one, and the extra of the call that
+    records the graph (its slowest call, less an eager pass); the passes after which the graph has paid."""
+    cfg = fp.plain.cfg
+    tokens = torch.randint(0, cfg.n_codes, (2, cfg.rows, cfg.cols), device=fp.device)
+    mask = torch.ones(2, cfg.rows, cfg.cols, dtype=torch.bool, device=fp.device)
+    cond = torch.randn(2, cfg.cond_dim, device=fp.device)
+    with torch.inference_mode(), autocast(fp.device, fp.amp):
+        eager = median_seconds(lambda: fp.plain(tokens, cond, mask), runs, fp.device)
+        graphed = fast.GraphedTransformer(fp.plain)
+        times = [seconds_of(lambda: graphed(tokens, cond, mask), fp.device) for _ in range(GRAPH_CALLS)]
+    capture_call = max(range(len(times)), key=times.__getitem__)
+    replay = statistics.median(times[capture_call + 1:] or times)
+    extra = max(0.0, times[capture_call] - eager)
+    saved = eager - replay
+    return {"eager": eager, "replay": replay, "capture": extra,
+            "break_even": math.ceil(extra / saved) if saved > 0 else None}
+
+
+def gpu_check(preset: str, device: str, dtype_name: str, batch: int, runs: int, out: str) -> list:
+    """Run every measurement and return the table's rows: (figure, value, device, dtype)."""
+    make_output_folder(out)
+    where = device_name(device)
+    audio_seconds = CLIP_SAMPLES[preset] / mel.SR
+    width = specmaskgit.PRESETS[preset].width
+
+    start = time.perf_counter()                                    # cold: the dtype choice counts
+    dtype = inference_dtype(device, dtype_name, width)
+    chosen = time.perf_counter() - start
+    fp = build_fast_path(preset, device, dtype)                    # building the models is not a call
+    cond = torch.randn(1, fp.plain.cfg.cond_dim, device=device)
+    cold = chosen + seconds_of(lambda: run_fast_path(fp, cond), device)
+    warm = median_seconds(lambda: run_fast_path(fp, cond), runs, device, warm_up=lambda: None)
+    conds = torch.randn(batch, fp.plain.cfg.cond_dim, device=device)
+    batched = median_seconds(lambda: run_fast_path(fp, conds), runs, device)
+    inference_peak = peak_memory_gb(device)
+    syncs = {name: host_syncs(name, fp.plain, cond, fp.amp) for name in ("specmaskgit", "magnet")}
+    wav_path = magnet_sample(fp, preset, cond, out)
+    graph = graph_cost(fp, runs) if device == "cuda" else None
+    del fp
+    train_amp = training_dtype(preset, device, None if dtype_name in ("auto", "int8") else dtype_name)
+    step = seconds_per_training_step(preset, device, train_amp, TRAIN_BATCH, runs)
+    grid = specmaskgit.PRESETS[preset].rows * specmaskgit.PRESETS[preset].cols
+
+    name, train_name = DTYPE_NAMES[dtype], DTYPE_NAMES[train_amp]
+    clip = f"rtf, one {audio_seconds:.2f} s clip"
+    table = [(f"{clip}, cold (first call: dtype choice, any graph capture)", f"{cold / audio_seconds:.4f}"),
+             (f"{clip}, warm (median of {runs})", f"{warm / audio_seconds:.4f}"),
+             (f"clips/s, batch of {batch}", f"{batch / batched:.3f}"),
+             ("peak memory GB, inference", f"{inference_peak:.3f}")]
+    table = [(label, value, where, name) for label, value in table]
+    table.append((f"training tokens/s, batch {TRAIN_BATCH}", f"{TRAIN_BATCH * grid / step:.0f}", where, train_name))
+    table.append(("peak memory GB, whole check", f"{peak_memory_gb(device):.3f}", where,
+                 f"{name}, training {train_name}"))
+    for sampler, (count, steps) in syncs.items():
+        table.append((f"host syncs per step, {sampler}.generate", f"{count / steps:.2f} ({count} in {steps} steps)",
+                     where, name))
+    table.append(("MAGNeT sample (magnet.generate via pipeline.py)", wav_path, where, name))
+    if graph is None:
+        table.append(("CUDA graph: capture s, eager / replay s per pass, break-even passes",
+                     "n/a (no CUDA graphs on the CPU)", where, name))
+    else:
+        paid = "never (a replay is not faster)" if graph["break_even"] is None else f"{graph['break_even']} passes"
+        table.append(("CUDA graph: capture s, eager / replay s per pass, break-even passes",
+                     f"{graph['capture']:.4f}, {graph['eager']:.5f} / {graph['replay']:.5f}, {paid}", where, name))
+    return table
+
+
+def print_table(rows: list) -> None:
+    print("\n| figure | value | device | dtype |\n| --- | ---: | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 MAX_RUNS = 1000         # timed runs per measurement
@@ -406,6 +567,8 @@ def parse_args(argv=None):
                    "(default 16,64 on CUDA; 4 for tiny on a CPU; none for full on a CPU)")
     p.add_argument("--thread-counts", default=None, metavar="N,N,...", help="Fig. 2: instead of the table, the fast "
                    "path's speed on each number of CPU threads, against the real-time line (sample.py --threads)")
+    p.add_argument("--gpu-check", action="store_true", help="the GPU check's table instead (speed/gpu_check.py runs this)")
+    p.add_argument("--out", default="gpu_check_out", help="--gpu-check: the folder for its MAGNeT sample")
     p.add_argument("--row", type=int, default=None, help=argparse.SUPPRESS)          # the table's workers:
     p.add_argument("--stages", default="", help=argparse.SUPPRESS)                   # one row's stages ...
     p.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)      # ... or the fast path
@@ -445,6 +608,9 @@ def run(args) -> None:
         else:
             result = time_stages(args.preset, device, rows(dtype, device)[args.row][1], args.stages.split(","), args.runs)
         print(json.dumps(result))
+    elif args.gpu_check:
+        print_table(gpu_check(args.preset, device, args.dtype, args.batch or (16 if device == "cuda" else 4),
+                              args.runs, args.out))
     elif args.thread_counts:
         speed_against_threads(args.preset, device, args.dtype, args.runs, args.thread_counts)
     elif args.train:

@@ -26,7 +26,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from ground.runtime import DTYPES, UserError, native_dtype, write_atomically
+from ground.runtime import DTYPES, SMALL_WIDTH, UserError, auto_dtype, native_dtype, write_atomically
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -78,11 +78,20 @@ def quantize_linears(model: nn.Module, which: set) -> nn.Module:
 # CUDA graphs.
 # ---------------------------------------------------------------------------------------------------
 
-def trunk(model, x: torch.Tensor) -> torch.Tensor:
+def trunk(model, x: torch.Tensor, attn_mask=None) -> torch.Tensor:
     """The part of SpecMaskGIT.forward after embed: blocks, final norm, head. (B, n + 1, W) -> (B, n, K)."""
     for block in model.blocks:
-        x = block(x)
+        x = block(x, attn_mask)
     return model.head(model.norm(x[:, :-1]))                                    # the CLAP token has no logits
+
+
+# How many eager passes a (shape, dtype) makes before its graph is captured, at the CAPTURE_AFTER + 1-th
+# call. Capturing costs more than one pass (two warm-up passes on a side stream, then the recording), and
+# a replay saves only the launch overhead of one pass, so a shape met once or twice loses by capture: the
+# batch of B that specmaskgit.generate's first step runs (guidance 0, no conditional half) is such a shape,
+# the sampler's 2B of every later step is not. The break-even count is measured by the GPU check, which
+# times a capture against eager passes; GraphedTransformer.calls holds the calls of each shape.
+CAPTURE_AFTER = 2
 
 
 class GraphedTransformer(nn.Module):
@@ -91,58 +100,73 @@ class GraphedTransformer(nn.Module):
     Why: at batch 2 (one clip with CFG) a forward pass is some 300 small kernels (24 blocks of matrix
     products, norms, softmax and adds). The GPU finishes each in microseconds, but the CPU needs a few
     microseconds to launch each, so the GPU mostly waits for Python. A CUDA graph records the launches
-    once, for fixed memory addresses, and replays all of them with a single call. So the first call for
-    a (shape, dtype) copies the input into a static buffer and records; later calls copy into that
-    buffer, replay, and copy the output out. The embedding stays eager (it is cheap and its inputs vary).
+    once, for fixed memory addresses, and replays all of them with a single call. So a (shape, dtype)
+    runs eagerly for its first capture_after calls (see CAPTURE_AFTER); the next copies the input into a
+    static buffer and records; later calls copy into that buffer, replay, and copy the output out. The
+    embedding stays eager (it is cheap and its inputs vary). MAGNeT's restricted context (an attn_mask,
+    magnet.context_mask) is one more static input: copied in before every replay, so the graph follows
+    whatever mask it is given, and a graph of each kind (with, without) is kept apart.
     Eager fallback, with the same logits: on a CPU, with autograd on, or if capture fails.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, capture_after: int = CAPTURE_AFTER):
         super().__init__()
         self.model, self.cfg = model, model.cfg
-        self.graphs = {}                                  # (shape, dtype, autocast dtype) -> (input, graph, output)
+        self.capture_after = capture_after
+        self.graphs = {}      # key -> (static input, static attn_mask or None, graph, static output)
+        self.calls = {}       # key -> forward passes with it so far; key = (shape, dtype, autocast dtype, mask shape)
         self.capture_failed = False
 
     def uses_graph(self, x) -> bool:
         return x.is_cuda and not torch.is_grad_enabled() and not self.capture_failed
 
-    def forward(self, tokens, cond, mask, drop_cond=None):
+    def should_capture(self, key) -> bool:
+        """The capture rule: a key is recorded at its capture_after + 1-th call (self.calls counts them)."""
+        return self.calls.get(key, 0) > self.capture_after
+
+    def forward(self, tokens, cond, mask, drop_cond=None, attn_mask=None):
         x = self.model.embed(tokens, cond, mask, drop_cond)                     # (B, n + 1, W)
         if not self.uses_graph(x):
-            return trunk(self.model, x)                                         # eager
+            return trunk(self.model, x, attn_mask)                              # eager
         amp = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-        key = (tuple(x.shape), x.dtype, amp)
+        key = (tuple(x.shape), x.dtype, amp, None if attn_mask is None else (tuple(attn_mask.shape), attn_mask.dtype))
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if key not in self.graphs and not self.should_capture(key):
+            return trunk(self.model, x, attn_mask)                              # eager until the shape recurs
         try:
             if key not in self.graphs:
-                # The static input is made outside inference mode: one made under torch.inference_mode
+                # The static inputs are made outside inference mode: one made under torch.inference_mode
                 # would be an inference tensor, which a later call under plain no_grad may not write into.
                 with torch.inference_mode(False):
                     static_in = x.clone()
-                self.graphs[key] = (static_in, *self.capture(static_in, amp))
-            static_in, graph, static_out = self.graphs[key]
+                    static_mask = None if attn_mask is None else attn_mask.clone()
+                self.graphs[key] = (static_in, static_mask, *self.capture(static_in, static_mask, amp))
+            static_in, static_mask, graph, static_out = self.graphs[key]
             static_in.copy_(x)
+            if static_mask is not None:
+                static_mask.copy_(attn_mask)
             graph.replay()
         except RuntimeError as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             print(f"warning: CUDA graph capture failed, the transformer runs eagerly from now on ({first})",
                   file=sys.stderr, flush=True)
             self.capture_failed, self.graphs = True, {}
-            return trunk(self.model, x)
+            return trunk(self.model, x, attn_mask)
         return static_out.clone()                          # the next replay overwrites static_out
 
-    def capture(self, static_in, amp):
-        """Record the trunk on `static_in`: returns (graph, static output)."""
+    def capture(self, static_in, static_mask, amp):
+        """Record the trunk on `static_in` (and `static_mask`, None or an attn_mask): returns (graph, static output)."""
         side = torch.cuda.Stream()                         # warm up on a side stream, as PyTorch's docs advise:
         side.wait_stream(torch.cuda.current_stream())      # kernels are chosen and workspaces allocated
         with torch.cuda.stream(side):                      # before recording, not inside the graph
             for _ in range(2):
-                trunk(self.model, static_in)
+                trunk(self.model, static_in, static_mask)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # autocast's cache of cast weights would hold tensors from outside the graph: record without it
         with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None, cache_enabled=False), \
                 torch.cuda.graph(graph):
-            static_out = trunk(self.model, static_in)
+            static_out = trunk(self.model, static_in, static_mask)
         return graph, static_out
 
 
@@ -296,26 +320,25 @@ def inference_dtype(device: str, name: str | None, width: int, verbose: bool = T
     """sample.py's choice for a transformer of this `width`; may be torch.qint8 (fast.quantize_int8).
 
     `name` ("fp32", "bf16", "fp16", "int8") overrides. "auto" (or None) picks what pays on this machine:
-    - CUDA: bf16 (tensor cores);
-    - a small model (width < 512, the toy demo) on a CPU: fp32; its matrices are too small for bf16
-      or int8 to win back their conversions, and the tests stay in fp32 on every CPU;
+    - a small model (width < 512, the toy demo): fp32 on every device; its matrices are too small for
+      bf16 or int8 to win back their conversions, and a GPU then gives the CPU's output;
+    - CUDA: bf16 from compute capability 8.0 (tensor cores that run it natively), fp32 on older cards;
     - a larger model on a CPU: the fastest of fp32, bf16 and int8 (int8 weights for the transformer's
       linear layers, fp32 elsewhere), timed once on this CPU and cached (measure_cpu_dtype).
     """
     if name not in (None, "auto", "int8", *DTYPES):
         raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}, int8, not {name!r}.")
+    cuda = torch.device(device).type == "cuda"                    # "cuda:1" too (a torchrun process)
     if name == "int8":
         dtype, why = torch.qint8, "asked for with --dtype"
     elif name not in (None, "auto"):
         return native_dtype(device, name, verbose)
-    elif device == "cuda":
-        dtype, why = torch.bfloat16, "tensor cores on CUDA"
-    elif width < 512:
-        dtype, why = torch.float32, "a small model on a CPU: lower precision does not pay"
+    elif cuda or width < SMALL_WIDTH:
+        dtype, why = auto_dtype(device, small=width < SMALL_WIDTH)
     else:
         dtype = {"int8": torch.qint8, **DTYPES}[measure_cpu_dtype(width, verbose=verbose)]
         why = "the fastest on this CPU, measured"
-    if device == "cuda" and dtype == torch.qint8:
+    if cuda and dtype == torch.qint8:
         raise UserError("--dtype int8 is for CPUs (PyTorch's dynamic quantisation has no CUDA kernels); use bf16.")
     if verbose:
         shown = "int8 (transformer linears; fp32 elsewhere)" if dtype == torch.qint8 else str(dtype).replace("torch.", "")

@@ -101,6 +101,15 @@ def test_rows_switch_on_one_trick_more_each_and_end_at_the_chosen_dtype():
     assert len(benchmark.rows(torch.float32)) == len(cpu) - 1    # fp32 is no extra row
 
 
+def test_no_row_times_what_its_device_does_not_change():
+    """vocode chunks on a CPU only, so CUDA has no chunked-vocoder row; the GPU's rows are CUDA's only."""
+    for dtype in (torch.float32, torch.bfloat16):
+        gpu = [label for label, _ in benchmark.rows(dtype, "cuda")]
+        assert not any(t.chunked_vocoder for _, t in benchmark.rows(dtype, "cuda"))
+        assert "+ vocoder in cache-sized chunks" not in gpu and "+ transformer blocks as a CUDA graph" in gpu
+    assert any(t.chunked_vocoder for _, t in benchmark.rows(torch.float32, "cpu"))
+
+
 def test_benchmark_does_not_import_sample():
     import ast
     tree = ast.parse(open(benchmark.__file__).read())
@@ -145,6 +154,7 @@ def test_int8_transformer_logits_stay_close_to_fp32_on_the_trained_demo_model():
 
 
 def test_auto_dtype_is_measured_on_a_cpu_for_large_models_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))   # an A100: bf16
     widths = []
     choice = ["int8"]
     monkeypatch.setattr(fast, "measure_cpu_dtype", lambda width, verbose=True: widths.append(width) or choice[0])
@@ -181,6 +191,7 @@ def test_benchmark_tiny_prints_the_table_and_the_rtf_line(capsys):
     batch = re.search(r"batch of 4: ([\d.]+) s, ([\d.]+) clips per second", out)   # the throughput line
     assert batch and float(batch.group(2)) == pytest.approx(4 / float(batch.group(1)), rel=0.05, abs=0.01)
     last = out.strip().splitlines()[-1]
+    assert re.search(r"[\d.]+ s warm, .* first call in the process [\d.]+ s \(cold\)", out)
     m = re.fullmatch(r"rtf=([\d.]+) seconds=([\d.]+) audio_seconds=2\.972 device=cpu dtype=fp32", last)
     assert m, last
     assert float(m.group(1)) == pytest.approx(float(m.group(2)) / 2.972, rel=0.01)
@@ -209,7 +220,7 @@ def test_sample_benchmark_runs_benchmark_py_in_its_own_process_with_the_thread_c
     monkeypatch.setattr(sample.subprocess, "call", lambda argv, cwd: calls.append((argv, cwd)) or 0)
     assert sample.main(["--benchmark", "tiny", "--threads", "1", "--device", "cpu", "--dtype", "fp32", "--runs", "2"]) == 0
     ((argv, cwd),) = calls
-    assert argv[1:3] == ["-m", "speed.benchmark"] and os.path.isfile(os.path.join(cwd, "speed", "benchmark.py"))
+    assert argv[1:3] == ["-m", "speed.benchmark"] and os.path.isfile(os.path.join(cwd, "speed", "speed/benchmark.py"))
     assert argv[3:] == ["tiny", "--device", "cpu", "--dtype", "fp32", "--runs", "2", "--thread-counts", "1"]
     assert benchmark.parse_args(argv[3:]).thread_counts == [1]                # and speed/benchmark.py reads them back
     monkeypatch.setattr(sample.subprocess, "call", lambda argv, cwd: 3)

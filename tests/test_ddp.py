@@ -4,7 +4,11 @@
 - after the first step, both hold the same gradient, and it equals the gradient a single process computes
   for the whole global batch (the mean of the two ranks' losses, each with its rank's masks), clipped the
   same way: DistributedDataParallel's all-reduce is exactly that average;
-- only rank 0 writes files (rank 1 would fail if it opened anything in --out for writing).
+- only rank 0 writes files (rank 1 would fail if it opened anything in --out for writing);
+- every rank waits for rank 0's checkpoints before reading them, even from a slow disk, so all of them
+  train the transformer on one token cache, which each tokenised a share of; when rank 0 refuses to
+  write (weights no longer finite), every rank stops with its sentence;
+- the cache is keyed by the CLAP checkpoint too: a retrained TinyCLAP rebuilds it.
 """
 
 import json
@@ -203,3 +207,125 @@ def test_a_group_that_maps_devices_as_nccl_does_refuses_a_host_flag_and_gloo_tak
                     training_edges.stop_unless_finite("vqgan", losses_nan, str(tmp_path), world=2, device="cpu")
         finally:
             dist.destroy_process_group()
+
+
+# train.py under torchrun on a slow disk: rank 0 publishes each checkpoint 2 s after writing it, as a slow
+# or networked file system does. Every rank records the token cache it trains the transformer on, and the
+# clips it tokenised for it.
+SLOW_DISK_SHIM = r"""
+import os, sys, time
+import torch
+import train, training_edges
+argv = sys.argv[1:]
+rank = int(os.environ["RANK"])
+out = argv[argv.index("--out") + 1]
+if rank == 0:
+    real_replace = os.replace
+    def slow_replace(src, dst, *args, **kwargs):
+        time.sleep(2)
+        return real_replace(src, dst, *args, **kwargs)
+    os.replace = slow_replace
+real_build_cache = training_edges.build_cache
+def build_cache(dataset, *args, **kwargs):
+    seen, kind = [], type(dataset)
+    real_getitem = kind.__getitem__
+    def getitem(self, i):
+        seen.append(i)
+        return real_getitem(self, i)
+    kind.__getitem__ = getitem
+    try:
+        cache = real_build_cache(dataset, *args, **kwargs)
+    finally:
+        kind.__getitem__ = real_getitem
+    torch.save({**cache, "tokenised": seen}, os.path.join(out, f"cache_rank{rank}.pt"))
+    return cache
+training_edges.build_cache = build_cache
+sys.exit(train.main(argv))
+"""
+
+
+def test_on_a_slow_disk_every_rank_waits_for_rank_0s_checkpoints_and_trains_on_one_token_cache(tmp_path):
+    """Each rank reads vqgan.pt and clap.pt only once rank 0 has published them: the ranks' caches are
+    the same bit for bit, keyed by both checkpoints, and each rank tokenised its own half of the clips."""
+    out = tmp_path / "run"
+    (tmp_path / "shim.py").write_text(SLOW_DISK_SHIM)
+    flags = TOY + ["--stage", "all", "--steps", "2", "--log-every", "1", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "shim.py"), *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(out / f"cache_rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["key"] == r1["key"]
+    assert torch.equal(r0["tokens"], r1["tokens"]) and torch.equal(r0["cond"], r1["cond"])
+    assert r0["tokens"].shape[0] == r0["cond"].shape[0] == 8
+    clap_ckpt = load_checkpoint(str(out / "clap.pt"), "clap")
+    assert f"clap.pt {os.stat(out / 'clap.pt').st_mtime_ns}-{training_edges.weights_hash(clap_ckpt)}" in r0["key"]
+    assert r0["tokenised"] == [0, 1, 2, 3] and r1["tokenised"] == [4, 5, 6, 7]       # contiguous halves
+    written = load_checkpoint(str(out / "transformer_cache.pt"), "cache")
+    assert written["key"] == r0["key"] and torch.equal(written["tokens"], r0["tokens"])
+
+
+# Two processes call save_state on weights that hold a NaN: rank 0 refuses to write them, and each rank
+# prints the sentence it stopped with.
+REFUSAL_SHIM = r"""
+import argparse, os, sys
+import torch
+import torch.distributed as dist
+from training import edges as training_edges
+from ground.runtime import UserError
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+class Diverged:
+    def checkpoint(self):
+        return {"stage": "vqgan", "model": {"w": torch.tensor([float("nan")])}}
+    def state_dict(self):
+        return {}
+args = argparse.Namespace(out=sys.argv[1], seed=0, preset="tiny")
+try:
+    training_edges.save_state(Diverged(), 3, args, "vqgan", rank, 2)
+except UserError as e:
+    print(f"rank {rank} stopped: {e}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_when_rank_0_refuses_to_save_every_rank_stops_with_its_sentence(tmp_path):
+    """No rank waits for a checkpoint that rank 0 will never write: all raise rank 0's UserError."""
+    (tmp_path / "shim.py").write_text(REFUSAL_SHIM)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "shim.py"), str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = sorted(line for line in proc.stdout.splitlines() if " stopped: " in line)
+    assert len(said) == 2 and said[0].startswith("rank 0") and said[1].startswith("rank 1")
+    assert said[0].split(" stopped: ")[1] == said[1].split(" stopped: ")[1]
+    assert "'model.w' is no longer finite at step 3" in said[0] and not os.path.exists(tmp_path / "vqgan.pt")
+
+
+def test_a_retrained_clap_rebuilds_the_token_cache(tmp_path, capsys):
+    """The cache holds CLAP's embeddings: another clap.pt gives another key, so they are computed again."""
+    import argparse
+    import clap
+    import mel
+    import vqgan
+    from ground.runtime import save_checkpoint
+    torch.manual_seed(0)
+    save_checkpoint(vqgan.Trainer(vqgan.PRESETS["tiny"]).checkpoint(), str(tmp_path / "vqgan.pt"))
+    wavs = torch.randn(3, 16 * mel.HOP) * 0.1
+    dataset = [{"wav": w, "caption": "a dog barks", "kind": i} for i, w in enumerate(wavs)]
+    args = argparse.Namespace(out=str(tmp_path), clap="tiny", num_samples=16 * mel.HOP, workers=0)
+    cfg = clap.Config(audio_channels=(4, 8, 8, 8), audio_hidden=16, text_width=16, text_layers=1)
+    caches = []
+    for seed in (0, 0, 1):                           # trained once, read again, then retrained
+        torch.manual_seed(seed)
+        if seed == 1 or not caches:
+            save_checkpoint(clap.Trainer(cfg, vocab=["a", "barks", "dog"]).checkpoint(), str(tmp_path / "clap.pt"))
+        capsys.readouterr()
+        caches.append(training_edges.build_cache(dataset, args, "cpu"))
+        caches[-1]["read"] = "reading the token cache" in capsys.readouterr().out
+    first, again, retrained = caches
+    assert again["read"] and again["key"] == first["key"]
+    assert not retrained["read"] and retrained["key"] != first["key"]
+    assert torch.equal(retrained["tokens"], first["tokens"]) and not torch.equal(retrained["cond"], first["cond"])

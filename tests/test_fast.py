@@ -24,7 +24,7 @@ def test_graphed_transformer_falls_back_to_the_same_logits_and_tokens_on_a_cpu()
     with torch.no_grad():
         for c, d in ((cond, None), (None, None), (cond, drop)):
             assert torch.equal(graphed(tokens, c, mask, d), model(tokens, c, mask, d))
-    assert graphed.graphs == {}                                       # nothing was captured on the CPU
+    assert graphed.graphs == {} and graphed.calls == {}               # nothing counted or captured on the CPU
     assert torch.equal(specmaskgit.generate(graphed, cond, steps=4, seed=2), specmaskgit.generate(model, cond, steps=4, seed=2))
 
 
@@ -121,24 +121,27 @@ def test_bf16_is_held_in_the_weights_and_gives_logits_close_to_fp32():
 class FakeGraph:
     """What fast.GraphedTransformer.capture returns, on a CPU: replay runs the trunk on the static input."""
 
-    def __init__(self, model, static_in):
-        self.model, self.static_in = model, static_in
-        self.static_out = fast.trunk(model, static_in)
+    def __init__(self, model, static_in, static_mask):
+        self.model, self.static_in, self.static_mask = model, static_in, static_mask
+        self.static_out = fast.trunk(model, static_in, static_mask)
+        self.replays = 0
 
     def replay(self):                                     # a real replay writes the memory, whatever the mode
         with torch.inference_mode():
-            self.static_out.copy_(fast.trunk(self.model, self.static_in))
+            self.static_out.copy_(fast.trunk(self.model, self.static_in, self.static_mask))
+        self.replays += 1
 
 
-def graphed_on_cpu(monkeypatch, fail=False):
+def graphed_on_cpu(monkeypatch, fail=False, capture_after=0):
+    """A GraphedTransformer on the CPU that captures FakeGraphs; capture_after=0 records at the first call."""
     model = small_model()
-    graphed = fast.GraphedTransformer(model)
+    graphed = fast.GraphedTransformer(model, capture_after=capture_after)
     monkeypatch.setattr(graphed, "uses_graph", lambda x: not torch.is_grad_enabled() and not graphed.capture_failed)
 
-    def capture(static_in, amp):
+    def capture(static_in, static_mask, amp):
         if fail:
             raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
-        g = FakeGraph(model, static_in)
+        g = FakeGraph(model, static_in, static_mask)
         return g, g.static_out
     monkeypatch.setattr(graphed, "capture", capture)
     return model, graphed
@@ -171,3 +174,37 @@ def test_a_failed_capture_says_so_once_on_stderr_and_runs_eagerly(monkeypatch, c
     assert graphed.capture_failed and graphed.graphs == {}
     for out in outs:
         assert torch.equal(out, expected)
+
+
+def test_the_wrapper_takes_magnets_attention_mask_eagerly_and_in_a_graph(monkeypatch):
+    import magnet
+    model, graphed = graphed_on_cpu(monkeypatch)
+    tokens, cond, mask = torch.randint(0, 32, (2, 5, 8)), torch.randn(2, 16), torch.rand(2, 5, 8) < 0.5
+    drop = torch.tensor([False, True])
+    with torch.no_grad():
+        eager = fast.GraphedTransformer(model)                                 # the CPU's path: never a graph
+        for k in (1, 3, 1):                                                    # one graph, its mask copied in
+            context = magnet.context_mask(5, 8, k)
+            expected = model(tokens, cond, mask, drop, attn_mask=context)
+            assert torch.equal(eager(tokens, cond, mask, drop, attn_mask=context), expected)
+            torch.testing.assert_close(graphed(tokens, cond, mask, drop, attn_mask=context), expected)
+        torch.testing.assert_close(graphed(tokens, cond, mask, drop), model(tokens, cond, mask, drop))
+    assert eager.graphs == {} and len(graphed.graphs) == 2                     # with and without a mask, apart
+    assert torch.equal(magnet.generate(eager, cond, row_steps=(3,), span_len=2, context=1, seed=0),
+                       magnet.generate(model, cond, row_steps=(3,), span_len=2, context=1, seed=0))
+
+
+def test_a_shape_is_captured_at_its_call_after_capture_after_eager_ones(monkeypatch):
+    assert isinstance(fast.CAPTURE_AFTER, int) and fast.CAPTURE_AFTER >= 1    # a shape met once stays eager
+    model, graphed = graphed_on_cpu(monkeypatch, capture_after=fast.CAPTURE_AFTER)
+    tokens, cond, mask = torch.randint(0, 32, (4, 5, 8)), torch.randn(4, 16), torch.rand(4, 5, 8) < 0.5
+    with torch.no_grad():
+        graphed(tokens[:2], None, mask[:2])                                    # specmaskgit's first step: B alone
+        for call in range(1, fast.CAPTURE_AFTER + 4):
+            out = graphed(tokens, cond, mask)                                  # every later step: 2B
+            assert len(graphed.graphs) == (call > fast.CAPTURE_AFTER)          # captured at CAPTURE_AFTER + 1
+            torch.testing.assert_close(out, model(tokens, cond, mask))
+    (key_b, calls_b), (key_2b, calls_2b) = graphed.calls.items()
+    assert (key_b[0][0], calls_b, key_2b[0][0], calls_2b) == (2, 1, 4, fast.CAPTURE_AFTER + 3)
+    (graph_key, (*_, graph, _)), = graphed.graphs.items()
+    assert graph_key == key_2b and graph.replays == 3                          # the capture's call replays too

@@ -21,6 +21,7 @@ It imports no command: train.py imports it, never the other way round.
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -257,46 +258,100 @@ def load_conditioner(args, device):
 
 
 @torch.inference_mode()
-def build_cache(dataset, args, device, rank=0):
+def build_cache(dataset, args, device, rank=0, world=1):
     """Tokenise every training clip with the trained VQGAN and embed it with CLAP's audio tower.
 
     This is what makes the transformer stage fast: the VQGAN encoder and CLAP run once per clip instead
-    of once per step, and training reads two small tensors. The cache is keyed by the VQGAN checkpoint's
-    file time (to the nanosecond: a VQGAN retrained within a second must not reuse it), the dataset size,
-    the conditioner and the clip length, so retraining a stage rebuilds it.
+    of once per step, and training reads two small tensors. The cache is keyed by every checkpoint it was
+    made from (cache_key), the dataset size and the clip length, so retraining a stage rebuilds it.
+    Under torchrun each process tokenises its own share of the clips and every process ends with all of
+    them, in the dataset's order; rank 0 writes the file.
     """
-    import mel
-    import vqgan
-    from data.datasets import collate
     path_vq = os.path.join(args.out, "vqgan.pt")
     if not os.path.exists(path_vq):
         raise UserError(f"{path_vq} does not exist: the transformer learns the VQGAN's tokens, so train "
                         f"--stage vqgan (and clap) into this --out first, or run --stage all.")
     vq_ckpt = load_checkpoint(path_vq, "vqgan")
-    key = f"{os.stat(path_vq).st_mtime_ns}-{vqgan_hash(vq_ckpt)}-{len(dataset)}-{args.clap}-{args.num_samples}"
-    if getattr(dataset, "p_mix", P_MIX) != P_MIX:                # a shifted toy world is other clips
-        key += f"-mix{dataset.p_mix}"
+    key = cache_key(dataset, args, vq_ckpt)
     path = os.path.join(args.out, "transformer_cache.pt")
-    if os.path.exists(path):
-        cache = load_checkpoint(path, "cache")
-        if cache.get("key") == key:
+    cache = load_checkpoint(path, "cache") if os.path.exists(path) else {}
+    found = cache.get("key") == key
+    if world > 1:                       # all read it, or all tokenise: one alone would wait in the gather below
+        every = [None] * world
+        torch.distributed.all_gather_object(every, found)
+        found = all(every)
+    if found:
+        if rank == 0:
             print(f"transformer: reading the token cache {path} ({len(cache['tokens'])} clips)")
-            return cache
+        return cache
+    n = len(dataset)
+    share = torch.utils.data.Subset(dataset, range(rank * n // world, (rank + 1) * n // world))
+    tokens, conds = tokenise(share, args, vq_ckpt, device, rank, world)     # per batch: (B, 5, F/16), (B, 512)
+    if world > 1:                       # every process's share, in rank order: the dataset's order
+        shares = [None] * world
+        torch.distributed.all_gather_object(shares, (tokens, conds))        # CPU tensors, as gloo needs
+        tokens = [t for share_tokens, _ in shares for t in share_tokens]
+        conds = [c for _, share_conds in shares for c in share_conds]
+    cache = {"stage": "cache", "key": key, "tokens": torch.cat(tokens), "cond": torch.cat(conds)}   # (N, 5, F/16), (N, 512)
+    if rank == 0:
+        save_checkpoint(cache, path)
+    return cache
+
+
+def cache_key(dataset, args, vq_ckpt: dict) -> str:
+    """What the cache was made from, readably: the VQGAN and the conditioner checkpoints (each file's time,
+    to the nanosecond, so that one retrained within a second is not taken for the old one, and for ours a
+    fingerprint of the weights), the number of clips and their length."""
+    path_vq = os.path.join(args.out, "vqgan.pt")
+    key = (f"vqgan.pt {os.stat(path_vq).st_mtime_ns}-{vqgan_hash(vq_ckpt)}, {conditioner_key(args)}, "
+           f"{len(dataset)} clips of {args.num_samples} samples")
+    if getattr(dataset, "p_mix", P_MIX) != P_MIX:                # a shifted toy world is other clips
+        key += f", toy mix {dataset.p_mix}"
+    return key
+
+
+def conditioner_key(args) -> str:
+    """The conditioner's part of the key: TinyCLAP's clap.pt by time and weights; LAION-CLAP's 600 MB
+    checkpoint by size and time (reading it through for a fingerprint would cost more than it tells)."""
+    if args.clap == "laion":
+        if not args.clap_ckpt or not os.path.isfile(args.clap_ckpt):
+            return "laion CLAP without a checkpoint"         # load_conditioner names what is missing
+        st = os.stat(args.clap_ckpt)
+        return f"laion CLAP {os.path.abspath(args.clap_ckpt)} {st.st_size} bytes {st.st_mtime_ns}"
+    path = os.path.join(args.out, "clap.pt")
+    if not os.path.exists(path):
+        return "clap.pt absent"                               # load_conditioner names what is missing
+    return f"clap.pt {os.stat(path).st_mtime_ns}-{weights_hash(load_checkpoint(path, 'clap'))}"
+
+
+def weights_hash(ckpt: dict) -> str:
+    """A fingerprint of a checkpoint's weights, as runtime.vqgan_hash is of a codebook: 16 hex digits of
+    SHA-256 over every tensor's name and bytes."""
+    h = hashlib.sha256()
+    for k in sorted(ckpt["model"]):
+        h.update(k.encode())
+        h.update(ckpt["model"][k].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())   # 0-d too
+    return h.hexdigest()[:16]
+
+
+def tokenise(clips, args, vq_ckpt: dict, device, rank=0, world=1) -> tuple[list, list]:
+    """The VQGAN's tokens and the conditioner's audio embeddings of `clips`, in batches of 32, on the host."""
+    import mel
+    import vqgan
+    from data.datasets import collate
     vq = build_model(vqgan.VQGAN, vqgan.Config, vq_ckpt, "vqgan").to(device).eval()
     conditioner = load_conditioner(args, device)
     tokens, conds, t0 = [], [], time.time()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate, num_workers=args.workers)
+    where = f" on each of {world} processes" if world > 1 else ""
+    loader = torch.utils.data.DataLoader(clips, batch_size=32, collate_fn=collate, num_workers=args.workers)
     for i, batch in enumerate(loader):
         wav = batch["wav"].to(device)
         tokens.append(vq.encode(mel.normalize(mel.mel_spectrogram(wav))).to(torch.int16).cpu())  # (B, 5, F/16)
         conds.append(conditioner.embed_audio(wav).float().cpu())                                # (B, 512)
-        if i % 10 == 0:
-            print(f"transformer: caching tokens and CLAP embeddings {min((i + 1) * 32, len(dataset))}/{len(dataset)}"
-                  f" ({time.time() - t0:.0f} s)", flush=True)
-    cache = {"stage": "cache", "key": key, "tokens": torch.cat(tokens), "cond": torch.cat(conds)}
-    if rank == 0:
-        save_checkpoint(cache, path)
-    return cache
+        if i % 10 == 0 and rank == 0:
+            print(f"transformer: caching tokens and CLAP embeddings {min((i + 1) * 32, len(clips))}/{len(clips)}"
+                  f"{where} ({time.time() - t0:.0f} s)", flush=True)
+    return tokens, conds
 
 
 # ===================================================================================================
@@ -478,13 +533,29 @@ def save_state(trainer, step, args, stage, rank=0, world=1) -> None:
     """Write `<stage>.pt` (inference) and `<stage>.state.pt` (resume), each atomically, on rank 0.
 
     Weights that hold a NaN or an infinity are never written: the last finite checkpoint stays.
+    Under torchrun every process leaves only once rank 0 has written (or refused to): the next stage reads
+    these files on every rank (build_cache), and one that went ahead would read none, or the previous one.
     """
     rng = [rng_state()]
     if world > 1:                                            # every process's random stream, for --resume
         rng = [None] * world
         torch.distributed.all_gather_object(rng, rng_state())
-    if rank != 0:
-        return
+    refused = None
+    if rank == 0:
+        try:
+            write_state(trainer, step, args, stage, rng)
+        except UserError as e:
+            refused = e
+    if world > 1:                      # rank 0's outcome, to all: none waits for a write that never comes
+        outcome = [None if refused is None else str(refused)]
+        torch.distributed.broadcast_object_list(outcome, src=0)    # NCCL: on the device setup_distributed set
+        if rank != 0 and outcome[0] is not None:
+            refused = UserError(outcome[0])
+    if refused is not None:
+        raise refused
+
+
+def write_state(trainer, step, args, stage, rng: list) -> None:
     ckpt, state = {**trainer.checkpoint(), **getattr(trainer, "made_from", {})}, trainer.state_dict()   # the same
     bad = non_finite_entry(ckpt) or non_finite_entry(state)                                            # with one GPU or eight
     if bad:
@@ -529,7 +600,9 @@ def heldout_evaluator(args, device, trainer):
         tokens = specmaskgit.generate(model, text_emb.to(device), seed=args.seed)   # (N, rows, cols)
         model.train(was_training)
         log_mel = mel.denormalize(vq.decode(tokens).float())                       # (N, 80, F)
-        wav = hifigan_format.vocode(voc, log_mel) if voc is not None else mel.griffin_lim(log_mel.cpu())
+        # Griffin-Lim on the training device, where the mels are (mel.griffin_lim runs on its input's):
+        # under torchrun the other processes wait in their next collective while rank 0 evaluates
+        wav = hifigan_format.vocode(voc, log_mel) if voc is not None else mel.griffin_lim(log_mel)   # (N, T)
         emb = conditioner.embed_audio(wav[:, :real.shape[1]].to(device)).float().cpu()
         torch.set_rng_state(rng)
         return {"eval_fad": frechet_distance(emb, real_emb), "eval_clap_score": clap_score(text_emb.cpu(), emb),
