@@ -220,7 +220,7 @@ def test_sample_benchmark_runs_benchmark_py_in_its_own_process_with_the_thread_c
     monkeypatch.setattr(sample.subprocess, "call", lambda argv, cwd: calls.append((argv, cwd)) or 0)
     assert sample.main(["--benchmark", "tiny", "--threads", "1", "--device", "cpu", "--dtype", "fp32", "--runs", "2"]) == 0
     ((argv, cwd),) = calls
-    assert argv[1:3] == ["-m", "speed.benchmark"] and os.path.isfile(os.path.join(cwd, "speed", "speed/benchmark.py"))
+    assert argv[1:3] == ["-m", "speed.benchmark"] and os.path.isfile(os.path.join(cwd, "speed", "benchmark.py"))
     assert argv[3:] == ["tiny", "--device", "cpu", "--dtype", "fp32", "--runs", "2", "--thread-counts", "1"]
     assert benchmark.parse_args(argv[3:]).thread_counts == [1]                # and speed/benchmark.py reads them back
     monkeypatch.setattr(sample.subprocess, "call", lambda argv, cwd: 3)
