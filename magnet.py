@@ -8,14 +8,20 @@ masks and sampled by iterative parallel decoding with classifier-free guidance. 
 four residual codebook streams at 50 Hz; ours are a 5 x 53 grid of SpecVQGAN tokens, one row per band of
 16 mel bins, one column per 16 mel frames by default (16 x 256 / 22050 Hz = 186 ms of audio; see
 vqgan.Config.patch_frames). This file reuses specmaskgit.py's transformer, conditioner interface and
-masked_counts, and holds only what differs:
-  Sec. 3.1  span masking in training: spans of span_len columns inside one row (span_mask)
-  Sec. 3.1  span-level decoding: whole spans re-masked, scored by 'max' or 'prod' (span_confidence)
-  Sec. 3.2  restricted context: a token attends only to tokens within +-k columns (context_mask)
-  Sec. 3.3  guidance annealed from 10 down to 1 as the mask shrinks, softmax temperature 3 -> 0, top-p 0.9,
-            and a step count per token row, decoded one row after another (guidance_scale, temperature, top_p)
-  Sec. 3.4  rescoring: confidence = 0.7 p_external + 0.3 p_self (rescore)
-  Sec. 3.5  the hybrid: the first columns one after another, the rest in parallel (generate, prefix_cols)
+masked_counts, and holds only what differs (named as the MAGNeT paper names its ideas):
+  masking strategy    span masking in training: spans of span_len columns inside one row (span_mask)
+  span decoding       whole spans re-masked, scored by 'max' or 'prod' (span_confidence)
+  restricted context  a token attends only to tokens within +-k columns (context_mask)
+  inference           guidance annealed from 10 down to 1 as the mask shrinks, softmax temperature 3 -> 0,
+                      top-p 0.9, a step count per token row, one row after another (guidance_scale,
+                      temperature, top_p)
+  rescoring           confidence = 0.7 p_external + 0.3 p_self (rescore)
+  hybrid              the first columns one after another, the rest in parallel (generate, prefix_cols);
+                      MAGNeT trains one model with a joint autoregressive and non-autoregressive loss and a
+                      random switch point, ours takes the prefix's columns from the same masked model at
+                      sampling time only, a stand-in: this model was never trained left to right
+Restricted context here acts at sampling only, on a model trained without it, and its window is ours
+(--context, in token columns of 186 ms); MAGNeT trains and samples with it, for every stream above the first.
 
 In:  a SpecMaskGIT model (specmaskgit.py), a CLAP embedding (B, 512)
 Out: training masks (B, 265) for specmaskgit.masked_loss; tokens (B, 5, 53) from generate()
@@ -32,13 +38,13 @@ import specmaskgit
 
 
 # ---------------------------------------------------------------------------------------------------
-# Sec. 3.1: span masking in training.
+# MAGNeT's masking strategy: spans in training.
 # ---------------------------------------------------------------------------------------------------
 # MAGNeT masks spans of consecutive tokens rather than single tokens: EnCodec's receptive field makes
 # neighbouring tokens share information, so a single masked token is often given away by its neighbours
 # and the model learns to copy instead of to generate. SpecVQGAN's encoder overlaps neighbouring patches
 # too (3 x 3 convolutions at every level and attention at the lowest one). MAGNeT's best span is 3 tokens
-# = 60 ms (Sec. 5, Table 4); here a span of 3 is 3 columns of one row: 48 mel frames = 557 ms of one band
+# = 60 ms (its ablation of the span length); here a span of 3 is 3 columns of one row: 48 mel frames = 557 ms of one band
 # of 16 mel bins. A span never crosses from one row into the next (that would join two frequency bands at
 # opposite ends of the clip).
 
@@ -68,7 +74,7 @@ def expected_masked_share(rows: int, cols: int, span_len: int) -> torch.Tensor:
 def spans_for_ratio(ratios: torch.Tensor, rows: int, cols: int, span_len: int, generator=None) -> torch.Tensor:
     """(B,) long: how many spans to draw so that the expected masked share equals each ratio.
 
-    The expected share grows in jumps of up to span_len / cols per span (3/16 on the toy grid), so a whole
+    The expected share grows in jumps of up to span_len / (rows x cols) per span (3/80 on the toy grid), so a whole
     number of spans rarely hits the ratio. MAGNeT's table takes the smallest count whose share reaches it
     (searchsorted); we draw the count below or the one above, with the probabilities that make the
     expected share exactly the ratio. At least one span, so every sample has a loss.
@@ -83,7 +89,7 @@ def spans_for_ratio(ratios: torch.Tensor, rows: int, cols: int, span_len: int, g
 
 
 def span_mask(B: int, n: int, cfg: specmaskgit.Config, generator=None, device="cpu") -> torch.Tensor:
-    """(B, n) bool training masks of spans of cfg.span_len columns within one row (MAGNeT Sec. 3.1;
+    """(B, n) bool training masks of spans of cfg.span_len columns within one row (MAGNeT's masking strategy;
     audiocraft MagnetSolver._spans_mask). Per sample: a mask ratio as SpecMaskGIT draws it
     (specmaskgit.mask_ratios), the number of spans whose expected coverage is that ratio
     (spans_for_ratio), that many distinct start places, and each start masks span_len columns.
@@ -111,7 +117,7 @@ def span_mask(B: int, n: int, cfg: specmaskgit.Config, generator=None, device="c
 
 
 # ---------------------------------------------------------------------------------------------------
-# Sec. 3.2: restricted context.
+# MAGNeT's restricted context.
 # ---------------------------------------------------------------------------------------------------
 # MAGNeT lets the tokens of codebooks above the first attend only to +-5 time steps (audiocraft's
 # subcodes_context, ~200 ms at 50 Hz): EnCodec's encoder has a bounded receptive field, so a fine code
@@ -133,14 +139,14 @@ def context_mask(rows: int, cols: int, k: int, device="cpu") -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Sec. 3.3: the schedules of MAGNeT's decoding (audiocraft MagnetLMModel._generate_stage).
+# The schedules of MAGNeT's decoding (audiocraft MagnetLMModel._generate_stage).
 # ---------------------------------------------------------------------------------------------------
 
-GUIDANCE = (10.0, 1.0)   # (lambda_0, lambda_1): guidance while everything is masked, and at the end (Table 5 best)
+GUIDANCE = (10.0, 1.0)   # (lambda_0, lambda_1): guidance while everything is masked, and at the end (the best of its guidance-annealing ablation)
 TEMPERATURE = 3.0        # softmax temperature at the first step, annealed linearly to 0
 TOP_P = 0.9              # nucleus sampling
 ROW_STEPS = (8, 4, 4, 4, 4)   # steps per token row, low band first: MAGNeT gives its first stream 20, the others 10
-RESCORE_WEIGHT = 0.7     # weight of the external model's probability (Sec. 3.4)
+RESCORE_WEIGHT = 0.7     # weight of the external model's probability (MAGNeT's rescoring)
 
 
 def masked_share(step: int, steps: int) -> float:
@@ -156,7 +162,7 @@ def spans_masked(step: int, steps: int, n_spans: int) -> int:
 
 
 def guidance_scale(gamma: float, high: float = GUIDANCE[0], low: float = GUIDANCE[1]) -> float:
-    """Sec. 3.3, CFG annealing: lambda = gamma lambda_0 + (1 - gamma) lambda_1, used in Eq. 2 of SpecMaskGIT
+    """MAGNeT's CFG annealing: lambda = gamma lambda_0 + (1 - gamma) lambda_1, used in Eq. 2 of SpecMaskGIT
     (l_u + lambda (l_c - l_u)). High while most is masked (follow the prompt while the sketch is drawn),
     low at the end (fill in what the context already implies). SpecMaskGIT ramps the other way: 0 -> 3.
     (high, low) = (0, 3) gives a rising ramp like SpecMaskGIT's, (3, 3) a constant scale."""
@@ -183,7 +189,7 @@ def top_p_filter(probs: torch.Tensor, p: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Sec. 3.1 and 3.4: span-level confidence, and rescoring with an external model.
+# Span-level confidence, and rescoring with an external model (MAGNeT's span decoding and rescoring).
 # ---------------------------------------------------------------------------------------------------
 
 def span_ids(rows: int, cols: int, span_len: int, device="cpu") -> torch.Tensor:
@@ -196,7 +202,7 @@ def span_ids(rows: int, cols: int, span_len: int, device="cpu") -> torch.Tensor:
 
 
 def rescore(p_self: torch.Tensor, p_external: torch.Tensor, weight: float = RESCORE_WEIGHT) -> torch.Tensor:
-    """Sec. 3.4: a drawn token's confidence is w p_external + (1 - w) p_self: a second model's opinion of
+    """MAGNeT's rescoring: a drawn token's confidence is w p_external + (1 - w) p_self: a second model's opinion of
     the same draw (MAGNeT's is an autoregressive MusicGen/AudioGen; here another transformer checkpoint)."""
     return weight * p_external + (1 - weight) * p_self
 
@@ -217,7 +223,7 @@ def span_confidence(token_conf: torch.Tensor, ids: torch.Tensor, counted: torch.
 
 
 # ---------------------------------------------------------------------------------------------------
-# MAGNeT's decoding, with the hybrid's prefix (Sec. 3.3-3.5).
+# MAGNeT's decoding, with the hybrid's prefix.
 # ---------------------------------------------------------------------------------------------------
 
 def logits_with_guidance(model, tokens, cond, masked, scale, attn_mask):
@@ -240,11 +246,11 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
              on_step=None):
     """MAGNeT's iterative decoding of (B, rows, cols) token grids with a SpecMaskGIT model.
 
-    1. Hybrid (Sec. 3.5), prefix_cols > 0: the first columns one after another, left to right, each in one
-       forward pass with every later column masked, sampled at temperature 1 and top-p. MAGNeT takes this
-       prefix from an autoregressive model (MusicGen), cheap per token thanks to its key/value cache; with
-       our one bidirectional model each prefix column costs a full forward pass over the grid, so the
-       hybrid costs prefix_cols passes more, and buys the prefix's columns one at a time in order.
+    1. Hybrid, prefix_cols > 0: the first columns one after another, left to right, each in one
+       forward pass with every later column masked, sampled at temperature 1 and top-p. MAGNeT's hybrid is
+       one model trained with a joint autoregressive and non-autoregressive loss (a random switch point),
+       whose prefix is decoded autoregressively with a key/value cache; ours is a sampling-time stand-in
+       on a model trained only to fill masks, each prefix column a full forward pass over the grid.
     2. Then the rest in parallel, a phase per token row from the low band up, row r in row_steps[r] steps
        (MAGNeT decodes its codebook streams one after another, [20, 10, 10, 10] steps; here rows are
        frequency bands and none is a residual of another, but the low bands hold most of the toy's energy
@@ -255,7 +261,7 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
        top-p; each span is scored by span_confidence of its drawn tokens' probabilities (mixed with the
        rescorer's by rescore); the least confident spans stay masked, the others are committed for good.
     Known positions (inpainting) are never masked nor re-drawn; rows of later phases stay masked meanwhile.
-    span_len None: the model's training span (cfg.span_len). context k: restricted attention (Sec. 3.2).
+    span_len None: the model's training span (cfg.span_len). context k: restricted attention.
     on_step gets the same record as specmaskgit.generate's (decoding_page.step_record reads it).
     The loop stays on the model's device, as specmaskgit.generate's does: which phases run is settled before
     it starts, the per-sample span counts are kept there, and nothing is read back while it runs but for
@@ -299,7 +305,7 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
         drawn = torch.where(now, drawn, tokens)                                # (B, n)
         p_self = probs.gather(-1, drawn[..., None])[..., 0]                   # (B, n) p(drawn) at this temperature
         conf = p_self
-        if rescorer is not None:                                              # Sec. 3.4: the external model's view
+        if rescorer is not None:                                              # rescoring: the external model's view
             grid = tokens.view(B, R, C)
             ext = rescorer(grid, cond, masked.view(B, R, C)).float().softmax(-1)   # its conditional probabilities
             conf = rescore(p_self, ext.gather(-1, drawn[..., None])[..., 0], rescore_weight)

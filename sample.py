@@ -76,15 +76,15 @@ def parse_args(argv=None):
     m = p.add_argument_group("MAGNeT's decoding (--sampler magnet, magnet.py; text to audio)")
     m.add_argument("--sampler", default="specmaskgit", choices=["specmaskgit", "magnet"])
     m.add_argument("--span-len", type=int, default=None, help="decoding span in token columns (default: the model's span_len)")
-    m.add_argument("--span-scoring", default="max", choices=["max", "prod"], help="a span's confidence (Sec. 3.1)")
-    m.add_argument("--guidance", default="10,1", help="HIGH,LOW: guidance annealed from HIGH to LOW as the mask shrinks (Sec. 3.3)")
+    m.add_argument("--span-scoring", default="max", choices=["max", "prod"], help="a span's confidence (MAGNeT's span decoding)")
+    m.add_argument("--guidance", default="10,1", help="HIGH,LOW: guidance annealed from HIGH to LOW as the mask shrinks (MAGNeT's CFG annealing)")
     m.add_argument("--magnet-temperature", type=float, default=3.0, help="softmax temperature at the start, annealed to 0")
     m.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (1 = off)")
     m.add_argument("--row-steps", default="8,4,4,4,4", help="steps per token row, low band first; one number = all rows together")
-    m.add_argument("--context", type=int, default=None, help="restricted attention: +-K token columns (Sec. 3.2; default unrestricted)")
-    m.add_argument("--rescore-ckpt", default=None, help="a second transformer (bundle or transformer.pt) that rescores each draw (Sec. 3.4)")
+    m.add_argument("--context", type=int, default=None, help="restricted attention: +-K token columns (MAGNeT's restricted context; default unrestricted)")
+    m.add_argument("--rescore-ckpt", default=None, help="a second transformer (bundle or transformer.pt) that rescores each draw (MAGNeT's rescoring)")
     m.add_argument("--rescore-weight", type=float, default=0.7, help="the rescorer's weight in the confidence")
-    m.add_argument("--prefix-cols", type=int, default=0, help="hybrid: decode the first K columns one after another (Sec. 3.5)")
+    m.add_argument("--prefix-cols", type=int, default=0, help="hybrid: decode the first K columns one after another (MAGNeT's hybrid, as a sampling-time stand-in)")
     return check_args(p.parse_args(argv))                # the ranges: ground/sample_edges.py
 
 
