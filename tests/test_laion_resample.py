@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from formats import clap_format
+from ground import audio_io
 import mel
 
 
