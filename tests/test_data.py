@@ -1,4 +1,5 @@
-"""Tests for data/datasets.py: the AudioCaps and folder loaders, and make_dataset."""
+"""Tests for data/datasets.py: the AudioCaps and folder loaders, and make_dataset; a FIFO in a data folder,
+and what train.py says of a folder whose captions are missing."""
 
 import csv
 import os
@@ -11,6 +12,9 @@ import torch
 from data import datasets as data
 from data import toyworld
 from ground.runtime import UserError
+import mel
+import train
+from conftest import refused
 
 SR = 22050
 SHORT = 8192          # 0.37 s: enough to check loading quickly
@@ -187,3 +191,25 @@ def test_toy_training_clips_are_made_once_and_kept_unless_they_would_not_fit_in_
     assert torch.equal(first["wav"], toyworld.toy_clip(small.seed, 2, small.num_samples)[0])
     big = data.make_dataset("toy", "train")                     # 10000 clips x 65536 x 4 B > 1.5 GB
     assert big.cache is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Folders a user might point --data at
+# ---------------------------------------------------------------------------------------------------
+
+def test_a_fifo_in_a_data_folder_is_skipped_without_hanging(tmp_path, alarm):
+    sf.write(tmp_path / "good.wav", np.zeros(5000, np.float32), mel.SR)
+    os.mkfifo(tmp_path / "x.wav")
+    alarm(20)
+    ds = data.FolderDataset(str(tmp_path), num_samples=4096)
+    assert [os.path.basename(p) for p, _, _ in ds.items] == ["good.wav"]
+
+
+def test_clap_on_a_folder_without_captions_names_the_missing_captions(tmp_path, capsys):
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    for i in range(3):
+        sf.write(folder / f"s{i}.wav", 0.1 * np.ones(5000, np.float32), mel.SR)
+    refused(capsys, train.main, ["--data", str(folder), "--stage", "clap", "--clap", "tiny", "--preset", "tiny",
+                                 "--num-samples", "4096", "--steps", "1", "--out", str(tmp_path / "r")],
+            ["captions.csv"], tmp_path / "r")

@@ -24,8 +24,7 @@ import specmaskgit
 import train
 from training import edges as training_edges
 from ground.runtime import load_checkpoint
-from test_resume import prerequisites  # noqa: F401  (a VQGAN, a TinyCLAP and the token cache)
-from test_train import TOY
+from conftest import TOY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

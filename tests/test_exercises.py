@@ -32,7 +32,7 @@ import sample
 import specmaskgit
 import train
 from ground.runtime import build_model, load_checkpoint
-from test_train import TOY
+from conftest import TOY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")

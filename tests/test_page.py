@@ -3,7 +3,7 @@
 The page is read back with html.parser, as a browser would, and checked against what generate
 recorded: one frame per step, each with the model's grid, the cells committed at that step exactly
 those of generate's decoding order, the given cells exactly the caller's known tokens, sounds that
-decode, and nothing loaded from outside the file. Tiny untrained models (tests/test_sample.py's bundle).
+decode, and nothing loaded from outside the file. Tiny untrained models (tests/conftest.py's bundle).
 """
 
 import base64
@@ -27,7 +27,7 @@ from data import toyworld
 import vocoder
 import vqgan
 from ground.runtime import save_checkpoint
-from test_sample import CLIP, bundle, pipe  # noqa: F401  (fixtures)
+from conftest import CLIP
 
 STEPS = 4
 

@@ -1,4 +1,6 @@
-"""Resume is exact: a run stopped after k steps and resumed with --resume ends with the same weights, the
+"""train.py --resume.
+
+Resume is exact: a run stopped after k steps and resumed with --resume ends with the same weights, the
 same optimiser moments and the same random streams as the run that was never stopped, and logs the same
 losses for the steps after k, for every stage. Compared tensor by tensor, bit for bit (same machine, same
 process, fp32).
@@ -6,17 +8,27 @@ process, fp32).
 What would fail here: a Trainer whose state_dict leaves out a model or an optimiser, a loop that does not
 restore the random stream (the VQGAN's code re-seeding draws from it), a data order that restarts at the
 first batch, a learning-rate schedule that restarts at its warm-up.
+
+It also survives the worst: a SIGKILL between two checkpoints, or while one is being written, then
+--resume runs to the end with the uninterrupted run's learning rates; a damaged resume state, or one of
+another stage, is refused in one sentence and left as it was.
 """
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 import train
-from ground.runtime import load_checkpoint
-from test_train import TOY, log_rows
+from ground.runtime import UserError, load_checkpoint, save_checkpoint
+from conftest import CLAP_RUN, TOY, log_rows, refused, transformer_run_from
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS, STOP = 4, 2
 STAGE_FLAGS = {
@@ -27,17 +39,6 @@ STAGE_FLAGS = {
     "clap": [],
     "transformer": [],
 }
-
-
-@pytest.fixture(scope="module")
-def prerequisites(tmp_path_factory):
-    """A VQGAN, a TinyCLAP and the token cache, for the transformer stage (one step each)."""
-    out = tmp_path_factory.mktemp("prerequisites")
-    for stage in ("vqgan", "clap", "transformer"):
-        assert train.main(TOY + ["--stage", stage, "--steps", "1", "--out", str(out)]) == 0
-    for name in ("transformer.pt", "transformer.state.pt", "transformer.log.jsonl"):
-        os.remove(out / name)
-    return out
 
 
 def assert_same(a, b, where="state"):
@@ -117,3 +118,154 @@ def test_a_run_saved_before_a_config_field_existed_resumes_and_one_saved_with_an
                              "--vqgan.l2_codes", "true"]) == 2
     assert "l2_codes" in capsys.readouterr().err
     assert load_checkpoint(str(state_path), "vqgan")["step"] == 2                # nothing lost
+
+
+# ---------------------------------------------------------------------------------------------------
+# Damaged resume states
+# ---------------------------------------------------------------------------------------------------
+
+def _damage_state(state, how):
+    if how == "string step":
+        state["step"] = "3"
+    elif how == "huge step":
+        state["step"] = 10 ** 20
+    elif how == "negative step":
+        state["step"] = -5
+    elif how == "bad rng":
+        state["rng"] = [{"cpu": torch.zeros(7, dtype=torch.uint8)}]
+    elif how == "missing optimiser":
+        del state["trainer"][next(k for k in state["trainer"] if "opt" in k)]
+    elif how == "missing config":
+        del state["config"]
+    elif how == "list for the trainer":
+        state["trainer"] = [1, 2]
+
+
+@pytest.mark.parametrize("how", ["string step", "huge step", "negative step", "bad rng", "missing optimiser",
+                                 "missing config", "list for the trainer"])
+def test_a_damaged_resume_state_is_one_sentence_and_stays_as_it_was(tmp_path, capsys, how):
+    out = tmp_path / "run"
+    assert train.main(CLAP_RUN + ["--steps", "1", "--out", str(out)]) == 0
+    state = load_checkpoint(str(out / "clap.state.pt"), "clap")
+    _damage_state(state, how)
+    save_checkpoint(state, str(out / "clap.state.pt"))
+    before = (out / "clap.state.pt").read_bytes()
+    capsys.readouterr()
+    refused(capsys, train.main, CLAP_RUN + ["--steps", "3", "--resume", "--out", str(out)], ["clap.state.pt"])
+    assert (out / "clap.state.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["another stage", "truncated"])
+def test_train_resume_refuses_a_state_of_another_stage_or_a_damaged_one(toy_run, capsys, tmp_path, damage):
+    out = tmp_path / "run"
+    shutil.copytree(toy_run, out)
+    state = out / "transformer.state.pt"
+    if damage == "another stage":
+        shutil.copy(out / "vqgan.state.pt", state)
+        words = ["vqgan checkpoint", "not a transformer one"]
+    else:
+        state.write_bytes(state.read_bytes()[:2000])
+        words = ["transformer.state.pt", "not a readable"]
+    before = state.read_bytes()
+    refused(capsys, train.main, TOY + ["--stage", "transformer", "--steps", "3", "--resume", "--out", str(out)], words)
+    assert state.read_bytes() == before                                         # refused, not overwritten
+
+
+# ---------------------------------------------------------------------------------------------------
+# SIGKILL: between two checkpoints, and while one is being written; then --resume to the end
+# ---------------------------------------------------------------------------------------------------
+
+# train.py in a child process, slowed down so that the kill lands where the test wants it:
+#   slow-steps    every training step sleeps 0.1 s first: a kill after the first checkpoint lands mid-run
+#   slow-save:N   the resume state of step N is written half, flushed to disk, then the writer waits (and
+#                 touches SENTINEL): the kill lands inside save_checkpoint, between torch.save and the rename
+SHIM = r"""
+import io, os, sys, time
+import torch
+import specmaskgit
+mode, sentinel, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+if mode == "slow-steps":
+    real_step = specmaskgit.Trainer.step
+    def step(self, batch, s):
+        time.sleep(0.1)
+        return real_step(self, batch, s)
+    specmaskgit.Trainer.step = step
+else:
+    n, real_save = int(mode.split(":")[1]), torch.save
+    def save(obj, f, *args, **kwargs):
+        if not (isinstance(obj, dict) and obj.get("step") == n and "trainer" in obj):
+            return real_save(obj, f, *args, **kwargs)
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        whole = buf.getvalue()
+        f.write(whole[:len(whole) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        open(sentinel, "w").close()
+        time.sleep(600)
+        f.write(whole[len(whole) // 2:])
+    torch.save = save
+import train
+sys.exit(train.main(argv))
+"""
+
+
+def run_until_killed(mode, flags, ready, sentinel, delay=0.0):
+    """Start the shimmed train.py, wait until ready() is true, wait `delay`, SIGKILL it."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", SHIM, mode, str(sentinel), *flags], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 180
+        while not ready() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        why = proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "still running"
+        assert ready(), f"the run never got there: {why}"
+        time.sleep(delay)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL                                  # killed, not finished
+
+
+def resume_to_the_end(flags, out, s, steps, warmup, capsys):
+    """--resume from step s: it says so, trains s+1 .. steps with the uninterrupted run's learning rates,
+    and leaves a state at `steps` and no temporary file."""
+    capsys.readouterr()
+    assert train.main(flags + ["--resume"]) == 0
+    assert f"resuming at step {s} " in capsys.readouterr().out
+    assert load_checkpoint(os.path.join(out, "transformer.state.pt"), "transformer")["step"] == steps
+    rows = log_rows(out, "transformer")[-(steps - s):]
+    assert [r["step"] for r in rows] == list(range(s + 1, steps + 1))
+    for r in rows:
+        assert r["lr"] == pytest.approx(1e-3 * train.lr_factor(r["step"] - 1, warmup, steps), rel=1e-9)
+    assert not [n for n in os.listdir(out) if ".partial-" in n]
+
+
+def test_sigkill_between_checkpoints_then_resume_runs_to_the_end(toy_run, tmp_path, capsys):
+    out = transformer_run_from(toy_run, tmp_path / "run")
+    state = os.path.join(out, "transformer.state.pt")
+    flags = TOY + ["--stage", "transformer", "--steps", "30", "--ckpt-every", "5", "--log-every", "1",
+                   "--lr", "1e-3", "--warmup", "4", "--out", out]
+    run_until_killed("slow-steps", flags, lambda: os.path.exists(state), tmp_path / "unused", delay=0.25)
+    s = load_checkpoint(state, "transformer")["step"]
+    assert s % 5 == 0 and 5 <= s < 30
+    assert load_checkpoint(os.path.join(out, "transformer.pt"), "transformer")["stage"] == "transformer"
+    assert log_rows(out, "transformer")[-1]["step"] > s                        # it was killed between checkpoints
+    resume_to_the_end(flags, out, s, 30, 4, capsys)
+
+
+def test_sigkill_while_a_checkpoint_is_written_then_resume_runs_to_the_end(toy_run, tmp_path, capsys):
+    out = transformer_run_from(toy_run, tmp_path / "run")
+    sentinel = tmp_path / "half_written"
+    flags = TOY + ["--stage", "transformer", "--steps", "8", "--ckpt-every", "2", "--log-every", "1",
+                   "--lr", "1e-3", "--warmup", "2", "--out", out]
+    run_until_killed("slow-save:4", flags, sentinel.exists, sentinel)
+    temporary = [n for n in os.listdir(out) if ".partial-" in n]
+    assert len(temporary) == 1 and temporary[0].startswith("transformer.state.pt.partial-")   # step 4's, cut in half
+    with pytest.raises(UserError):
+        load_checkpoint(os.path.join(out, temporary[0]))
+    assert load_checkpoint(os.path.join(out, "transformer.state.pt"), "transformer")["step"] == 2   # intact
+    assert load_checkpoint(os.path.join(out, "transformer.pt"), "transformer")["stage"] == "transformer"
+    resume_to_the_end(flags, out, 2, 8, 2, capsys)

@@ -1,11 +1,10 @@
 """sample.py: text to audio, zero-shot inpainting and bandwidth extension, and its one-sentence errors.
 
-The models are tiny and untrained (built once per module and saved as a bundle like train.py --bundle
-writes), so the sounds are noise; what is checked is the machinery: which tokens are kept, how long the
-output is, which files are written, reproducibility and the errors.
+The models are tiny and untrained (tests/conftest.py's bundle: built once per module and saved as a
+bundle like train.py --bundle writes), so the sounds are noise; what is checked is the machinery: which
+tokens are kept, how long the output is, which files are written, reproducibility and the errors.
 """
 
-import dataclasses
 import math
 import os
 
@@ -14,50 +13,17 @@ import pytest
 import soundfile as sf
 import torch
 
-import clap
 from data import toyworld
 import mel
 from ground import audio_io
 import pipeline
 import sample
 import specmaskgit
-import vocoder
-import vqgan
 from ground.runtime import load_checkpoint, save_checkpoint
+from conftest import CLIP, refused, sample_args, tiny_bundle
 
-CLIP = 8 * 4096                     # the tiny bundle's clip: 32768 samples = 128 frames = 5 x 8 tokens
+
 STEPS = "4"                         # MaskGIT iterations in these tests (fast; the default is 16)
-
-
-def tiny_bundle(folder, patch_frames=16, cols=None) -> str:
-    """A bundle of four tiny untrained models, saved the way train.py --bundle saves it; its VQGAN's tokens
-    are patch_frames mel frames wide, and the transformer's grid has `cols` columns (default: the fitting one)."""
-    torch.manual_seed(0)
-    vq_cfg = vqgan.Config(base_channels=4, channel_mult=(1, 2, 4, 8, 8), n_res_blocks=1, dec_res_blocks=1,
-                          norm_groups=4, z_channels=16, n_codes=32, code_dim=16, disc_channels=4, disc_layers=2,
-                          patch_frames=patch_frames)
-    voc_cfg = dataclasses.replace(vocoder.PRESETS["tiny"], upsample_initial_channel=16, mpd_width=2, msd_width=16)
-    clap_cfg = clap.Config(audio_channels=(4, 8, 8, 8), audio_hidden=16, text_width=16, text_layers=1)
-    cols = cols or CLIP // (patch_frames * mel.HOP)
-    tr_cfg = specmaskgit.Config(n_layers=1, width=32, n_heads=2, mlp=64, n_codes=32, rows=5, cols=cols)
-    b = {"stage": "bundle", "num_samples": CLIP, "data": "toy",
-         "vqgan": vqgan.Trainer(vq_cfg).checkpoint(),
-         "vocoder": vocoder.Trainer(voc_cfg).checkpoint(),
-         "clap": clap.Trainer(clap_cfg, vocab=clap.build_vocab(toyworld.toy_caption_phrases())).checkpoint(),
-         "transformer": specmaskgit.Trainer(tr_cfg).checkpoint()}
-    path = folder / f"tiny_{patch_frames}_{cols}.pt"
-    save_checkpoint(b, str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return tiny_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def pipe(bundle):
-    return pipeline.load_pipeline(bundle, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -399,3 +365,29 @@ def test_a_bf16_pipeline_holds_the_transformer_in_bf16_and_keeps_the_tokenizer_a
             out = bf16.transformer(tokens, cond, mask).float()
     assert (out.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
     torch.testing.assert_close(out.softmax(-1), reference.softmax(-1), atol=0.05, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts, seeds and gaps (first written as hostile-input probes)
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt", ["雨が屋根に降る", "дождь", "!!!"])
+def test_a_prompt_with_no_latin_word_is_one_sentence_listing_the_kinds(bundle, capsys, tmp_path, prompt):
+    err = refused(capsys, sample.main, [prompt, "--ckpt", bundle, "--steps", "2", "--out", str(tmp_path)],
+                  ["no word", prompt, toyworld.KINDS[0]], tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_another_seed_writes_other_bytes(bundle, tmp_path):
+    for seed in ("1", "2"):
+        assert sample.main(["rain on a roof", "--ckpt", bundle, "--steps", "4", "--seed", seed,
+                            "--out", str(tmp_path / seed)]) == 0
+    a, b = ((tmp_path / s / "rain_on_a_roof.wav").read_bytes() for s in ("1", "2"))
+    assert len(a) == len(b) and a != b
+
+
+def test_a_gap_within_one_sample_is_named_as_such(bundle, tmp_path, capsys):
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(mel.SR, np.float32), mel.SR)
+    refused(capsys, sample.main, ["--inpaint", str(clip), "--start", "-0.0", "--end", "1e-9",
+                                  *sample_args(bundle, tmp_path / "o")], ["one sample"], tmp_path / "o")

@@ -6,7 +6,6 @@ what is checked is the machinery (files, logs, schedules, data order, errors), n
 """
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -27,23 +26,9 @@ import specmaskgit
 import train
 from training import edges as training_edges
 from ground.runtime import UserError, load_checkpoint, save_checkpoint
+from conftest import TINY, TOY, log_rows, transformer_run_from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# One flag per config field to shrink (train.py generates --<stage>.<field> from each Config).
-TINY = ["--num-samples", "16384", "--batch-size", "2", "--dtype", "fp32", "--device", "cpu",
-        "--vqgan.base_channels", "4", "--vqgan.z_channels", "16", "--vqgan.n_codes", "32", "--vqgan.code_dim", "16",
-        "--vqgan.disc_channels", "4",
-        "--vocoder.upsample_initial_channel", "16", "--vocoder.mpd_width", "2", "--vocoder.msd_width", "16",
-        "--clap.audio_channels", "4,8,8,8", "--clap.audio_hidden", "16", "--clap.text_width", "16",
-        "--transformer.n_layers", "1", "--transformer.width", "32", "--transformer.n_heads", "2",
-        "--transformer.mlp", "64"]
-TOY = ["--data", "toy", "--n-clips", "8"] + TINY
-
-
-def log_rows(folder, stage) -> list[dict]:
-    with open(os.path.join(folder, f"{stage}.log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def error_of(capsys, argv) -> str:
@@ -56,19 +41,12 @@ def error_of(capsys, argv) -> str:
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    """`--stage all` on the toy world: two steps per stage, a log row per step, and a bundle."""
+    """`--stage all` on the toy world: two steps per stage, a log row per step, and a bundle.
+    (This module's own: it stands in for conftest.py's toy_run, which stops before the vocoder.)"""
     out = tmp_path_factory.mktemp("toy_run")
     assert train.main(TOY + ["--stage", "all", "--steps", "2", "--log-every", "1", "--out", str(out),
                              "--bundle", str(out / "bundle.pt")]) == 0
     return out
-
-
-def transformer_run_from(toy_run, dest) -> str:
-    """A copy of the toy run without its transformer stage (the token cache stays: it is keyed on vqgan.pt)."""
-    shutil.copytree(toy_run, dest)
-    for name in ("transformer.pt", "transformer.state.pt", "transformer.log.jsonl"):
-        os.remove(os.path.join(dest, name))
-    return str(dest)
 
 
 # ---------------------------------------------------------------------------------------------------
