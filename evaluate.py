@@ -39,7 +39,7 @@ This file is the command: its flags, and the order the tables run in. Each evalu
   ablations.py       Table 1, Fig. 7 and Table 7 (--ablations), and text-to-audio FAD alone (--fad)
   magnet_table.py    MAGNeT's ideas against SpecMaskGIT's sampler (--magnet)
   probe.py           Table 8, the linear probe (--probe)
-  reconstruction.py  Table 3, reconstruction FAD, IS and FID (--reconstruction)
+  reconstruction.py  Table 3, reconstruction FAD, and IS and FID in miniature (--reconstruction)
   curve.py           Fig. 8, FAD against training steps (--curve)
   evaluation/metrics.py         FAD, CLAP score, ROC-AUC, mAP and IS themselves
 """
@@ -101,7 +101,8 @@ def parse_args(argv=None):
                    "96); half as many test clips")
     p.add_argument("--probe-seeds", type=int, default=probe.PROBE_SEEDS, help="probe seeds to measure the noise over")
     p.add_argument("--reconstruction", action="store_true", help="Table 3: FAD of the vocoder alone and of the "
-                   "codec + vocoder, the latent rate, and seed 002's IS and FID beside FAD")
+                   "codec + vocoder, the latent rate, and beside FAD an IS and a Fréchet distance of log-mel statistics in the "
+                   "manner of Zou, Gong and Gao's MaskGIT-on-SpecVQGAN report (not comparable with its Inception-based numbers)")
     p.add_argument("--fad", action="store_true", help="only text-to-audio FAD and CLAP score against --n test clips "
                    "(with --toy-mix: of a shifted world, Table 4 in miniature)")
     p.add_argument("--toy-mix", type=float, default=toyworld.P_MIX, help="--fad: the toy world's share of two-sound clips")
@@ -154,6 +155,7 @@ def run(args) -> None:
               f"--device cpu or cuda to choose)")
     torch.manual_seed(args.seed)
     pipe = pipeline.load_pipeline(args.ckpt, device=device, dtype=args.dtype)
+    span_model = magnet_table.load_span_model(args.magnet_ckpt, pipe) if args.magnet_ckpt else None   # before any work
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:
@@ -166,7 +168,7 @@ def run(args) -> None:
     if args.magnet:
         embed, embed_name = clips.make_embedder(pipe, args.fad_clap_ckpt)
         magnet_table.print_magnet_table(
-            magnet_table.run_magnet_table(pipe, embed, args.n, args.per_kind, args.seed, args.magnet_ckpt),
+            magnet_table.run_magnet_table(pipe, embed, args.n, args.per_kind, args.seed, span_model),
             args.n, args.per_kind, embed_name)
     if args.probe:
         probe.print_probe(probe.run_probe(pipe, args.probe_n, max(4, args.probe_n // 2), range(args.probe_seeds),

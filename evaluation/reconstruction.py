@@ -1,13 +1,14 @@
 """
 evaluation/reconstruction.py — what the codec and the vocoder alone cost: reconstruction FAD, the latent
-rate, and the Inception Score and FID of seed 002 beside FAD.
+rate, and beside FAD the two scores of Zou, Gong and Gao's MaskGIT-on-SpecVQGAN report in miniature: an
+IS of a linear classifier on log-mel statistics and a Fréchet distance of log-mel statistics.
 
 Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms ..." (ISMIR 2024).
   Table 3    rFAD of the vocoder alone and of the mel VQGAN with the vocoder, and each method's latent
              rate (tokens per second of audio: 27 Hz for SpecMaskGIT)
 
 In:  a pipeline, an embedder (evaluation.clips.make_embedder), n held-out toy clips
-Out: FAD, IS and FID of every set, the latent rate, the vocoder's name; markdown tables on stdout
+Out: FAD and the two log-mel scores (IS, Fréchet distance) of every set, the latent rate, the vocoder's name; markdown tables on stdout
 Run: python evaluate.py --reconstruction
 """
 
@@ -23,18 +24,27 @@ from evaluation.probe import PROBE_BATCH, PROBE_EPOCHS
 
 
 # ---------------------------------------------------------------------------------------------------
-# Table 3: reconstruction FAD and the latent rate; seed 002's IS and FID beside FAD.
+# Table 3: reconstruction FAD and the latent rate; the report's IS and FID in miniature beside FAD.
 # ---------------------------------------------------------------------------------------------------
 #
 # rFAD: the same held-out clips through the last stage alone (real mel -> vocoder) and through the codec
 # (mel -> tokens -> mel -> vocoder), against the clips themselves. The latent rate is tokens per second of
 # audio: 265 tokens per 9.845 s = 27 Hz at full size; the toy's 5 x 16 tokens per 2.97 s is the same rate.
 #
-# Seed 002 (MaskGIT on SpecVQGAN) scores with a classifier of sound classes: the Inception Score of its
-# class probabilities and the FID of its features (FAD's formula). In miniature the classifier is the
+# Zou, Gong and Gao ("Application of Masked Token Transformer (MaskGIT) in high-quality and efficiency audio
+# generation", MaskGIT on SpecVQGAN) score 500 generated VAS clips with the Fréchet Inception Distance (FID
+# 1.068) and the Inception Score (IS 1.003 +- 0.0011): a classifier's class probabilities (IS) and its
+# features (FID, FAD's formula). In miniature the classifier is the
 # probe's layers trained as a single-label classifier of the toy's kinds on real single-kind training
 # clips, on the judge's log-mel statistics (mel_features, which owe nothing to TinyCLAP, FAD's embedding);
-# FID is computed on its batch-normalised input features.
+# the Fréchet distance is computed on its batch-normalised input features. Neither is an Inception network,
+# so neither number can be compared with the report's.
+
+IS_NAME = "IS of a linear classifier on log-mel statistics"
+FID_NAME = "Fréchet distance of log-mel statistics"
+REPORT = ("Zou, Gong and Gao's MaskGIT-on-SpecVQGAN report (\"Application of Masked Token Transformer (MaskGIT) "
+          "in high-quality and efficiency audio generation\")")
+REPORT_SCORES = "FID 1.068, IS 1.003 ± 0.0011 for SpecVQGAN + MaskGIT on 500 VAS clips"
 
 PAPER_TABLE3 = [("Diffsound", "SpecVQGAN", "MelGAN", "27 Hz", "6.2"), ("Make-an-audio", "VAE-GAN", "HiFiGAN", "78 Hz", "6.0"),
                 ("AudioLDM", "VAE-GAN", "HiFiGAN", "410 Hz", "1.2"), ("Make-an-audio 2", "VAE-GAN", "BigVGAN", "31 Hz", "1.0"),
@@ -98,12 +108,14 @@ def run_reconstruction(pipe, embed, n: int, seed: int) -> dict:
 
 def print_reconstruction(r: dict, embed_name: str) -> None:
     print(f"\n### Table 3 in miniature: reconstruction FAD ({embed_name}; {r['n']} held-out clips against "
-          f"themselves), and seed 002's IS and FID\n")
+          f"themselves), with an {IS_NAME} and a {FID_NAME}\n")
     print(f"Latent rate {r['rate']:.1f} Hz (tokens per second of audio; the full preset's 265 tokens per 9.845 s "
-          f"is {latent_rate(5, 53, 217088):.1f} Hz, the paper's 27 Hz). Vocoder: {r['vocoder']}. IS and FID come "
-          f"from a softmax classifier of the 12 kinds on log-mel statistics, trained on real clips; the real "
-          f"reference clips score IS {r['is_real']:.2f} (at most 12).\n")
+          f"is {latent_rate(5, 53, 217088):.1f} Hz, the paper's 27 Hz). Vocoder: {r['vocoder']}. The {IS_NAME} "
+          f"(a softmax classifier of the 12 kinds, trained on real clips) and the {FID_NAME} (its batch-normalised "
+          f"input) stand in for {REPORT}'s Inception Score and FID; they are NOT comparable with that report's "
+          f"Inception-based numbers ({REPORT_SCORES}). The real reference clips score IS {r['is_real']:.2f} "
+          f"(at most 12).\n")
     rows = [[name, f"{fad:.3f}", f"{is_:.2f}", f"{fid:.2f}"] for name, (fad, is_, fid) in r["sets"].items()]
-    print(markdown_table(["Set", "FAD", "IS", "FID"], rows))
+    print(markdown_table(["Set", "FAD", IS_NAME, FID_NAME], rows))
     print("\nThe paper's Table 3 (AudioCaps test set, VGGish rFAD):\n")
     print(markdown_table(["Method", "Mel-spec VAE", "Vocoder", "Latent rate", "rFAD"], [list(row) for row in PAPER_TABLE3]))

@@ -383,3 +383,33 @@ def test_pitch_mfcc_judge_tells_the_toy_kinds_apart_and_travels_in_a_checkpoint(
     torch.save(judge.state_dict(), path)
     again = judges.KNearest.from_state_dict(torch.load(path, weights_only=True))
     assert again.k == 5 and torch.equal(again.predict(features), judge.predict(features))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Names: every command says what it computes
+# ---------------------------------------------------------------------------------------------------
+
+def test_no_file_calls_a_paper_by_a_seed_number():
+    # The project's papers are cited by their authors and titles, never by the number of a file that
+    # only one machine had ("seed" followed by a zero-padded number).
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    pattern = re.compile("seed" + r"[\s_-]*0\d\d", re.IGNORECASE)
+    files = [p for p in root.rglob("*.py") if ".git" not in p.parts and "venv" not in str(p)]
+    files += [root / name for name in ("README.md", "RESULTS.md") if (root / name).exists()]
+    found = [f"{p.relative_to(root)}:{n}" for p in files
+             for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+    assert not found, found
+
+
+def test_is_and_fid_are_named_for_what_they_compute_and_not_compared_with_the_reports(capsys):
+    from evaluation import reconstruction
+    r = {"n": 4, "rate": 26.9, "vocoder": "x", "is_real": 11.0, "sets": {"Real": (0.1, 10.0, 0.2)}}
+    reconstruction.print_reconstruction(r, "TinyCLAP")
+    out = capsys.readouterr().out
+    assert "IS of a linear classifier on log-mel statistics" in out
+    assert "Fréchet distance of log-mel statistics" in out
+    assert "NOT comparable" in out and "1.068" in out and "1.003" in out and "Zou, Gong and Gao" in out
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--help"])
+    assert "Zou, Gong and Gao" in capsys.readouterr().out

@@ -84,7 +84,7 @@ def test_a_folder_of_audio_with_a_tag_table_runs_the_probe(tmp_path, capsys):
     labels = write_tagged_folder(str(tmp_path))
     assert evaluate.main(["--probe-data", str(tmp_path), "--probe-labels", labels, "--probe-seeds", "1"]) == 0
     out = capsys.readouterr().out
-    assert "6 training and 2 test clips" in out and "(2 tags" in out
+    assert "6 training and 2 test clips" in out and "(all 2 tags" in out and "each clip scored whole" in out
     rows = [line for line in out.splitlines() if line.startswith("| SpecMaskGIT, trained")]
     assert len(rows) == 1
 
@@ -96,11 +96,11 @@ def test_a_magnatagatune_like_table_is_read_with_its_columns():
         with open(path, "w") as f:
             f.write("clip_id\tguitar\tpiano\tmp3_path\n")
             for i in range(8):
-                f.write(f"{i}\t{i % 2}\t{int(i < 3)}\t0/clip{i}.wav\n")
-        paths, labels, is_test, tags = probe.read_tag_table(d, path)
-    assert tags == ["guitar", "piano"] and labels.shape == (8, 2)
-    assert paths[3] == os.path.join(d, "0/clip3.wav") and labels[3].tolist() == [1.0, 0.0]
-    assert is_test.tolist() == [False, False, False, True] * 2          # no split column: every fourth file
+                f.write(f"{i}\t{i % 2}\t{int(i < 3)}\t{'0d'[i % 4 == 3]}/clip{i}.wav\n")
+        t = probe.read_tag_table(d, path)
+    assert t.tags == ["guitar", "piano"] and t.labels.shape == (8, 2)
+    assert t.paths[3] == os.path.join(d, "d/clip3.wav") and t.labels[3].tolist() == [1.0, 0.0]
+    assert t.is_test.tolist() == [False, False, False, True] * 2         # MagnaTagATune's split: folder d is test
 
 
 def test_a_tag_that_is_not_0_or_1_is_one_sentence(tmp_path, capsys):
