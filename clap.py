@@ -17,9 +17,10 @@ Two models, one interface (every method returns float32 rows of unit length, on 
 
   TinyCLAP   written out here (0.52 M parameters in the tiny preset, 2.4 M in "full"): a small CNN over
              our log-mel, a transformer over words, small enough to train on a CPU, on the toy sound world
-             (`train.py --stage clap --data toy`). Config, towers, model, loss, then its Trainer.
-  LaionCLAP  in formats/clap_format.py (an edge, like formats/hifigan_format.py): a thin wrapper around the laion-clap
-             package; clap_format.load_clap gives either model from its checkpoint.
+             (`train.py --stage clap --data toy`). Config, towers, model; after LaionCLAP, its loss and Trainer.
+  LaionCLAP  the paper's conditioner, pretrained: a thin wrapper around the laion-clap package's model, which
+             it is given (with the resampler to its 48 kHz) by formats/clap_format.load_clap; that loader,
+             the one place that imports laion_clap, gives either model from its checkpoint.
 
 The modality gap (Liang et al., "Mind the Gap", NeurIPS 2022): contrastive training leaves the audio and the
 text embeddings in two separate cones, so a text embedding is never quite where the audio embeddings
@@ -289,6 +290,69 @@ def fit_centering(model: TinyCLAP, wavs: torch.Tensor, captions: list[str], batc
     model.audio_mean.copy_(a.mean(0))
     model.text_mean.copy_(t.mean(0))
     model.mean_updates.fill_(max(1, model.mean_updates.item()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The paper's conditioner: LAION-CLAP, pretrained, behind the same interface.
+# ---------------------------------------------------------------------------------------------------
+
+LAION_SR = 48000         # LAION-CLAP's audio tower (HTSAT) was trained on 48 kHz audio
+
+
+class LaionCLAP:
+    """LAION-CLAP ("630k-audioset-best.pt": HTSAT-tiny + RoBERTa, non-fusion, Sec. 3.3) with TinyCLAP's interface.
+
+    The network is laion-clap's own, `module`: its CLAP_Module, or anything with the module's two calls
+    `get_audio_embedding_from_data(x, use_tensor=True)` and `get_text_embedding(texts, use_tensor=True)`
+    (the tests pass a stand-in instead of the 600 MB checkpoint). This class only converts: our 22050 Hz
+    audio to LAION_SR with `resample` ((..., T) -> (..., T * 48000 / 22050)), on the model's device;
+    batches of `batch_size`; tensors in and out; unit length. formats/clap_format.load_clap builds the
+    module from its checkpoint and gives it the project's resampler.
+    """
+
+    def __init__(self, module, resample, device: str = "cpu", batch_size: int = 16):
+        self.module, self.resample = module, resample
+        self.device, self.batch_size = torch.device(device), batch_size
+
+    def unknown_words(self, text: str) -> list[str]:
+        return []   # RoBERTa's byte-level BPE spells out any word
+
+    @torch.no_grad()
+    def embed_audio(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, T) or (T,) at 22050 Hz -> (B, 512) unit vectors.
+
+        A full clip (217088 samples, 9.85 s) becomes 472,573 samples at 48 kHz; laion-clap pads it by
+        repetition to its 10 s input (480,000 samples).
+        """
+        wav = wav[None] if wav.dim() == 1 else wav
+        # the 22 kHz audio goes to the model's device first, and is resampled there: fewer samples to
+        # copy than at 48 kHz, and on a GPU the filter is one convolution there instead of the host's work
+        x = self.resample(wav.detach().float().to(self.device))                     # (B, T * 48000 / 22050)
+        out = []
+        for i in range(0, x.shape[0], self.batch_size):
+            e = self.module.get_audio_embedding_from_data(x[i:i + self.batch_size].to(self.device), use_tensor=True)
+            out.append(torch.as_tensor(e).float().to(self.device))
+        return F.normalize(torch.cat(out), dim=-1)
+
+    @torch.no_grad()
+    def embed_text(self, texts, return_unknown: bool = False):
+        """Captions -> (B, 512) unit vectors from LAION-CLAP's RoBERTa tower. An empty caption is a
+        ValueError, as in TinyCLAP (sample.py says it in one sentence before it gets here)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("no prompt was given.")
+        for t in texts:
+            if not t.strip():
+                raise ValueError(f"the prompt {t!r} is empty.")
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            chunk = texts[i:i + self.batch_size]
+            # laion-clap's tokenizer squeezes the batch axis of a single caption and RoBERTa then fails,
+            # so a lone caption goes in twice and we keep one row.
+            e = self.module.get_text_embedding(chunk * 2 if len(chunk) == 1 else chunk, use_tensor=True)
+            out.append(torch.as_tensor(e).float().to(self.device)[: len(chunk)])
+        e = F.normalize(torch.cat(out), dim=-1)
+        return (e, [[] for _ in texts]) if return_unknown else e
 
 
 # ---------------------------------------------------------------------------------------------------

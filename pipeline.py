@@ -20,7 +20,6 @@ Out: waveforms (B, T) at 22050 Hz, their log-mels (B, 80, F), token grids and de
 
 import math
 import os
-import time
 
 import torch
 
@@ -152,11 +151,13 @@ def tokens_to_audio(pipe: Pipeline, tokens: torch.Tensor, gl_iterations: int | N
 def mel_to_audio(pipe: Pipeline, log_mel: torch.Tensor, gl_iterations: int | None = None) -> torch.Tensor:
     """Log-mels (B, 80, F) -> waveforms (B, 256 F) on the CPU: the pipeline's vocoder, or Griffin-Lim (on
     the mels' device)."""
-    from formats import hifigan_format
+    import vocoder
     if pipe.vocoder is None:
         iterations = {} if gl_iterations is None else {"n_iter": gl_iterations}
         return mel.griffin_lim(log_mel, **iterations).cpu()
-    return hifigan_format.vocode(pipe.vocoder, log_mel, pipe.dtype, chunk=128).cpu()
+    if log_mel.device.type == "cpu":            # 128 frames at a time, while the activations fit in cache
+        return fast.vocode_chunked(pipe.vocoder, log_mel, pipe.dtype, chunk=128).cpu()
+    return vocoder.vocode(pipe.vocoder, log_mel, pipe.dtype).cpu()
 
 
 def peak_normalised(wav: torch.Tensor, name: str | None = None) -> torch.Tensor:
@@ -183,7 +184,14 @@ def audio_to_tokens(pipe: Pipeline, wav: torch.Tensor) -> torch.Tensor:
 
 
 def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
-    """CLAP text embeddings (B, 512). The toy model knows only its world's words: say which were ignored."""
+    """CLAP text embeddings (B, 512) of prompts that check_prompts has let through."""
+    check_prompts(pipe, prompts)
+    return pipe.clap.embed_text(prompts).to(pipe.device)
+
+
+def check_prompts(pipe: Pipeline, prompts: list[str]) -> None:
+    """An empty prompt, or one the CLAP model knows no word of, is one sentence. The toy model knows only its
+    world's words: say which were ignored."""
     import clap
     from data import toyworld
     for p in prompts:
@@ -198,7 +206,6 @@ def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
                             f"toy sounds, in the English words of their captions: {', '.join(toyworld.KINDS)}.")
         if unknown:
             print(f"ignored words the model does not know: {', '.join(unknown[:10])}")
-    return pipe.clap.embed_text(prompts).to(pipe.device)
 
 
 def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=None, known_mask=None, verbose=True,
@@ -210,20 +217,7 @@ def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=N
     order (B, rows, cols) on the host: the step that committed each position (-1 = known), read from on_step."""
     from pictures import decoding_page
     import specmaskgit
-    t0 = time.time()
-    order = None                                            # (B, n): the step that committed each position, -1 = known
-
-    def on_step(info):
-        nonlocal order
-        if order is None:
-            order = torch.full_like(info["committed"], -1, dtype=torch.long)
-        order.masked_fill_(info["committed"], info["step"])
-        if verbose:
-            print(f"  step {info['step'] + 1:2d}/{info['steps']}: {info['n_masked']:4d} tokens still masked "
-                  f"({time.time() - t0:.1f} s)", flush=True)
-        if record is not None:
-            record.append(decoding_page.step_record(info))
-
+    on_step = decoding_page.StepLog(verbose, record)       # progress lines, the decoding order, the page's record
     with torch.inference_mode(), autocast(pipe.device, pipe.dtype):
         if magnet_options is not None:
             import magnet
@@ -233,9 +227,7 @@ def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=N
             tokens = specmaskgit.generate(pipe.transformer, cond, steps=steps, guidance=guidance,
                                           temperature=temperature, known_tokens=known_tokens, known_mask=known_mask,
                                           seed=seed, cfg_ramp=cfg_ramp, on_step=on_step)
-    if order is None:                                       # no step ran: every position was known
-        order = torch.full(tokens.shape, -1, dtype=torch.long)
-    return tokens, order.view(tokens.shape).cpu()
+    return tokens, on_step.decoding_order(tokens)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -244,12 +236,33 @@ def sample_tokens(pipe, cond, steps, guidance, temperature, seed, known_tokens=N
 
 def text_to_audio(pipe, prompts, n=1, steps=16, guidance=3.0, temperature=1.5, seed=0, verbose=True, cfg_ramp=True,
                   record=None, magnet_options=None):
-    """Every prompt n times, in one batch: returns waveforms (P*n, T), log-mels, decoding orders, tokens."""
-    cond = embed_prompts(pipe, prompts).repeat_interleave(n, dim=0)                   # (P n, 512)
-    tokens, order = sample_tokens(pipe, cond, steps, guidance, temperature, seed, verbose=verbose, cfg_ramp=cfg_ramp,
-                                  record=record, magnet_options=magnet_options)
-    log_mel, wav = tokens_to_audio(pipe, tokens)
-    return wav, log_mel, order, tokens
+    """The data's way, forward, each method file once (Sec. 3.3-3.4, DESIGN.md): prompts -> CLAP text embeddings
+    (clap.py) -> token grids (specmaskgit.py; magnet.py with magnet_options) -> the decoder's mels (vqgan.py)
+    -> log-mels (mel.py) -> waveforms (vocoder.py, or mel.py's Griffin-Lim when the bundle has no vocoder).
+    Every prompt n times, in one batch: returns waveforms (P*n, T), log-mels, decoding orders, tokens.
+    The other tasks take the same steps through sample_tokens and tokens_to_audio."""
+    from pictures import decoding_page
+    import specmaskgit
+    import vocoder
+    check_prompts(pipe, prompts)
+    cond = pipe.clap.embed_text(prompts).to(pipe.device).repeat_interleave(n, dim=0)  # (P n, 512): CLAP's text tower
+    on_step = decoding_page.StepLog(verbose, record)        # progress lines, the decoding order, the page's record
+    with torch.inference_mode():
+        with autocast(pipe.device, pipe.dtype):
+            if magnet_options is None:                                                # (P n, rows, cols)
+                tokens = specmaskgit.generate(pipe.transformer, cond, steps=steps, guidance=guidance,
+                                              temperature=temperature, seed=seed, cfg_ramp=cfg_ramp, on_step=on_step)
+            else:
+                import magnet
+                tokens = magnet.generate(pipe.transformer, cond, seed=seed, on_step=on_step, **magnet_options)
+            log_mel = mel.denormalize(pipe.vq.decode(tokens).float())                 # (P n, 80, F): [-1, 1] -> log
+        if pipe.vocoder is None:                                                      # (P n, 256 F) on the host
+            wav = mel.griffin_lim(log_mel).cpu()
+        elif log_mel.device.type == "cpu":                   # 128 frames at a time, while the activations fit in cache
+            wav = fast.vocode_chunked(pipe.vocoder, log_mel, pipe.dtype, chunk=128).cpu()
+        else:
+            wav = vocoder.vocode(pipe.vocoder, log_mel, pipe.dtype).cpu()
+    return wav, log_mel, on_step.decoding_order(tokens), tokens
 
 
 def clip_window(length: int, clip: int, start: int, end: int, col: int) -> int:

@@ -9,15 +9,16 @@ The stages, in the order `--stage all` runs them (each reuses the previous stage
   clap         the conditioner (TinyCLAP; LAION-CLAP is pretrained, nothing to train) (clap.py, Sec. 3.3)
   transformer  the masked transformer over tokens, conditioned on CLAP *audio* embeddings
                (specmaskgit.py, Sec. 3.2-3.3). The dataset is tokenised once and cached with its CLAP
-               embeddings; training then reads only that cache.
+               audio embeddings (build_cache); training then reads only that cache.
 
 The file reads in the order it runs: the command line and each stage's hyper-parameters, the Trainer,
-the data order (deterministic batches per step, so --resume replays the same data), then one loop for every
-stage, `train_stage` (linear warm-up then cosine decay of the learning rate, or the stage's own schedule;
-a progress line every --log-every steps, a JSON-lines log, atomic checkpoints), and `run`, which calls it
+the data order (deterministic batches per step, so --resume replays the same data), the transformer's token
+cache (`build_cache`: tokens and CLAP *audio* embeddings, Sec. 3.3), then one loop for every stage,
+`train_stage` (linear warm-up then cosine decay of the learning rate, or the stage's own schedule; a
+progress line every --log-every steps, a JSON-lines log, atomic checkpoints), and `run`, which calls it
 once per stage. What the loop stands on but need not be read first (the flags' ranges, the run folder's
-lock and clean-up, resume, the token cache, the vocoder-against-Griffin-Lim check, the bundle, DDP) is
-training/edges.py, called as `edges.<name>`.
+lock and clean-up, resume, loading the run's conditioner, the vocoder-against-Griffin-Lim check, the
+bundle, DDP) is training/edges.py, called as `edges.<name>`.
 
 Examples:
   python train.py --data toy --stage all          # the bundled demo model (RESULTS.md: time on 2 CPU cores)
@@ -29,15 +30,17 @@ import argparse
 import dataclasses
 import gc
 import json
+import hashlib
 import math
 import os
 import sys
+import time
 
 import torch
 
 from training import edges
-from ground.runtime import (MODEL_STAGES, ArgumentParser, UserError, check_config_values, load_checkpoint, make_output_folder,
-                     native_dtype, pick_device, run_command, vqgan_hash)
+from ground.runtime import (MODEL_STAGES, ArgumentParser, UserError, build_model, check_config_values, load_checkpoint,
+                     make_output_folder, native_dtype, pick_device, run_command, save_checkpoint, vqgan_hash)
 from data.toyworld import P_MIX
 
 STAGES = list(MODEL_STAGES)        # in the order --stage all trains them: each needs the ones before
@@ -286,6 +289,110 @@ def audio_batches(dataset, start_step, batch_size, seed, rank, world, workers, d
     return enumerate(loader, start=start_step)
 
 
+# ===================================================================================================
+# The transformer's data, the token cache (Sec. 3.3: training is text-free). Every training clip is
+# tokenised once by the trained VQGAN and embedded by CLAP's *audio* tower; no caption is read. The
+# transformer learns p(tokens | CLAP audio embedding) and meets text only when sampling, where the CLAP
+# text embedding of the prompt takes the audio embedding's place (Fig. 4, 5).
+# ===================================================================================================
+
+@torch.inference_mode()
+def build_cache(dataset, args, device, rank=0, world=1):
+    """Tokenise every training clip with the trained VQGAN and embed it with CLAP's audio tower.
+
+    This is what makes the transformer stage fast: the VQGAN encoder and CLAP run once per clip instead
+    of once per step, and training reads two small tensors. The cache is keyed by every checkpoint it was
+    made from (cache_key), the dataset size and the clip length, so retraining a stage rebuilds it.
+    Under torchrun each process tokenises its own share of the clips and every process ends with all of
+    them, in the dataset's order; rank 0 writes the file.
+    """
+    path_vq = os.path.join(args.out, "vqgan.pt")
+    if not os.path.exists(path_vq):
+        raise UserError(f"{path_vq} does not exist: the transformer learns the VQGAN's tokens, so train "
+                        f"--stage vqgan (and clap) into this --out first, or run --stage all.")
+    vq_ckpt = load_checkpoint(path_vq, "vqgan")
+    key = cache_key(dataset, args, vq_ckpt)
+    path = os.path.join(args.out, "transformer_cache.pt")
+    cache = load_checkpoint(path, "cache") if os.path.exists(path) else {}
+    found = cache.get("key") == key
+    if world > 1:                       # all read it, or all tokenise: one alone would wait in the gather below
+        every = [None] * world
+        torch.distributed.all_gather_object(every, found)
+        found = all(every)
+    if found:
+        if rank == 0:
+            print(f"transformer: reading the token cache {path} ({len(cache['tokens'])} clips)")
+        return cache
+    n = len(dataset)
+    share = torch.utils.data.Subset(dataset, range(rank * n // world, (rank + 1) * n // world))
+    tokens, conds = tokenise(share, args, vq_ckpt, device, rank, world)     # per batch: (B, 5, F/16), (B, 512)
+    if world > 1:                       # every process's share, in rank order: the dataset's order
+        shares = [None] * world
+        torch.distributed.all_gather_object(shares, (tokens, conds))        # CPU tensors, as gloo needs
+        tokens = [t for share_tokens, _ in shares for t in share_tokens]
+        conds = [c for _, share_conds in shares for c in share_conds]
+    cache = {"stage": "cache", "key": key, "tokens": torch.cat(tokens), "cond": torch.cat(conds)}   # (N, 5, F/16), (N, 512)
+    if rank == 0:
+        save_checkpoint(cache, path)
+    return cache
+
+
+def cache_key(dataset, args, vq_ckpt: dict) -> str:
+    """What the cache was made from, readably: the VQGAN and the conditioner checkpoints (each file's time,
+    to the nanosecond, so that one retrained within a second is not taken for the old one, and for ours a
+    fingerprint of the weights), the number of clips and their length."""
+    path_vq = os.path.join(args.out, "vqgan.pt")
+    key = (f"vqgan.pt {os.stat(path_vq).st_mtime_ns}-{vqgan_hash(vq_ckpt)}, {conditioner_key(args)}, "
+           f"{len(dataset)} clips of {args.num_samples} samples")
+    if getattr(dataset, "p_mix", P_MIX) != P_MIX:                # a shifted toy world is other clips
+        key += f", toy mix {dataset.p_mix}"
+    return key
+
+
+def conditioner_key(args) -> str:
+    """The conditioner's part of the key: TinyCLAP's clap.pt by time and weights; LAION-CLAP's 600 MB
+    checkpoint by size and time (reading it through for a fingerprint would cost more than it tells)."""
+    if args.clap == "laion":
+        if not args.clap_ckpt or not os.path.isfile(args.clap_ckpt):
+            return "laion CLAP without a checkpoint"         # edges.load_conditioner names what is missing
+        st = os.stat(args.clap_ckpt)
+        return f"laion CLAP {os.path.abspath(args.clap_ckpt)} {st.st_size} bytes {st.st_mtime_ns}"
+    path = os.path.join(args.out, "clap.pt")
+    if not os.path.exists(path):
+        return "clap.pt absent"                               # edges.load_conditioner names what is missing
+    return f"clap.pt {os.stat(path).st_mtime_ns}-{weights_hash(load_checkpoint(path, 'clap'))}"
+
+
+def weights_hash(ckpt: dict) -> str:
+    """A fingerprint of a checkpoint's weights, as runtime.vqgan_hash is of a codebook: 16 hex digits of
+    SHA-256 over every tensor's name and bytes."""
+    h = hashlib.sha256()
+    for k in sorted(ckpt["model"]):
+        h.update(k.encode())
+        h.update(ckpt["model"][k].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())   # 0-d too
+    return h.hexdigest()[:16]
+
+
+def tokenise(clips, args, vq_ckpt: dict, device, rank=0, world=1) -> tuple[list, list]:
+    """The VQGAN's tokens and the conditioner's audio embeddings of `clips`, in batches of 32, on the host."""
+    import mel
+    import vqgan
+    from data.datasets import collate
+    vq = build_model(vqgan.VQGAN, vqgan.Config, vq_ckpt, "vqgan").to(device).eval()
+    conditioner = edges.load_conditioner(args, device)   # --clap laion: LAION-CLAP; tiny: this run's clap.pt
+    tokens, conds, t0 = [], [], time.time()
+    where = f" on each of {world} processes" if world > 1 else ""
+    loader = torch.utils.data.DataLoader(clips, batch_size=32, collate_fn=collate, num_workers=args.workers)
+    for i, batch in enumerate(loader):
+        wav = batch["wav"].to(device)
+        tokens.append(vq.encode(mel.normalize(mel.mel_spectrogram(wav))).to(torch.int16).cpu())  # (B, 5, F/16)
+        conds.append(conditioner.embed_audio(wav).float().cpu())       # (B, 512): the clip's sound, never its caption
+        if i % 10 == 0 and rank == 0:
+            print(f"transformer: caching tokens and CLAP embeddings {min((i + 1) * 32, len(clips))}/{len(clips)}"
+                  f"{where} ({time.time() - t0:.0f} s)", flush=True)
+    return tokens, conds
+
+
 def cache_batches(cache: dict, start_step, batch_size, seed, rank, world, device="cpu"):
     """The transformer stage reads only the cache of token grids and CLAP embeddings. It is small (AudioCaps:
     about 0.1 GB), so it moves to the device once and each batch is gathered there."""
@@ -427,7 +534,7 @@ def run(args) -> None:
             import clap
             trainer_options["vocab"] = clap.build_vocab(edges.training_captions(dataset))
         if stage == "transformer":                           # the grid and the CLAP width come from the cache
-            cache = edges.build_cache(dataset, args, device, rank, world)
+            cache = build_cache(dataset, args, device, rank, world)
             vq_ckpt = load_checkpoint(os.path.join(args.out, "vqgan.pt"), "vqgan")
             cfg = dataclasses.replace(cfg, n_codes=vq_ckpt["config"]["n_codes"], rows=cache["tokens"].shape[1],
                                       cols=cache["tokens"].shape[2], cond_dim=cache["cond"].shape[1])

@@ -17,8 +17,9 @@ Speech Synthesis" (NeurIPS 2020), arXiv:2010.05646. Section numbers below marked
                     random 8192-sample segments
 The file follows the official implementation (github.com/jik876/hifi-gan, models.py): its order
 (generator, discriminators, losses) and its parameter names (conv_pre, ups.N, resblocks.N.convs1.M /
-convs2.M or convs.M, conv_post), so the released generators load unchanged. formats/hifigan_format.py loads
-them and runs inference (vocode: weight norm folded, autocast); speed/fast.py has a chunked, faster path.
+convs2.M or convs.M, conv_post), so the released generators load unchanged; the generator's inference call
+(vocode) follows it. formats/hifigan_format.py loads them (weight norm folded); speed/fast.py has a chunked
+path that is faster on a CPU (fast.vocode_chunked).
 
 In:  natural-log mel (B, 80, frames) from mel.mel_spectrogram (or mel.denormalize of the VQGAN output)
 Out: waveform (B, frames * 256) at 22050 Hz in [-1, 1]
@@ -173,6 +174,24 @@ class Generator(nn.Module):
         for i in range(len(self.ups)):
             x = self.upsample_level(i, x)                                   # ... -> (B, h_u / 2^(i+1), F u_0 ... u_i)
         return self.post(x)                                                 # (B, 1, 256 F)
+
+
+@torch.inference_mode()
+def vocode(generator: Generator, log_mel: torch.Tensor, dtype: torch.dtype = torch.float32, forward=None) -> torch.Tensor:
+    """The vocoder's inference call, the last stage of sampling: log-mel (80, F) or (B, 80, F) -> waveform
+    (256 F,) or (B, 256 F), fp32.
+
+    The weights keep their dtype; a lower `dtype` (bf16, fp16) runs the convolutions under autocast. `forward`
+    is the generator itself unless given: speed/fast.vocode_chunked passes its chunked forward (the same
+    waveform up to float rounding). Weight norm still on is recomputed at every call; for inference
+    formats/hifigan_format folds it once (remove_weight_norm).
+    """
+    squeeze = log_mel.dim() == 2
+    x = (log_mel[None] if squeeze else log_mel).to(generator.conv_pre.weight.dtype)   # (B, 80, F)
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16)):
+        wav = (forward or generator)(x)                                  # (B, 1, 256 F)
+    wav = wav[:, 0].float()                                              # (B, 256 F)
+    return wav[0] if squeeze else wav
 
 
 # ---------------------------------------------------------------------------------------------------

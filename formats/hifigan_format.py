@@ -1,6 +1,6 @@
 """
 formats/hifigan_format.py — HiFiGAN generators for inference: our checkpoints and the official released ones,
-loaded, with weight norm folded, and run (vocode).
+loaded, with weight norm folded. Running one is vocoder.vocode (or speed/fast.vocode_chunked on a CPU).
 
 The official implementation (github.com/jik876/hifi-gan, models.py) saves its generators
 (generator_v1, _v2, _v3) as {"generator": state_dict}, with the module names that vocoder.py keeps
@@ -10,7 +10,7 @@ checks a config the caller asks for, and builds a ready-to-run vocoder.Generator
 official V1 weights unchanged (Sec. 3.1), which is why its mel is HiFiGAN's own recipe (mel.py).
 
 In:  a path or checkpoint dict: ours ({"stage": "vocoder", "config", "model"}) or the official one
-Out: vocoder.Generator in eval mode with weight norm folded (load_vocoder); its waveform (vocode)
+Out: vocoder.Generator in eval mode with weight norm folded (load_vocoder)
 """
 
 from dataclasses import dataclass
@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils import parametrize
 
-from speed import fast
-from ground.runtime import UserError, autocast, check_config, config_from_dict, load_checkpoint, native_dtype, same_value
+from ground.runtime import UserError, check_config, config_from_dict, load_checkpoint, same_value
 from vocoder import PRESETS, Config, Generator
 
 # The generator fields: what a checkpoint's tensor shapes (and the official config files) determine.
@@ -191,28 +190,3 @@ def remove_weight_norm(generator: Generator) -> Generator:
 
 def has_weight_norm(generator: Generator) -> bool:
     return parametrize.is_parametrized(generator.conv_pre, "weight")
-
-
-@torch.inference_mode()
-def vocode(generator: Generator, log_mel: torch.Tensor, dtype: torch.dtype | None = None, chunk: int = 0) -> torch.Tensor:
-    """log-mel (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32.
-
-    Weight norm is folded first if still present. `dtype` None picks what the device runs natively
-    (runtime.native_dtype): bf16 on CUDA and on CPUs with AMX/AVX-512 BF16, fp32 elsewhere, where emulated
-    bf16 convolutions are far slower. Weights stay fp32; a lower `dtype` is applied with autocast.
-    chunk > 0 on a CPU: the network runs `chunk` frames at a time, while its activations fit in cache
-    (fast.vocoder_forward_chunked; the same result up to float rounding).
-    """
-    if has_weight_norm(generator):
-        remove_weight_norm(generator)
-    squeeze = log_mel.dim() == 2
-    x = (log_mel[None] if squeeze else log_mel).to(generator.conv_pre.weight.dtype)   # (B, 80, F)
-    if dtype is None:
-        dtype = native_dtype(x.device.type, None, verbose=False)
-    with autocast(x.device, dtype):
-        if chunk and x.device.type == "cpu":
-            wav = fast.vocoder_forward_chunked(generator, x, chunk)      # (B, 1, 256 F)
-        else:
-            wav = generator(x)                                           # (B, 1, 256 F)
-    wav = wav[:, 0].float()                                              # (B, 256 F)
-    return wav[0] if squeeze else wav

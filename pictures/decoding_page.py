@@ -19,6 +19,7 @@ sampler's command line. sample.py --html and --png call it.
 import base64
 import html
 import math
+import time
 
 import numpy as np
 import torch
@@ -30,6 +31,30 @@ from ground.runtime import write_atomically
 
 PAGE_SR = 11025                                # each step's belief as sound: 11025 Hz, 8 bit (size, not quality)
 HZ_TICKS = (250, 500, 1000, 2000, 4000, 7000)  # marked on the mel-scale frequency axis
+
+
+class StepLog:
+    """The sampler's on_step observer (specmaskgit.generate or magnet.generate): a progress line per step when
+    `verbose`, the decoding order (the step that committed each position, -1 = known) and, when `record` is a
+    list, step_record of every step (for the page)."""
+
+    def __init__(self, verbose: bool = True, record: list | None = None):
+        self.verbose, self.record, self.order, self.t0 = verbose, record, None, time.time()
+
+    def __call__(self, info: dict) -> None:
+        if self.order is None:
+            self.order = torch.full_like(info["committed"], -1, dtype=torch.long)   # (B, n)
+        self.order.masked_fill_(info["committed"], info["step"])
+        if self.verbose:
+            print(f"  step {info['step'] + 1:2d}/{info['steps']}: {info['n_masked']:4d} tokens still masked "
+                  f"({time.time() - self.t0:.1f} s)", flush=True)
+        if self.record is not None:
+            self.record.append(step_record(info))
+
+    def decoding_order(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The order (B, rows, cols) on the host, shaped as `tokens`; all -1 when no step ran (all known)."""
+        order = torch.full(tokens.shape, -1, dtype=torch.long) if self.order is None else self.order
+        return order.view(tokens.shape).cpu()
 
 
 def step_record(info: dict) -> dict:

@@ -14,8 +14,8 @@ one speed-up per row, cumulatively. Each of the three stages is timed on its own
 a fresh Python process per row, once per round; a row's figure is its median over --runs rounds and
 its total the sum of its stages; a stage a row does not change is not timed again. On CUDA two more rows
 follow: the sampler on the device (the plain rows bring the logits to the host every step) and the
-transformer's blocks as a CUDA graph (speed/fast.py); the chunked vocoder's row is a CPU's only (vocode does
-not chunk on CUDA). The last lines time the fast path end to end (the calls sample.py makes: generate,
+transformer's blocks as a CUDA graph (speed/fast.py); the chunked vocoder's row is a CPU's only (pipeline.py
+does not chunk on CUDA). The last lines time the fast path end to end (the calls sample.py makes: generate,
 decode, vocode), again in a fresh process: its first call (cold: kernel choice, allocator, graph capture)
 beside the steady state, its peak memory, and the throughput of batches of clips (--batches).
 
@@ -65,7 +65,7 @@ class Tricks:
     skip_zero_scale: bool = False     # the ramp's first step has scale 0: Eq. 2 is then l_u alone
     batched_cfg: bool = False         # conditional + unconditional as one batch of 2 (one weight read)
     fold_weight_norm: bool = False    # HiFiGAN: g v / ||v|| computed once, not on every call
-    chunked_vocoder: bool = False     # HiFiGAN over 128-frame chunks that fit in cache (hifigan_format.vocode, chunk)
+    chunked_vocoder: bool = False     # HiFiGAN over 128-frame chunks that fit in cache (fast.vocode_chunked)
     dtype: torch.dtype = torch.float32  # bf16 (CUDA, AMX) or int8 transformer linears (AVX2-only CPUs)
     device_sampler: bool = False      # CUDA: drawing and ranking stay on the GPU (no host round trip per step)
     cuda_graph: bool = False          # CUDA: the transformer's blocks replayed as one graph (fast.GraphedTransformer)
@@ -80,7 +80,7 @@ def rows(dtype: torch.dtype, device: str = "cpu") -> list:
              ("+ no conditional pass while the CFG scale is 0", {"skip_zero_scale": True}),
              ("+ conditional and unconditional in one batch", {"batched_cfg": True}),
              ("+ vocoder weight norm folded", {"fold_weight_norm": True})]
-    if device != "cuda":              # hifigan_format.vocode chunks on a CPU only: the row would time nothing new
+    if device != "cuda":              # pipeline.py chunks on a CPU only: the row would time nothing new
         steps += [("+ vocoder in cache-sized chunks", {"chunked_vocoder": True})]
     if dtype != torch.float32:
         steps += [(f"+ {shown}", {"dtype": dtype})]
@@ -213,7 +213,7 @@ def run_decoder(m: Models, tokens, tricks: Tricks):
 def run_vocoder(m: Models, log_mel, tricks: Tricks):
     gen = m.folded if tricks.fold_weight_norm else m.vocoder
     if tricks.chunked_vocoder:
-        return hifigan_format.vocode(gen, log_mel, float_dtype(tricks), chunk=128)  # (1, 256 F), inference_mode inside
+        return fast.vocode_chunked(gen, log_mel, float_dtype(tricks), chunk=128)   # (1, 256 F), inference_mode inside
     with grad_mode(tricks), autocast(m.device, float_dtype(tricks)):
         return gen(log_mel)[:, 0]
 
@@ -290,7 +290,8 @@ def run_fast_path(fp: FastPath, cond: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode(), autocast(fp.device, fp.amp):
         tokens = specmaskgit.generate(fp.transformer, cond, steps=STEPS, guidance=CFG, temperature=TEMPERATURE, seed=0)
         log_mel = mel.denormalize(fp.vq.decode(tokens).float())                   # (B, 80, F)
-    return hifigan_format.vocode(fp.vocoder, log_mel, fp.amp, chunk=128).cpu()    # (B, 256 F)
+    vocode = fast.vocode_chunked if log_mel.device.type == "cpu" else vocoder.vocode   # as pipeline.py chooses
+    return vocode(fp.vocoder, log_mel, fp.amp).cpu()                               # (B, 256 F)
 
 
 def seconds_of(fn, device: str) -> float:

@@ -11,7 +11,7 @@ here is one trick, with why it pays. speed/benchmark.py times every one of them 
   the CPU's dtype           measure_cpu_dtype: fp32, bf16 or int8, chosen by timing them once here;
                             inference_dtype: sample.py's choice, which uses it for large models
   bf16 weights              hold_weights_in: converted once, not by autocast on every forward pass
-  chunked vocoder           HiFiGAN over cache-sized chunks
+  chunked vocoder           vocode_chunked: HiFiGAN over cache-sized chunks (CPUs; pipeline.py chooses it)
 """
 
 import gc
@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ground.runtime import DTYPES, SMALL_WIDTH, UserError, auto_dtype, native_dtype, write_atomically
+import vocoder
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -379,7 +380,7 @@ def save_cache(cache: str, key: str, rates: dict) -> None:
 # part we keep; at the clip's real edges the zero padding is the full forward's own, so the result
 # equals vocoder.Generator.forward up to float rounding. Chunking multiplies the number of (small) ops
 # ~7x and every op ends in an OpenMP barrier: on a CPU shared with other processes, one thread
-# (torch.set_num_threads(1)) or chunk=0 can be faster.
+# (torch.set_num_threads(1)) or the plain vocoder.vocode can be faster.
 
 def vocoder_margins(generator) -> list:
     """Context (in samples of each level) that must survive after each level for exact outputs.
@@ -424,3 +425,9 @@ def vocoder_forward_chunked(generator, log_mel: torch.Tensor, chunk: int = 128) 
             offset = a
         out.append(generator.post(x)[..., s * rates[-1] - offset:e * rates[-1] - offset])
     return torch.cat(out, dim=-1)                                           # (B, 1, 256 F)
+
+
+def vocode_chunked(generator, log_mel: torch.Tensor, dtype: torch.dtype = torch.float32, chunk: int = 128) -> torch.Tensor:
+    """vocoder.vocode with the generator run `chunk` frames at a time (vocoder_forward_chunked): log-mel
+    (80, F) or (B, 80, F) -> waveform (256 F,) or (B, 256 F), fp32, the same up to float rounding."""
+    return vocoder.vocode(generator, log_mel, dtype, forward=lambda x: vocoder_forward_chunked(generator, x, chunk))

@@ -66,7 +66,7 @@ if rank != 0:
     builtins.open = guarded_open
     def refuse(obj, path):
         raise RuntimeError(f"rank {rank} saved {path}")
-    runtime.save_checkpoint = training_edges.save_checkpoint = refuse
+    runtime.save_checkpoint = training_edges.save_checkpoint = train.save_checkpoint = refuse
 sys.exit(train.main(argv))
 """
 
@@ -214,7 +214,7 @@ def test_a_group_that_maps_devices_as_nccl_does_refuses_a_host_flag_and_gloo_tak
 SLOW_DISK_SHIM = r"""
 import os, sys, time
 import torch
-import train, training_edges
+import train
 argv = sys.argv[1:]
 rank = int(os.environ["RANK"])
 out = argv[argv.index("--out") + 1]
@@ -224,7 +224,7 @@ if rank == 0:
         time.sleep(2)
         return real_replace(src, dst, *args, **kwargs)
     os.replace = slow_replace
-real_build_cache = training_edges.build_cache
+real_build_cache = train.build_cache
 def build_cache(dataset, *args, **kwargs):
     seen, kind = [], type(dataset)
     real_getitem = kind.__getitem__
@@ -238,7 +238,7 @@ def build_cache(dataset, *args, **kwargs):
         kind.__getitem__ = real_getitem
     torch.save({**cache, "tokenised": seen}, os.path.join(out, f"cache_rank{rank}.pt"))
     return cache
-training_edges.build_cache = build_cache
+train.build_cache = build_cache
 sys.exit(train.main(argv))
 """
 
@@ -259,7 +259,7 @@ def test_on_a_slow_disk_every_rank_waits_for_rank_0s_checkpoints_and_trains_on_o
     assert torch.equal(r0["tokens"], r1["tokens"]) and torch.equal(r0["cond"], r1["cond"])
     assert r0["tokens"].shape[0] == r0["cond"].shape[0] == 8
     clap_ckpt = load_checkpoint(str(out / "clap.pt"), "clap")
-    assert f"clap.pt {os.stat(out / 'clap.pt').st_mtime_ns}-{training_edges.weights_hash(clap_ckpt)}" in r0["key"]
+    assert f"clap.pt {os.stat(out / 'clap.pt').st_mtime_ns}-{train.weights_hash(clap_ckpt)}" in r0["key"]
     assert r0["tokenised"] == [0, 1, 2, 3] and r1["tokenised"] == [4, 5, 6, 7]       # contiguous halves
     written = load_checkpoint(str(out / "transformer_cache.pt"), "cache")
     assert written["key"] == r0["key"] and torch.equal(written["tokens"], r0["tokens"])
@@ -322,7 +322,7 @@ def test_a_retrained_clap_rebuilds_the_token_cache(tmp_path, capsys):
         if seed == 1 or not caches:
             save_checkpoint(clap.Trainer(cfg, vocab=["a", "barks", "dog"]).checkpoint(), str(tmp_path / "clap.pt"))
         capsys.readouterr()
-        caches.append(training_edges.build_cache(dataset, args, "cpu"))
+        caches.append(train.build_cache(dataset, args, "cpu"))
         caches[-1]["read"] = "reading the token cache" in capsys.readouterr().out
     first, again, retrained = caches
     assert again["read"] and again["key"] == first["key"]

@@ -1,12 +1,14 @@
 """LAION-CLAP's input, our 22050 Hz audio at its 48 kHz, is computed on the audio's device with torch ops
-(clap_format.to_laion_rate), and the wrapper hands the model audio on the model's device. laion_clap is
-not needed: a stand-in module records what it receives. The "meta" device (shapes, no data) shows that
-no step goes through the host: a tensor brought to the CPU there could not be mixed with the others.
+(clap_format.to_laion_rate, which load_clap gives clap.LaionCLAP), and the wrapper hands the model audio on
+the model's device. laion_clap is not needed: a stand-in module records what it receives. The "meta" device
+(shapes, no data) shows that no step goes through the host: a tensor brought to the CPU there could not be
+mixed with the others.
 """
 
 import pytest
 import torch
 
+import clap
 from formats import clap_format
 from ground import audio_io
 import mel
@@ -26,7 +28,7 @@ def test_the_resampled_audio_stays_on_the_input_device():
 
 def test_it_equals_the_host_computation():
     wav = clips()
-    host = audio_io.resample(wav.cpu(), mel.SR, clap_format.LAION_SR)
+    host = audio_io.resample(wav.cpu(), mel.SR, clap.LAION_SR)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         out = clap_format.to_laion_rate(wav.to(device))
@@ -47,7 +49,7 @@ class StandIn:
 
 def test_the_wrapper_gives_the_model_48k_audio_on_its_device():
     module = StandIn()
-    model = clap_format.LaionCLAP.from_module(module, device="cpu", batch_size=2)
+    model = clap.LaionCLAP(module, clap_format.to_laion_rate, device="cpu", batch_size=2)
     e = model.embed_audio(clips())
     assert [n for _, n in module.seen] == [48000, 48000]             # batches of 2 and 1
     assert all(d.type == "cpu" for d, _ in module.seen) and e.shape == (3, 512)

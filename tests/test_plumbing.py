@@ -120,7 +120,7 @@ def test_the_token_cache_holds_each_clips_clap_audio_embedding(tmp_path, monkeyp
     dataset = [{"wav": w, "caption": f"caption {i}", "kind": i} for i, w in enumerate(wavs)]
     monkeypatch.setattr(training_edges, "load_conditioner", lambda args, device: AudioOnlyConditioner())
     args = argparse.Namespace(out=str(tmp_path), clap="tiny", num_samples=16 * mel.HOP, workers=0)
-    cache = training_edges.build_cache(dataset, args, "cpu")
+    cache = train.build_cache(dataset, args, "cpu")
     torch.testing.assert_close(cache["cond"], wavs[:, :4] * 100)
     vq = build_model(vqgan.VQGAN, vqgan.Config, torch.load(tmp_path / "vqgan.pt", weights_only=True), "vqgan").eval()
     assert torch.equal(cache["tokens"].long(), vq.encode(mel.normalize(mel.mel_spectrogram(wavs))))

@@ -443,6 +443,7 @@ def test_eval_every_logs_held_out_fad_computed_against_the_val_clips(toy_run, tm
     from formats import hifigan_format
     from evaluation import metrics
     from data import toyworld
+    import vocoder
     import vqgan
     out = tmp_path / "ft"
     assert train.main(TOY + ["--stage", "transformer", "--init-from", str(toy_run / "transformer.pt"), "--out", str(out),
@@ -462,7 +463,7 @@ def test_eval_every_logs_held_out_fad_computed_against_the_val_clips(toy_run, tm
     val, captions = clips("val")
     with torch.inference_mode():
         tokens = specmaskgit.generate(model, cond.embed_text(captions).float(), seed=0)
-        wav = hifigan_format.vocode(voc, mel.denormalize(vq.decode(tokens).float()))[:, :16384]
+        wav = vocoder.vocode(voc, mel.denormalize(vq.decode(tokens).float()), runtime.native_dtype("cpu", verbose=False))[:, :16384]
         fake = cond.embed_audio(wav).float()
         right = metrics.frechet_distance(fake, cond.embed_audio(val).float())
         wrong = metrics.frechet_distance(fake, cond.embed_audio(clips("train")[0]).float())

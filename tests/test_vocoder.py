@@ -1,5 +1,5 @@
 """vocoder.py: HiFiGAN sizes and shapes, discriminators, losses and training; formats/hifigan_format.py: the
-official checkpoint format, weight-norm folding and vocode; speed/fast.py's chunked inference."""
+official checkpoint format and weight-norm folding; vocoder.vocode and speed/fast.py's chunked inference."""
 
 import copy
 import dataclasses
@@ -76,7 +76,7 @@ def test_every_preset_upsamples_by_the_hop_size(name):
 
 def test_848_frames_give_217088_samples():
     g = fresh("tiny")                                                      # same 8 x 8 x 4 upsampling as V3
-    wav = hifigan_format.vocode(g, log_mel(848)[0], torch.float32)
+    wav = vocoder.vocode(g, log_mel(848)[0], torch.float32)
     assert wav.shape == (mel.CLIP_SAMPLES,) == (217088,)
     assert wav.dtype == torch.float32 and wav.abs().max() <= 1.0           # tanh output
     with torch.no_grad():
@@ -246,7 +246,7 @@ def test_chunked_inference_equals_the_plain_forward():
     with torch.no_grad():
         full = g(x)[:, 0]                                                   # (2, 17920)
     for chunk in (16, 1000):
-        assert torch.allclose(hifigan_format.vocode(g, x, torch.float32, chunk=chunk), full, atol=1e-6)
+        assert torch.allclose(fast.vocode_chunked(g, x, torch.float32, chunk=chunk), full, atol=1e-6)
 
 
 def test_one_input_frame_reaches_no_further_than_the_margins():
@@ -411,7 +411,7 @@ def test_trainer_steps_resumes_and_writes_a_loadable_checkpoint():
     assert a["d_loss"] == b["d_loss"] and a["mel_l1"] == b["mel_l1"]     # computed before this step's updates
     with pytest.raises(UserError, match="mpd_width"):                     # train.py's --resume checks this first
         runtime.check_config(dataclasses.replace(cfg, mpd_width=8), t.state_dict()["config"], "vocoder run")
-    assert hifigan_format.vocode(hifigan_format.load_vocoder(t.checkpoint()), log_mel(4)[0], torch.float32).shape == (1024,)
+    assert vocoder.vocode(hifigan_format.load_vocoder(t.checkpoint()), log_mel(4)[0], torch.float32).shape == (1024,)
 
 
 def test_hifigan_optimiser_and_lr_decay():

@@ -1,7 +1,7 @@
 """
 training/edges.py — what train.py's loop stands on, kept beside it so that train.py reads as the loop:
-the flags' ranges, the run folder, resume, the transformer's token cache, the checks between stages, the
-bundle, DDP.
+the flags' ranges, the run folder, resume, the run's conditioner, the checks between stages, the bundle,
+DDP. (The transformer's token cache is the method's own step, Sec. 3.3: it is in train.py.)
 
 Paper: "SpecMaskGIT" (ISMIR 2024), Sec. 4 (training setup) and Sec. 5.1 (pre-training, then fine-tuning
 on AudioCaps, Fig. 8). In the order train.py meets them:
@@ -9,7 +9,7 @@ on AudioCaps, Fig. 8). In the order train.py meets them:
   parsing the flags       check_flags (every value in its range, MAX_*)
   before the first stage  setup_distributed, lock_output_folder, check_official_vocoder, check_bundle_target,
                           check_captions, remove_partial_files, init_source + bring_companions (--init-from)
-  building a stage        build_cache (the transformer's tokens + CLAP embeddings), resume_trainer,
+  building a stage        load_conditioner (for train.build_cache, the token cache), resume_trainer,
                           init_weights, wrap_ddp
   in the loop             open_log, Clock, stop_unless_finite, save_state, heldout_evaluator + log_evaluation
   after a stage           vocoder_against_griffin_lim (its verdict decides what the bundle holds)
@@ -21,7 +21,6 @@ It imports no command: train.py imports it, never the other way round.
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -32,8 +31,7 @@ import time
 import torch
 
 from ground.runtime import (MODEL_STAGES, UserError, build_model, check_config, load_checkpoint, make_output_folder,
-                     non_finite_entry, save_checkpoint, vqgan_hash)
-from data.toyworld import P_MIX
+                     native_dtype, non_finite_entry, save_checkpoint, vqgan_hash)
 
 
 # ===================================================================================================
@@ -247,111 +245,15 @@ def init_weights(trainer, source: dict, path: str, rank: int = 0) -> None:
 
 
 # ===================================================================================================
-# The transformer's cache: tokens + CLAP audio embeddings, computed once per dataset.
+# The run's conditioner: what train.build_cache and the held-out curve embed with.
 # ===================================================================================================
 
 def load_conditioner(args, device):
+    """--clap laion: the paper's LAION-CLAP from --clap-ckpt; tiny: the TinyCLAP this run trained (clap.pt)."""
     from formats import clap_format
     if args.clap == "laion":
         return clap_format.load_clap("laion", args.clap_ckpt, device=device)
     return clap_format.load_clap("tiny", os.path.join(args.out, "clap.pt"), device=device)
-
-
-@torch.inference_mode()
-def build_cache(dataset, args, device, rank=0, world=1):
-    """Tokenise every training clip with the trained VQGAN and embed it with CLAP's audio tower.
-
-    This is what makes the transformer stage fast: the VQGAN encoder and CLAP run once per clip instead
-    of once per step, and training reads two small tensors. The cache is keyed by every checkpoint it was
-    made from (cache_key), the dataset size and the clip length, so retraining a stage rebuilds it.
-    Under torchrun each process tokenises its own share of the clips and every process ends with all of
-    them, in the dataset's order; rank 0 writes the file.
-    """
-    path_vq = os.path.join(args.out, "vqgan.pt")
-    if not os.path.exists(path_vq):
-        raise UserError(f"{path_vq} does not exist: the transformer learns the VQGAN's tokens, so train "
-                        f"--stage vqgan (and clap) into this --out first, or run --stage all.")
-    vq_ckpt = load_checkpoint(path_vq, "vqgan")
-    key = cache_key(dataset, args, vq_ckpt)
-    path = os.path.join(args.out, "transformer_cache.pt")
-    cache = load_checkpoint(path, "cache") if os.path.exists(path) else {}
-    found = cache.get("key") == key
-    if world > 1:                       # all read it, or all tokenise: one alone would wait in the gather below
-        every = [None] * world
-        torch.distributed.all_gather_object(every, found)
-        found = all(every)
-    if found:
-        if rank == 0:
-            print(f"transformer: reading the token cache {path} ({len(cache['tokens'])} clips)")
-        return cache
-    n = len(dataset)
-    share = torch.utils.data.Subset(dataset, range(rank * n // world, (rank + 1) * n // world))
-    tokens, conds = tokenise(share, args, vq_ckpt, device, rank, world)     # per batch: (B, 5, F/16), (B, 512)
-    if world > 1:                       # every process's share, in rank order: the dataset's order
-        shares = [None] * world
-        torch.distributed.all_gather_object(shares, (tokens, conds))        # CPU tensors, as gloo needs
-        tokens = [t for share_tokens, _ in shares for t in share_tokens]
-        conds = [c for _, share_conds in shares for c in share_conds]
-    cache = {"stage": "cache", "key": key, "tokens": torch.cat(tokens), "cond": torch.cat(conds)}   # (N, 5, F/16), (N, 512)
-    if rank == 0:
-        save_checkpoint(cache, path)
-    return cache
-
-
-def cache_key(dataset, args, vq_ckpt: dict) -> str:
-    """What the cache was made from, readably: the VQGAN and the conditioner checkpoints (each file's time,
-    to the nanosecond, so that one retrained within a second is not taken for the old one, and for ours a
-    fingerprint of the weights), the number of clips and their length."""
-    path_vq = os.path.join(args.out, "vqgan.pt")
-    key = (f"vqgan.pt {os.stat(path_vq).st_mtime_ns}-{vqgan_hash(vq_ckpt)}, {conditioner_key(args)}, "
-           f"{len(dataset)} clips of {args.num_samples} samples")
-    if getattr(dataset, "p_mix", P_MIX) != P_MIX:                # a shifted toy world is other clips
-        key += f", toy mix {dataset.p_mix}"
-    return key
-
-
-def conditioner_key(args) -> str:
-    """The conditioner's part of the key: TinyCLAP's clap.pt by time and weights; LAION-CLAP's 600 MB
-    checkpoint by size and time (reading it through for a fingerprint would cost more than it tells)."""
-    if args.clap == "laion":
-        if not args.clap_ckpt or not os.path.isfile(args.clap_ckpt):
-            return "laion CLAP without a checkpoint"         # load_conditioner names what is missing
-        st = os.stat(args.clap_ckpt)
-        return f"laion CLAP {os.path.abspath(args.clap_ckpt)} {st.st_size} bytes {st.st_mtime_ns}"
-    path = os.path.join(args.out, "clap.pt")
-    if not os.path.exists(path):
-        return "clap.pt absent"                               # load_conditioner names what is missing
-    return f"clap.pt {os.stat(path).st_mtime_ns}-{weights_hash(load_checkpoint(path, 'clap'))}"
-
-
-def weights_hash(ckpt: dict) -> str:
-    """A fingerprint of a checkpoint's weights, as runtime.vqgan_hash is of a codebook: 16 hex digits of
-    SHA-256 over every tensor's name and bytes."""
-    h = hashlib.sha256()
-    for k in sorted(ckpt["model"]):
-        h.update(k.encode())
-        h.update(ckpt["model"][k].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())   # 0-d too
-    return h.hexdigest()[:16]
-
-
-def tokenise(clips, args, vq_ckpt: dict, device, rank=0, world=1) -> tuple[list, list]:
-    """The VQGAN's tokens and the conditioner's audio embeddings of `clips`, in batches of 32, on the host."""
-    import mel
-    import vqgan
-    from data.datasets import collate
-    vq = build_model(vqgan.VQGAN, vqgan.Config, vq_ckpt, "vqgan").to(device).eval()
-    conditioner = load_conditioner(args, device)
-    tokens, conds, t0 = [], [], time.time()
-    where = f" on each of {world} processes" if world > 1 else ""
-    loader = torch.utils.data.DataLoader(clips, batch_size=32, collate_fn=collate, num_workers=args.workers)
-    for i, batch in enumerate(loader):
-        wav = batch["wav"].to(device)
-        tokens.append(vq.encode(mel.normalize(mel.mel_spectrogram(wav))).to(torch.int16).cpu())  # (B, 5, F/16)
-        conds.append(conditioner.embed_audio(wav).float().cpu())                                # (B, 512)
-        if i % 10 == 0 and rank == 0:
-            print(f"transformer: caching tokens and CLAP embeddings {min((i + 1) * 32, len(clips))}/{len(clips)}"
-                  f"{where} ({time.time() - t0:.0f} s)", flush=True)
-    return tokens, conds
 
 
 # ===================================================================================================
@@ -576,6 +478,7 @@ def heldout_evaluator(args, device, trainer):
     from formats import hifigan_format
     import mel
     import specmaskgit
+    import vocoder
     import vqgan
     from evaluation.metrics import clap_score, frechet_distance
     n = args.eval_clips if args.data == "toy" else None
@@ -602,7 +505,10 @@ def heldout_evaluator(args, device, trainer):
         log_mel = mel.denormalize(vq.decode(tokens).float())                       # (N, 80, F)
         # Griffin-Lim on the training device, where the mels are (mel.griffin_lim runs on its input's):
         # under torchrun the other processes wait in their next collective while rank 0 evaluates
-        wav = hifigan_format.vocode(voc, log_mel) if voc is not None else mel.griffin_lim(log_mel)   # (N, T)
+        if voc is None:
+            wav = mel.griffin_lim(log_mel)                                          # (N, T)
+        else:                                                                   # in the device's own dtype
+            wav = vocoder.vocode(voc, log_mel, native_dtype(log_mel.device.type, verbose=False))
         emb = conditioner.embed_audio(wav[:, :real.shape[1]].to(device)).float().cpu()
         torch.set_rng_state(rng)
         return {"eval_fad": frechet_distance(emb, real_emb), "eval_clap_score": clap_score(text_emb.cpu(), emb),
@@ -655,7 +561,7 @@ def vocoder_against_griffin_lim(args, device) -> dict | None:
     ckpt = load_checkpoint(path, "vocoder")
     generator = hifigan_format.load_vocoder(ckpt).to(device)
     # in fp32 on every device: the verdict decides what the bundle holds, and should not depend on where it ran
-    outputs = {"vocoder": hifigan_format.vocode(generator, source.to(device), torch.float32).cpu(),
+    outputs = {"vocoder": vocoder.vocode(generator, source.to(device), torch.float32).cpu(),
                "griffin_lim": mel.griffin_lim(source)}
     result = {name: (loss_mel(out[:, :wav.shape[1]]) - target).abs().mean().item() for name, out in outputs.items()}
     result["clips"] = len(wav)
