@@ -63,7 +63,8 @@ MAX_SEED = 2 ** 62   # torch's generators take seeds below 2**63; the clip sets 
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the three judges.")
+    p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the three "
+                                   "judges.")
     p.add_argument("--ckpt", default=pipeline.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
     p.add_argument("--quick", action="store_true", help="small sets (everything, quickly)")
     p.add_argument("--judges", action="store_true", help="run the three judges (default: judges and ablations)")

@@ -201,7 +201,8 @@ def main(argv=None) -> int:
     try:
         return run_command(lambda: run(parse_args(argv)))
     except KeyboardInterrupt as e:                       # Ctrl-C: the takes already written stay, nothing partial
-        print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; no partial file is left", file=sys.stderr)
+        stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"{stopped}; no partial file is left", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     finally:
         if previous is not None:

@@ -370,7 +370,8 @@ def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
             f"MAGNeT: span {args.span_len or pipe.transformer.cfg.span_len} ({args.span_scoring}), guidance "
             f"{args.guidance[0]:g} -> {args.guidance[1]:g}, temperature {args.magnet_temperature:g} -> 0, top-p "
             f"{args.top_p:g}, row steps {','.join(map(str, args.row_steps))}, context "
-            f"{'all' if args.context is None else args.context}, rescorer {os.path.basename(args.rescore_ckpt or 'none')}, "
+            f"{'all' if args.context is None else args.context}, rescorer "
+            f"{os.path.basename(args.rescore_ckpt or 'none')}, "
             f"prefix {args.prefix_cols} columns")
     return {"prompt": prompt if prompt else "(none: unconditional)", "task": task, **more,
             "steps (--steps)": args.steps,
@@ -379,8 +380,9 @@ def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
             "initial Gumbel temperature (--temperature, annealed to 0)": args.temperature, "seed (--seed)": args.seed,
             "model": f"{os.path.basename(ckpt)} ({os.path.getsize(ckpt) / 1e6:.1f} MB, "
                      f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(ckpt)))})",
-            "conditioner": type(pipe.clap).__name__ + (f" ({os.path.basename(args.clap_ckpt)})" if args.clap_ckpt else ""),
-            "vocoder": (os.path.basename(args.vocoder_ckpt or "") or "the bundle's HiFiGAN") if pipe.vocoder is not None else
+            "conditioner": type(pipe.clap).__name__ + (f" ({os.path.basename(args.clap_ckpt)})" if args.clap_ckpt
+                                                       else ""),
+            "vocoder": os.path.basename(args.vocoder_ckpt or "") or "the bundle's HiFiGAN" if pipe.vocoder is not None else
                        f"Griffin-Lim (the steps' sounds: {PREVIEW_GL_ITERATIONS} iterations)",
             "clip": f"{pipe.num_samples / mel.SR:.2f} s = {rows} x "
                     f"{pipe.num_samples // pipeline.column_samples(pipe.vq)} tokens",

@@ -562,7 +562,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 | int8")
     p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (after one warm-up)")
     p.add_argument("--train", action="store_true", help="time training steps of the transformer instead")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: 4 with --train, and with --gpu-check on a CPU; 16 with --gpu-check on CUDA)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default: 4 with --train, and with --gpu-check on a CPU; 16 with --gpu-check on CUDA)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes for the throughput lines "
                    "(default 16,64 on CUDA; 4 for tiny on a CPU; none for full on a CPU)")
     p.add_argument("--thread-counts", default=None, metavar="N,N,...", help="Fig. 2: instead of the table, the fast "

@@ -72,8 +72,8 @@ def check_flags(args) -> None:
     if args.init_from and args.stage != "transformer":
         raise UserError("--init-from starts the transformer from another run's weights; use it with --stage transformer.")
     if args.init_from and same_folder(os.path.dirname(os.path.abspath(args.init_from)), args.out):
-        raise UserError(f"--out {args.out} holds --init-from {args.init_from}, which fine-tuning there would overwrite; "
-                        f"give the fine-tuning run a new --out.")
+        raise UserError(f"--out {args.out} holds --init-from {args.init_from}, which fine-tuning there would "
+                        f"overwrite; give the fine-tuning run a new --out.")
     if args.eval_every is not None and args.stage not in ("transformer", "all"):
         raise UserError(f"--eval-every scores the transformer while it trains; --stage {args.stage} trains none.")
     if not 2 <= args.eval_clips <= 1000:
