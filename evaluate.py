@@ -44,7 +44,6 @@ This file is the command: its flags, and the order the tables run in. Each evalu
   evaluation/metrics.py         FAD, CLAP score, ROC-AUC, mAP and IS themselves
 """
 
-import argparse
 import sys
 import time
 
@@ -64,15 +63,15 @@ MAX_SEED = 2 ** 62   # torch's generators take seeds below 2**63; the clip sets 
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the three judges.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="SpecMaskGIT's evaluation in miniature on the toy world: FAD tables and the three "
+                                   "judges.")
     p.add_argument("--ckpt", default=pipeline.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
     p.add_argument("--quick", action="store_true", help="small sets (everything, quickly)")
     p.add_argument("--judges", action="store_true", help="run the three judges (default: judges and ablations)")
     p.add_argument("--ablations", action="store_true", help="run the FAD tables (default: judges and ablations)")
     p.add_argument("--n", type=int, default=None, help="clips per FAD set (default 48, --quick 16)")
     p.add_argument("--per-kind", type=int, default=None, help="generated clips per kind for the judges (default 8, --quick 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the generated clips' draws and the toy sets' clips")
     p.add_argument("--magnet", action="store_true", help="the MAGNeT table (magnet.py); with --ablations after the FAD tables")
     p.add_argument("--magnet-ckpt", default=None,
                    help="with --magnet: a span-masked transformer (train.py --transformer.span_len 3) for its rows")
@@ -138,6 +137,9 @@ def parse_args(argv=None):
         raise UserError(f"--probe-seeds must be between 1 and 100, not {args.probe_seeds}.")
     if not 0 <= args.toy_mix <= 1:
         raise UserError(f"--toy-mix must be between 0 and 1, not {args.toy_mix}.")
+    if args.fad_clap_ckpt:                       # a missing laion-clap, named by the flag that needs it, now
+        from formats import clap_format
+        clap_format.import_laion_clap("--fad-clap-ckpt")
     if not (args.judges or args.ablations or args.magnet or args.probe or args.reconstruction or args.fad
             or args.curve):
         args.judges = args.ablations = True

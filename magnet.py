@@ -365,8 +365,24 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
     return (tokens, order.view(B, R, C).cpu()) if record_order else tokens
 
 
-if __name__ == "__main__":
-    R, C = (int(x) for x in sys.argv[1:3]) if len(sys.argv) > 2 else (5, 53)
+MAX_ROWS, MAX_COLS = 16, 512   # `python magnet.py R C`: its tables grow as R x C^2 (expected_masked_share)
+
+
+def main(argv: list[str]) -> int:
+    """python magnet.py [ROWS COLS]: the span counts and the guidance/temperature schedules on a grid (5 x 53,
+    the paper's, by default). A bad grid is one sentence and exit code 2, as in the commands."""
+    if argv in (["-h"], ["--help"]):
+        print(main.__doc__.split("\n")[0])
+        return 0
+    try:
+        R, C = (int(x) for x in argv) if argv else (5, 53)
+        ok = 1 <= R <= MAX_ROWS and 4 <= C <= MAX_COLS                        # span_len goes up to 4
+    except ValueError:                                                          # not numbers, or not two
+        ok = False
+    if not ok:
+        print(f"error: python magnet.py takes no argument or two whole numbers, ROWS from 1 to {MAX_ROWS} and "
+              f"COLS from 4 to {MAX_COLS} (e.g. 5 53), not {' '.join(argv)!r}.", file=sys.stderr)
+        return 2
     for L in (1, 2, 3, 4):
         share = expected_masked_share(R, C, L)
         spans = [int(torch.searchsorted(share, torch.tensor(r, dtype=torch.float64))) for r in (0.25, 0.55, 0.9)]
@@ -375,3 +391,8 @@ if __name__ == "__main__":
     print("step:        " + " ".join(f"{s + 1:5d}" for s in range(S)))
     print("guidance:    " + " ".join(f"{guidance_scale(masked_share(s, S)):5.2f}" for s in range(S)))
     print("temperature: " + " ".join(f"{temperature(s, S):5.2f}" for s in range(S)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

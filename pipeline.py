@@ -173,14 +173,19 @@ def peak_normalised(wav: torch.Tensor, name: str | None = None) -> torch.Tensor:
     if peak <= 1.0:
         return wav
     if name is not None:
-        print(f"{os.path.basename(name)}: the peak is {peak:.2f} x full scale; scaled down by "
-              f"{20 * math.log10(peak):.1f} dB instead of clipping")
+        print(f"{os.path.basename(name)}: peak-normalised: scaled down by {20 * math.log10(peak):.1f} dB to full "
+              f"scale (the model's output is not calibrated in level)")
     return wav / peak
 
 
 @torch.inference_mode()
 def audio_to_tokens(pipe: Pipeline, wav: torch.Tensor) -> torch.Tensor:
     return pipe.vq.encode(mel.normalize(mel.mel_spectrogram(wav.to(pipe.device))))
+
+
+# Words that name no sound: a prompt whose only known words are these is refused like one with none known.
+STOP_WORDS = {"a", "an", "and", "as", "at", "by", "for", "from", "in", "into", "is", "it", "its", "of", "on", "or",
+              "the", "to", "with", "while", "are", "be", "some", "this", "that"}
 
 
 def embed_prompts(pipe: Pipeline, prompts: list[str]) -> torch.Tensor:
@@ -201,9 +206,11 @@ def check_prompts(pipe: Pipeline, prompts: list[str]) -> None:
             continue                                           # LAION-CLAP's tokenizer reads any text
         # every word unknown, or no word at all (a script whose words the tokenizer does not split out)
         words, unknown = clap.words_of(p), pipe.clap.unknown_words(p)
-        if not set(words) - set(unknown):
-            raise UserError(f"no word of {p[:60]!r} is known to this CLAP model; the demo model only knows the "
-                            f"toy sounds, in the English words of their captions: {', '.join(toyworld.KINDS)}.")
+        if not set(words) - set(unknown) - STOP_WORDS:          # "a cat meowing" would be a clip made from "a"
+            said = f" ({', '.join(unknown[:10])[:120]} {'is' if len(unknown) == 1 else 'are'} not)" if unknown else ""
+            raise UserError(f"no word of {p[:60]!r} that names a sound is known to this CLAP model{said}; the demo "
+                            f"model only knows the toy sounds, in the English words of their captions: "
+                            f"{', '.join(toyworld.KINDS)}.")
         if unknown:
             print(f"ignored words the model does not know: {', '.join(unknown[:10])}")
 

@@ -22,9 +22,9 @@ Out: one 22050 Hz wav per prompt and take; with --png a labelled picture of its 
   python sample.py --benchmark full --threads 1,2,4       # Fig. 2: speed against CPU threads
 """
 
-import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -34,26 +34,27 @@ import mel
 from ground import audio_io
 import pipeline
 from ground.runtime import ArgumentParser, UserError, pick_device, run_command
-from ground.sample_edges import (OUTPUT_EXTS, check_args, magnet_options, output_names, page_settings, remove_claims,
-                                 save_page, valid_text)
+from ground.sample_edges import (OUTPUT_EXTS, SPECMASKGIT_DEFAULTS, check_args, magnet_options, output_names,
+                                 page_settings, remove_claims, same_take, save_page, valid_text)
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="SpecMaskGIT: text to audio, inpainting, bandwidth extension.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="SpecMaskGIT: text to audio, inpainting, bandwidth extension.")
     p.add_argument("prompts", nargs="*", help="one or more text prompts")
     p.add_argument("--ckpt", default=pipeline.DEFAULT_CKPT, help="a bundle written by train.py --bundle")
     p.add_argument("--vocoder-ckpt", default=None, help="a HiFiGAN checkpoint (ours or the official one)")
     p.add_argument("--clap", default=None, choices=["tiny", "laion"],
                    help="conditioner: the bundle's TinyCLAP, or LAION-CLAP (default: laion when --clap-ckpt is given)")
     p.add_argument("--clap-ckpt", default=None, help="LAION-CLAP 630k-audioset-best.pt instead of the bundled CLAP")
-    p.add_argument("--steps", type=int, default=16, help="MaskGIT iterations (Sec. 3.4)")
-    p.add_argument("--cfg", type=float, default=3.0, help="final classifier-free guidance scale (Eq. 2)")
+    d = SPECMASKGIT_DEFAULTS                             # the paper's sampler; --sampler magnet has its own flags
+    p.add_argument("--steps", type=int, default=d["steps"], help="MaskGIT iterations (Sec. 3.4)")
+    p.add_argument("--cfg", type=float, default=d["cfg"], help="final classifier-free guidance scale (Eq. 2)")
     p.add_argument("--no-cfg-ramp", action="store_true", help="text to audio with the guidance scale at --cfg from "
                    "the first step instead of the paper's ramp from 0 (Table 1's 'w/o CFG linear scheduler'; "
                    "the toy model's judges prefer it)")
-    p.add_argument("--temperature", type=float, default=1.5, help="initial Gumbel temperature (Eq. 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=d["temperature"], help="initial Gumbel temperature (Eq. 3)")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's random draws: the same seed, prompt and settings "
+                   "give the same take; another seed, another take")
     p.add_argument("--n", type=int, default=1, help="takes per prompt (batched)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto (what pays on this machine, printed) | fp32 | bf16 | fp16 | int8")
@@ -112,6 +113,7 @@ def run(args) -> None:
                                                         magnet_options=options, **common)
         for j, ((prompt, k), names) in enumerate(zip(takes, paths)):
             written = save_outputs(names[".wav"], wav[j], log_mel[j], order[j], args.png)
+            say_if_same_take(names[".wav"], args.seed)
             if record is not None:
                 save_page(names[".html"], pipe, record, j, written,
                           page_settings(args, pipe, "text to audio", prompt, **{"take": f"{k + 1} of {args.n}"}))
@@ -138,6 +140,7 @@ def zero_shot(args, pipe, exts, common, record, claimed: list) -> None:
         offset = (length - 1) // clip * clip                                       # the last clip's window
         task = f"bandwidth extension{' + LFR' if args.lfr else ''} of {valid_text(os.path.basename(path))}"
     written = save_outputs(names[".wav"], out, log_mel[0], order[0], args.png)
+    say_if_same_take(names[".wav"], args.seed)
     if record is not None:
         window = written[offset:offset + clip]
         shown = f"{offset / mel.SR:.2f}-{min(length, offset + clip) / mel.SR:.2f} s of {length / mel.SR:.2f} s"
@@ -173,12 +176,37 @@ def save_outputs(path_wav, wav, log_mel=None, order=None, png=False) -> torch.Te
     return wav
 
 
+def say_if_same_take(path_wav: str, seed: int) -> None:
+    """A second run with the same prompt and --seed writes the same sound under a new name: say so."""
+    other = same_take(path_wav)
+    if other:
+        print(f"{os.path.basename(path_wav)} is the same take as {os.path.basename(other)} (--seed {seed} with the "
+              f"same prompt and settings gives the same sound); give another --seed for another take")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a timeout, CI, kill): raised where the run is, so it ends through the same clean-up as Ctrl-C."""
+
+
+def on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)        # a second SIGTERM must not interrupt the clean-up
+    raise Terminated
+
+
 def main(argv=None) -> int:
     try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:                                   # not the main thread: signals cannot be caught here
+        previous = None
+    try:
         return run_command(lambda: run(parse_args(argv)))
-    except KeyboardInterrupt:                            # Ctrl-C: the takes already written stay, nothing partial
-        print("interrupted; no partial file is left", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:                       # Ctrl-C: the takes already written stay, nothing partial
+        stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"{stopped}; no partial file is left", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

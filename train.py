@@ -87,8 +87,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = ArgumentParser(description="Train SpecMaskGIT stage by stage.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Train SpecMaskGIT stage by stage.")
     p.add_argument("--data", default="toy", help="toy | audiocaps | a folder of audio files")
     p.add_argument("--root", default=None, help="the AudioCaps folder (CSV files + clips) for --data audiocaps")
     p.add_argument("--stage", default="all", choices=STAGES + ["all"])
@@ -116,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preview-every", type=int, default=500, help="vqgan: PNG of input vs reconstruction")
     p.add_argument("--workers", type=int, default=None,
                    help=f"DataLoader worker processes (at most {edges.MAX_WORKERS} here; default: 8 on a GPU, else 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the data order, the initial weights and the masks")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="--stage transformer: start from these weights (a run's transformer.pt, or a bundle) with a "
                         "new optimiser and schedule at step 0: pre-train, then fine-tune (Sec. 5.1, Table 4)")
@@ -543,6 +542,9 @@ def run(args) -> None:
         trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, trainer_options, rank, world)
         if stage == "transformer" and source is not None and trainer.start_step == 0:
             edges.init_weights(trainer, source, args.init_from, rank)
+        elif stage == "transformer" and source is not None and rank == 0:      # --resume found a state
+            print(f"transformer: --init-from {args.init_from} is not used: --resume continues this run's own "
+                  f"state at step {trainer.start_step}")
         if stage == "transformer":                           # which VQGAN's tokens it learns (write_bundle checks)
             trainer.made_from = {"vqgan_hash": vqgan_hash(vq_ckpt)}
         edges.wrap_ddp(trainer, device, rank, world)     # under torchrun: shared gradients, codebook, mask streams

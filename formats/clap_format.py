@@ -36,13 +36,14 @@ def load_tiny(ckpt: dict) -> clap.TinyCLAP:
     return build_model(clap.TinyCLAP, clap.Config, ckpt, "clap", vocab=list(vocab))
 
 
-def _import_laion_clap():
-    """Import laion-clap only when it is asked for (it is not needed for anything else)."""
+def import_laion_clap(flag: str = "--clap laion"):
+    """Import laion-clap only when it is asked for (it is not needed for anything else); `flag` is what asked
+    for it, named when the package is missing (evaluate.py's --fad-clap-ckpt checks it so)."""
     try:
         import laion_clap
     except ImportError as e:
         if e.name in ("laion_clap", None):
-            raise UserError("--clap laion needs the laion-clap package: pip install laion-clap "
+            raise UserError(f"{flag} needs the laion-clap package: pip install laion-clap "
                             "(it also needs torchvision and transformers).") from None
         if e.name == "torchvision":
             raise UserError(f"laion-clap needs torchvision: pip install the torchvision build that matches "
@@ -63,7 +64,7 @@ def to_laion_rate(wav: torch.Tensor) -> torch.Tensor:
 def load_laion(ckpt_path: str, device: str = "cpu", batch_size: int = 16) -> clap.LaionCLAP:
     """clap.LaionCLAP around laion-clap's CLAP_Module loaded from `ckpt_path` (HTSAT-tiny, non-fusion),
     resampling with to_laion_rate; every way the package or the file can fail is one sentence."""
-    laion_clap = _import_laion_clap()
+    laion_clap = import_laion_clap()
     if ckpt_path and os.path.isdir(ckpt_path):
         raise UserError(f"{ckpt_path} is a folder; --clap-ckpt needs the file 630k-audioset-best.pt itself.")
     if not ckpt_path or not os.path.isfile(ckpt_path):

@@ -456,10 +456,25 @@ def run_command(command) -> int:
     return 0
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with "(default: X)" after a flag's help, but only where it tells something: not when the help
+    already says its default in words, and not for a default of None or False (an absent flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, "") or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a flag it rejects (a wrong type, an unknown choice or flag) is a UserError: one
     sentence and exit code 2 from the script's main(), like every other bad input, instead of argparse's
-    usage lines and its own exit."""
+    usage lines and its own exit. --help notes each default once (DefaultsHelpFormatter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise UserError(f"{message} (see python {self.prog} --help).")

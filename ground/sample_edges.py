@@ -13,6 +13,8 @@ Out: checked flags; {".wav": path, ...} per take; the page written by pictures/d
 """
 
 import os
+import re
+import stat
 import time
 
 import torch
@@ -22,6 +24,7 @@ from ground import audio_io
 import pipeline
 from ground.runtime import UserError, build_model, load_checkpoint, make_output_folder
 
+SPECMASKGIT_DEFAULTS = dict(steps=16, cfg=3.0, temperature=1.5)   # sample.py's: the paper's sampler (Sec. 3.4)
 MAX_TAKES = 64            # prompts x --n in one call: they run as one batch
 MAX_SECONDS = 86400.0     # --start / --end: a day of audio
 MAX_RUNS = 1000          # --benchmark's timed runs per measurement
@@ -128,7 +131,7 @@ def magnet_options(args, pipe) -> dict:
     c = pipe.transformer.cfg
     if len(args.row_steps) not in (1, c.rows):
         raise UserError(f"--row-steps needs one number or one per token row ({c.rows}), not {len(args.row_steps)}.")
-    for name in ("span_len", "prefix_cols"):
+    for name in ("span_len", "prefix_cols", "context"):             # +-cols already reaches every column
         if (getattr(args, name) or 0) > c.cols:
             raise UserError(f"--{name.replace('_', '-')} must be at most the grid's {c.cols} columns.")
     rescorer = None
@@ -143,6 +146,11 @@ def magnet_options(args, pipe) -> dict:
         if (r.n_codes, r.rows, r.cols) != (c.n_codes, c.rows, c.cols):
             raise UserError(f"{args.rescore_ckpt}'s transformer ({r.n_codes} codes, {r.rows} x {r.cols}) does not fit "
                             f"the sampling model's tokens ({c.n_codes} codes, {c.rows} x {c.cols}).")
+    # last, so that a bad value of MAGNeT's own flags is named first
+    unused = [f"--{name}" for name, default in SPECMASKGIT_DEFAULTS.items() if getattr(args, name) != default]
+    if unused:
+        raise UserError(f"--sampler magnet does not use {' '.join(unused)} (SpecMaskGIT's sampler); its own are "
+                        f"--row-steps (steps per row), --guidance (HIGH,LOW) and --magnet-temperature.")
     return dict(row_steps=args.row_steps, guidance=args.guidance, temperature_start=args.magnet_temperature,
                 top_p=args.top_p, span_len=args.span_len, scoring=args.span_scoring, context=args.context,
                 rescorer=rescorer, rescore_weight=args.rescore_weight, prefix_cols=args.prefix_cols)
@@ -184,7 +192,10 @@ def output_names(out: str, stems: list[str], exts=(".wav",), claimed: list | Non
     names; the take's atomic rename fills it. Each placeholder goes into `claimed`, for remove_claims.
     """
     claimed = [] if claimed is None else claimed
-    if out.lower().endswith(".wav") and not os.path.isdir(out):
+    single = out.lower().endswith(".wav") and not os.path.isdir(out)
+    if os.path.isdir(os.path.dirname(os.path.abspath(out)) if single else out):
+        reclaim_dead_claims(os.path.dirname(os.path.abspath(out)) if single else out)
+    if single:
         if len(stems) != 1:
             raise UserError(f"--out {out} names one file, but this call makes {len(stems)} takes; give a folder.")
         make_output_folder(os.path.dirname(os.path.abspath(out)))
@@ -225,15 +236,61 @@ def existing_names(folder: str) -> dict:
 
 
 def claim(path: str, claimed: list) -> bool:
-    """Create an empty placeholder at `path` if nothing is there (atomically: O_CREAT | O_EXCL)."""
+    """Create an empty placeholder at `path` if nothing is there (atomically: O_CREAT | O_EXCL), stamped with
+    this process's id as its modification time in nanoseconds (a moment in January 1970 that no real file
+    has): after a SIGKILL the next run can tell whose claim it was (reclaim_dead_claims)."""
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except FileExistsError:
         return False
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}.") from None
     claimed.append(path)
+    try:
+        os.utime(fd, ns=(os.getpid(), os.getpid()))
+    except OSError:                                      # a file system without that: the claim is unstamped
+        pass
+    finally:
+        os.close(fd)
     return True
+
+
+MAX_PID = 2 ** 32         # a stamp below this many nanoseconds after 1970 is a claimer's process id
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs. Our own id counts as running: a claim stamped with it may be this process's
+    (an earlier output_names call), and one of a dead process that had our id only stays, as before."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:                              # another user's process
+        return True
+    return True
+
+
+def reclaim_dead_claims(folder: str) -> None:
+    """Free the names a sample.py killed with SIGKILL (or a power cut) claimed in `folder`: the placeholders
+    still empty and stamped with the id of a process that no longer runs. A running process's claims are
+    never touched, nor a file that holds anything, nor one without a claim's stamp."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        pid = st.st_mtime_ns
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0 and 0 < pid < MAX_PID and not process_alive(pid):
+            try:
+                os.remove(entry.path)
+            except OSError:
+                pass
 
 
 def claim_all(paths: list, taken: set, claimed: list) -> bool:
@@ -258,6 +315,24 @@ def remove_claims(claimed: list) -> None:
                 os.remove(path)
         except OSError:
             pass
+
+
+def same_take(path_wav: str) -> str | None:
+    """The earlier take that `path_wav` (a renamed "<stem>-<k>.wav") repeats byte for byte: <stem>.wav,
+    <stem>-2.wav, ... (the same prompt, settings and --seed give the same sound), or None."""
+    folder, name = os.path.split(path_wav)
+    m = re.fullmatch(r"(.+)-(\d+)\.wav", name)
+    if not m:
+        return None
+    with open(path_wav, "rb") as f:
+        data = f.read()
+    for j in range(1, int(m.group(2))):
+        other = os.path.join(folder, m.group(1) + ("" if j == 1 else f"-{j}") + ".wav")
+        if os.path.isfile(other) and os.path.getsize(other) == len(data):
+            with open(other, "rb") as f:
+                if f.read() == data:
+                    return other
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -288,24 +363,26 @@ def save_page(path_html, pipe, record, b, final_wav, settings) -> None:
 
 def page_settings(args, pipe, task: str, prompt: str | None, **more) -> dict:
     """What made a take, for the page: the prompt, every sampling setting and the model file."""
-    ckpt = os.path.abspath(args.ckpt)
+    ckpt = args.ckpt                                                    # the page shows its file name only
     rows = pipe.vq.cfg.n_mels // 16
     if getattr(args, "sampler", "specmaskgit") == "magnet":             # --steps, --cfg, --temperature unused
         more["sampler (--sampler magnet)"] = (
             f"MAGNeT: span {args.span_len or pipe.transformer.cfg.span_len} ({args.span_scoring}), guidance "
             f"{args.guidance[0]:g} -> {args.guidance[1]:g}, temperature {args.magnet_temperature:g} -> 0, top-p "
             f"{args.top_p:g}, row steps {','.join(map(str, args.row_steps))}, context "
-            f"{'all' if args.context is None else args.context}, rescorer {args.rescore_ckpt or 'none'}, "
+            f"{'all' if args.context is None else args.context}, rescorer "
+            f"{os.path.basename(args.rescore_ckpt or 'none')}, "
             f"prefix {args.prefix_cols} columns")
     return {"prompt": prompt if prompt else "(none: unconditional)", "task": task, **more,
             "steps (--steps)": args.steps,
             f"final guidance scale (--cfg, {'constant' if args.no_cfg_ramp else 'ramped from 0'})":
                 args.cfg if prompt else "0 (no prompt)",
             "initial Gumbel temperature (--temperature, annealed to 0)": args.temperature, "seed (--seed)": args.seed,
-            "model": f"{ckpt} ({os.path.getsize(ckpt) / 1e6:.1f} MB, "
+            "model": f"{os.path.basename(ckpt)} ({os.path.getsize(ckpt) / 1e6:.1f} MB, "
                      f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(ckpt)))})",
-            "conditioner": type(pipe.clap).__name__ + (f" ({args.clap_ckpt})" if args.clap_ckpt else ""),
-            "vocoder": (args.vocoder_ckpt or "the bundle's HiFiGAN") if pipe.vocoder is not None else
+            "conditioner": type(pipe.clap).__name__ + (f" ({os.path.basename(args.clap_ckpt)})" if args.clap_ckpt
+                                                       else ""),
+            "vocoder": os.path.basename(args.vocoder_ckpt or "") or "the bundle's HiFiGAN" if pipe.vocoder is not None else
                        f"Griffin-Lim (the steps' sounds: {PREVIEW_GL_ITERATIONS} iterations)",
             "clip": f"{pipe.num_samples / mel.SR:.2f} s = {rows} x "
                     f"{pipe.num_samples // pipeline.column_samples(pipe.vq)} tokens",

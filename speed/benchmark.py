@@ -563,7 +563,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 | int8")
     p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (after one warm-up)")
     p.add_argument("--train", action="store_true", help="time training steps of the transformer instead")
-    p.add_argument("--batch", type=int, default=None, help="batch size (--train: 4; --end-to-end: 1)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default: 4 with --train, and with --gpu-check on a CPU; 16 with --gpu-check on CUDA)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes for the throughput lines "
                    "(default 16,64 on CUDA; 4 for tiny on a CPU; none for full on a CPU)")
     p.add_argument("--thread-counts", default=None, metavar="N,N,...", help="Fig. 2: instead of the table, the fast "
@@ -585,6 +586,7 @@ def parse_args(argv=None):
             raise UserError(f"--thread-counts takes thread counts from 1 to {most} (this machine's CPUs).")
     if not 1 <= args.runs <= MAX_RUNS:
         raise UserError(f"--runs must be from 1 to {MAX_RUNS}, not {args.runs}.")
+    check_worker_flags(args)
     if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
         raise UserError(f"--batch must be from 1 to {MAX_BATCH}, not {args.batch}.")
     if args.batches is not None:
@@ -597,6 +599,23 @@ def parse_args(argv=None):
     return args
 
 
+WORKER_STAGES = ("transformer", "decoder", "vocoder")   # what one table worker (--row, --stages) times
+
+
+def check_worker_flags(args) -> None:
+    """The hidden flags the table passes to its worker processes (--row, --stages, --threads), checked like
+    the others: someone who finds them in the code and types them gets one sentence, not a traceback."""
+    if args.row is not None:                          # its upper end depends on the dtype: run() checks it
+        if args.row < 0:
+            raise UserError(f"--row must be a row of the table, from 0, not {args.row}.")
+        stages = [s for s in args.stages.split(",") if s.strip()]
+        if not stages or any(s not in WORKER_STAGES for s in stages):
+            raise UserError(f"--row needs --stages, a comma-separated list of {', '.join(WORKER_STAGES)}, "
+                            f"not {args.stages!r}.")
+    if args.threads is not None and not 1 <= args.threads <= (os.cpu_count() or 1):
+        raise UserError(f"--threads must be from 1 to {os.cpu_count() or 1} (this machine's CPUs), not {args.threads}.")
+
+
 def run(args) -> None:
     device = pick_device(args.device)
     if args.threads is not None:
@@ -607,7 +626,10 @@ def run(args) -> None:
             result = {**time_end_to_end(args.preset, device, dtype, args.runs, args.batch or 1),
                       "threads": torch.get_num_threads()}
         else:
-            result = time_stages(args.preset, device, rows(dtype, device)[args.row][1], args.stages.split(","), args.runs)
+            table = rows(dtype, device)
+            if args.row >= len(table):
+                raise UserError(f"--row must be from 0 to {len(table) - 1} (the table's rows here), not {args.row}.")
+            result = time_stages(args.preset, device, table[args.row][1], args.stages.split(","), args.runs)
         print(json.dumps(result))
     elif args.gpu_check:
         print_table(gpu_check(args.preset, device, args.dtype, args.batch or (16 if device == "cuda" else 4),

@@ -69,6 +69,11 @@ def check_flags(args) -> None:
         raise UserError(f"--lr must be between 0 and 1, not {args.lr}.")
     if args.init_from and args.stage != "transformer":
         raise UserError("--init-from starts the transformer from another run's weights; use it with --stage transformer.")
+    if args.init_from and same_folder(os.path.dirname(os.path.abspath(args.init_from)), args.out):
+        raise UserError(f"--out {args.out} holds --init-from {args.init_from}, which fine-tuning there would "
+                        f"overwrite; give the fine-tuning run a new --out.")
+    if args.eval_every is not None and args.stage not in ("transformer", "all"):
+        raise UserError(f"--eval-every scores the transformer while it trains; --stage {args.stage} trains none.")
     if not 2 <= args.eval_clips <= 1000:
         raise UserError(f"--eval-clips must be between 2 and 1000 (FAD needs a covariance of at least 2 clips), "
                         f"not {args.eval_clips}.")
@@ -82,6 +87,11 @@ def check_flags(args) -> None:
 # ===================================================================================================
 # Processes and the run folder: torchrun's group, one train.py per --out, what a killed run left half-written.
 # ===================================================================================================
+
+def same_folder(a: str, b: str) -> bool:
+    """Whether two paths name one folder, through symbolic links and `..` (compared by their real paths)."""
+    return os.path.realpath(a) == os.path.realpath(b)
+
 
 def setup_distributed(device: str):
     """Returns (rank, world_size, device). With torchrun, one process per GPU joins a NCCL group (gloo on CPUs)."""
@@ -111,7 +121,8 @@ def lock_output_folder(out: str) -> None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as e:
-        raise UserError(f"cannot create the lock file {path}: {e.strerror or e}.") from None
+        why = "it is a symbolic link, which the lock never follows" if e.errno == errno.ELOOP else e.strerror or e
+        raise UserError(f"cannot create the lock file {path}: {why}; remove it or give another --out.") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -228,6 +239,11 @@ def bring_companions(args, source: dict) -> None:
         elif stage != "vocoder" and not same_weights(load_checkpoint(dest, stage), source[stage]):
             raise UserError(f"{dest} is another {stage} than the one --init-from {args.init_from}'s transformer "
                             f"learnt with; fine-tune into a new --out.")
+    # a lone transformer.pt brings no VQGAN: the hash it recorded (write_state) still names the one it learnt
+    learnt, dest = source["transformer"].get("vqgan_hash"), os.path.join(args.out, "vqgan.pt")
+    if learnt is not None and os.path.exists(dest) and learnt != vqgan_hash(load_checkpoint(dest, "vqgan")):
+        raise UserError(f"--init-from {args.init_from} learnt the tokens of another VQGAN than {dest}; fine-tune it "
+                        f"with the VQGAN it was trained with (a bundle, or its run's vqgan.pt beside it).")
 
 
 def same_weights(a: dict, b: dict) -> bool:
