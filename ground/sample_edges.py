@@ -22,7 +22,7 @@ import torch
 import mel
 from ground import audio_io
 import pipeline
-from ground.runtime import UserError, build_model, load_checkpoint, make_output_folder
+from ground.runtime import UserError, build_model, load_checkpoint, make_output_folder, vqgan_hash
 
 SPECMASKGIT_DEFAULTS = dict(steps=16, cfg=3.0, temperature=1.5)   # sample.py's: the paper's sampler (Sec. 3.4)
 MAX_TAKES = 64            # prompts x --n in one call: they run as one batch
@@ -140,6 +140,12 @@ def magnet_options(args, pipe) -> dict:
         entry = ckpt.get("transformer") if ckpt.get("stage") == "bundle" else ckpt
         if not isinstance(entry, dict):
             raise UserError(f"{args.rescore_ckpt} holds no transformer checkpoint.")
+        # the rescorer scores token ids: they must be the ids of this bundle's VQGAN (as --ckpt's check)
+        learnt = entry.get("vqgan_hash") or (vqgan_hash(ckpt["vqgan"]) if isinstance(ckpt.get("vqgan"), dict) else None)
+        ours = vqgan_hash({"model": {k: v.cpu() for k, v in pipe.vq.state_dict().items()}})
+        if learnt is not None and learnt != ours:
+            raise UserError(f"{args.rescore_ckpt}'s transformer learnt the tokens of another VQGAN than the sampling "
+                            f"model's (VQGAN hash {learnt} against {ours}); give a rescorer trained on the same tokens.")
         rescorer = pipeline.build_or_explain(args.rescore_ckpt, "transformer", lambda e: build_model(
             specmaskgit.SpecMaskGIT, specmaskgit.Config, e, "transformer"), entry).to(pipe.device)
         r = rescorer.cfg

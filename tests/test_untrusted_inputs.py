@@ -262,3 +262,15 @@ def test_the_page_shows_the_checkpoints_file_name_not_its_path(bundle, tmp_path)
     pipe = pipeline.load_pipeline(bundle, verbose=False)
     model = sample_edges.page_settings(args, pipe, "text to audio", "rain on a roof")["model"]
     assert model.startswith(os.path.basename(bundle) + " (") and os.path.dirname(bundle) not in model
+
+
+def test_a_rescorer_that_learnt_another_vqgans_tokens_is_refused(bundle, tmp_path, capsys):
+    """--rescore-ckpt gets --ckpt's check: its transformer must have learnt this bundle's VQGAN's token ids."""
+    from conftest import refused
+    foreign = load_checkpoint(bundle)
+    foreign["transformer"]["vqgan_hash"] = "0" * 16                     # as if trained on another codebook
+    path = str(tmp_path / "foreign.pt")
+    save_checkpoint(foreign, path)
+    argv = ["rain on a roof", "--ckpt", bundle, "--sampler", "magnet", "--row-steps", "1", "--out", str(tmp_path / "o")]
+    refused(capsys, sample.main, argv + ["--rescore-ckpt", path], ["foreign.pt", "another VQGAN"], tmp_path / "o")
+    assert sample.main(argv + ["--rescore-ckpt", bundle]) == 0                # the bundle's own tokens: accepted
