@@ -35,9 +35,7 @@ Run alone: python clap.py   # sizes of the presets
 import collections
 import dataclasses
 import math
-import os
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass
 

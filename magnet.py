@@ -32,7 +32,6 @@ import math
 import sys
 
 import torch
-import torch.nn.functional as F
 
 import specmaskgit
 

@@ -40,7 +40,7 @@ import torch
 
 from training import edges
 from ground.runtime import (MODEL_STAGES, ArgumentParser, UserError, build_model, check_config_values, load_checkpoint,
-                     make_output_folder, native_dtype, pick_device, run_command, save_checkpoint, vqgan_hash)
+                     make_output_folder, pick_device, run_command, save_checkpoint, vqgan_hash)
 from data.toyworld import P_MIX
 
 STAGES = list(MODEL_STAGES)        # in the order --stage all trains them: each needs the ones before

@@ -29,7 +29,6 @@ import sys
 import soundfile as sf
 import torch
 
-import mel
 from ground import audio_io
 from mel import SR, TOY_SAMPLES, CLIP_SAMPLES
 from ground.runtime import UserError

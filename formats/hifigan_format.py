@@ -15,7 +15,6 @@ Out: vocoder.Generator in eval mode with weight norm folded (load_vocoder)
 
 from dataclasses import dataclass
 
-import torch
 from torch.nn.utils import parametrize
 
 from ground.runtime import UserError, check_config, config_from_dict, load_checkpoint, same_value

@@ -5,10 +5,12 @@ In:  (H, W) arrays of floats, or (H, W, 3) uint8 pixels
 Out: .png files (atomically written) or their bytes; the colour map the spectrogram pictures share
 """
 
+import math
 import struct
 import zlib
 
 import numpy as np
+import torch
 
 from ground.runtime import write_atomically
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ground import audio_io
 from speed import fast
 from formats import hifigan_format
 import magnet

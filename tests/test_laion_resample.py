@@ -5,7 +5,6 @@ the model's device. laion_clap is not needed: a stand-in module records what it 
 mixed with the others.
 """
 
-import pytest
 import torch
 
 import clap

@@ -213,7 +213,7 @@ def test_a_tone_above_the_new_nyquist_is_attenuated_by_more_than_40_db(orig):
 def test_per_output_filters_equal_the_polyphase_bank(monkeypatch):
     x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(0))
     bank = audio_io.resample(x, 48000, 22050)
-    monkeypatch.setattr(mel, "MAX_BANK", 0)                                         # force filters per output
+    monkeypatch.setattr(audio_io, "MAX_BANK", 0)                                         # force filters per output
     torch.testing.assert_close(audio_io.resample(x, 48000, 22050), bank, atol=1e-5, rtol=0)
 
 
@@ -221,7 +221,7 @@ def test_odd_rates_resample_in_bounded_memory_and_time():
     """A 3 s clip at 22051, 44056 or 11026 Hz used to build a filter bank of gigabytes; under a 1 GiB
     address-space limit above what Python and torch already hold, each now resamples in seconds."""
     script = (
-        "import resource, time, torch, mel\n"
+        "import resource, time, torch, mel\nfrom ground import audio_io\n"
         "vm = int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmSize')][0]) * 1024\n"
         "resource.setrlimit(resource.RLIMIT_AS, (vm + 2 ** 30, resource.RLIM_INFINITY))\n"
         "for sr in (22051, 44056, 11026):\n"
@@ -288,7 +288,7 @@ def test_enospc_while_writing_a_png_is_one_sentence(tmp_path, monkeypatch):
     def full_disk(rgb):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mel, "png_bytes", full_disk)
+    monkeypatch.setattr(png, "png_bytes", full_disk)
     with pytest.raises(UserError, match="No space left on device"):
         png.save_png(str(path), np.eye(4), min_height=3)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]

@@ -16,7 +16,6 @@ import pytest
 
 from speed import benchmark
 import clap
-from formats import clap_format
 import mel
 import pipeline
 import sample
@@ -162,7 +161,7 @@ def test_mel_constants_are_hifigans():
 
 
 def test_clap_embedding_is_laion_claps_512_and_its_presets_are_fixed():
-    assert clap.EMBED_DIM == 512 and clap_format.LAION_SR == 48000
+    assert clap.EMBED_DIM == 512 and clap.LAION_SR == 48000
     for name in ("full", "tiny"):
         assert clap.PRESETS[name].embed_dim == 512
     tiny = clap.PRESETS["tiny"]

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -30,7 +29,7 @@ import train
 from ground.runtime import load_checkpoint, save_checkpoint
 from ground import sample_edges
 from speed import benchmark
-from conftest import TOY, tiny_bundle
+from conftest import TOY
 
 STEPS = "4"                         # MaskGIT iterations in these tests (fast; the default is 16)
 
