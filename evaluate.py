@@ -157,7 +157,7 @@ def run(args) -> None:
               f"--device cpu or cuda to choose)")
     torch.manual_seed(args.seed)
     pipe = pipeline.load_pipeline(args.ckpt, device=device, dtype=args.dtype)
-    span_model = magnet_table.load_span_model(args.magnet_ckpt, pipe) if args.magnet_ckpt else None   # before any work
+    span_model = pipeline.load_second_transformer(args.magnet_ckpt, pipe, "--magnet-ckpt") if args.magnet_ckpt else None   # before any work
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:

@@ -43,9 +43,10 @@ MAX_STEPS = 256           # MaskGIT iterations (the paper uses 16); 256 commit a
 class Pipeline:
     """The trained pieces side by side: vq (SpecVQGAN), transformer, clap, vocoder (None = Griffin-Lim)."""
 
-    def __init__(self, vq, transformer, clap, vocoder, num_samples, device="cpu", dtype=torch.float32):
+    def __init__(self, vq, transformer, clap, vocoder, num_samples, device="cpu", dtype=torch.float32, vqgan_hash=None):
         self.vq, self.transformer, self.clap, self.vocoder = vq, transformer, clap, vocoder
         self.num_samples, self.device, self.dtype = num_samples, device, dtype
+        self.vqgan_hash = vqgan_hash                  # runtime.vqgan_hash of the bundled VQGAN: its token ids
 
 
 def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="cpu", dtype="fp32",
@@ -63,8 +64,8 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
         if stage in bundle and not isinstance(bundle[stage], dict):
             raise UserError(f"{ckpt}'s {stage} entry is a {type(bundle[stage]).__name__}, not a checkpoint; "
                             f"re-bundle it with train.py --bundle.")
-    learnt = bundle["transformer"].get("vqgan_hash")           # None: bundled before it was stored
-    if learnt is not None and learnt != vqgan_hash(bundle["vqgan"]):
+    learnt, ours = bundle["transformer"].get("vqgan_hash"), vqgan_hash(bundle["vqgan"])   # learnt None: bundled
+    if learnt is not None and learnt != ours:                                                # before it was stored
         raise UserError(f"{ckpt}'s transformer learnt the tokens of another VQGAN than the one bundled with it; "
                         f"retrain it with train.py --stage transformer and --bundle again.")
     num_samples = bundle.get("num_samples", mel.CLIP_SAMPLES)
@@ -107,7 +108,7 @@ def load_pipeline(ckpt=DEFAULT_CKPT, vocoder_ckpt=None, clap_ckpt=None, device="
             print("vocoder: none given, using Griffin-Lim (pass --vocoder-ckpt for a HiFiGAN)")
     if voc is not None:                                        # weight norm folded in fp32 before any conversion
         voc = fast.hold_weights_in(hifigan_format.remove_weight_norm(voc).to(device), dtype).eval()
-    return Pipeline(vq, transformer, conditioner, voc, num_samples, device, dtype)
+    return Pipeline(vq, transformer, conditioner, voc, num_samples, device, dtype, ours)
 
 
 def build_or_explain(ckpt: str, stage: str, build, entry):
@@ -128,6 +129,34 @@ def build_or_explain(ckpt: str, stage: str, build, entry):
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"{ckpt}'s {stage} checkpoint cannot be rebuilt ({type(e).__name__}: {first}); its "
                         f"config or weights were edited or cut short.") from None
+
+
+def load_second_transformer(path: str, pipe: Pipeline, flag: str):
+    """A transformer beside the bundle's (sample.py --rescore-ckpt, evaluate.py --magnet-ckpt), from a bundle or
+    a transformer checkpoint, checked as --ckpt's is: finite weights (runtime.load_checkpoint), the bundle's
+    grid and codebook size (from its config, before anything is built), and the token ids of the bundle's
+    own VQGAN (its vqgan_hash; one stored before the hash existed passes this one check). Each refusal is
+    one sentence naming `flag`."""
+    import specmaskgit
+    ckpt = load_checkpoint(path)
+    entry = ckpt.get("transformer") if ckpt.get("stage") == "bundle" else ckpt
+    if not isinstance(entry, dict) or entry.get("stage") != "transformer":
+        raise UserError(f"{flag} {path} holds no transformer checkpoint (train one with train.py --stage transformer).")
+    saved, mine = entry.get("config"), pipe.transformer.cfg
+    grid = tuple(saved.get(k) for k in ("n_codes", "rows", "cols")) if isinstance(saved, dict) else (None,)
+    if None not in grid and grid != (mine.n_codes, mine.rows, mine.cols):     # no config: build_or_explain says so
+        raise UserError(f"{flag} {path}'s transformer ({grid[0]} codes, {grid[1]} x {grid[2]} tokens) does not fit "
+                        f"the bundle's ({mine.n_codes} codes, {mine.rows} x {mine.cols}); train it on the same VQGAN "
+                        f"and clip length.")
+    learnt = entry.get("vqgan_hash")
+    if learnt is None and ckpt.get("stage") == "bundle" and isinstance(ckpt.get("vqgan"), dict):
+        learnt = vqgan_hash(ckpt["vqgan"])                                   # the VQGAN bundled with it
+    if learnt is not None and pipe.vqgan_hash is not None and learnt != pipe.vqgan_hash:
+        raise UserError(f"{flag} {path}'s transformer learnt the tokens of another VQGAN than the bundle's "
+                        f"(VQGAN hash {learnt} against {pipe.vqgan_hash}); train it with the bundle's VQGAN.")
+    model = build_or_explain(path, "transformer", lambda e: build_model(
+        specmaskgit.SpecMaskGIT, specmaskgit.Config, e, "transformer"), entry)
+    return model.to(pipe.device)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from data import toyworld
 from evaluation.clips import markdown_table
 from evaluation.judges import mel_features, train_judge, zero_shot_kinds
 from evaluation.metrics import clap_score, frechet_distance
-from ground.runtime import UserError
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -52,41 +51,10 @@ SPAN_ROWS = [
 ]
 
 
-def load_span_model(path: str, pipe):
-    """The span-masked transformer of --magnet-ckpt (a bundle or a transformer checkpoint), checked as
-    --ckpt's is (pipeline.load_pipeline) before any clip is made: a regular file of finite weights
-    (runtime.load_checkpoint), a transformer entry, the bundle's grid and codebook size, and the tokens of
-    the bundle's own VQGAN (its vqgan_hash; a file from before the hash was stored passes this one check).
-    It also rescores the bundle's draws (SPAN_ROWS), so a model that fails here would spoil those rows too."""
-    import specmaskgit
-    from ground.runtime import build_model, load_checkpoint, vqgan_hash
-    ckpt = load_checkpoint(path)
-    entry = ckpt.get("transformer") if ckpt.get("stage") == "bundle" else ckpt
-    if not isinstance(entry, dict) or entry.get("stage") != "transformer":
-        raise UserError(f"--magnet-ckpt {path} holds no transformer checkpoint (train one with train.py --stage "
-                        f"transformer --transformer.span_len 3).")
-    mine = pipe.transformer.cfg
-    grid = tuple(entry["config"].get(k) for k in ("n_codes", "rows", "cols"))
-    if grid != (mine.n_codes, mine.rows, mine.cols):
-        raise UserError(f"--magnet-ckpt {path}'s transformer ({grid[0]} codes, {grid[1]} x {grid[2]} tokens) does "
-                        f"not fit the bundle's ({mine.n_codes} codes, {mine.rows} x {mine.cols}); train it on the "
-                        f"same VQGAN and clip length.")
-    bundle_hash = vqgan_hash({"model": {k: v.cpu() for k, v in pipe.vq.state_dict().items()}})
-    learnt = entry.get("vqgan_hash")
-    if ckpt.get("stage") == "bundle" and isinstance(ckpt.get("vqgan"), dict):
-        learnt = learnt or vqgan_hash(ckpt["vqgan"])                        # the VQGAN bundled with it
-    if learnt is not None and learnt != bundle_hash:
-        raise UserError(f"--magnet-ckpt {path}'s transformer learnt the tokens of another VQGAN than the bundle's "
-                        f"(VQGAN hash {learnt} against {bundle_hash}); train it with the bundle's VQGAN.")
-    model = pipeline.build_or_explain(path, "transformer", lambda e: build_model(
-        specmaskgit.SpecMaskGIT, specmaskgit.Config, e, "transformer"), entry)
-    return model.to(pipe.device)
-
-
 def run_magnet_table(pipe, embed, n: int, per_kind: int, seed: int, span_model=None) -> list:
     """FAD and CLAP score (n captions of held-out clips), both judges (per_kind clips of every kind),
     forward passes and seconds per clip, for every row of MAGNET_ROWS (and SPAN_ROWS with span_model,
-    from load_span_model)."""
+    from pipeline.load_second_transformer)."""
     import copy
     reference = toyworld.ToyDataset("test", n=n, num_samples=pipe.num_samples)
     ref_wavs = torch.stack([reference[i]["wav"] for i in range(n)])

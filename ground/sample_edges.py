@@ -22,7 +22,7 @@ import torch
 import mel
 from ground import audio_io
 import pipeline
-from ground.runtime import UserError, build_model, load_checkpoint, make_output_folder, vqgan_hash
+from ground.runtime import UserError, make_output_folder
 
 SPECMASKGIT_DEFAULTS = dict(steps=16, cfg=3.0, temperature=1.5)   # sample.py's: the paper's sampler (Sec. 3.4)
 MAX_TAKES = 64            # prompts x --n in one call: they run as one batch
@@ -127,31 +127,13 @@ def check_magnet_args(args) -> None:
 
 def magnet_options(args, pipe) -> dict:
     """magnet.generate's settings from the flags, checked against the model's grid; loads the rescorer."""
-    import specmaskgit
     c = pipe.transformer.cfg
     if len(args.row_steps) not in (1, c.rows):
         raise UserError(f"--row-steps needs one number or one per token row ({c.rows}), not {len(args.row_steps)}.")
     for name in ("span_len", "prefix_cols", "context"):             # +-cols already reaches every column
         if (getattr(args, name) or 0) > c.cols:
             raise UserError(f"--{name.replace('_', '-')} must be at most the grid's {c.cols} columns.")
-    rescorer = None
-    if args.rescore_ckpt:
-        ckpt = load_checkpoint(args.rescore_ckpt)
-        entry = ckpt.get("transformer") if ckpt.get("stage") == "bundle" else ckpt
-        if not isinstance(entry, dict):
-            raise UserError(f"{args.rescore_ckpt} holds no transformer checkpoint.")
-        # the rescorer scores token ids: they must be the ids of this bundle's VQGAN (as --ckpt's check)
-        learnt = entry.get("vqgan_hash") or (vqgan_hash(ckpt["vqgan"]) if isinstance(ckpt.get("vqgan"), dict) else None)
-        ours = vqgan_hash({"model": {k: v.cpu() for k, v in pipe.vq.state_dict().items()}})
-        if learnt is not None and learnt != ours:
-            raise UserError(f"{args.rescore_ckpt}'s transformer learnt the tokens of another VQGAN than the sampling "
-                            f"model's (VQGAN hash {learnt} against {ours}); give a rescorer trained on the same tokens.")
-        rescorer = pipeline.build_or_explain(args.rescore_ckpt, "transformer", lambda e: build_model(
-            specmaskgit.SpecMaskGIT, specmaskgit.Config, e, "transformer"), entry).to(pipe.device)
-        r = rescorer.cfg
-        if (r.n_codes, r.rows, r.cols) != (c.n_codes, c.rows, c.cols):
-            raise UserError(f"{args.rescore_ckpt}'s transformer ({r.n_codes} codes, {r.rows} x {r.cols}) does not fit "
-                            f"the sampling model's tokens ({c.n_codes} codes, {c.rows} x {c.cols}).")
+    rescorer = pipeline.load_second_transformer(args.rescore_ckpt, pipe, "--rescore-ckpt") if args.rescore_ckpt else None
     # last, so that a bad value of MAGNeT's own flags is named first
     unused = [f"--{name}" for name, default in SPECMASKGIT_DEFAULTS.items() if getattr(args, name) != default]
     if unused:

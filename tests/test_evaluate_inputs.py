@@ -276,7 +276,7 @@ def test_a_span_model_that_fits_the_bundle_is_loaded(tmp_path):
     pipe = pipeline.load_pipeline(BUNDLE, verbose=False)
     from ground.runtime import vqgan_hash
     path = span_checkpoint(tmp_path, vqgan_hash=vqgan_hash(torch.load(BUNDLE, weights_only=True)["vqgan"]))
-    model = magnet_table.load_span_model(path, pipe)
+    model = pipeline.load_second_transformer(path, pipe, "--magnet-ckpt")
     assert (model.cfg.rows, model.cfg.cols) == (5, 16)
 
 
