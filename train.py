@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import hashlib
 import math
 import os
 import sys
@@ -40,7 +39,8 @@ import torch
 
 from training import edges
 from ground.runtime import (MODEL_STAGES, ArgumentParser, UserError, build_model, check_config_values, load_checkpoint,
-                     make_output_folder, pick_device, run_command, save_checkpoint, vqgan_hash)
+                     make_output_folder, pick_device, run_command, save_checkpoint, vqgan_hash,
+                     weights_hash)
 from data.toyworld import P_MIX
 
 STAGES = list(MODEL_STAGES)        # in the order --stage all trains them: each needs the ones before
@@ -360,16 +360,6 @@ def conditioner_key(args) -> str:
     if not os.path.exists(path):
         return "clap.pt absent"                               # edges.load_conditioner names what is missing
     return f"clap.pt {os.stat(path).st_mtime_ns}-{weights_hash(load_checkpoint(path, 'clap'))}"
-
-
-def weights_hash(ckpt: dict) -> str:
-    """A fingerprint of a checkpoint's weights, as runtime.vqgan_hash is of a codebook: 16 hex digits of
-    SHA-256 over every tensor's name and bytes."""
-    h = hashlib.sha256()
-    for k in sorted(ckpt["model"]):
-        h.update(k.encode())
-        h.update(ckpt["model"][k].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())   # 0-d too
-    return h.hexdigest()[:16]
 
 
 def tokenise(clips, args, vq_ckpt: dict, device, rank=0, world=1) -> tuple[list, list]:

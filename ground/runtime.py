@@ -233,17 +233,23 @@ def bad_tensor_entry(obj, prefix: str = "") -> tuple[str, str] | None:
     return None
 
 
+def weights_hash(ckpt: dict, names=None) -> str:
+    """A fingerprint of a checkpoint's weights (`names` of its "model" entries, default all): 16 hex digits
+    of SHA-256 over every tensor's name and bytes."""
+    model = ckpt.get("model", {})
+    h = hashlib.sha256()
+    for k in sorted(model) if names is None else names:
+        h.update(k.encode())
+        h.update(model[k].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())   # 0-d tensors too
+    return h.hexdigest()[:16]
+
+
 def vqgan_hash(vq_ckpt: dict) -> str:
     """A fingerprint of a VQGAN checkpoint's codebook: the transformer and its token cache store it, so that
     a transformer is never paired with a VQGAN whose token ids it did not learn (two trainings never end
-    with the same codebook). 16 hex digits of SHA-256 over the codebook's bytes."""
+    with the same codebook)."""
     model = vq_ckpt.get("model", {})
-    codebook = [k for k in sorted(model) if "codebook" in k] or sorted(model)
-    h = hashlib.sha256()
-    for k in codebook:
-        h.update(k.encode())
-        h.update(model[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return weights_hash(vq_ckpt, [k for k in sorted(model) if "codebook" in k] or None)
 
 
 def check_config(config, saved: dict, what: str = "checkpoint", only_saved_fields: bool = False) -> None:

@@ -23,7 +23,7 @@ import torch
 import specmaskgit
 import train
 from training import edges as training_edges
-from ground.runtime import load_checkpoint
+from ground.runtime import load_checkpoint, weights_hash
 from conftest import TOY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,7 +259,7 @@ def test_on_a_slow_disk_every_rank_waits_for_rank_0s_checkpoints_and_trains_on_o
     assert torch.equal(r0["tokens"], r1["tokens"]) and torch.equal(r0["cond"], r1["cond"])
     assert r0["tokens"].shape[0] == r0["cond"].shape[0] == 8
     clap_ckpt = load_checkpoint(str(out / "clap.pt"), "clap")
-    assert f"clap.pt {os.stat(out / 'clap.pt').st_mtime_ns}-{train.weights_hash(clap_ckpt)}" in r0["key"]
+    assert f"clap.pt {os.stat(out / 'clap.pt').st_mtime_ns}-{weights_hash(clap_ckpt)}" in r0["key"]
     assert r0["tokenised"] == [0, 1, 2, 3] and r1["tokenised"] == [4, 5, 6, 7]       # contiguous halves
     written = load_checkpoint(str(out / "transformer_cache.pt"), "cache")
     assert written["key"] == r0["key"] and torch.equal(written["tokens"], r0["tokens"])
