@@ -13,6 +13,7 @@ Helpers (import them: `from conftest import TOY, refused`):
   TINY, TOY, CLAP_RUN     train.py flags for tiny models on 8 toy clips, and for its fastest stage
   CLIP, tiny_bundle       the tiny bundle's clip length, and the function that writes such a bundle
   log_rows, transformer_run_from, sample_args, refused
+  SMALL, small_model      a 2-layer transformer on a 5 x 8 grid, seeded (fields changed by keyword)
 """
 
 import dataclasses
@@ -72,6 +73,18 @@ def band_limited_clips(full_band_clips, tmp_path_factory):
         sf.write(out, np.fft.irfft(spectrum, n=len(x)), mel.SR, subtype="PCM_16")
         paths.append(out)
     return paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small transformer for the sampler's tests
+# ---------------------------------------------------------------------------------------------------
+
+SMALL = specmaskgit.Config(n_layers=2, width=64, n_heads=4, mlp=128, n_codes=32, rows=5, cols=8, cond_dim=16)
+
+
+def small_model(seed=0, **changes):
+    torch.manual_seed(seed)
+    return specmaskgit.SpecMaskGIT(dataclasses.replace(SMALL, **changes)).eval()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pipeline
 import sample
 import specmaskgit
 import vocoder
+from conftest import small_model
 
 DEMO = pipeline.DEFAULT_CKPT
 
@@ -43,12 +44,6 @@ def test_separate_cfg_passes_give_the_batched_guided_logits():
             assert torch.equal(benchmark.plain_guided_logits(model, tokens, cond, masked, t, batched_cfg=True), batched)
             assert torch.allclose(batched, plain, atol=1e-4), t
             assert torch.allclose(batched, skipped, atol=1e-4), t
-
-
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    cfg = specmaskgit.Config(n_layers=2, width=64, n_heads=4, mlp=128, n_codes=32, rows=5, cols=8, cond_dim=16)
-    return specmaskgit.SpecMaskGIT(cfg).eval()
 
 
 def test_the_benchmarks_plain_variants_draw_the_same_tokens_as_generate():

@@ -7,12 +7,7 @@ import torch
 
 from speed import fast
 import specmaskgit
-
-
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    cfg = specmaskgit.Config(n_layers=2, width=64, n_heads=4, mlp=128, n_codes=32, rows=5, cols=8, cond_dim=16)
-    return specmaskgit.SpecMaskGIT(cfg).eval()
+from conftest import small_model
 
 
 def test_graphed_transformer_falls_back_to_the_same_logits_and_tokens_on_a_cpu():

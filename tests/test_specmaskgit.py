@@ -9,13 +9,7 @@ import specmaskgit as smg
 from pictures.decoding_page import step_record
 from ground.runtime import count_parameters
 
-SMALL = smg.Config(n_layers=2, width=64, n_heads=4, mlp=128, n_codes=32, rows=5, cols=8, cond_dim=16)
-
-
-def small_model(seed=0, **changes):
-    torch.manual_seed(seed)
-    cfg = smg.Config(**{**SMALL.__dict__, **changes})
-    return smg.SpecMaskGIT(cfg).eval()
+from conftest import small_model
 
 
 def test_full_preset_size_and_logits_shape():
