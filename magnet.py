@@ -9,25 +9,31 @@ four residual codebook streams at 50 Hz; ours are a 5 x 53 grid of SpecVQGAN tok
 16 mel bins, one column per 16 mel frames by default (16 x 256 / 22050 Hz = 186 ms of audio; see
 vqgan.Config.patch_frames). This file reuses specmaskgit.py's transformer, conditioner interface and
 masked_counts, and holds only what differs (named as the MAGNeT paper names its ideas):
-  masking strategy    span masking in training: spans of span_len columns inside one row (span_mask)
-  span decoding       whole spans re-masked, scored by 'max' or 'prod' (span_confidence)
-  restricted context  a token attends only to tokens within +-k columns (context_mask)
+  masking strategy    span masking in training: spans of span_len columns inside one row (span_mask), at
+                      mask ratios drawn as cos(pi/2 u) (mask_ratios)
+  training by stage   one token row per step, the rows below it shown and those above masked, the loss on
+                      that row alone (row_mask, training_loss): MAGNeT's codebook streams are our rows
+  restricted context  in the rows above the first, a token attends only to tokens within +-k columns
+                      (context_mask), in training and in sampling
   inference           guidance annealed from 10 down to 1 as the mask shrinks, softmax temperature 3 -> 0,
                       top-p 0.9, a step count per token row, one row after another (guidance_scale,
                       temperature, top_p)
-  rescoring           confidence = 0.7 p_external + 0.3 p_self (rescore)
+  rescoring           confidence = 0.7 p_external + 0.3 p_self, the external model judging the drawn
+                      tokens (rescore, rescorer_probs)
   hybrid              the first columns one after another, the rest in parallel (generate, prefix_cols);
                       MAGNeT trains one model with a joint autoregressive and non-autoregressive loss and a
                       random switch point, ours takes the prefix's columns from the same masked model at
                       sampling time only, a stand-in: this model was never trained left to right
-Restricted context here acts at sampling only, on a model trained without it, and its window is ours
-(--context, in token columns of 186 ms); MAGNeT trains and samples with it, for every stream above the first.
+The training ideas are fields of specmaskgit.Config (span_len, by_row, ratio_draw, context), so train.py
+reaches them as --transformer.span_len 3 --transformer.by_row true --transformer.ratio_draw cosine
+--transformer.context 0; SpecMaskGIT's defaults leave them all off.
 
 In:  a SpecMaskGIT model (specmaskgit.py), a CLAP embedding (B, 512)
-Out: training masks (B, 265) for specmaskgit.masked_loss; tokens (B, 5, 53) from generate()
+Out: a training loss for specmaskgit.Trainer (training_loss); tokens (B, 5, 53) from generate()
 Run alone: python magnet.py   # prints the span counts and the guidance/temperature schedules
 """
 
+import dataclasses
 import math
 import sys
 
@@ -46,6 +52,15 @@ import specmaskgit
 # = 60 ms (its ablation of the span length); here a span of 3 is 3 columns of one row: 48 mel frames = 557 ms of one band
 # of 16 mel bins. A span never crosses from one row into the next (that would join two frequency bands at
 # opposite ends of the clip).
+
+def mask_ratios(B: int, cfg: specmaskgit.Config, generator=None) -> torch.Tensor:
+    """(B,) training mask ratios: MAGNeT's cos(pi/2 u), u uniform on [0, 1) (audiocraft's MagnetSolver draws
+    its masking rates so), which puts half of the ratios above cos(pi/4) = 0.71; or, with cfg.ratio_draw
+    "gaussian", SpecMaskGIT's truncated Gaussian around 0.55 (specmaskgit.mask_ratios)."""
+    if cfg.ratio_draw == "cosine":
+        return torch.cos(math.pi / 2 * torch.rand(B, generator=generator))
+    return specmaskgit.mask_ratios(B, cfg, generator)
+
 
 def span_starts_per_column(cols: int, span_len: int) -> torch.Tensor:
     """(cols,) how many span starts in a row cover each column: a span may start at columns
@@ -93,14 +108,14 @@ def span_mask(B: int, n: int, cfg: specmaskgit.Config, generator=None, device="c
     (specmaskgit.mask_ratios), the number of spans whose expected coverage is that ratio
     (spans_for_ratio), that many distinct start places, and each start masks span_len columns.
     Spans may overlap or touch, so a masked run is span_len long or longer. Same signature as
-    specmaskgit.sample_mask, so specmaskgit.Trainer(draw_mask=span_mask) trains with it.
+    specmaskgit.sample_mask, so specmaskgit.masked_loss(draw_mask=span_mask) trains with it.
 
     The ratios and span counts are drawn on the host from `generator` (a CPU one), B numbers copied over
     without waiting; the places are drawn and the mask is built on `device`, by a generator there seeded
     from `generator`, so a seeded step draws the same mask again and no (B, n) tensor crosses to the device."""
     R, C, L = cfg.rows, cfg.cols, cfg.span_len
     assert n == R * C and 1 <= L <= C, "span masks need the grid of the config"
-    u = spans_for_ratio(specmaskgit.mask_ratios(B, cfg, generator), R, C, L, generator)  # (B,) on the host
+    u = spans_for_ratio(mask_ratios(B, cfg, generator), R, C, L, generator)  # (B,) on the host
     u = u.to(device, non_blocking=True)
     on_device = None
     if generator is not None:                                                   # its seed is read on the host
@@ -118,13 +133,15 @@ def span_mask(B: int, n: int, cfg: specmaskgit.Config, generator=None, device="c
 # ---------------------------------------------------------------------------------------------------
 # MAGNeT's restricted context.
 # ---------------------------------------------------------------------------------------------------
-# MAGNeT lets the tokens of codebooks above the first attend only to +-5 time steps (audiocraft's
-# subcodes_context, ~200 ms at 50 Hz): EnCodec's encoder has a bounded receptive field, so a fine code
-# depends on its neighbourhood only. Here every token attends to the tokens of every row within +-k
-# columns (k = 1 is +-186 ms with 16-frame tokens), and to the CLAP token, which carries the prompt
-# (MAGNeT's cross-attention to the text is never restricted either). The CLAP token attends only to
-# itself: were it to read the whole grid, it would carry far tokens into every near one in the next block.
-# Through n blocks a token still hears n k columns away, as in MAGNeT: the limit is per attention layer.
+# MAGNeT lets its model attend only to +-5 time steps (audiocraft's subcodes_context: 11 frames at 50 Hz,
+# a window of 220 ms) whenever it predicts a codebook stream above the first, in training and in sampling;
+# for the first stream it attends everywhere. EnCodec's encoder has a bounded receptive field, so a fine
+# code depends on its neighbourhood only. Here, for the rows above the first, every token attends to the
+# tokens of every row within +-k columns: a window of 2k + 1 columns of 186 ms with 16-frame tokens, so
+# k = 0 (186 ms) is the nearest to MAGNeT's 220 ms. The CLAP token, which carries the prompt, is always
+# heard (MAGNeT's cross-attention to the text is never restricted either), and it attends only to itself:
+# were it to read the whole grid, it would carry far tokens into every near one in the next block.
+# The limit is per attention layer, as in MAGNeT: through n blocks a token hears n k columns away.
 
 def context_mask(rows: int, cols: int, k: int, device="cpu") -> torch.Tensor:
     """(rows cols + 1, rows cols + 1) bool, True = may attend: grid tokens within +-k columns and the
@@ -135,6 +152,42 @@ def context_mask(rows: int, cols: int, k: int, device="cpu") -> torch.Tensor:
     allowed[:-1, :-1] = near
     allowed[:, -1] = True                                                     # everyone hears the prompt
     return allowed
+
+
+# ---------------------------------------------------------------------------------------------------
+# MAGNeT's training by stage, with rows as stages, and the loss specmaskgit.Trainer calls.
+# ---------------------------------------------------------------------------------------------------
+# MAGNeT decodes its codebook streams one after another, each given the ones before, and trains for just
+# that: each step draws one stream, shows the streams below it, masks those above it entirely, span-masks
+# the drawn one and scores it alone (audiocraft's MagnetSolver: stage_ = random.randint(0, K - 1)). Our
+# sampler decodes the rows of the grid the same way, low band first (generate's phases), so the rows are
+# the stages. Trained on all rows at once (SpecMaskGIT's way), the model rarely sees the state generate
+# puts it in: some rows complete and every row above them fully masked.
+
+def row_mask(B: int, cfg: specmaskgit.Config, row: int, generator=None, device="cpu") -> torch.Tensor:
+    """(B, R, C) bool training masks of training by stage: rows below `row` shown, rows above it masked,
+    `row` itself span-masked as a grid of one row would be (span_mask; a ratio per sample)."""
+    R, C = cfg.rows, cfg.cols
+    spans = span_mask(B, C, dataclasses.replace(cfg, rows=1), generator, device).view(B, 1, C)   # (B, 1, C)
+    rows = torch.arange(R, device=device)[None, :, None]                      # (1, R, 1)
+    return torch.where(rows == row, spans, rows > row)                        # (B, R, C)
+
+
+def training_loss(model, tokens, cond, generator=None):
+    """Eq. 1 on MAGNeT's masks (loss, accuracy), for specmaskgit.Trainer(loss=training_loss).
+
+    cfg.by_row: one row per step from `generator` (the whole batch alike, as audiocraft draws one stage per
+    step), row_mask's masks, the loss on that row's masked positions alone, and for a row above the first
+    the restricted context of cfg.context (if >= 0). Otherwise span masks on every row at once (span_mask)."""
+    cfg = model.cfg
+    if not cfg.by_row:
+        return specmaskgit.masked_loss(model, tokens, cond, generator, draw_mask=span_mask)
+    B, R, C = tokens.shape
+    row = int(torch.randint(R, (), generator=generator))                     # the stage of this step
+    mask = row_mask(B, cfg, row, generator, tokens.device)                    # (B, R, C)
+    scored = mask & (torch.arange(R, device=tokens.device)[None, :, None] == row)   # (B, R, C) this row only
+    attn_mask = context_mask(R, C, cfg.context, tokens.device) if row > 0 and cfg.context >= 0 else None
+    return specmaskgit.masked_loss(model, tokens, cond, generator, mask=mask, scored=scored, attn_mask=attn_mask)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -238,6 +291,22 @@ def logits_with_guidance(model, tokens, cond, masked, scale, attn_mask):
     return l_u + scale[:, None, None] * (l_c - l_u)
 
 
+def rescorer_probs(rescorer, drawn, cond, hidden, now, ids, scale, temp):
+    """(B, n) the rescorer's probability of each drawn token at the `now` positions (B, n), at the same
+    guidance scale and temperature as the model's own. MAGNeT's autoregressive rescorer reads the draw and
+    scores each token given the drawn tokens before it; a bidirectional one cannot score a token it can see,
+    so it sees the draw everywhere but every other span of it: the even spans are scored with the odd ones
+    shown, then the odd with the even shown. `hidden` (B, n): positions it never sees (still to be decided
+    outside this draw). Two passes, each with and without the prompt."""
+    out = torch.zeros(drawn.shape, device=drawn.device)
+    for parity in (0, 1):
+        scored = now & (ids % 2 == parity)                                    # (B, n)
+        logits = logits_with_guidance(rescorer, drawn, cond, hidden | scored, scale, None).float()   # (B, n, K)
+        p = torch.softmax(logits / max(temp, 1e-2), dim=-1).gather(-1, drawn[..., None])[..., 0]  # (B, n)
+        out = torch.where(scored, p, out)
+    return out
+
+
 @torch.no_grad()
 def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_start=TEMPERATURE, top_p=TOP_P,
              span_len=None, scoring="max", context=None, rescorer=None, rescore_weight=RESCORE_WEIGHT,
@@ -260,7 +329,10 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
        top-p; each span is scored by span_confidence of its drawn tokens' probabilities (mixed with the
        rescorer's by rescore); the least confident spans stay masked, the others are committed for good.
     Known positions (inpainting) are never masked nor re-drawn; rows of later phases stay masked meanwhile.
-    span_len None: the model's training span (cfg.span_len). context k: restricted attention.
+    span_len None: the model's training span (cfg.span_len). context k >= 0: the phases of rows above the
+    first attend within +-k columns (context_mask), as MAGNeT restricts its streams above the first; None =
+    the model's cfg.context, the window it was trained with; -1 = everywhere. The prefix and a single phase
+    over all rows include the first row, so they attend everywhere.
     on_step gets the same record as specmaskgit.generate's (decoding_page.step_record reads it).
     The loop stays on the model's device, as specmaskgit.generate's does: which phases run is settled before
     it starts, the per-sample span counts are kept there, and nothing is read back while it runs but for
@@ -277,7 +349,8 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
     B = tokens.shape[0]
     masked = ~known                                                           # (B, n) not decided yet
     order = torch.full((B, n), -1, dtype=torch.long, device=device)
-    attn_mask = None if context is None else context_mask(R, C, context, device)
+    k = c.context if context is None else context
+    restricted = None if k < 0 else context_mask(R, C, k, device)           # for the rows above the first
     ids = span_ids(R, C, L, device)                                           # (n,)
     index = ids.expand(B, -1)                                                 # (B, n) each position's span
     n_spans = R * -(-C // L)                                                  # span_ids' count: rows x ceil(C / L)
@@ -295,20 +368,15 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
     total = prefix_cols + sum(row_steps)
     step = 0
 
-    def draw(now, scale, temp):
-        """One forward pass; tokens drawn at the `now` positions (B, n): (drawn, p_drawn, p_token_conf)."""
+    def draw(now, scale, temp, attn_mask=None):
+        """One forward pass; tokens drawn at the `now` positions (B, n): (drawn, p_drawn)."""
         logits = logits_with_guidance(model, tokens, cond, masked, scale, attn_mask).float()       # (B, n, K)
         probs = torch.softmax(logits / max(temp, 1e-2), dim=-1)               # audiocraft's floor of 0.01
         kept = top_p_filter(probs, top_p)
         drawn = (kept.clamp_min(1e-30).log() + specmaskgit.gumbel(kept.shape, g, device)).argmax(-1)  # a draw from kept
         drawn = torch.where(now, drawn, tokens)                                # (B, n)
         p_self = probs.gather(-1, drawn[..., None])[..., 0]                   # (B, n) p(drawn) at this temperature
-        conf = p_self
-        if rescorer is not None:                                              # rescoring: the external model's view
-            grid = tokens.view(B, R, C)
-            ext = rescorer(grid, cond, masked.view(B, R, C)).float().softmax(-1)   # its conditional probabilities
-            conf = rescore(p_self, ext.gather(-1, drawn[..., None])[..., 0], rescore_weight)
-        return drawn, p_self, conf
+        return drawn, p_self
 
     def report(committed, p_self, scale, temp):
         if on_step is not None:                                               # its two numbers in one copy
@@ -322,7 +390,7 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
         now = masked & (col_of == col)                                        # (B, n)
         gamma = masked.sum(1).float() / max(1, n)                             # the share still masked: (B,)
         scale = guidance[0] * gamma + guidance[1] * (1 - gamma)
-        drawn, p_self, _ = draw(now, scale, 1.0)
+        drawn, p_self = draw(now, scale, 1.0)
         tokens = drawn
         masked = masked & ~now
         order.masked_fill_(now, step)
@@ -330,9 +398,10 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
         step += 1
 
     # 2. the rest in parallel: one phase per row (or all rows in one phase)
-    for in_phase, S, work in zip(phases, row_steps, has_work):
+    for phase, (in_phase, S, work) in enumerate(zip(phases, row_steps, has_work)):
         if not work:
             continue
+        attn_mask = restricted if len(phases) > 1 and phase > 0 else None    # MAGNeT: streams above the first
         todo = masked & in_phase                                              # (B, n) positions of this phase
         per_span = torch.zeros(B, n_spans, dtype=torch.long, device=device)
         per_span.scatter_add_(1, index, todo.long())                          # (B, n_spans) positions to draw
@@ -344,7 +413,11 @@ def generate(model, cond, row_steps=ROW_STEPS, guidance=GUIDANCE, temperature_st
             gamma = torch.full((B,), masked_share(s, S), device=device)       # one share for every sample: (B,)
             scale = guidance[0] * gamma + guidance[1] * (1 - gamma)           # guidance_scale, per sample
             temp = temperature(s, S, temperature_start)
-            drawn, p_self, conf = draw(now, scale, temp)
+            drawn, p_self = draw(now, scale, temp, attn_mask)
+            conf = p_self
+            if rescorer is not None:                                          # rescoring: the external model's view
+                p_ext = rescorer_probs(rescorer, drawn, cond, masked & ~now, now, ids, scale, temp)
+                conf = rescore(p_self, p_ext, rescore_weight)
             score = span_confidence(conf, ids, now, n_spans, scoring)         # (B, n_spans)
             score = score.masked_fill(~span_masked, float("inf"))             # committed spans stay committed
             if s < S - 1:                                                     # spans_masked(s + 1, S, u) of each u

@@ -82,7 +82,7 @@ def parse_args(argv=None):
     m.add_argument("--magnet-temperature", type=float, default=3.0, help="softmax temperature at the start, annealed to 0")
     m.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (1 = off)")
     m.add_argument("--row-steps", default="8,4,4,4,4", help="steps per token row, low band first; one number = all rows together")
-    m.add_argument("--context", type=int, default=None, help="restricted attention: +-K token columns (MAGNeT's restricted context; default unrestricted)")
+    m.add_argument("--context", type=int, default=None, help="restricted attention in the rows above the first: +-K token columns (MAGNeT's restricted context; default: the model's own, -1 = none)")
     m.add_argument("--rescore-ckpt", default=None, help="a second transformer (bundle or transformer.pt) that rescores each draw (MAGNeT's rescoring)")
     m.add_argument("--rescore-weight", type=float, default=0.7, help="the rescorer's weight in the confidence")
     m.add_argument("--prefix-cols", type=int, default=0, help="hybrid: decode the first K columns one after another (MAGNeT's hybrid, as a sampling-time stand-in)")

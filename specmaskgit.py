@@ -38,7 +38,16 @@ class Config:
     cfg_dropout: float = 0.1      # CFG: the condition replaced by [M] on 10 % (Sec. 3.4: of steps; here of samples)
     conditional_mask: bool = True # masked positions show the CLAP embedding instead of [M] (Sec. 3.3)
     mask_schedule: str = "cosine" # how many tokens stay masked after each sampling step (Sec. 3.4)
-    span_len: int = 1             # training masks in spans of this many columns (magnet.py); 1 = per token
+    # MAGNeT's training (magnet.py); the defaults are SpecMaskGIT's, and any other value trains with magnet.training_loss
+    span_len: int = 1             # training masks in spans of this many columns; 1 = per token
+    by_row: bool = False          # one token row per step, the rows below it shown and those above masked
+    ratio_draw: str = "gaussian"  # how a mask ratio is drawn: "gaussian" (mask_mean, mask_std) or MAGNeT's "cosine"
+    context: int = -1             # restricted context: rows above the first attend +-context columns; -1 = everywhere
+
+
+def trains_as_magnet(cfg: Config) -> bool:
+    """Whether any of the MAGNeT fields above differs from SpecMaskGIT's default."""
+    return cfg.span_len > 1 or cfg.by_row or cfg.ratio_draw != "gaussian" or cfg.context >= 0
 
 
 PRESETS = {
@@ -165,21 +174,25 @@ def sample_mask(B: int, n: int, cfg: Config, generator=None, device="cpu") -> to
     return (rank < n_masked[:, None]).to(device, non_blocking=True)
 
 
-def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None, draw_mask=sample_mask):
+def masked_loss(model, tokens, cond, generator=None, mask=None, drop_cond=None, draw_mask=sample_mask,
+                scored=None, attn_mask=None):
     """Eq. 1: cross-entropy (label smoothing 0.1) at the masked positions only. Returns (loss, accuracy).
     draw_mask(B, n, cfg, generator, device) -> (B, n) bool makes the mask when none is given.
+    scored (B, R, C) bool: where the loss falls, if not at every masked position (MAGNeT's training by row
+    masks the rows above the one it scores); attn_mask: who may attend to whom (magnet.context_mask).
 
-    Every position's loss is computed and weighted by the mask (1 masked, 0 not), then divided by the
-    number of masked positions: the mean over the masked ones, without selecting them by a boolean index,
-    whose output size the host would have to wait for the device to know."""
+    Every position's loss is computed and weighted by `scored` (1 scored, 0 not), then divided by the
+    number of scored positions: their mean, without selecting them by a boolean index, whose output size
+    the host would have to wait for the device to know."""
     cfg = model.cfg
     B, R, C = tokens.shape
     if mask is None:
         mask = draw_mask(B, R * C, cfg, generator, tokens.device).view(B, R, C)
     if drop_cond is None and cond is not None:
         drop_cond = (torch.rand(B, generator=generator) < cfg.cfg_dropout).to(tokens.device, non_blocking=True)
-    logits = model(tokens, cond, mask, drop_cond)                               # (B, 265, n_codes)
-    weight = mask.reshape(B * R * C).float()                                    # (B 265,) 1 where masked
+    attention = {} if attn_mask is None else {"attn_mask": attn_mask}
+    logits = model(tokens, cond, mask, drop_cond, **attention)                  # (B, 265, n_codes)
+    weight = (mask if scored is None else scored).reshape(B * R * C).float()    # (B 265,) 1 where scored
     target = tokens.reshape(B * R * C)                                          # (B 265,)
     logits = logits.reshape(B * R * C, -1).float()                              # (B 265, n_codes)
     per_token = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing, reduction="none")  # (B 265,)
@@ -322,13 +335,14 @@ def generate(model, cond, steps=16, guidance=3.0, temperature=1.5, known_tokens=
 class Trainer:
     """The model, AdamW (betas 0.9, 0.95, weight decay 0.05: MAE's and MAGE's recipe; the paper names no
     optimiser) and one optimisation step with gradient clipping at 1.0 (train.py runs the loop).
-    draw_mask: how training masks are drawn; cfg.span_len > 1 needs MAGNeT's (magnet.span_mask)."""
+    loss(model, tokens, cond, generator) -> (loss, accuracy): Eq. 1 by default; a config with MAGNeT's
+    fields needs MAGNeT's (magnet.training_loss)."""
 
     def __init__(self, cfg: Config, device: str = "cpu", lr: float = 1e-3 * 48 / 256,
-                 amp_dtype: torch.dtype = torch.float32, draw_mask=sample_mask):
-        if cfg.span_len > 1 and draw_mask is sample_mask:
-            raise ValueError(f"span_len {cfg.span_len} needs span masks: pass draw_mask=magnet.span_mask.")
-        self.cfg, self.device, self.amp_dtype, self.draw_mask = cfg, device, amp_dtype, draw_mask
+                 amp_dtype: torch.dtype = torch.float32, loss=masked_loss):
+        if trains_as_magnet(cfg) and loss is masked_loss:
+            raise ValueError("a config with MAGNeT's training fields needs its loss: pass loss=magnet.training_loss.")
+        self.cfg, self.device, self.amp_dtype, self.loss = cfg, device, amp_dtype, loss
         self.model = SpecMaskGIT(cfg).to(device)
         # what step() calls for the pass that learns: the model itself, unless the training loop puts a
         # stand-in here that also shares the gradients between copies of the model (training/edges.py)
@@ -348,7 +362,7 @@ class Trainer:
         cond = batch["cond"].to(self.device, non_blocking=True)
         g = torch.Generator().manual_seed(step * self.mask_streams + self.mask_stream)   # masks replay on --resume
         with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
-            loss, acc = masked_loss(self.step_modules["model"], tokens, cond, generator=g, draw_mask=self.draw_mask)
+            loss, acc = self.loss(self.step_modules["model"], tokens, cond, generator=g)
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -214,9 +214,9 @@ def build_trainer(stage, cfg, args, device, amp_dtype, lr, trainer_options, rank
     kwargs = dict(device=device, amp_dtype=amp_dtype, **trainer_options)
     if lr is not None:
         kwargs["lr"] = lr
-    if stage == "transformer" and cfg.span_len > 1:          # MAGNeT's span masks (magnet.py, Sec. 3.1)
+    if stage == "transformer" and stage_module(stage).trains_as_magnet(cfg):   # MAGNeT's training ideas (magnet.py)
         import magnet
-        kwargs["draw_mask"] = magnet.span_mask
+        kwargs["loss"] = magnet.training_loss
     trainer = stage_module(stage).Trainer(cfg, **kwargs)
     trainer.start_step = 0
     if args.resume:
@@ -529,6 +529,9 @@ def run(args) -> None:
                                       cols=cache["tokens"].shape[2], cond_dim=cache["cond"].shape[1])
             if cfg.span_len > cfg.cols:
                 raise UserError(f"--transformer.span_len must be at most the grid's {cfg.cols} columns, not {cfg.span_len}.")
+            if cfg.context >= 0 and not cfg.by_row:          # MAGNeT restricts the rows above the first only
+                raise UserError("--transformer.context restricts the rows above the first, which only training by "
+                                "row tells apart: add --transformer.by_row true.")
         trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, trainer_options, rank, world)
         if stage == "transformer" and source is not None and trainer.start_step == 0:
             edges.init_weights(trainer, source, args.init_from, rank)

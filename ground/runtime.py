@@ -321,9 +321,10 @@ def _same_kind(v, default) -> bool:
 # Whole-number config fields where 0 means something ("never re-seed", "the discriminator from the first
 # step", "a bag of words"); every other whole number in a config is a size or a count and must be >= 1.
 ZERO_ALLOWED = {"dead_code_steps", "disc_start", "text_layers"}
+OFF_AT_MINUS_ONE = {"context"}   # whole numbers where 0 is a value and -1 switches the idea off
 MEL_BINS = 80          # mel.N_MELS (runtime comes before mel in the import order)
 # String config fields and the values their model knows (specmaskgit.MASK_SCHEDULES, vocoder's ResBlock1/2).
-CHOICES = {"mask_schedule": ("cosine", "linear", "sqrt"), "resblock": ("1", "2")}
+CHOICES = {"mask_schedule": ("cosine", "linear", "sqrt"), "resblock": ("1", "2"), "ratio_draw": ("gaussian", "cosine")}
 STEP_COUNTS = {"dead_code_steps", "disc_start"}       # numbers of training steps: they allocate nothing
 MAX_SIZE = 2 ** 16     # no width, count or kernel of ours comes near it; a 2**16 x 2**16 matrix is 17 GB
 MAX_LAYERS = 1024      # layer and block counts: the paper's transformer has 24; each layer allocates a width^2
@@ -337,7 +338,7 @@ def value_rule(name: str, value) -> str | None:
         return "one of " + ", ".join(CHOICES[name])
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    low = 0 if isinstance(value, float) or name in ZERO_ALLOWED else 1
+    low = -1 if name in OFF_AT_MINUS_ONE else 0 if isinstance(value, float) or name in ZERO_ALLOWED else 1
     high = 1 if name.endswith("dropout") else MAX_SIZE if isinstance(value, int) and name not in STEP_COUNTS else None
     if high == MAX_SIZE and name.endswith(("layers", "blocks")):
         high = MAX_LAYERS

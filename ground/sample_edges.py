@@ -119,10 +119,13 @@ def check_magnet_args(args) -> None:
         raise UserError(f"--top-p must be above 0 and at most 1, not {args.top_p}.")
     if not 0 <= args.rescore_weight <= 1:
         raise UserError(f"--rescore-weight must be between 0 and 1, not {args.rescore_weight}.")
-    for name in ("span_len", "context", "prefix_cols"):
+    for name, low in (("span_len", 1), ("context", -1), ("prefix_cols", 0)):
         v = getattr(args, name)
-        if v is not None and v < (1 if name == "span_len" else 0):
-            raise UserError(f"--{name.replace('_', '-')} must be {'1' if name == 'span_len' else '0'} or more, not {v}.")
+        if v is not None and v < low:
+            raise UserError(f"--{name.replace('_', '-')} must be {low} or more, not {v}.")
+    if args.context is not None and args.context >= 0 and len(args.row_steps) == 1:
+        raise UserError("--context restricts the rows above the first, and one --row-steps number decodes every "
+                        "row in one phase: give one number per row (e.g. 8,4,4,4,4).")
 
 
 def magnet_options(args, pipe) -> dict:

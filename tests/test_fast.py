@@ -185,8 +185,9 @@ def test_the_wrapper_takes_magnets_attention_mask_eagerly_and_in_a_graph(monkeyp
             torch.testing.assert_close(graphed(tokens, cond, mask, drop, attn_mask=context), expected)
         torch.testing.assert_close(graphed(tokens, cond, mask, drop), model(tokens, cond, mask, drop))
     assert eager.graphs == {} and len(graphed.graphs) == 2                     # with and without a mask, apart
-    assert torch.equal(magnet.generate(eager, cond, row_steps=(3,), span_len=2, context=1, seed=0),
-                       magnet.generate(model, cond, row_steps=(3,), span_len=2, context=1, seed=0))
+    rows = (2, 1, 1, 1, 1)                                                     # rows above the first: restricted
+    assert torch.equal(magnet.generate(eager, cond, row_steps=rows, span_len=2, context=1, seed=0),
+                       magnet.generate(model, cond, row_steps=rows, span_len=2, context=1, seed=0))
 
 
 def test_a_shape_is_captured_at_its_call_after_capture_after_eager_ones(monkeypatch):

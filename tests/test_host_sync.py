@@ -183,8 +183,8 @@ def test_the_refusal_catches_a_bool_scatter_reduce():
             x.scatter_reduce(1, index, torch.ones(1, 3, dtype=torch.bool), "amax")
 
 
-MAGNET_OPTIONS = [dict(row_steps=(3, 2, 2, 2, 2)), dict(row_steps=(4,), scoring="prod", context=1),
-                  dict(row_steps=(4,), span_len=1, context=2, prefix_cols=2),
+MAGNET_OPTIONS = [dict(row_steps=(3, 2, 2, 2, 2)), dict(row_steps=(2, 1, 1, 1, 1), scoring="prod", context=1),
+                  dict(row_steps=(2, 1, 1, 1, 1), span_len=1, context=2, prefix_cols=2),
                   dict(row_steps=(4,), rescorer="a second model", prefix_cols=1)]
 
 

@@ -175,7 +175,7 @@ def test_spans_are_committed_whole():
 def test_training_with_span_masks_lowers_the_loss_on_a_tiny_batch():
     torch.manual_seed(0)
     cfg = dataclasses.replace(SMALL, span_len=3)
-    trainer = specmaskgit.Trainer(cfg, lr=3e-3, draw_mask=magnet.span_mask)
+    trainer = specmaskgit.Trainer(cfg, lr=3e-3, loss=magnet.training_loss)
     tokens = torch.randint(0, cfg.n_codes, (8, cfg.rows, cfg.cols))
     batch = {"tokens": tokens, "cond": torch.randn(8, 512)}
     mask = magnet.span_mask(8, cfg.rows * cfg.cols, cfg, torch.Generator().manual_seed(7)).view(8, cfg.rows, cfg.cols)
@@ -190,14 +190,18 @@ def test_training_with_span_masks_lowers_the_loss_on_a_tiny_batch():
     assert held_loss() < before - 0.1
 
 
-def test_span_len_needs_the_span_mask_and_old_configs_load_with_per_token_masks():
-    try:
-        specmaskgit.Trainer(dataclasses.replace(SMALL, span_len=3))
-        raise AssertionError("a span_len 3 trainer without span masks was built")
-    except ValueError as e:
-        assert "span_mask" in str(e)
-    saved = {k: v for k, v in dataclasses.asdict(TINY).items() if k != "span_len"}   # a checkpoint from before
-    assert config_from_dict(specmaskgit.Config, saved).span_len == 1
+def test_magnets_fields_need_magnets_loss_and_old_configs_load_with_specmaskgits_training():
+    for change in (dict(span_len=3), dict(by_row=True), dict(ratio_draw="cosine"), dict(by_row=True, context=0)):
+        try:
+            specmaskgit.Trainer(dataclasses.replace(SMALL, **change))
+            raise AssertionError(f"a trainer with {change} but Eq. 1's masks was built")
+        except ValueError as e:
+            assert "magnet.training_loss" in str(e)
+    new = ("span_len", "by_row", "ratio_draw", "context")
+    saved = {k: v for k, v in dataclasses.asdict(TINY).items() if k not in new}   # a checkpoint from before
+    cfg = config_from_dict(specmaskgit.Config, saved)
+    assert (cfg.span_len, cfg.by_row, cfg.ratio_draw, cfg.context) == (1, False, "gaussian", -1)
+    assert not specmaskgit.trains_as_magnet(cfg)
 
 
 def test_both_maskings_train_and_the_sampler_runs_at_the_full_presets_grid():
@@ -210,9 +214,9 @@ def test_both_maskings_train_and_the_sampler_runs_at_the_full_presets_grid():
     mask = magnet.span_mask(64, cfg.rows * cfg.cols, cfg, g).view(64, cfg.rows, cfg.cols)
     assert runs_per_row(mask.reshape(-1, cfg.cols)) and min(runs_per_row(mask.reshape(-1, cfg.cols))) >= 3
     batch = {"tokens": torch.randint(0, 1024, (2, 5, 53), generator=g), "cond": torch.randn(2, 512, generator=g)}
-    for draw in (specmaskgit.sample_mask, magnet.span_mask):
-        trainer = specmaskgit.Trainer(dataclasses.replace(cfg, span_len=1 if draw is specmaskgit.sample_mask else 3),
-                                      draw_mask=draw)
+    for loss in (specmaskgit.masked_loss, magnet.training_loss):
+        trainer = specmaskgit.Trainer(dataclasses.replace(cfg, span_len=1 if loss is specmaskgit.masked_loss else 3),
+                                      loss=loss)
         metrics = trainer.step(batch, 0)
         assert torch.isfinite(metrics["loss"])
     model = specmaskgit.SpecMaskGIT(cfg).eval()
