@@ -75,6 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--magnet", action="store_true", help="the MAGNeT table (magnet.py); with --ablations after the FAD tables")
     p.add_argument("--magnet-ckpt", default=None,
                    help="with --magnet: a span-masked transformer (train.py --transformer.span_len 3) for its rows")
+    p.add_argument("--magnet-trained-ckpt", default=None,
+                   help="with --magnet: a transformer trained as MAGNeT trains (train.py --transformer.by_row true ...) "
+                        "for its rows")
     p.add_argument("--cfg", type=float, default=3.0, help="the judges' generated and refilled clips: the final "
                    "guidance scale, which the ramp rises to (Eq. 2; the paper's 3)")
     p.add_argument("--steps", type=int, default=16, help="the judges' generated clips: MaskGIT iterations (Sec. 3.4)")
@@ -125,8 +128,9 @@ def parse_args(argv=None):
                         f"not {args.temperature}.")
     if not 0 <= args.seed < MAX_SEED:
         raise UserError(f"--seed must be a whole number from 0 to 2**62 - 1, not {args.seed}.")
-    if args.magnet_ckpt and not args.magnet:
-        raise UserError("--magnet-ckpt only makes sense with --magnet.")
+    for flag in ("magnet_ckpt", "magnet_trained_ckpt"):
+        if getattr(args, flag) and not args.magnet:
+            raise UserError(f"--{flag.replace('_', '-')} only makes sense with --magnet.")
     if bool(args.probe_data) != bool(args.probe_labels):
         raise UserError("--probe-data and --probe-labels go together (a folder of audio and its table of tags).")
     args.probe = args.probe or bool(args.probe_data)
@@ -157,7 +161,9 @@ def run(args) -> None:
               f"--device cpu or cuda to choose)")
     torch.manual_seed(args.seed)
     pipe = pipeline.load_pipeline(args.ckpt, device=device, dtype=args.dtype)
-    span_model = pipeline.load_second_transformer(args.magnet_ckpt, pipe, "--magnet-ckpt") if args.magnet_ckpt else None   # before any work
+    span_model, trained_model = (pipeline.load_second_transformer(path, pipe, flag) if path else None   # before any work
+                                 for path, flag in ((args.magnet_ckpt, "--magnet-ckpt"),
+                                                    (args.magnet_trained_ckpt, "--magnet-trained-ckpt")))
     print(f"evaluating {args.ckpt} on the toy world ({pipe.num_samples} samples per clip, seed {args.seed})", flush=True)
     start = time.time()
     if args.judges:
@@ -170,7 +176,7 @@ def run(args) -> None:
     if args.magnet:
         embed, embed_name = clips.make_embedder(pipe, args.fad_clap_ckpt)
         magnet_table.print_magnet_table(
-            magnet_table.run_magnet_table(pipe, embed, args.n, args.per_kind, args.seed, span_model),
+            magnet_table.run_magnet_table(pipe, embed, args.n, args.per_kind, args.seed, span_model, trained_model),
             args.n, args.per_kind, embed_name)
     if args.probe:
         probe.print_probe(probe.run_probe(pipe, args.probe_n, max(4, args.probe_n // 2), range(args.probe_seeds),

@@ -199,6 +199,10 @@ TEMPERATURE = 3.0        # softmax temperature at the first step, annealed linea
 TOP_P = 0.9              # nucleus sampling
 ROW_STEPS = (8, 4, 4, 4, 4)   # steps per token row, low band first: MAGNeT gives its first stream 20, the others 10
 RESCORE_WEIGHT = 0.7     # weight of the external model's probability (MAGNeT's rescoring)
+# These are the paper's values and audiocraft's MAGNeT.set_generation_params defaults. audiocraft's solver
+# config for its text-to-sound model (config/solver/magnet/audio_magnet_16khz.yaml, the samples it draws
+# while training) sets temperature 3.5, top-p 0.8 and guidance 20 -> 1 instead; evaluation/magnet_table.py
+# has a row with them.
 
 
 def masked_share(step: int, steps: int) -> float:

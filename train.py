@@ -123,6 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="transformer: FAD and CLAP score of --eval-clips held-out clips every N steps, in its log "
                         "(Fig. 8; evaluate.py --curve draws them)")
     p.add_argument("--eval-clips", type=int, default=32, help="held-out clips for --eval-every")
+    p.add_argument("--eval-toy-mix", type=float, default=None, metavar="F",
+                   help="toy world: score --eval-every on a world with this share of two-sound clips (default: "
+                        "--toy-mix, the training world's); another value shows Fig. 8's drift from a target set")
     p.add_argument("--toy-mix", type=float, default=P_MIX,
                    help="toy world: share of clips that mix two kinds; another value is a shifted world to fine-tune on")
     p.add_argument("--bundle", default=None,

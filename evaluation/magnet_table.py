@@ -1,14 +1,17 @@
 """
 evaluation/magnet_table.py — MAGNeT's ideas on the toy world (magnet.py): each one on or off against
-SpecMaskGIT's sampler, with the same bundle (and optionally a span-masked transformer).
+SpecMaskGIT's sampler, with the same bundle (and optionally a span-masked transformer and one trained as
+MAGNeT trains: by row, cosine ratios, spans, restricted context).
 
 Paper: MAGNeT (Ziv et al., ICLR 2024), Sec. 5's ablations in miniature: span length and scoring, the
   guidance's direction (10 -> 1 against SpecMaskGIT's 0 -> 3, Eq. 2), top-p, row-by-row decoding,
-  restricted context, the hybrid prefix and rescoring; scored as SpecMaskGIT's Table 1 is (FAD, CLAP score).
+  restricted context, the hybrid prefix, rescoring and training by stage; scored as SpecMaskGIT's Table 1
+  is (FAD, CLAP score).
 
 In:  a pipeline, an embedder (evaluation.clips.make_embedder), n held-out toy clips, per_kind clips per kind
 Out: one row per sampler (passes, FAD, CLAP score, two judges, seconds per clip); a markdown table on stdout
-Run: python evaluate.py --magnet   # add --magnet-ckpt runs/span/model.pt for the span model's rows
+Run: python evaluate.py --magnet   # add --magnet-ckpt runs/span/transformer.pt for the span model's rows,
+     --magnet-trained-ckpt runs/magnet/transformer.pt for the MAGNeT-trained model's
 """
 
 import time
@@ -27,17 +30,20 @@ from evaluation.metrics import clap_score, frechet_distance
 # ---------------------------------------------------------------------------------------------------
 
 # (row name, magnet.generate settings changed from its defaults; None = SpecMaskGIT's sampler at DEFAULT).
-# MAGNeT's own findings (its Sec. 5, on music): span 3 best; guidance annealed 10 -> 1 best; rescoring helps;
-# the hybrid trades latency for quality; fewer steps on the later streams cost little.
+# MAGNeT's own findings (its ablations, on music): span 3 best; guidance annealed 10 -> 1 best; restricted
+# context helps; rescoring helps; the hybrid trades latency for quality; fewer steps on the later streams
+# cost little.
 MAGNET_ROWS = [
     ("SpecMaskGIT sampler (16 steps, CFG ramp 0 -> 3, Gumbel 1.5)", None),
     ("MAGNeT decoding (guidance 10 -> 1, T 3 -> 0, top-p 0.9, rows 8,4,4,4,4)", {}),
     ("- guidance rising 0 -> 3 (SpecMaskGIT's direction) instead of 10 -> 1", {"guidance": (0.0, 3.0)}),
     ("- guidance constant 3", {"guidance": (3.0, 3.0)}),
+    ("- audiocraft's text-to-sound solver config: guidance 20 -> 1, T 3.5 -> 0, top-p 0.8",
+     {"guidance": (20.0, 1.0), "temperature_start": 3.5, "top_p": 0.8}),
     ("- temperature 1 -> 0 instead of 3 -> 0", {"temperature_start": 1.0}),
     ("- no top-p", {"top_p": 1.0}),
     ("- all rows together in 16 steps instead of row by row", {"row_steps": (16,)}),
-    ("+ restricted context +-2 columns (model trained without it)", {"context": 2}),
+    ("+ restricted context, own column, rows above the first (model trained without it)", {"context": 0}),
     ("+ hybrid: the first 4 columns one by one", {"prefix_cols": 4}),
 ]
 # with a span-masked model (--magnet-ckpt): its decoding spans and scoring, and rescoring between the two
@@ -49,12 +55,20 @@ SPAN_ROWS = [
     ("span model rescored by the bundle's (0.7 external)", "span", {"rescorer": "bundle"}),
     ("bundle's model rescored by the span model (0.7 external)", "bundle", {"rescorer": "span"}),
 ]
+# with a model trained as MAGNeT trains (--magnet-trained-ckpt): by row, cosine ratios, span 3, context 0
+TRAINED_ROWS = [
+    ("MAGNeT-trained model, SpecMaskGIT sampler", "trained", None),
+    ("MAGNeT-trained model, MAGNeT decoding (context as trained)", "trained", {}),
+    ("MAGNeT-trained model, MAGNeT decoding without restricted context", "trained", {"context": -1}),
+    ("MAGNeT-trained model, all rows together in 16 steps", "trained", {"row_steps": (16,)}),
+    ("MAGNeT-trained model rescored by the bundle's (0.7 external)", "trained", {"rescorer": "bundle"}),
+]
 
 
-def run_magnet_table(pipe, embed, n: int, per_kind: int, seed: int, span_model=None) -> list:
+def run_magnet_table(pipe, embed, n: int, per_kind: int, seed: int, span_model=None, trained_model=None) -> list:
     """FAD and CLAP score (n captions of held-out clips), both judges (per_kind clips of every kind),
     forward passes and seconds per clip, for every row of MAGNET_ROWS (and SPAN_ROWS with span_model,
-    from pipeline.load_second_transformer)."""
+    TRAINED_ROWS with trained_model, each from pipeline.load_second_transformer)."""
     import copy
     reference = toyworld.ToyDataset("test", n=n, num_samples=pipe.num_samples)
     ref_wavs = torch.stack([reference[i]["wav"] for i in range(n)])
@@ -68,6 +82,9 @@ def run_magnet_table(pipe, embed, n: int, per_kind: int, seed: int, span_model=N
     if span_model is not None:
         models["span"] = span_model
         rows += SPAN_ROWS
+    if trained_model is not None:
+        models["trained"] = trained_model
+        rows += TRAINED_ROWS
     out = []
     for name, model, options in rows:
         run_pipe = copy.copy(pipe)

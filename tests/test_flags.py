@@ -169,6 +169,10 @@ TRAIN_BAD = [
     (["--eval-clips", "1"], ["--eval-clips"]),
     (["--toy-mix", "1.5"], ["--toy-mix"]),
     (["--toy-mix", "nan"], ["--toy-mix"]),
+    (["--eval-toy-mix", "0.5"], ["--eval-toy-mix", "--eval-every"]),
+    (["--eval-every", "10", "--eval-toy-mix", "2"], ["--eval-toy-mix", "between 0 and 1"]),
+    (["--transformer.ratio_draw", "uniform"], ["--transformer.ratio_draw", "cosine"]),
+    (["--transformer.by_row", "maybe"], ["--transformer.by_row"]),
     (["--init-from", "/no/such/transformer.pt"], ["--init-from", "--stage transformer"]),
     (["--init-from", "{file}", "--stage", "transformer"], ["{file}", "not a readable"]),
 ]

@@ -20,6 +20,7 @@ import soundfile as sf
 import torch
 
 import mel
+from data import toyworld
 from ground import runtime
 import pipeline
 import specmaskgit
@@ -438,37 +439,52 @@ def test_init_from_refuses_another_tokenizer_and_other_stages(toy_run, tmp_path,
     assert "--stage transformer" in err
 
 
-def test_eval_every_logs_held_out_fad_computed_against_the_val_clips(toy_run, tmp_path):
+def fads_by_hand(toy_run, out, sets):
+    """The FAD of the toy run's transformer (evaluate.py's, with --eval-every's sampler seed 0), generated from
+    the captions of each (split, toy_mix) set in `sets` and scored against that set's clips; 3 clips each."""
     from formats import clap_format
     from formats import hifigan_format
     from evaluation import metrics
     from data import toyworld
     import vocoder
     import vqgan
+    model = runtime.build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config,
+                                load_checkpoint(str(toy_run / "transformer.pt"), "transformer"), "transformer")
+    cond = clap_format.load_clap("tiny", str(out / "clap.pt"))
+    vq = runtime.build_model(vqgan.VQGAN, vqgan.Config, load_checkpoint(str(out / "vqgan.pt"), "vqgan"), "vqgan")
+    voc = hifigan_format.load_vocoder(str(out / "vocoder.pt"))
+    fads = []
+    for split, toy_mix in sets:
+        d = toyworld.ToyDataset(split, n=3, num_samples=16384, p_mix=toy_mix)
+        real, captions = torch.stack([d[i]["wav"] for i in range(3)]), [d[i]["caption"] for i in range(3)]
+        with torch.inference_mode():
+            tokens = specmaskgit.generate(model, cond.embed_text(captions).float(), seed=0)
+            wav = vocoder.vocode(voc, mel.denormalize(vq.decode(tokens).float()),
+                                 runtime.native_dtype("cpu", verbose=False))[:, :16384]
+            fads.append(metrics.frechet_distance(cond.embed_audio(wav).float(), cond.embed_audio(real).float()))
+    return fads
+
+
+def test_eval_every_logs_held_out_fad_computed_against_the_val_clips(toy_run, tmp_path):
     out = tmp_path / "ft"
     assert train.main(TOY + ["--stage", "transformer", "--init-from", str(toy_run / "transformer.pt"), "--out", str(out),
                              "--steps", "2", "--eval-every", "1", "--eval-clips", "3"]) == 0
     rows = [r for r in log_rows(out, "transformer") if "eval_fad" in r]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["eval_clips"] == 3 for r in rows)
     # Step 0 is the source's weights: redo its evaluation by hand against the val clips, and against train clips.
-    model = runtime.build_model(specmaskgit.SpecMaskGIT, specmaskgit.Config,
-                                load_checkpoint(str(toy_run / "transformer.pt"), "transformer"), "transformer")
-    cond = clap_format.load_clap("tiny", str(out / "clap.pt"))
-    vq = runtime.build_model(vqgan.VQGAN, vqgan.Config, load_checkpoint(str(out / "vqgan.pt"), "vqgan"), "vqgan")
-    voc = hifigan_format.load_vocoder(str(out / "vocoder.pt"))
-
-    def clips(split):
-        d = toyworld.ToyDataset(split, n=3, num_samples=16384)
-        return torch.stack([d[i]["wav"] for i in range(3)]), [d[i]["caption"] for i in range(3)]
-    val, captions = clips("val")
-    with torch.inference_mode():
-        tokens = specmaskgit.generate(model, cond.embed_text(captions).float(), seed=0)
-        wav = vocoder.vocode(voc, mel.denormalize(vq.decode(tokens).float()), runtime.native_dtype("cpu", verbose=False))[:, :16384]
-        fake = cond.embed_audio(wav).float()
-        right = metrics.frechet_distance(fake, cond.embed_audio(val).float())
-        wrong = metrics.frechet_distance(fake, cond.embed_audio(clips("train")[0]).float())
-    assert rows[0]["eval_fad"] == pytest.approx(right, rel=1e-4)
+    right, wrong = fads_by_hand(toy_run, out, [("val", toyworld.P_MIX), ("train", toyworld.P_MIX)])
+    assert rows[0]["eval_fad"] == pytest.approx(right, rel=1e-4) and rows[0]["eval_toy_mix"] == toyworld.P_MIX
     assert abs(rows[0]["eval_fad"] - wrong) > 1e-3 * right
+
+
+def test_eval_toy_mix_scores_the_curve_on_another_world_than_the_training_one(toy_run, tmp_path):
+    out = tmp_path / "shifted"
+    assert train.main(TOY + ["--stage", "transformer", "--init-from", str(toy_run / "transformer.pt"), "--out", str(out),
+                             "--steps", "1", "--eval-every", "1", "--eval-clips", "3", "--eval-toy-mix", "1"]) == 0
+    rows = [r for r in log_rows(out, "transformer") if "eval_fad" in r]
+    shifted, training_world = fads_by_hand(toy_run, out, [("val", 1.0), ("val", toyworld.P_MIX)])
+    assert rows[0]["eval_toy_mix"] == 1.0 and rows[0]["eval_fad"] == pytest.approx(shifted, rel=1e-4)
+    assert abs(shifted - training_world) > 1e-3 * shifted
 
 
 def test_the_full_vqgan_keeps_a_constant_lr_and_the_tiny_one_its_warm_up_and_cosine(tmp_path):

@@ -79,6 +79,9 @@ def check_flags(args) -> None:
                         f"not {args.eval_clips}.")
     if not 0 <= args.toy_mix <= 1:
         raise UserError(f"--toy-mix must be between 0 and 1, not {args.toy_mix}.")
+    if args.eval_toy_mix is not None and not (args.eval_every and args.data == "toy" and 0 <= args.eval_toy_mix <= 1):
+        raise UserError(f"--eval-toy-mix goes with --eval-every and --data toy, and must be between 0 and 1, "
+                        f"not {args.eval_toy_mix}.")
     if args.num_samples % 4096 or args.num_samples <= 0:
         raise UserError(f"--num-samples must be a positive multiple of 4096 (16 mel frames of 256 samples), "
                         f"not {args.num_samples}.")
@@ -485,8 +488,9 @@ def write_state(trainer, step, args, stage, rng: list) -> None:
 
 
 def heldout_evaluator(args, device, trainer):
-    """A function step -> {"eval_fad", "eval_clap_score", "eval_clips"}: --eval-clips clips of the held-out
-    (val) split generated from their captions with the paper's sampler (16 steps, CFG 3, Gumbel 1.5), decoded
+    """A function step -> {"eval_fad", "eval_clap_score", "eval_clips", "eval_toy_mix"}: --eval-clips clips of
+    the held-out (val) split, of the toy world of --eval-toy-mix if given (a target set other than the
+    training world, as Fig. 8 scores AudioCaps while pre-training on AudioSet), generated from their captions with the paper's sampler (16 steps, CFG 3, Gumbel 1.5), decoded
     by this run's VQGAN and vocoder (Griffin-Lim without one), and scored against the real clips in the run's
     CLAP audio space (evaluate.py's FAD). The sampler's seed is the same every time, so the curve's steps
     differ by the model alone. The global random stream is restored afterwards (--resume replays it)."""
@@ -498,7 +502,8 @@ def heldout_evaluator(args, device, trainer):
     import vqgan
     from evaluation.metrics import clap_score, frechet_distance
     n = args.eval_clips if args.data == "toy" else None
-    heldout = datasets.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n, toy_mix=args.toy_mix)
+    mix = args.toy_mix if args.eval_toy_mix is None else args.eval_toy_mix
+    heldout = datasets.make_dataset(args.data, "val", root=args.root, num_samples=args.num_samples, n=n, toy_mix=mix)
     count = min(args.eval_clips, len(heldout))
     items = [heldout[i] for i in range(count)]
     real = torch.stack([it["wav"] for it in items])                                # (N, T)
@@ -528,14 +533,15 @@ def heldout_evaluator(args, device, trainer):
         emb = conditioner.embed_audio(wav[:, :real.shape[1]].to(device)).float().cpu()
         torch.set_rng_state(rng)
         return {"eval_fad": frechet_distance(emb, real_emb), "eval_clap_score": clap_score(text_emb.cpu(), emb),
-                "eval_clips": count}
+                "eval_clips": count, **({"eval_toy_mix": mix} if args.data == "toy" else {})}
     return evaluate
 
 
 def log_evaluation(stage, evaluate, step, log) -> None:
     row = {"step": step, **evaluate(step)}
+    world = f", toy world with {row['eval_toy_mix']:.0%} two-sound clips" if "eval_toy_mix" in row else ""
     print(f"{stage} step {step}: held-out FAD {row['eval_fad']:.4f}, CLAP score {row['eval_clap_score']:.4f} "
-          f"({row['eval_clips']} clips)", flush=True)
+          f"({row['eval_clips']} clips{world})", flush=True)
     log.write(json.dumps(row) + "\n")
     log.flush()
 
