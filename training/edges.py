@@ -490,9 +490,10 @@ def write_state(trainer, step, args, stage, rng: list) -> None:
 def heldout_evaluator(args, device, trainer):
     """A function step -> {"eval_fad", "eval_clap_score", "eval_clips", "eval_toy_mix"}: --eval-clips clips of
     the held-out (val) split, of the toy world of --eval-toy-mix if given (a target set other than the
-    training world, as Fig. 8 scores AudioCaps while pre-training on AudioSet), generated from their captions with the paper's sampler (16 steps, CFG 3, Gumbel 1.5), decoded
-    by this run's VQGAN and vocoder (Griffin-Lim without one), and scored against the real clips in the run's
-    CLAP audio space (evaluate.py's FAD). The sampler's seed is the same every time, so the curve's steps
+    training world, as Fig. 8 scores AudioCaps while pre-training on AudioSet), generated from their captions
+    with the paper's sampler (16 steps, CFG 3, Gumbel 1.5), decoded by this run's VQGAN and vocoder
+    (Griffin-Lim without one), and scored against the real clips in the run's CLAP audio space (evaluate.py's
+    FAD). The sampler's seed is the same every time, so the curve's steps
     differ by the model alone. The global random stream is restored afterwards (--resume replays it)."""
     from data import datasets
     from formats import hifigan_format
