@@ -24,7 +24,7 @@ import specmaskgit
 import train
 from training import edges as training_edges
 from ground.runtime import load_checkpoint, weights_hash
-from conftest import TOY
+from conftest import SMALL, TOY, log_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -329,3 +329,110 @@ def test_a_retrained_clap_rebuilds_the_token_cache(tmp_path, capsys):
     assert again["read"] and again["key"] == first["key"]
     assert not retrained["read"] and retrained["key"] != first["key"]
     assert torch.equal(retrained["tokens"], first["tokens"]) and not torch.equal(retrained["cond"], first["cond"])
+
+
+def masks_of_steps(tmp_path, rank, world, steps=5):
+    """The masks a Trainer on SMALL draws at steps 0 .. steps-1, after edges.wrap_ddp gave it rank `rank` of
+    `world` processes (world > 1 runs in a one-process gloo group: the wrapper and its all-reduce work alike).
+    Read off the model's input by a hook, so whatever draws them is seen."""
+    import torch.distributed as dist
+    torch.manual_seed(0)
+    trainer = specmaskgit.Trainer(SMALL)
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda module, args: seen.append(args[2].clone()))
+    g = torch.Generator().manual_seed(7)
+    batch = {"tokens": torch.randint(0, SMALL.n_codes, (4, SMALL.rows, SMALL.cols), generator=g),
+             "cond": torch.randn(4, SMALL.cond_dim, generator=g)}
+    if world > 1:
+        dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / f"store-{rank}"), 1), rank=0, world_size=1)
+    try:
+        training_edges.wrap_ddp(trainer, "cpu", rank, world)
+        for s in range(steps):
+            trainer.step(batch, s)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    assert len(seen) == steps
+    return seen
+
+
+def test_every_rank_draws_its_own_masks_at_every_step_from_the_seed_step_times_world_plus_rank(tmp_path):
+    """Under torchrun each process must learn from other masks than the others at every step (else both ranks
+    hide the same positions of their clips: the global batch holds half as many masks), and the masks must be a
+    function of the step alone (--resume replays them). wrap_ddp gives rank r of 2 the seeds 2 s + r; one
+    process keeps s."""
+    n = SMALL.rows * SMALL.cols
+
+    def by_hand(seed):
+        return specmaskgit.sample_mask(4, n, SMALL, torch.Generator().manual_seed(seed)).view(4, SMALL.rows, SMALL.cols)
+
+    rank0, rank1 = masks_of_steps(tmp_path, 0, 2), masks_of_steps(tmp_path, 1, 2)
+    alone = masks_of_steps(tmp_path, 0, 1)
+    for s in range(5):
+        assert not torch.equal(rank0[s], rank1[s]), f"step {s}: both ranks drew one mask"
+        assert torch.equal(rank0[s], by_hand(2 * s)) and torch.equal(rank1[s], by_hand(2 * s + 1)), f"step {s}"
+        assert torch.equal(alone[s], by_hand(s)), f"step {s}"
+    # no seed serves twice: rank 1's stream is not rank 0's one step on
+    assert all(not torch.equal(rank1[s], rank0[s + 1]) for s in range(4))
+
+
+# train.py under torchrun, stopped as Ctrl-C stops it when STOP_AT is set: every rank is interrupted before
+# step STOP_AT (after the checkpoint of the step before), and the shim then exits 0 (torchrun would report
+# the interrupted workers as failed).
+STOP_SHIM = r"""
+import os, sys
+import specmaskgit, train
+stop = int(os.environ.get("STOP_AT", "-1"))
+real_step = specmaskgit.Trainer.step
+def step(self, batch, s):
+    if s == stop:
+        raise KeyboardInterrupt
+    return real_step(self, batch, s)
+specmaskgit.Trainer.step = step
+code = train.main(sys.argv[1:])
+sys.exit(0 if stop >= 0 and code == 130 else code)
+"""
+
+
+def test_two_processes_stopped_and_resumed_end_exactly_where_the_uninterrupted_run_does(prerequisites, tmp_path):
+    """torchrun on 2 processes, the transformer stage: 3 steps in one go, against the same run interrupted
+    after step 1 and resumed with --resume. Each rank's masks and batches must continue where they were
+    (step s, rank r: seed 2 s + r and the rank's slice of the global batch), and each rank's random stream
+    is restored from its own entry of the state: the final weights, optimiser moments and random streams
+    are the same bit for bit, and so are the losses logged after the stop. The --preset full runs leave
+    the lr to its rule, 1e-3 x the global batch (2 processes x 2) / 256 (Sec. 4), which the log shows."""
+    from test_resume import assert_same
+    steps, stop, warmup = 3, 1, 2
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for out in (whole, parts):
+        shutil.copytree(prerequisites, out)
+    (tmp_path / "shim.py").write_text(STOP_SHIM)
+    flags = TOY + ["--stage", "transformer", "--preset", "full", "--steps", str(steps), "--warmup", str(warmup),
+                   "--ckpt-every", str(stop), "--log-every", "1"]
+
+    def torchrun(out, *more, stop_at=-1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, STOP_AT=str(stop_at))
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               str(tmp_path / "shim.py"), *flags, "--out", str(out), *more], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    torchrun(whole)
+    torchrun(parts, stop_at=stop)
+    assert load_checkpoint(str(parts / "transformer.state.pt"), "transformer")["step"] == stop
+    assert [r["step"] for r in log_rows(parts, "transformer")] == list(range(1, stop + 1))
+    assert f"resuming at step {stop}" in torchrun(parts, "--resume")
+
+    a = load_checkpoint(str(whole / "transformer.state.pt"), "transformer")
+    b = load_checkpoint(str(parts / "transformer.state.pt"), "transformer")
+    assert a["step"] == b["step"] == steps and len(a["rng"]) == len(b["rng"]) == 2
+    assert not torch.equal(a["rng"][0]["cpu"], a["rng"][1]["cpu"])        # two streams, one per rank
+    assert_same(a["trainer"], b["trainer"], "trainer")                      # weights and optimiser moments
+    assert_same(a["rng"], b["rng"], "rng")                                  # rank r's stream where rank r's was
+    rows_whole, rows_parts = log_rows(whole, "transformer"), log_rows(parts, "transformer")
+    assert [r["step"] for r in rows_whole] == [r["step"] for r in rows_parts] == list(range(1, steps + 1))
+    for w, p in zip(rows_whole, rows_parts):                                # every step's loss, exactly
+        assert {k: v for k, v in w.items() if k != "sec_per_step"} == {k: v for k, v in p.items() if k != "sec_per_step"}
+        assert w["lr"] == pytest.approx(1e-3 * 2 * 2 / 256 * train.lr_factor(w["step"] - 1, warmup, steps), rel=1e-9)
+    assert len({r["loss"] for r in rows_whole}) == steps                    # the steps did differ

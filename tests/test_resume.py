@@ -120,6 +120,58 @@ def test_a_run_saved_before_a_config_field_existed_resumes_and_one_saved_with_an
     assert load_checkpoint(str(state_path), "vqgan")["step"] == 2                # nothing lost
 
 
+def test_a_transformer_run_saved_before_magnets_fields_existed_resumes_with_specmaskgits_training(
+        prerequisites, tmp_path, monkeypatch, capsys):
+    """transformer.pt and transformer.state.pt written before span_len, by_row, ratio_draw and context existed
+    were trained as SpecMaskGIT trains (Sec. 3.2: per-token masks, Gaussian ratios, every row at once, every
+    token seen): --resume continues so, with Eq. 1 (specmaskgit.masked_loss) as the step's loss, and writes
+    those values back; a flag asking for MAGNeT's training on such a run is refused, the state left as it was."""
+    import specmaskgit
+    out = tmp_path / "run"
+    shutil.copytree(prerequisites, out)
+    flags = TOY + ["--stage", "transformer", "--log-every", "1", "--out", str(out)]
+    assert train.main(flags + ["--steps", "1"]) == 0
+    new_fields = ("span_len", "by_row", "ratio_draw", "context")
+
+    def as_an_older_train_py_wrote_them():
+        for name in ("transformer.pt", "transformer.state.pt"):
+            ckpt = load_checkpoint(str(out / name), "transformer")
+            for field in new_fields:
+                del ckpt["config"][field]
+            save_checkpoint(ckpt, str(out / name))
+
+    as_an_older_train_py_wrote_them()
+    seen, real_step = [], specmaskgit.Trainer.step
+
+    def spy(self, batch, step):
+        seen.append(dict(step=step, cfg=self.cfg, loss_fn=self.loss, batch=batch,
+                         weights={k: v.clone() for k, v in self.model.state_dict().items()}))
+        metrics = real_step(self, batch, step)
+        seen[-1]["loss"] = metrics["loss"]
+        return metrics
+
+    monkeypatch.setattr(specmaskgit.Trainer, "step", spy)
+    capsys.readouterr()
+    assert train.main(flags + ["--steps", "2", "--resume"]) == 0
+    assert "resuming at step 1" in capsys.readouterr().out
+    specmaskgits = {"span_len": 1, "by_row": False, "ratio_draw": "gaussian", "context": -1}
+    [s] = seen
+    assert s["step"] == 1 and {f: getattr(s["cfg"], f) for f in new_fields} == specmaskgits
+    assert s["loss_fn"] is specmaskgit.masked_loss
+    model = specmaskgit.SpecMaskGIT(s["cfg"])                                  # Eq. 1 by hand: step 1's masks
+    model.load_state_dict(s["weights"])
+    expected, _ = specmaskgit.masked_loss(model.train(), s["batch"]["tokens"], s["batch"]["cond"],
+                                          generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(s["loss"], expected.detach(), rtol=1e-6, atol=1e-7)
+    for name in ("transformer.pt", "transformer.state.pt"):
+        config = load_checkpoint(str(out / name), "transformer")["config"]
+        assert {f: config[f] for f in new_fields} == specmaskgits
+    as_an_older_train_py_wrote_them()
+    before = (out / "transformer.state.pt").read_bytes()
+    refused(capsys, train.main, flags + ["--steps", "3", "--resume", "--transformer.by_row", "true"], ["by_row"])
+    assert (out / "transformer.state.pt").read_bytes() == before
+
+
 # ---------------------------------------------------------------------------------------------------
 # Damaged resume states
 # ---------------------------------------------------------------------------------------------------

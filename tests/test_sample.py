@@ -87,6 +87,42 @@ def test_n_takes_are_four_different_wavs_of_the_clip_length(bundle, tmp_path):
     assert len({w.tobytes() for w, _ in wavs}) == 4
 
 
+def test_each_take_of_each_prompt_is_drawn_from_its_prompts_embedding_and_saved_under_its_name(
+        bundle, pipe, tmp_path, monkeypatch):
+    """Two prompts x --n 2 go through the sampler as one batch of 4: take k of prompt i is row 2 i + k, drawn
+    from prompt i's CLAP text embedding, and its file is named after prompt i with the suffix _{k+1}
+    (sample.py: "<prompt's words>_<take>.wav" when --n > 1). A swapped index, a tiled batch or a repeated
+    embedding puts a take under another prompt's name, or draws it from another prompt."""
+    prompts, n = ["rain on a roof", "a dog barking"], 2
+    conds, returned = [], []
+    real_generate, real_text_to_audio = specmaskgit.generate, pipeline.text_to_audio
+
+    def generate(model, cond, *args, **kwargs):
+        conds.append(cond.clone())
+        return real_generate(model, cond, *args, **kwargs)
+
+    def text_to_audio(*args, **kwargs):
+        returned.append(real_text_to_audio(*args, **kwargs))
+        return returned[-1]
+
+    monkeypatch.setattr(specmaskgit, "generate", generate)
+    monkeypatch.setattr(pipeline, "text_to_audio", text_to_audio)
+    run_ok([*prompts, "--n", str(n), "--ckpt", bundle, "--steps", STEPS, "--out", str(tmp_path)])
+    [cond], [(wav, _, _, _)] = conds, returned
+    alone = [pipe.clap.embed_text([p])[0] for p in prompts]                   # each prompt embedded on its own
+    assert cond.shape[0] == wav.shape[0] == len(prompts) * n
+    assert not torch.allclose(alone[0], alone[1])
+    expected = {"rain_on_a_roof_1.wav": 0, "rain_on_a_roof_2.wav": 1, "a_dog_barking_1.wav": 2, "a_dog_barking_2.wav": 3}
+    assert sorted(os.listdir(tmp_path)) == sorted(expected)
+    for i in range(len(prompts)):
+        for k in range(n):
+            torch.testing.assert_close(cond[i * n + k], alone[i])
+    rows = [audio_io.wav_bytes(pipeline.peak_normalised(w)) for w in wav]     # what each row's file holds
+    assert len(set(rows)) == len(rows)                                        # four different takes
+    for name, row in expected.items():
+        assert (tmp_path / name).read_bytes() == rows[row], name
+
+
 def test_one_wav_per_prompt_named_after_it_and_png_beside_it(bundle, tmp_path):
     run_ok(["Rain on a roof!", "a church bell", "--png", "--ckpt", bundle, "--steps", STEPS, "--out", str(tmp_path)])
     assert sorted(os.listdir(tmp_path)) == ["a_church_bell.png", "a_church_bell.wav",

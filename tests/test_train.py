@@ -362,7 +362,38 @@ def test_the_full_presets_learning_rates_follow_their_papers():
     assert train.stage_hparams("vqgan", full)[3] == pytest.approx(4.5e-6 * 8)          # Taming x batch 8
     assert train.stage_hparams("transformer", full)[3] == pytest.approx(1e-3 * 48 / 256)   # MAE, Sec. 4
     assert train.stage_hparams("transformer", full, world=4)[3] == pytest.approx(1e-3 * 4 * 48 / 256)
+    assert train.stage_hparams("vqgan", full, world=4)[3] == pytest.approx(4.5e-6 * 4 * 8)          # x global batch
     assert train.stage_hparams("vqgan", train.parse_args(["--preset", "tiny"]))[3] == 1e-3   # measured on the toy
+
+
+def test_a_run_on_two_processes_gives_its_optimisers_the_lr_of_the_global_batch(toy_run, tmp_path, monkeypatch):
+    """Under torchrun each process steps on its own batch and the gradients are averaged: the step is that of
+    the global batch (processes x --batch-size), and so is the lr of the full preset's rules (Taming's 4.5e-6 x
+    batch for the VQGAN, MAE's 1e-3 x batch / 256 for the transformer). Checked on the optimisers train.py
+    builds, world 2 against world 1: setup_distributed says 2 processes, the DDP wrapper and the cache's
+    all-gather are left out (one process here), and the run stops where the loop would start."""
+    built = {}
+
+    def stop_before_the_loop(stage, trainer, *args, **kwargs):
+        built[stage, world] = trainer
+        raise KeyboardInterrupt
+
+    real_cache = train.build_cache
+    monkeypatch.setattr(train, "train_stage", stop_before_the_loop)
+    monkeypatch.setattr(train, "build_cache", lambda dataset, args, device, rank=0, world=1: real_cache(dataset, args, device))
+    monkeypatch.setattr(training_edges, "wrap_ddp", lambda trainer, device, rank, world: None)
+    batch = int(TOY[TOY.index("--batch-size") + 1])
+    for world in (1, 2):
+        monkeypatch.setattr(training_edges, "setup_distributed", lambda device: (0, world, device))
+        for stage in ("vqgan", "transformer"):
+            out = transformer_run_from(toy_run, tmp_path / f"{stage}_{world}")
+            assert train.main(TOY + ["--preset", "full", "--vqgan.norm_groups", "4", "--stage", stage,
+                                     "--steps", "1", "--out", out]) == 130
+    for world in (1, 2):
+        rule = {"vqgan": 4.5e-6 * batch * world, "transformer": 1e-3 * batch * world / 256}
+        for stage, lr in rule.items():
+            groups = [g for opt in built[stage, world].optimizers for g in opt.param_groups]
+            assert len(groups) >= 2 and all(g["lr"] == pytest.approx(lr, rel=1e-12) for g in groups), (stage, world)
 
 
 def test_clips_load_in_worker_processes_by_default_only_on_a_gpu(tmp_path):
