@@ -320,6 +320,22 @@ def test_pitch_track_finds_a_tones_f0_and_hears_a_glide_and_no_pitch_in_noise():
     assert hiss[0] < 0.05                                               # white noise: (almost) no frame voiced
 
 
+def test_the_third_judge_tracks_a_pitch_only_in_frames_less_than_quiet_db_below_the_loudest():
+    # A tone of period 64 samples (344.5 Hz: every frame holds whole periods, the level steps at a zero crossing,
+    # so nothing above 8 kHz rings) at full level for the first 30 pitch hops, then 0.1 dB louder or quieter
+    # than QUIET_DB below it (in power: 20 log10 of the amplitude). Frames 30 on lie wholly in the quiet part:
+    # tracked (voiced) just above the threshold, left out just below; the 30 frames before hold loud samples.
+    n = torch.arange(32768, dtype=torch.float64)
+    frames = 1 + (len(n) - judges.PITCH_FRAME) // judges.PITCH_HOP              # 61
+    step = 30 * judges.PITCH_HOP
+    shares = []
+    for db in (judges.QUIET_DB - 0.1, judges.QUIET_DB + 0.1):
+        quiet = 10 ** (-db / 20)
+        wav = torch.sin(2 * np.pi * n / 64) * torch.where(n < step, 1.0, quiet)
+        shares.append(judges.waveform_features(wav.float())[36].item())       # the voiced share
+    assert shares == pytest.approx([1.0, 30 / frames], abs=1e-6)
+
+
 def test_dct_matrix_is_the_orthonormal_dct_ii_summed_by_hand():
     x = np.random.default_rng(0).standard_normal(judges.N_BANDS)
     n = np.arange(judges.N_BANDS)

@@ -48,16 +48,25 @@ def test_average_precision_of_random_scores_is_near_the_share_of_positives():
 
 
 def test_tagging_scores_average_over_the_tags_that_have_both_classes():
-    scores = torch.tensor([[0.9, 0.1, 0.5], [0.8, 0.2, 0.5], [0.4, 0.3, 0.5], [0.3, 0.4, 0.5], [0.1, 0.5, 0.5]])
-    labels = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 1], [0, 1, 1]])   # tag 2: all positive
+    # 7 clips x 4 tags with 2, 5, 7 and 0 positives: tags 0 and 1 have both classes. The shape is lopsided so
+    # that a filter on the wrong axis (fewer positives than *tags*, 4, drops tag 1; rows instead of columns
+    # keeps other tags) or a mean over all 4 tags gives another number.
+    scores = torch.tensor([[0.9, 0.35, 0.5, 0.1], [0.8, 0.75, 0.5, 0.2], [0.7, 0.65, 0.5, 0.3],
+                           [0.6, 0.15, 0.5, 0.4], [0.5, 0.55, 0.5, 0.5], [0.4, 0.45, 0.5, 0.6],
+                           [0.3, 0.25, 0.5, 0.7]])
+    labels = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 0], [1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 0],
+                           [0, 1, 1, 0]])                                       # tag 2: all positive; tag 3: none
     got = metrics.tagging_scores(scores, labels)
     assert got["tags"] == 2
-    # tag 0: AUC 5/6 (above); tag 1: positives 0.3, 0.5 against 0.1, 0.2, 0.4 win 2 + 3 = 5 of 6 pairs
-    assert got["roc_auc"] == pytest.approx((5 / 6 + 5 / 6) / 2)
-    # tag 1 ranked 0.5 pos, 0.4 neg, 0.3 pos: AP (1 + 2/3) / 2, as tag 0
-    assert got["map"] == pytest.approx((1 + 2 / 3) / 2)
+    # tag 0: positives 0.9 and 0.6 against 0.8, 0.7, 0.5, 0.4, 0.3: 0.9 wins 5 pairs, 0.6 wins 3: 8 of 2 x 5.
+    # tag 1: positives 0.75, 0.55, 0.35, 0.25, 0.15 against 0.65, 0.45: 2 + 1 + 0 + 0 + 0 = 3 of 5 x 2.
+    assert got["roc_auc"] == pytest.approx((8 / 10 + 3 / 10) / 2)
+    # tag 0 ranked +, -, -, +, ...: precision 1/1 and 2/4. tag 1 ranked 0.75 +, 0.65 -, 0.55 +, 0.45 -, then
+    # 0.35 +, 0.25 +, 0.15 +: precision 1/1, 2/3, 3/5, 4/6, 5/7 at its five positives.
+    ap0, ap1 = (1 + 2 / 4) / 2, (1 + 2 / 3 + 3 / 5 + 4 / 6 + 5 / 7) / 5
+    assert got["map"] == pytest.approx((ap0 + ap1) / 2)
     with pytest.raises(UserError):
-        metrics.tagging_scores(scores, torch.ones(5, 3))
+        metrics.tagging_scores(scores, torch.ones(7, 4))
 
 
 def test_inception_score_is_one_for_uniform_and_k_for_confident_distinct_predictions():

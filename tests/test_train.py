@@ -470,9 +470,10 @@ def test_init_from_refuses_another_tokenizer_and_other_stages(toy_run, tmp_path,
     assert "--stage transformer" in err
 
 
-def fads_by_hand(toy_run, out, sets):
-    """The FAD of the toy run's transformer (evaluate.py's, with --eval-every's sampler seed 0), generated from
-    the captions of each (split, toy_mix) set in `sets` and scored against that set's clips; 3 clips each."""
+def fads_by_hand(toy_run, out, sets, seed=0):
+    """The FAD of the toy run's transformer (evaluate.py's, with --eval-every's sampler seed: the run's --seed,
+    0 by default), generated from the captions of each (split, toy_mix) set in `sets` and scored against that
+    set's clips; 3 clips each."""
     from formats import clap_format
     from formats import hifigan_format
     from evaluation import metrics
@@ -489,7 +490,7 @@ def fads_by_hand(toy_run, out, sets):
         d = toyworld.ToyDataset(split, n=3, num_samples=16384, p_mix=toy_mix)
         real, captions = torch.stack([d[i]["wav"] for i in range(3)]), [d[i]["caption"] for i in range(3)]
         with torch.inference_mode():
-            tokens = specmaskgit.generate(model, cond.embed_text(captions).float(), seed=0)
+            tokens = specmaskgit.generate(model, cond.embed_text(captions).float(), seed=seed)
             wav = vocoder.vocode(voc, mel.denormalize(vq.decode(tokens).float()),
                                  runtime.native_dtype("cpu", verbose=False))[:, :16384]
             fads.append(metrics.frechet_distance(cond.embed_audio(wav).float(), cond.embed_audio(real).float()))
@@ -516,6 +517,18 @@ def test_eval_toy_mix_scores_the_curve_on_another_world_than_the_training_one(to
     shifted, training_world = fads_by_hand(toy_run, out, [("val", 1.0), ("val", toyworld.P_MIX)])
     assert rows[0]["eval_toy_mix"] == 1.0 and rows[0]["eval_fad"] == pytest.approx(shifted, rel=1e-4)
     assert abs(shifted - training_world) > 1e-3 * shifted
+
+
+def test_the_held_out_curve_samples_its_clips_with_the_runs_seed(toy_run, tmp_path):
+    # --seed 1: step 0 (the source's weights) logs the FAD of clips sampled with seed 1, redone by hand, and not
+    # seed 0's (the sampler's seed is what changes; the val clips and the weights stay).
+    out = tmp_path / "seed1"
+    assert train.main(TOY + ["--stage", "transformer", "--init-from", str(toy_run / "transformer.pt"), "--out", str(out),
+                             "--steps", "1", "--eval-every", "1", "--eval-clips", "3", "--seed", "1"]) == 0
+    step0 = next(r for r in log_rows(out, "transformer") if "eval_fad" in r and r["step"] == 0)
+    (seed1,), (seed0,) = (fads_by_hand(toy_run, out, [("val", toyworld.P_MIX)], seed=s) for s in (1, 0))
+    assert step0["eval_fad"] == pytest.approx(seed1, rel=1e-4)
+    assert abs(step0["eval_fad"] - seed0) > 1e-3 * seed1
 
 
 def test_the_full_vqgan_keeps_a_constant_lr_and_the_tiny_one_its_warm_up_and_cosine(tmp_path):
