@@ -82,6 +82,13 @@ def test_sampler_uses_the_annealed_guidance_and_temperature_at_each_step():
         gamma = math.cos(math.pi / 2 * s / 5)
         assert abs(info["cfg_scale"] - (10 * gamma + (1 - gamma))) < 1e-5
         assert abs(info["temperature"] - 3 * (5 - s) / 6) < 1e-12
+    record.clear()                                                           # another start and guidance are honoured
+    magnet.generate(model, torch.randn(1, 512), row_steps=(6,), span_len=1, seed=0, on_step=record.append,
+                    temperature_start=1.5, guidance=(4.0, 2.0))
+    for s, info in enumerate(record):
+        gamma = math.cos(math.pi / 2 * s / 5)
+        assert abs(info["cfg_scale"] - (4 * gamma + 2 * (1 - gamma))) < 1e-5
+        assert abs(info["temperature"] - 1.5 * (5 - s) / 6) < 1e-12
 
 
 def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p():
@@ -191,7 +198,7 @@ def test_training_with_span_masks_lowers_the_loss_on_a_tiny_batch():
 
 
 def test_magnets_fields_need_magnets_loss_and_old_configs_load_with_specmaskgits_training():
-    for change in (dict(span_len=3), dict(by_row=True), dict(ratio_draw="cosine"), dict(by_row=True, context=0)):
+    for change in (dict(span_len=3), dict(by_row=True), dict(ratio_draw="cosine"), dict(context=0)):
         try:
             specmaskgit.Trainer(dataclasses.replace(SMALL, **change))
             raise AssertionError(f"a trainer with {change} but Eq. 1's masks was built")

@@ -457,6 +457,47 @@ def test_init_from_carries_the_weights_and_not_the_optimiser(toy_run, tmp_path, 
                               load_checkpoint(str(toy_run / "vqgan.pt"), "vqgan"))    # its tokenizer came along
 
 
+def test_init_from_with_resume_continues_the_runs_own_weights_and_leaves_the_source_aside(toy_run, tmp_path, capsys):
+    """A fine-tuning run stopped after its first checkpoint and resumed with the same --init-from ends where the
+    uninterrupted one does: the source's weights start it at step 0 only, never again over a resumed state."""
+    source = str(toy_run / "transformer.pt")
+    flags = TOY + ["--stage", "transformer", "--init-from", source, "--steps", "4", "--ckpt-every", "2", "--log-every", "1"]
+    assert train.main(flags + ["--out", str(tmp_path / "whole")]) == 0
+    stopped = tmp_path / "stopped"
+    with pytest.MonkeyPatch.context() as m:                                   # stopped by Ctrl-C after step 2's checkpoint
+        real = training_edges.save_state
+
+        def save_then_stop(trainer, step, *a, **k):
+            real(trainer, step, *a, **k)
+            if step == 2:
+                raise KeyboardInterrupt
+        m.setattr(training_edges, "save_state", save_then_stop)
+        assert train.main(flags + ["--out", str(stopped)]) == 130
+    assert load_checkpoint(str(stopped / "transformer.state.pt"))["step"] == 2
+    capsys.readouterr()
+    assert train.main(flags + ["--out", str(stopped), "--resume"]) == 0
+    assert "--init-from" in capsys.readouterr().out                           # it says the source is not used
+    whole = load_checkpoint(str(tmp_path / "whole" / "transformer.pt"), "transformer")["model"]
+    resumed = load_checkpoint(str(stopped / "transformer.pt"), "transformer")["model"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_the_held_out_evaluation_leaves_the_global_random_stream_as_it_found_it(toy_run, tmp_path):
+    """--eval-every's evaluation runs between steps: the global stream it may draw from is restored, so a run
+    with evaluations draws the same numbers afterwards (and --resume replays them) as one without."""
+    out = tmp_path / "eval"
+    shutil.copytree(toy_run, out)
+    args = train.parse_args(TOY + ["--stage", "transformer", "--out", str(out), "--eval-every", "1", "--eval-clips", "3"])
+    saved = load_checkpoint(str(out / "transformer.pt"), "transformer")
+    trainer = specmaskgit.Trainer(runtime.config_from_dict(specmaskgit.Config, saved["config"]))
+    trainer.model.load_state_dict(saved["model"])
+    evaluate = training_edges.heldout_evaluator(args, "cpu", trainer)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    evaluate(0)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_init_from_refuses_another_tokenizer_and_other_stages(toy_run, tmp_path, capsys):
     out = tmp_path / "ft"
     os.makedirs(out)
