@@ -253,3 +253,17 @@ def test_a_damaged_official_vocoder_is_one_sentence_in_train_as_in_sample(tmp_pa
     torch.save({"generator": {"conv_pre.bias": torch.zeros(3), "conv_pre.weight_g": torch.zeros(2)}}, path)
     refused(capsys, train.main, TOY + ["--steps", "1", "--out", str(tmp_path / "run"), "--vocoder-ckpt", str(path)],
             ["generator_v1"])
+
+
+def test_weights_hash_is_sha256_over_every_weights_name_and_bytes_in_name_order():
+    """The fingerprint a token cache and a transformer keep of their VQGAN: by hand, 16 hex digits of SHA-256
+    over each name then its bytes, names sorted; the same bytes under another name are another checkpoint."""
+    import hashlib
+    weights = {"b.weight": torch.arange(6, dtype=torch.float32).view(2, 3), "a.count": torch.tensor(7)}
+    h = hashlib.sha256()
+    for name in ("a.count", "b.weight"):
+        h.update(name.encode())
+        h.update(weights[name].numpy().tobytes())
+    assert runtime.weights_hash({"model": weights}) == h.hexdigest()[:16]
+    renamed = {"c.weight": weights["b.weight"], "a.count": weights["a.count"]}
+    assert runtime.weights_hash({"model": renamed}) != runtime.weights_hash({"model": weights})

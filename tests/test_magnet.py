@@ -109,6 +109,7 @@ def test_top_p_keeps_the_smallest_set_whose_mass_reaches_p():
 def test_span_scoring_max_and_prod():
     ids = magnet.span_ids(1, 7, 3)                                           # spans {0,1,2} {3,4,5} {6}
     assert ids.tolist() == [0, 0, 0, 1, 1, 1, 2]
+    assert magnet.span_ids(2, 7, 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 3, 3, 3, 4, 4, 4, 5]   # never across rows
     conf = torch.tensor([[0.9, 0.2, 0.5, 0.4, 0.4, 0.1, 0.7]])
     counted = torch.tensor([[True, True, True, True, True, False, True]])   # position 5 was not drawn now
     mx = magnet.span_confidence(conf, ids, counted, 3, "max")

@@ -100,6 +100,17 @@ def test_a_folder_of_audio_with_a_tag_table_runs_the_probe(tmp_path, capsys):
     assert len(rows) == 1
 
 
+def test_a_table_without_a_split_column_tests_on_every_fourth_file_in_its_order():
+    """No split column and no MagnaTagATune folders: files 3, 7, ... of the table are the test clips, as printed."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        labels = write_tagged_folder(d, split_column=False)
+        table = probe.read_tag_table(d, labels)
+    names = [os.path.basename(p) for p in table.paths]
+    assert [n for n, t in zip(names, table.is_test.tolist()) if t] == ["clip3.wav", "clip7.wav"]
+    assert "every fourth file" in table.about
+
+
 def test_a_magnatagatune_like_table_is_read_with_its_columns():
     import tempfile
     with tempfile.TemporaryDirectory() as d:
