@@ -157,19 +157,27 @@ def test_no_attention_mask_is_the_unrestricted_model():
     assert torch.allclose(model(tokens, cond, mask), model(tokens, cond, mask, attn_mask=everyone), atol=1e-6)
 
 
-def test_sampler_fills_every_position_and_never_changes_known_tokens():
+def test_sampler_fills_every_position_never_changes_known_tokens_and_each_option_changes_the_result():
+    """Inpainting with each option alone: known tokens kept, every other position decoded, and, with the same
+    prompts and seed, a result other than the defaults' (an option read and then dropped would give theirs).
+    test_magnet_options.py checks how each option changes it."""
     torch.manual_seed(0)
     model = specmaskgit.SpecMaskGIT(SMALL).eval()
     g = torch.Generator().manual_seed(6)
     known_tokens = torch.randint(0, SMALL.n_codes, (3, SMALL.rows, SMALL.cols), generator=g)
     known_mask = torch.rand(3, SMALL.rows, SMALL.cols, generator=g) < 0.3
-    for options in (dict(), dict(row_steps=(16,), scoring="prod"), dict(span_len=1, context=1),
-                    dict(prefix_cols=3, rescorer=specmaskgit.SpecMaskGIT(SMALL).eval())):
-        tokens, order = magnet.generate(model, torch.randn(3, 512), span_len=options.pop("span_len", 3),
+    cond = torch.randn(3, 512, generator=g)
+    results = []
+    for options in (dict(), dict(row_steps=(16,)), dict(scoring="prod"), dict(span_len=1), dict(context=1),
+                    dict(prefix_cols=3), dict(rescorer=specmaskgit.SpecMaskGIT(SMALL).eval())):
+        tokens, order = magnet.generate(model, cond, span_len=options.pop("span_len", 3),
                                         known_tokens=known_tokens, known_mask=known_mask, seed=1,
                                         record_order=True, **options)
         assert (tokens[known_mask] == known_tokens[known_mask]).all()
         assert (order[known_mask] == -1).all() and (order[~known_mask] >= 0).all()
+        results.append((tokens, order))
+    for tokens, order in results[1:]:
+        assert not (torch.equal(tokens, results[0][0]) and torch.equal(order, results[0][1]))
 
 
 def test_spans_are_committed_whole():
