@@ -104,8 +104,8 @@ def spans_for_ratio(ratios: torch.Tensor, rows: int, cols: int, span_len: int, g
 
 def span_mask(B: int, n: int, cfg: specmaskgit.Config, generator=None, device="cpu") -> torch.Tensor:
     """(B, n) bool training masks of spans of cfg.span_len columns within one row (MAGNeT's masking strategy;
-    audiocraft MagnetSolver._spans_mask). Per sample: a mask ratio as SpecMaskGIT draws it
-    (specmaskgit.mask_ratios), the number of spans whose expected coverage is that ratio
+    audiocraft MagnetSolver._spans_mask). Per sample: a mask ratio (mask_ratios: MAGNeT's cosine or
+    SpecMaskGIT's Gaussian, as cfg.ratio_draw says), the number of spans whose expected coverage is that ratio
     (spans_for_ratio), that many distinct start places, and each start masks span_len columns.
     Spans may overlap or touch, so a masked run is span_len long or longer. Same signature as
     specmaskgit.sample_mask, so specmaskgit.masked_loss(draw_mask=span_mask) trains with it.
