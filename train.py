@@ -183,6 +183,9 @@ def stage_config(stage: str, args):
         if math.prod(cfg.upsample_rates) != mel.HOP:
             raise UserError(f"--vocoder.upsample_rates {cfg.upsample_rates} multiply to "
                             f"{math.prod(cfg.upsample_rates)}, not the hop size {mel.HOP}.")
+    if stage == "transformer" and cfg.context >= 0 and not cfg.by_row:   # MAGNeT restricts the rows above the first
+        raise UserError("--transformer.context restricts the rows above the first, which only training by "
+                        "row tells apart: add --transformer.by_row true.")
     return cfg
 
 
@@ -532,9 +535,6 @@ def run(args) -> None:
                                       cols=cache["tokens"].shape[2], cond_dim=cache["cond"].shape[1])
             if cfg.span_len > cfg.cols:
                 raise UserError(f"--transformer.span_len must be at most the grid's {cfg.cols} columns, not {cfg.span_len}.")
-            if cfg.context >= 0 and not cfg.by_row:          # MAGNeT restricts the rows above the first only
-                raise UserError("--transformer.context restricts the rows above the first, which only training by "
-                                "row tells apart: add --transformer.by_row true.")
         trainer = build_trainer(stage, cfg, args, device, amp_dtype, lr, trainer_options, rank, world)
         if stage == "transformer" and source is not None and trainer.start_step == 0:
             edges.init_weights(trainer, source, args.init_from, rank)

@@ -181,6 +181,9 @@ def test_train_py_refuses_a_restricted_context_without_training_by_row(prerequis
     shutil.copytree(prerequisites, out)
     refused(capsys, train.main, TOY + ["--stage", "transformer", "--steps", "1", "--out", str(out),
                                        "--transformer.context", "0"], ["--transformer.by_row"])
+    empty = tmp_path / "empty"                                                # refused with the flags, before any work
+    refused(capsys, train.main, TOY + ["--stage", "all", "--steps", "1", "--out", str(empty),
+                                       "--transformer.context", "0"], ["--transformer.by_row"], folder=empty)
     refused(capsys, train.main, TOY + ["--stage", "transformer", "--steps", "1", "--out", str(out),
                                        "--transformer.ratio_draw", "uniform"], ["ratio_draw", "cosine"])
     refused(capsys, train.main, TOY + ["--stage", "transformer", "--steps", "1", "--out", str(out),
