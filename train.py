@@ -65,6 +65,21 @@ STAGE_DEFAULTS = {
     ("transformer", "full"): dict(steps=250_000, batch_size=48, warmup=5000, lr=None),
 }
 
+# The toy world's two recipes (--recipe), each one command. "classroom" is STAGE_DEFAULTS' tiny preset: every
+# stage within 45 minutes on 2 CPU cores. "demo" trains the bundle as long as 2 CPU cores allow in an
+# afternoon (at most 3 hours), on what the scale curve in RESULTS.md chose: tokens 8 frames wide (a finer
+# codec, twice the tokens) and a transformer trained longer. Its transformer uses the "wsd" schedule
+# (warm-up, a stable peak, then a linear cool-down over the last COOLDOWN of the steps): the lr before the
+# cool-down does not depend on the number of steps, so one long run can be branched at any budget and
+# cooled down there, and each branch is exactly the run that budget would have been (Hägele et al. 2024,
+# "Scaling laws and compute-optimal training beyond fixed training durations"; the curve's points).
+RECIPES = {
+    "classroom": {"config": {}, "stages": {}},
+    "demo": {"config": {"vqgan.patch_frames": "8"},
+             "stages": {"transformer": dict(steps=9600, batch_size=32, warmup=100, lr=1e-3, schedule="wsd")}},
+}
+COOLDOWN = 0.2                     # share of a "wsd" schedule's steps in its linear cool-down to 0
+
 
 # ===================================================================================================
 # The command line. Model flags are generated from each Config dataclass, one flag per field, named
@@ -93,9 +108,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage", default="all", choices=STAGES + ["all"])
     p.add_argument("--preset", default=None, choices=["tiny", "full"],
                    help="model sizes; default tiny for the toy world, full otherwise")
+    p.add_argument("--recipe", default="classroom", choices=list(RECIPES),
+                   help="toy world: classroom (every stage within 45 min on 2 CPU cores) or demo (the bundle: "
+                        "at most 3 h there; RESULTS.md)")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--resume", action="store_true",
                    help="continue each stage from its last checkpoint (a stage with none starts at step 0)")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="save and end the run when a stage reaches this step, as a kill would but with a "
+                        "checkpoint there; --resume continues it (train an afternoon in pieces)")
     p.add_argument("--steps", type=int, default=None, help="steps per stage (default: per stage, see STAGE_DEFAULTS)")
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--lr", type=float, default=None,
@@ -134,6 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.preset is None:
         args.preset = "tiny" if args.data == "toy" else "full"
+    for flag, value in RECIPES[args.recipe]["config"].items():   # a recipe's config values, unless flagged
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
     if args.clap is None:
         args.clap = "tiny" if args.data == "toy" else "laion"
     if args.num_samples is None:
@@ -189,9 +213,14 @@ def stage_config(stage: str, args):
     return cfg
 
 
+def stage_defaults(stage, args) -> dict:
+    """STAGE_DEFAULTS of the stage and preset, with the --recipe's changes."""
+    return {**STAGE_DEFAULTS.get((stage, args.preset), {}), **RECIPES[args.recipe]["stages"].get(stage, {})}
+
+
 def stage_hparams(stage, args, world=1):
     """(steps, batch per process, warm-up, peak lr) of a stage: the flags, else STAGE_DEFAULTS."""
-    d = STAGE_DEFAULTS[(stage, args.preset)]
+    d = stage_defaults(stage, args)
     steps = args.steps or d["steps"]
     batch = args.batch_size or d["batch_size"]
     warmup = d["warmup"] if args.warmup is None else args.warmup
@@ -234,8 +263,8 @@ def describe(stage, trainer, args, steps, batch, warmup) -> None:
     weights = trainer.checkpoint()["model"].values()                 # what inference loads, buffers of counts aside
     n_params = sum(w.numel() for w in weights if w.is_floating_point())
     schedule = "its own lr schedule" if hasattr(trainer, "lr_factor") else f"warm-up {warmup}"
-    if STAGE_DEFAULTS[(stage, args.preset)].get("schedule") == "constant":
-        schedule = "constant lr"
+    schedule = {"constant": "constant lr", "wsd": f"warm-up {warmup}, peak, cool-down over the last "
+                f"{round(COOLDOWN * steps)} steps"}.get(stage_defaults(stage, args).get("schedule"), schedule)
     print(f"{stage}: {args.preset} preset, {steps} steps, batch {batch}, peak lr "
           f"{trainer.optimizers[0].param_groups[0]['lr']:.2e}, {schedule}"
           + (f", {n_params / 1e6:.2f} M parameters" if n_params else ""))
@@ -416,10 +445,14 @@ def cache_batches(cache: dict, start_step, batch_size, seed, rank, world, device
 #   lr_factor(step, epoch_steps)   optional: the stage's own schedule, used instead of warm-up + cosine
 # ===================================================================================================
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to the peak lr over `warmup` steps, then cosine decay to 0 at `total` (Sec. 4, MAE)."""
+def lr_factor(step: int, warmup: int, total: int, shape: str = "cosine") -> float:
+    """Linear warm-up to the peak lr over `warmup` steps, then cosine decay to 0 at `total` (Sec. 4, MAE);
+    or, shape "wsd", the peak until the last COOLDOWN of the steps and a straight line to 0 at `total`."""
     if step < warmup:
         return (step + 1) / warmup
+    if shape == "wsd":
+        cooldown = max(1, round(COOLDOWN * total))
+        return min(1.0, (total - step) / cooldown)
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -434,17 +467,19 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
     if evaluate is not None and trainer.start_step == 0:
         edges.log_evaluation(stage, evaluate, 0, log)
     schedule = getattr(trainer, "lr_factor", None)          # e.g. HiFiGAN's x 0.999 per epoch
-    if STAGE_DEFAULTS.get((stage, args.preset), {}).get("schedule") == "constant":
+    shape = stage_defaults(stage, args).get("schedule", "cosine")
+    if shape == "constant":
         schedule = lambda step, epoch_steps: 1.0            # e.g. SpecVQGAN's: no scheduler at all
+    stop = min(steps, args.stop_at or steps)
     for opt in trainer.optimizers:
         for g in opt.param_groups:
             g.setdefault("peak_lr", g["lr"])                 # restored with the optimiser on --resume
     losses, clock = [], edges.Clock(trainer.start_step)
     device = getattr(trainer, "device", "cpu")              # where the divergence flag is all-reduced
     for step, batch in batches:
-        if step >= steps:
+        if step >= stop:
             break
-        factor = schedule(step, epoch_steps) if schedule else lr_factor(step, warmup, steps)
+        factor = schedule(step, epoch_steps) if schedule else lr_factor(step, warmup, steps, shape)
         for opt in trainer.optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["peak_lr"] * factor
@@ -469,10 +504,12 @@ def train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank=
             save_png(os.path.join(out, f"{stage}_preview_{done:06d}.png"), [x[0], y[0]], vmin=-1, vmax=1)
         if evaluate is not None and (done % args.eval_every == 0 or done == steps):
             edges.log_evaluation(stage, evaluate, done, log)
-        if done % args.ckpt_every == 0 or done == steps:
+        if done % args.ckpt_every == 0 or done == stop:
             edges.stop_unless_finite(stage, losses, out, world, device)
             losses = []
             edges.save_state(trainer, done, args, stage, rank, world)
+    if rank == 0 and trainer.start_step < stop < steps:
+        print(f"{stage}: stopped at step {stop} of {steps} (--stop-at); --resume continues")
     if rank == 0:
         log.close()
         print(f"{stage}: done in {clock.minutes():.1f} min; checkpoint {os.path.join(out, stage + '.pt')}")
@@ -555,6 +592,8 @@ def run(args) -> None:
         if stage == "transformer" and args.eval_every and rank == 0:
             evaluate = edges.heldout_evaluator(args, device, trainer)
         train_stage(stage, trainer, batches, args, steps, warmup, epoch_steps, rank, world, evaluate)
+        if args.stop_at is not None and args.stop_at < steps:
+            return                                           # --stop-at: later stages and the bundle wait
         if stage == "vocoder" and rank == 0:
             edges.vocoder_against_griffin_lim(args, device)
     if rank == 0 and args.bundle:

@@ -48,7 +48,8 @@ MAX_STEPS = 10 ** 9                          # 4000 times the paper's 250k steps
 def check_flags(args) -> None:
     """train.py's flags, each within its range, once parse_args has filled in the defaults: a value out of
     range is one sentence before anything trains, not an allocation that fails or a run that never ends."""
-    for name in ("steps", "batch_size", "warmup", "n_clips", "log_every", "ckpt_every", "preview_every", "eval_every"):
+    for name in ("steps", "batch_size", "warmup", "n_clips", "log_every", "ckpt_every", "preview_every", "eval_every",
+                 "stop_at"):
         v = getattr(args, name)
         if v is not None and v < (0 if name == "warmup" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, not {v}.")
@@ -67,6 +68,9 @@ def check_flags(args) -> None:
         raise UserError(f"--seed must be a whole number from 0 to 2**32 - 1, not {args.seed}.")
     if args.lr is not None and not (0 < args.lr < 1):
         raise UserError(f"--lr must be between 0 and 1, not {args.lr}.")
+    if args.recipe != "classroom" and (args.data != "toy" or args.preset != "tiny"):
+        raise UserError(f"--recipe {args.recipe} is a recipe of the toy world's tiny preset; --data {args.data} "
+                        f"--preset {args.preset} takes its steps from --steps and the stage defaults.")
     if args.init_from and args.stage != "transformer":
         raise UserError("--init-from starts the transformer from another run's weights; use it with --stage transformer.")
     if args.init_from and same_folder(os.path.dirname(os.path.abspath(args.init_from)), args.out):
@@ -291,6 +295,9 @@ def resume_trainer(trainer, stage, cfg, args, rank=0, world=1) -> None:
     check_resume_state(state, path_state)
     if state.get("preset") != args.preset:
         raise UserError(f"{path_state} was trained with --preset {state.get('preset')}, not {args.preset}.")
+    if state.get("recipe", "classroom") != args.recipe:      # the recipe sets the steps and the lr's schedule
+        raise UserError(f"{path_state} was trained with --recipe {state.get('recipe', 'classroom')}, not "
+                        f"{args.recipe}.")
     # a field the saved run predates had its default then (e.g. vqgan's l2_codes, off before it existed)
     saved = {**dataclasses.asdict(type(cfg)()), **state["config"]}
     check_config(cfg, saved, f"{stage} run in {path_state}")
@@ -483,7 +490,7 @@ def write_state(trainer, step, args, stage, rng: list) -> None:
         raise UserError(f"{stage}: '{bad}' is no longer finite at step {step}; {last_checkpoint(args.out, stage)}")
     save_checkpoint(ckpt, os.path.join(args.out, f"{stage}.pt"))
     save_checkpoint({"stage": stage, "step": step, "trainer": state, "seed": args.seed, "rng": rng,
-                     "preset": args.preset, "config": dataclasses.asdict(trainer.cfg)},
+                     "preset": args.preset, "recipe": args.recipe, "config": dataclasses.asdict(trainer.cfg)},
                     os.path.join(args.out, f"{stage}.state.pt"))
 
 
