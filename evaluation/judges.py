@@ -357,6 +357,45 @@ def accuracy_by_kind(predicted: torch.Tensor, true: torch.Tensor, n_kinds: int):
 
 
 # Where a kind is lost: the same real clips after each stage of the pipeline in turn, then generated ones.
+# ---------------------------------------------------------------------------------------------------
+# Rhythm: does a generated clock keep its period? The judges say whether a clip sounds like its kind; this
+# says whether the beats of the two kinds the toy world makes steady (data/toyworld.py: a clock ticks at a
+# fixed 0.5 or 1 s, footsteps fall every 0.3-0.8 s with 2 % jitter) come at regular intervals.
+# ---------------------------------------------------------------------------------------------------
+
+RHYTHMIC_KINDS = ("footsteps", "a clock ticking")
+BEAT_GAP_S = 0.2      # onsets closer than this are one beat: a heel and its toe (50-100 ms), a tick and its echo
+BEAT_SHARE = 0.3      # an onset rises at least this share of the way from the median flux to the clip's largest
+
+
+def onset_times(wav: torch.Tensor) -> torch.Tensor:
+    """The beats of a clip (T,), in seconds: peaks of the spectral flux (the summed rise of the log-mel from
+    one frame to the next) that are the largest within BEAT_GAP_S either side and stand out (BEAT_SHARE)."""
+    log_mel = mel.mel_spectrogram(wav[None])[0]                          # (80, F)
+    flux = (log_mel[:, 1:] - log_mel[:, :-1]).clamp(min=0).mean(0)      # (F-1,)
+    w = int(BEAT_GAP_S * FRAME_RATE)
+    local_max = F.max_pool1d(flux[None, None], 2 * w + 1, stride=1, padding=w)[0, 0]   # (F-1,)
+    base = flux.median()
+    beats = (flux == local_max) & (flux > base + BEAT_SHARE * (flux.max() - base))
+    return (beats.nonzero()[:, 0] + 1).float() / FRAME_RATE             # frame i+1 is where the rise lands
+
+
+def onset_spread(wav: torch.Tensor) -> float:
+    """The spread of a clip's inter-onset intervals as a share of their mean (std / mean): about 0.01 for a
+    real clock, 0.03 for real footsteps, 0.4 or more for beats at random. NaN with fewer than 3 beats."""
+    gaps = onset_times(wav).diff()
+    return float(gaps.std() / gaps.mean()) if len(gaps) >= 2 else math.nan
+
+
+def rhythm_by_kind(wavs: torch.Tensor, truth: torch.Tensor) -> dict:
+    """{kind: median onset spread of its clips} for RHYTHMIC_KINDS (NaN spreads, too few beats, left out)."""
+    out = {}
+    for name in RHYTHMIC_KINDS:
+        spreads = torch.tensor([onset_spread(w) for w in wavs[truth == toyworld.KINDS.index(name)]])
+        out[name] = float(spreads.nanmedian()) if len(spreads) else math.nan
+    return out
+
+
 JUDGED_SETS = {
     "real": "real held-out clips: the judges' ceiling",
     "vocoder": "their mel through the vocoder (Griffin-Lim here): the last stage alone",
@@ -399,6 +438,7 @@ def run_judges(pipe, per_kind: int, seed: int, steps=16, guidance=3.0, temperatu
                  "pitch-and-MFCC judge": third_judge.predict(waveform_features(wavs))}
         results[name] = {j: accuracy_by_kind(p, truth, len(toyworld.KINDS)) for j, p in heard.items()}
         results[name]["clap_score"] = clap_score(kind_emb[truth], audio_emb)
+        results[name]["onset_spread"] = rhythm_by_kind(wavs, truth)
         results.setdefault("heard as", {})[name] = {j: (p, truth) for j, p in heard.items()}
     return results
 
@@ -410,7 +450,7 @@ def usual_mistake(predicted: torch.Tensor, truth: torch.Tensor, kind: int) -> st
 
 
 def print_judges(results: dict, per_kind: int) -> None:
-    judges = [j for j in results["generated"] if j != "clap_score"]
+    judges = [j for j in results["generated"] if j not in ("clap_score", "onset_spread")]
     sets = list(JUDGED_SETS)
     print(f"\n### The three judges, {per_kind} clips of every kind in each set\n")
     print("TinyCLAP zero-shot (the kind name nearest in CLAP space), the mel-statistics judge (nearest centroid "
@@ -436,3 +476,6 @@ def print_judges(results: dict, per_kind: int) -> None:
     print("\nCLAP score (mean cosine of the kind name's and the clip's CLAP embeddings): "
           + ", ".join(f"{what} {results[what]['clap_score']:.3f}" for what in sets)
           + f"; {results['seconds_per_clip']:.2f} s per generated clip.")
+    print("\nRhythm (median spread of the intervals between beats, std / mean; a steady beat is near 0): "
+          + "; ".join(f"{kind}: " + ", ".join(f"{what} {results[what]['onset_spread'][kind]:.2f}" for what in sets)
+                      for kind in RHYTHMIC_KINDS) + ".")

@@ -1,6 +1,7 @@
 """evaluate.py: the Fréchet audio distance against independent computations, the CLAP score, and the
 judges' bookkeeping (which clip was asked to be which kind, and how the right answers are counted)."""
 
+import math
 import re
 
 import numpy as np
@@ -130,6 +131,8 @@ def stub_pipeline(monkeypatch, calls: dict):
     monkeypatch.setattr(judges, "mel_features", lambda wav: wav[:, :1])
     monkeypatch.setattr(judges, "train_pitch_mfcc_judge", lambda **kwargs: StubJudge())
     monkeypatch.setattr(judges, "waveform_features", lambda wav: wav[:, :1])
+    monkeypatch.setattr(judges, "rhythm_by_kind", lambda wavs, truth: {   # each rhythmic kind's clips' mean id
+        name: float(wavs[truth == toyworld.KINDS.index(name)].mean()) for name in judges.RHYTHMIC_KINDS})
     return type("Pipe", (), {"clap": StubCLAP(), "device": "cpu", "num_samples": 64})()
 
 
@@ -145,6 +148,8 @@ def assert_only_sirens_missed(r: dict, per_kind: int) -> None:
             assert r[name][judge] == ([per_kind] * len(toyworld.KINDS), [per_kind] * len(toyworld.KINDS), 1.0)
     assert abs(r["generated"]["clap_score"] - 11 / 12) < 1e-6         # one-hot cosines: 1 when right, 0 when wrong
     assert abs(r["real"]["clap_score"] - 1) < 1e-6
+    for name in ("real", "codec", "generated"):                        # the rhythm of each kind's own clips
+        assert r[name]["onset_spread"] == {k: toyworld.KINDS.index(k) for k in judges.RHYTHMIC_KINDS}
 
 
 def test_run_judges_scores_each_clip_against_the_kind_it_was_asked_for(monkeypatch, capsys):
@@ -429,3 +434,42 @@ def test_is_and_fid_are_named_for_what_they_compute_and_not_compared_with_the_re
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--help"])
     assert "Zou, Gong and Gao" in capsys.readouterr().out
+
+
+def click_train(times_s, n=mel.TOY_SAMPLES, toe_s=None, seed=0):
+    """Short 3 kHz clicks at `times_s` on a quiet noise floor; with toe_s, a softer second click that long after each."""
+    g = torch.Generator().manual_seed(seed)
+    wav = 1e-3 * torch.randn(n, generator=g)
+    click = torch.sin(2 * math.pi * 3000 * torch.arange(256) / mel.SR) * torch.exp(-torch.arange(256) / 40.0)
+    for t in times_s:
+        for at, gain in [(t, 1.0)] + ([(t + toe_s, 0.5)] if toe_s else []):
+            i = int(at * mel.SR)
+            wav[i:i + 256] += gain * click[: n - i]
+    return wav
+
+
+def test_onset_times_find_each_click_within_two_frames_and_a_heel_and_its_toe_are_one_beat():
+    times = [0.2, 0.7, 1.2, 1.7, 2.2, 2.7]
+    for toe in (None, 0.07):
+        found = judges.onset_times(click_train(times, toe_s=toe))
+        assert len(found) == len(times)
+        assert (found - torch.tensor(times)).abs().max() < 2.5 / judges.FRAME_RATE    # the 46 ms window smears a click
+
+
+def test_onset_spread_is_the_intervals_std_over_their_mean_by_hand():
+    assert judges.onset_spread(click_train([0.2, 0.7, 1.2, 1.7, 2.2, 2.7])) < 0.03    # a metronome
+    times = np.cumsum([0.2, 0.3, 0.6, 0.25, 0.5, 0.4])                                # gaps 0.3 0.6 0.25 0.5 0.4
+    gaps = np.diff(times)
+    expected = gaps.std(ddof=1) / gaps.mean()                                        # torch's std: n - 1
+    assert judges.onset_spread(click_train(times)) == pytest.approx(expected, abs=0.03)
+    assert math.isnan(judges.onset_spread(click_train([0.5, 1.5])))                  # one interval: no spread
+
+
+def test_real_clocks_and_footsteps_keep_time_and_the_median_leaves_out_clips_without_beats():
+    wavs, kinds = judges.single_kind_clips("test", 4, seed=0)
+    spread = judges.rhythm_by_kind(wavs, kinds)
+    assert spread["a clock ticking"] < 0.03 and spread["footsteps"] < 0.08
+    clock = toyworld.KINDS.index("a clock ticking")
+    silent = wavs.clone()
+    silent[(kinds == clock).nonzero()[0, 0]] = 0                                     # no beat at all: NaN, left out
+    assert not math.isnan(judges.rhythm_by_kind(silent, kinds)["a clock ticking"])
