@@ -5,6 +5,9 @@ same optimiser moments and the same random streams as the run that was never sto
 losses for the steps after k, for every stage. Compared tensor by tensor, bit for bit (same machine, same
 process, fp32).
 
+The demo recipe's schedule holds its peak until a cool-down set by the run's own --steps: a long run stopped
+(--stop-at) before a shorter budget's cool-down and resumed with that budget equals the shorter run.
+
 What would fail here: a Trainer whose state_dict leaves out a model or an optimiser, a loop that does not
 restore the random stream (the VQGAN's code re-seeding draws from it), a data order that restarts at the
 first batch, a learning-rate schedule that restarts at its warm-up.
@@ -321,3 +324,59 @@ def test_sigkill_while_a_checkpoint_is_written_then_resume_runs_to_the_end(toy_r
     assert load_checkpoint(os.path.join(out, "transformer.state.pt"), "transformer")["step"] == 2   # intact
     assert load_checkpoint(os.path.join(out, "transformer.pt"), "transformer")["stage"] == "transformer"
     resume_to_the_end(flags, out, 2, 8, 2, capsys)
+
+
+# The demo recipe (--recipe demo): its transformer's schedule can be branched (tests/test_recipes.py).
+
+DEMO_FLAGS = TOY + ["--stage", "transformer", "--recipe", "demo", "--warmup", "2", "--log-every", "1",
+                    "--ckpt-every", "100", "--lr", "1e-3"]
+
+
+def test_a_long_run_stopped_before_a_budgets_cooldown_and_resumed_with_that_budget_is_that_budgets_run(
+        prerequisites, tmp_path, monkeypatch, capsys):
+    straight, trunk, branch = tmp_path / "straight", tmp_path / "trunk", tmp_path / "branch"
+    for out in (straight, trunk):
+        shutil.copytree(prerequisites, out)
+    assert train.main(DEMO_FLAGS + ["--steps", "10", "--out", str(straight)]) == 0        # cool-down from step 8
+    assert train.main(DEMO_FLAGS + ["--steps", "40", "--stop-at", "8", "--out", str(trunk)]) == 0
+    assert "stopped at step 8 of 40" in capsys.readouterr().out
+    assert load_checkpoint(str(trunk / "transformer.state.pt"), "transformer")["step"] == 8
+    assert [r["step"] for r in log_rows(trunk, "transformer")] == list(range(1, 9))
+    shutil.copytree(trunk, branch)
+
+    trainer_cls = train.stage_module("transformer").Trainer
+    real_step = trainer_cls.step
+
+    def killed_at_9(self, batch, step):
+        if step == 9:
+            raise KeyboardInterrupt
+        return real_step(self, batch, step)
+
+    monkeypatch.setattr(trainer_cls, "step", killed_at_9)                 # Ctrl-C in the cool-down
+    assert train.main(DEMO_FLAGS + ["--steps", "10", "--resume", "--out", str(branch)]) == 130
+    monkeypatch.setattr(trainer_cls, "step", real_step)
+    assert train.main(DEMO_FLAGS + ["--steps", "10", "--resume", "--out", str(branch)]) == 0
+
+    a = load_checkpoint(str(straight / "transformer.state.pt"), "transformer")
+    b = load_checkpoint(str(branch / "transformer.state.pt"), "transformer")
+    assert a["step"] == b["step"] == 10 and a["recipe"] == b["recipe"] == "demo"
+    assert_same(a["trainer"], b["trainer"], "trainer")
+    assert_same(a["rng"], b["rng"], "rng")
+    lrs = [r["lr"] for r in log_rows(straight, "transformer")]
+    assert lrs == pytest.approx([1e-3 * f for f in (0.5, 1, 1, 1, 1, 1, 1, 1, 1, 0.5)])
+    rows = {r["step"]: r for r in log_rows(branch, "transformer")}        # the killed try logged step 9 too
+    for r in log_rows(straight, "transformer"):
+        assert {k: v for k, v in r.items() if k != "sec_per_step"} == \
+               {k: v for k, v in rows[r["step"]].items() if k != "sec_per_step"}
+
+
+def test_recipe_and_stop_at_refusals(prerequisites, tmp_path, capsys):
+    refused(capsys, train.main, TOY + ["--stop-at", "0", "--out", str(tmp_path / "a")], ["--stop-at"], tmp_path / "a")
+    refused(capsys, train.main, ["--data", "audiocaps", "--recipe", "demo", "--out", str(tmp_path / "b")],
+            ["--recipe demo", "toy"], tmp_path / "b")
+    run = tmp_path / "run"
+    shutil.copytree(prerequisites, run)
+    assert train.main(DEMO_FLAGS + ["--steps", "2", "--out", str(run)]) == 0
+    capsys.readouterr()
+    classroom = [f for f in DEMO_FLAGS if f not in ("--recipe", "demo")]
+    refused(capsys, train.main, classroom + ["--steps", "4", "--resume", "--out", str(run)], ["--recipe demo", "classroom"])
