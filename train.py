@@ -66,9 +66,10 @@ STAGE_DEFAULTS = {
 }
 
 # The toy world's two recipes (--recipe), each one command. "classroom" is STAGE_DEFAULTS' tiny preset: every
-# stage within 45 minutes on 2 CPU cores. "demo" trains the bundle as long as 2 CPU cores allow in an
-# afternoon (at most 3 hours), on what the scale curve in RESULTS.md chose: tokens 8 frames wide (a finer
-# codec, twice the tokens) and a transformer trained longer. Its transformer uses the "wsd" schedule
+# stage within 45 minutes on 2 CPU cores. "demo" trains as long as 2 CPU cores allow in an afternoon (at
+# most 3 hours): tokens 8 frames wide (a finer codec, twice the tokens per clip) and a transformer trained
+# 8 times the classroom's time (9600 steps of 5 x 32 tokens against 2400 of 5 x 16); RESULTS.md's scale
+# curve measures what each budget buys. Its transformer uses the "wsd" schedule
 # (warm-up, a stable peak, then a linear cool-down over the last COOLDOWN of the steps): the lr before the
 # cool-down does not depend on the number of steps, so one long run can be branched at any budget and
 # cooled down there, and each branch is exactly the run that budget would have been (Hägele et al. 2024,
