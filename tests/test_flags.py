@@ -174,6 +174,8 @@ TRAIN_BAD = [
     (["--transformer.ratio_draw", "uniform"], ["--transformer.ratio_draw", "cosine"]),
     (["--transformer.by_row", "maybe"], ["--transformer.by_row"]),
     (["--init-from", "/no/such/transformer.pt"], ["--init-from", "--stage transformer"]),
+    (["--recipe", "banquet"], ["--recipe", "classroom", "demo"]),
+    (["--stop-at", "-1"], ["--stop-at"]),
     (["--init-from", "{file}", "--stage", "transformer"], ["{file}", "not a readable"]),
 ]
 
