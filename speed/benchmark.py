@@ -23,6 +23,7 @@ beside the steady state, its peak memory, and the throughput of batches of clips
   python -m speed.benchmark full                       # the paper's sizes (3 runs per row)
   python -m speed.benchmark full --device cuda --batches 16,64   # the same, with batched throughput
   python -m speed.benchmark full --train --batch 4     # training throughput of the transformer stage
+  python -m speed.benchmark tiny --train --batch 32 --cols 32   # the demo recipe's 8-frame tokens
   python -m speed.benchmark full --gpu-check           # speed/gpu_check.py's table (its docstring says what each row is)
 """
 
@@ -404,9 +405,11 @@ def speed_against_threads(preset: str, device: str, dtype_name: str | None, runs
 # Training throughput of the transformer stage (Sec. 4: batch 48, 250k steps on AudioCaps).
 # ---------------------------------------------------------------------------------------------------
 
-def seconds_per_training_step(preset: str, device: str, amp: torch.dtype, batch: int, runs: int) -> float:
-    """Median seconds of one transformer Trainer.step (forward, backward, AdamW) on random token grids."""
-    cfg = specmaskgit.PRESETS[preset]
+def seconds_per_training_step(preset: str, device: str, amp: torch.dtype, batch: int, runs: int,
+                              cols: int | None = None) -> float:
+    """Median seconds of one transformer Trainer.step (forward, backward, AdamW) on random token grids
+    (`cols` token columns per clip: 32 for the demo recipe's 8-frame tokens; default the preset's)."""
+    cfg = dataclasses.replace(specmaskgit.PRESETS[preset], cols=cols or specmaskgit.PRESETS[preset].cols)
     trainer = specmaskgit.Trainer(cfg, device=device, amp_dtype=amp)
     g = torch.Generator().manual_seed(0)
     data = {"tokens": torch.randint(0, cfg.n_codes, (batch, cfg.rows, cfg.cols), generator=g),
@@ -419,13 +422,14 @@ def seconds_per_training_step(preset: str, device: str, amp: torch.dtype, batch:
     return median_seconds(one, runs, device)
 
 
-def train_throughput(preset: str, device: str, dtype_name: str | None, batch: int, runs: int) -> None:
+def train_throughput(preset: str, device: str, dtype_name: str | None, batch: int, runs: int,
+                     cols: int | None = None) -> None:
     amp = training_dtype(preset, device, dtype_name)
-    cfg = specmaskgit.PRESETS[preset]
-    seconds = seconds_per_training_step(preset, device, amp, batch, runs)
+    cfg = dataclasses.replace(specmaskgit.PRESETS[preset], cols=cols or specmaskgit.PRESETS[preset].cols)
+    seconds = seconds_per_training_step(preset, device, amp, batch, runs, cfg.cols)
     tokens_per_s = batch * cfg.rows * cfg.cols / seconds
     paper = 250_000 * 48 * cfg.rows * cfg.cols / tokens_per_s / 3600
-    print(f"train: preset {preset}, batch {batch}, {device}, {str(amp).replace('torch.', '')}: {seconds:.3f} s/step, "
+    print(f"train: preset {preset}, {cfg.rows} x {cfg.cols} tokens, batch {batch}, {device}, {str(amp).replace('torch.', '')}: {seconds:.3f} s/step, "
           f"{tokens_per_s:,.0f} tokens/s; the paper's 250k steps of batch 48 would take {paper:,.1f} h at this rate")
 
 
@@ -555,6 +559,7 @@ def print_table(rows: list) -> None:
 
 MAX_RUNS = 1000         # timed runs per measurement
 MAX_BATCH = 1024        # clips per batch: beyond any GPU's memory at the full preset
+MAX_COLS = 4096         # token columns: the paper's 53 per 9.85 s clip, 80 times over
 
 
 def parse_args(argv=None):
@@ -566,6 +571,8 @@ def parse_args(argv=None):
     p.add_argument("--train", action="store_true", help="time training steps of the transformer instead")
     p.add_argument("--batch", type=int, default=None,
                    help="batch size (default: 4 with --train, and with --gpu-check on a CPU; 16 with --gpu-check on CUDA)")
+    p.add_argument("--cols", type=int, default=None, metavar="N",
+                   help="--train: token columns per clip (default the preset's; 32 = the demo recipe's 8-frame tokens)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes for the throughput lines "
                    "(default 16,64 on CUDA; 4 for tiny on a CPU; none for full on a CPU)")
     p.add_argument("--thread-counts", default=None, metavar="N,N,...", help="Fig. 2: instead of the table, the fast "
@@ -590,6 +597,8 @@ def parse_args(argv=None):
     check_worker_flags(args)
     if args.batch is not None and not 1 <= args.batch <= MAX_BATCH:
         raise UserError(f"--batch must be from 1 to {MAX_BATCH}, not {args.batch}.")
+    if args.cols is not None and not (args.train and 1 <= args.cols <= MAX_COLS):
+        raise UserError(f"--cols goes with --train and must be from 1 to {MAX_COLS}, not {args.cols}.")
     if args.batches is not None:
         try:
             args.batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
@@ -638,7 +647,8 @@ def run(args) -> None:
     elif args.thread_counts:
         speed_against_threads(args.preset, device, args.dtype, args.runs, args.thread_counts)
     elif args.train:
-        train_throughput(args.preset, device, None if args.dtype == "auto" else args.dtype, args.batch or 4, args.runs)
+        train_throughput(args.preset, device, None if args.dtype == "auto" else args.dtype, args.batch or 4, args.runs,
+                         args.cols)
     else:
         benchmark(args.preset, device, args.dtype, args.runs, args.batches)
 

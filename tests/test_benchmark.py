@@ -220,3 +220,20 @@ def test_sample_benchmark_runs_benchmark_py_in_its_own_process_with_the_thread_c
     assert benchmark.parse_args(argv[3:]).thread_counts == [1]                # and speed/benchmark.py reads them back
     monkeypatch.setattr(sample.subprocess, "call", lambda argv, cwd: 3)
     assert sample.main(["--benchmark", "tiny", "--device", "cpu"]) == 2       # a failed benchmark is not a success
+
+
+def test_train_throughput_times_grids_of_the_asked_columns_and_counts_their_tokens(monkeypatch, capsys):
+    seen = []
+
+    def step(self, batch, step):
+        seen.append(tuple(batch["tokens"].shape))
+    monkeypatch.setattr(specmaskgit.Trainer, "step", step)
+    monkeypatch.setattr(benchmark, "median_seconds", lambda fn, runs, device: [fn() for _ in range(2)] and 0.5)
+    assert benchmark.main(["tiny", "--train", "--batch", "3", "--cols", "32", "--runs", "1"]) == 0
+    assert set(seen) == {(3, 5, 32)}
+    out = capsys.readouterr().out
+    assert "5 x 32 tokens" in out and f"0.500 s/step, {3 * 5 * 32 / 0.5:,.0f} tokens/s" in out
+    for argv in (["tiny", "--cols", "32"], ["tiny", "--train", "--cols", "0"]):
+        assert benchmark.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "--cols" in err and "\n" not in err
