@@ -110,8 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default=None, choices=["tiny", "full"],
                    help="model sizes; default tiny for the toy world, full otherwise")
     p.add_argument("--recipe", default="classroom", choices=list(RECIPES),
-                   help="toy world: classroom (every stage within 45 min on 2 CPU cores) or demo (the bundle: "
-                        "at most 3 h there; RESULTS.md)")
+                   help="toy world: classroom (every stage within 45 min on 2 CPU cores) or demo (8-frame tokens "
+                        "and 4x the transformer's steps, for an afternoon there; RESULTS.md)")
     p.add_argument("--out", default=None, help="run folder (default runs/<data>)")
     p.add_argument("--resume", action="store_true",
                    help="continue each stage from its last checkpoint (a stage with none starts at step 0)")
