@@ -10,7 +10,8 @@ Paper: "SpecMaskGIT: Masked Generative Modeling of Audio Spectrograms ..." (ISMI
              where a kind is lost.
 
 In:  a pipeline (pipeline.load_pipeline); the judges train themselves on toy clips (data/toyworld.py)
-Out: per judge, right/total for every kind in every set, and a markdown table of them on stdout
+Out: per judge, right/total for every kind in every set, and a markdown table of them on stdout; the
+     median beat spread of the steady kinds (footsteps, the clock) in every set (`rhythm_by_kind`)
 Run: python evaluate.py --judges   # 12 kinds x 8 clips (--per-kind), or --condition audio, --steps 8 ...
 """
 
@@ -356,7 +357,6 @@ def accuracy_by_kind(predicted: torch.Tensor, true: torch.Tensor, n_kinds: int):
     return right.tolist(), total.tolist(), (predicted == true).sum().item() / len(true)
 
 
-# Where a kind is lost: the same real clips after each stage of the pipeline in turn, then generated ones.
 # ---------------------------------------------------------------------------------------------------
 # Rhythm: does a generated clock keep its period? The judges say whether a clip sounds like its kind; this
 # says whether the beats of the two kinds the toy world makes steady (data/toyworld.py: a clock ticks at a
@@ -396,6 +396,7 @@ def rhythm_by_kind(wavs: torch.Tensor, truth: torch.Tensor) -> dict:
     return out
 
 
+# Where a kind is lost: the same real clips after each stage of the pipeline in turn, then generated ones.
 JUDGED_SETS = {
     "real": "real held-out clips: the judges' ceiling",
     "vocoder": "their mel through the vocoder (Griffin-Lim here): the last stage alone",
