@@ -128,25 +128,6 @@ def early_stop(curve) -> tuple[int, float]:
     return step, fad
 
 
-DIGITS = ["111101101101111", "010110010010111", "111001111100111", "111001111001111", "101101111001001",
-          "111100111001111", "111100111101111", "111001001001001", "111101111101111", "111101111001111"]   # 3 x 5
-
-
-def draw_number(img, text: str, x: int, y: int, colour, scale: int = 3) -> None:
-    """Write the digits (and '.') of `text` into the (H, W, 3) image with its top-left corner at (x, y)."""
-    for ch in text:
-        if ch == ".":
-            img[y + 4 * scale:y + 5 * scale, x:x + scale] = colour
-            x += 2 * scale
-            continue
-        bits = DIGITS[int(ch)]
-        for k, bit in enumerate(bits):
-            if bit == "1":
-                r, c = divmod(k, 3)
-                img[y + r * scale:y + (r + 1) * scale, x + c * scale:x + (c + 1) * scale] = colour
-        x += 4 * scale
-
-
 def curve_png(curve, stop: tuple[int, float], path: str, width: int = 480, height: int = 240) -> None:
     """FAD (up) against steps (right) as a PNG: the curve in blue, the early-stop step as a red line with
     its step and FAD written beside it (png.png_bytes, the project's PNG writer)."""
@@ -164,16 +145,14 @@ def curve_png(curve, stop: tuple[int, float], path: str, width: int = 480, heigh
                 bottom - round((fad - lo) / span_f * (bottom - top)))
     img[bottom, left:right + 1] = img[top:bottom + 1, left] = (128, 128, 128)   # the axes
     points = [xy(s, f) for s, f, _ in curve]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        for t in np.linspace(0, 1, 2 * max(abs(x1 - x0), abs(y1 - y0)) + 2):
-            x, y = round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))
-            img[y - 1:y + 2, x - 1:x + 2] = (40, 90, 200)
+    for a, b in zip(points, points[1:]):
+        png.draw_line(img, a, b, (40, 90, 200), thick=1)
     for x, y in points:
         img[y - 3:y + 4, x - 3:x + 4] = (40, 90, 200)
     x_stop, _ = xy(*stop)
     img[top:bottom, x_stop] = (210, 40, 40)
     label = f"{stop[0]}"
-    draw_number(img, label, min(x_stop + 5, width - 12 * len(label) - 2), 8, (210, 40, 40))
+    png.draw_number(img, label, min(x_stop + 5, width - 12 * len(label) - 2), 8, (210, 40, 40))
     write_atomically(path, lambda f: f.write(png.png_bytes(img)))
 
 

@@ -2,7 +2,8 @@
 pictures/png.py — a dependency-free PNG writer (numpy and zlib), because readers would rather look.
 
 In:  (H, W) arrays of floats, or (H, W, 3) uint8 pixels
-Out: .png files (atomically written) or their bytes; the colour map the spectrogram pictures share
+Out: .png files (atomically written) or their bytes; the colour map the spectrogram pictures share;
+     digits and lines drawn into pixels, for the curves
 """
 
 import math
@@ -56,6 +57,33 @@ def save_png(path: str, panels, vmin=None, vmax=None, min_height: int = 80) -> N
         rows += [rgb, np.full((4, width, 3), 255, np.uint8)]
     image = np.concatenate(rows[:-1], axis=0)                                        # (H, W, 3)
     write_atomically(path, lambda f: f.write(png_bytes(image)))
+
+
+DIGITS = ["111101101101111", "010110010010111", "111001111100111", "111001111001111", "101101111001001",
+          "111100111001111", "111100111101111", "111001001001001", "111101111101111", "111101111001111"]   # 3 x 5
+
+
+def draw_number(img, text: str, x: int, y: int, colour, scale: int = 3) -> None:
+    """Write the digits (and '.') of `text` into the (H, W, 3) image with its top-left corner at (x, y)."""
+    for ch in text:
+        if ch == ".":
+            img[y + 4 * scale:y + 5 * scale, x:x + scale] = colour
+            x += 2 * scale
+            continue
+        bits = DIGITS[int(ch)]
+        for k, bit in enumerate(bits):
+            if bit == "1":
+                r, c = divmod(k, 3)
+                img[y + r * scale:y + (r + 1) * scale, x + c * scale:x + (c + 1) * scale] = colour
+        x += 4 * scale
+
+
+def draw_line(img: np.ndarray, a, b, colour, thick: int = 0) -> None:
+    """A straight line from pixel a = (x, y) to b in the (H, W, 3) image, 2 * thick + 1 pixels wide."""
+    (x0, y0), (x1, y1) = a, b
+    for t in np.linspace(0, 1, 2 * max(abs(x1 - x0), abs(y1 - y0)) + 2):
+        x, y = round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))
+        img[y - thick:y + thick + 1, x - thick:x + thick + 1] = colour
 
 
 def png_bytes(pixels: np.ndarray, colours: np.ndarray | None = None) -> bytes:

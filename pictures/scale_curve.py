@@ -50,16 +50,8 @@ def position(budget: float, percent: float) -> tuple[int, int]:
     return x, y
 
 
-def line(img, a, b, colour, thick: int) -> None:
-    (x0, y0), (x1, y1) = a, b
-    for t in np.linspace(0, 1, 2 * max(abs(x1 - x0), abs(y1 - y0)) + 2):
-        x, y = round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))
-        img[y - thick:y + thick + 1, x - thick:x + thick + 1] = colour
-
-
 def draw(points: list[dict]) -> np.ndarray:
     """The picture as (HEIGHT, WIDTH, 3) uint8."""
-    from evaluation.curve import draw_number
     img = np.full((HEIGHT, WIDTH, 3), 255, np.uint8)
     grey = (150, 150, 150)
     x0, y0 = position(1, 0)
@@ -67,16 +59,16 @@ def draw(points: list[dict]) -> np.ndarray:
     img[position(1, TARGET)[1], x0:WIDTH - MARGIN + 1:3] = grey                              # 80 %, dotted
     for k in range(MAX_DOUBLINGS + 1):                                                       # 1 2 4 8 16
         x, _ = position(2 ** k, 0)
-        draw_number(img, str(2 ** k), x - 4, y0 + 8, grey, scale=2)
+        png.draw_number(img, str(2 ** k), x - 4, y0 + 8, grey, scale=2)
     for pct in (0, 50, 100):
-        draw_number(img, str(pct), 4, position(1, pct)[1] - 5, grey, scale=2)
+        png.draw_number(img, str(pct), 4, position(1, pct)[1] - 5, grey, scale=2)
     for judge, colour in COLOURS.items():
         summary = seed_summary(points, judge)
         for tokenizer in sorted({t for t, _ in summary}):
             row = [(b, s) for (t, b), s in summary.items() if t == tokenizer]
             thick = 2 if tokenizer == "8" else 0
             for (b0, s0), (b1, s1) in zip(row, row[1:]):
-                line(img, position(b0, s0[0]), position(b1, s1[0]), colour, thick)
+                png.draw_line(img, position(b0, s0[0]), position(b1, s1[0]), colour, thick)
             for b, (mean, lo, hi) in row:
                 x, y = position(b, mean)
                 img[position(b, hi)[1]:position(b, lo)[1] + 1, x - 1:x + 2] = colour      # the seeds' range
